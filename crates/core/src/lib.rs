@@ -1,0 +1,6 @@
+//! Vocabulary shared by every qmoe crate: element types of stored tensors and
+//! their conversion to f32. Imports nothing internal.
+
+pub mod dtype;
+
+pub use dtype::DType;
