@@ -1,1 +1,75 @@
-//! (in progress)
+//! RMS normalisation.
+//!
+//! `weight` is always the *effective multiplier*: the loader has already
+//! turned zero-centred checkpoint weights into `1 + w` (in f32), exactly once.
+//! The sum of squares accumulates in f64 so long rows do not drift.
+
+/// `out = x / sqrt(mean(x^2) + eps) * weight`, over rows of `weight.len()`.
+/// `x`, `out`: `[n_rows, dim]`.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let dim = weight.len();
+    assert!(x.len() == out.len() && x.len() % dim == 0, "rms_norm: lengths");
+    for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        let inv = inv_rms(xr, eps);
+        for ((o, &v), &w) in or.iter_mut().zip(xr).zip(weight) {
+            *o = v * inv * w;
+        }
+    }
+}
+
+/// In-place variant of [`rms_norm`].
+pub fn rms_norm_inplace(x: &mut [f32], weight: &[f32], eps: f32) {
+    let dim = weight.len();
+    assert!(x.len() % dim == 0, "rms_norm_inplace: lengths");
+    for xr in x.chunks_exact_mut(dim) {
+        let inv = inv_rms(xr, eps);
+        for (v, &w) in xr.iter_mut().zip(weight) {
+            *v = *v * inv * w;
+        }
+    }
+}
+
+/// GDN output norm: `x <- rms(x) * weight * silu(z)` per row of `weight.len()`
+/// (the weight is plain, not zero-centred). `x`, `z`: `[n_rows, dim]`.
+pub fn rms_norm_gated_inplace(x: &mut [f32], z: &[f32], weight: &[f32], eps: f32) {
+    let dim = weight.len();
+    assert!(x.len() == z.len() && x.len() % dim == 0, "rms_norm_gated: lengths");
+    for (xr, zr) in x.chunks_exact_mut(dim).zip(z.chunks_exact(dim)) {
+        let inv = inv_rms(xr, eps);
+        for ((v, &w), &g) in xr.iter_mut().zip(weight).zip(zr) {
+            *v = *v * inv * w * crate::act::silu(g);
+        }
+    }
+}
+
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    (1.0 / (ss / x.len() as f64 + eps as f64).sqrt()) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_weight_gives_unit_rms() {
+        let x = [3.0f32, -4.0, 0.0, 1.0, 2.0, 2.0];
+        let mut out = [0.0; 6];
+        rms_norm(&x, &[1.0, 1.0, 1.0], 0.0, &mut out);
+        for row in out.chunks(3) {
+            let ms: f32 = row.iter().map(|v| v * v).sum::<f32>() / 3.0;
+            assert!((ms - 1.0).abs() < 1e-6);
+        }
+        let mut y = x;
+        rms_norm_inplace(&mut y, &[1.0, 1.0, 1.0], 0.0);
+        assert_eq!(y, out);
+    }
+
+    #[test]
+    fn gated_multiplies_by_silu_of_gate() {
+        let mut x = [1.0f32, 1.0];
+        rms_norm_gated_inplace(&mut x, &[0.0, 2.0], &[1.0, 2.0], 0.0);
+        assert_eq!(x[0], 0.0);
+        assert!((x[1] - 2.0 * crate::act::silu(2.0)).abs() < 1e-6);
+    }
+}
