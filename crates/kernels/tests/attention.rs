@@ -1,0 +1,232 @@
+//! Attention reference tests: against a per-element f64 implementation over
+//! several head layouts (MHA, GQA 4/2, 6/2, 16/2), decode with one token, and
+//! the batching invariance (one call with T tokens == T one-token calls).
+
+use qmoe_kernels::attention::{attend, AttnShape};
+
+/// SplitMix64: a tiny deterministic generator so the tests need no extra crates.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f64 / (1u64 << 24) as f64 * 2.0 - 1.0) as f32
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.uniform()).collect()
+    }
+}
+
+const SHAPES: [AttnShape; 5] = [
+    AttnShape {
+        n_heads: 4,
+        n_kv_heads: 4,
+        head_dim: 8,
+    },
+    AttnShape {
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 16,
+    },
+    AttnShape {
+        n_heads: 6,
+        n_kv_heads: 2,
+        head_dim: 12,
+    },
+    AttnShape {
+        n_heads: 3,
+        n_kv_heads: 1,
+        head_dim: 5,
+    },
+    AttnShape {
+        n_heads: 16,
+        n_kv_heads: 2,
+        head_dim: 256,
+    },
+];
+
+/// Straightforward f64 attention: every score, softmax and sum in f64.
+fn attend_f64(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    start_pos: usize,
+    n_tokens: usize,
+    s: AttnShape,
+    scale: f32,
+) -> Vec<f64> {
+    let hd = s.head_dim;
+    let mut out = vec![0.0f64; n_tokens * s.n_heads * hd];
+    for i in 0..n_tokens {
+        for h in 0..s.n_heads {
+            let kvh = h / (s.n_heads / s.n_kv_heads);
+            let n_seen = start_pos + i + 1;
+            let mut sc = vec![0.0f64; n_seen];
+            for (p, x) in sc.iter_mut().enumerate() {
+                let mut d = 0.0f64;
+                for e in 0..hd {
+                    d += q[(i * s.n_heads + h) * hd + e] as f64
+                        * k[(p * s.n_kv_heads + kvh) * hd + e] as f64;
+                }
+                *x = d * scale as f64;
+            }
+            let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = sc.iter().map(|x| (x - m).exp()).sum();
+            for (p, x) in sc.iter().enumerate() {
+                let w = (x - m).exp() / z;
+                for e in 0..hd {
+                    out[(i * s.n_heads + h) * hd + e] +=
+                        w * v[(p * s.n_kv_heads + kvh) * hd + e] as f64;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - y).abs())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn matches_f64_reference() {
+    let mut rng = Rng(11);
+    let mut worst = 0.0f64;
+    for s in SHAPES {
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        // (start_pos, n_tokens): prefill from 0, continued prefill, decode.
+        for &(start, t) in &[(0usize, 1usize), (0, 9), (5, 4), (20, 1), (63, 2)] {
+            let n_ctx = start + t;
+            let q = rng.vec(t * s.q_row_len());
+            let k = rng.vec(n_ctx * s.kv_row_len());
+            let v = rng.vec(n_ctx * s.kv_row_len());
+            let mut scores = vec![0.0f32; n_ctx];
+            let mut out = vec![f32::NAN; t * s.q_row_len()];
+            attend(&q, &k, &v, start, t, s, scale, &mut scores, &mut out);
+            let d = max_abs_diff(&out, &attend_f64(&q, &k, &v, start, t, s, scale));
+            worst = worst.max(d);
+            assert!(d < 2e-6, "{s:?} start {start} T {t}: max diff {d}");
+        }
+    }
+    eprintln!("attention vs f64: max abs diff {worst:.3e}");
+}
+
+#[test]
+fn one_call_equals_token_by_token() {
+    let mut rng = Rng(12);
+    for s in SHAPES {
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        let (start, t) = (3usize, 11usize);
+        let n_ctx = start + t;
+        let q = rng.vec(t * s.q_row_len());
+        let k = rng.vec(n_ctx * s.kv_row_len());
+        let v = rng.vec(n_ctx * s.kv_row_len());
+        let mut scores = vec![0.0f32; n_ctx];
+
+        let mut batched = vec![0.0f32; t * s.q_row_len()];
+        attend(&q, &k, &v, start, t, s, scale, &mut scores, &mut batched);
+
+        let mut single = vec![0.0f32; t * s.q_row_len()];
+        for i in 0..t {
+            // The cache as a decode step sees it: only positions up to this token.
+            let n = start + i + 1;
+            let row = s.q_row_len();
+            attend(
+                &q[i * row..][..row],
+                &k[..n * s.kv_row_len()],
+                &v[..n * s.kv_row_len()],
+                start + i,
+                1,
+                s,
+                scale,
+                &mut scores,
+                &mut single[i * row..][..row],
+            );
+        }
+        assert_eq!(batched, single, "{s:?}");
+    }
+}
+
+#[test]
+fn never_reads_past_the_causal_horizon() {
+    // Positions beyond n_ctx are NaN: a preallocated cache may hold anything there.
+    let mut rng = Rng(13);
+    let s = AttnShape {
+        n_heads: 6,
+        n_kv_heads: 2,
+        head_dim: 12,
+    };
+    let (start, t, cap) = (4usize, 3usize, 20usize);
+    let n_ctx = start + t;
+    let q = rng.vec(t * s.q_row_len());
+    let mut k = rng.vec(cap * s.kv_row_len());
+    let mut v = rng.vec(cap * s.kv_row_len());
+    k[n_ctx * s.kv_row_len()..].fill(f32::NAN);
+    v[n_ctx * s.kv_row_len()..].fill(f32::NAN);
+    let mut scores = vec![0.0f32; cap];
+    let mut out = vec![0.0f32; t * s.q_row_len()];
+    attend(&q, &k, &v, start, t, s, 0.3, &mut scores, &mut out);
+    assert!(out.iter().all(|x| x.is_finite()));
+    let expected = attend_f64(&q, &k, &v, start, t, s, 0.3);
+    assert!(max_abs_diff(&out, &expected) < 2e-6);
+}
+
+#[test]
+fn large_scores_stay_finite() {
+    // Scores around 1e4 would overflow exp() without the max subtraction.
+    let mut rng = Rng(14);
+    let s = AttnShape {
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 16,
+    };
+    let (start, t) = (7usize, 2usize);
+    let q: Vec<f32> = rng
+        .vec(t * s.q_row_len())
+        .iter()
+        .map(|x| x * 100.0)
+        .collect();
+    let k: Vec<f32> = rng
+        .vec((start + t) * s.kv_row_len())
+        .iter()
+        .map(|x| x * 100.0)
+        .collect();
+    let v = rng.vec((start + t) * s.kv_row_len());
+    let mut scores = vec![0.0f32; start + t];
+    let mut out = vec![0.0f32; t * s.q_row_len()];
+    attend(&q, &k, &v, start, t, s, 1.0, &mut scores, &mut out);
+    assert!(out.iter().all(|x| x.is_finite() && x.abs() <= 1.0 + 1e-6));
+}
+
+#[test]
+#[should_panic(expected = "scores")]
+fn short_scratch_is_a_contract_violation() {
+    let s = AttnShape {
+        n_heads: 2,
+        n_kv_heads: 1,
+        head_dim: 4,
+    };
+    let mut scores = vec![0.0f32; 2];
+    let mut out = vec![0.0f32; 8];
+    attend(
+        &[0.0; 8],
+        &[0.0; 12],
+        &[0.0; 12],
+        2,
+        1,
+        s,
+        1.0,
+        &mut scores,
+        &mut out,
+    );
+}
