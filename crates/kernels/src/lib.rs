@@ -12,3 +12,4 @@ pub mod gdn;
 pub mod linear;
 pub mod norm;
 pub mod rope;
+pub mod threads;

@@ -44,19 +44,53 @@ pub fn matvec(w: &MatRef, x: &[f32], y: &mut [f32]) {
     matmul(w, x, y, 1);
 }
 
+/// Multiply-adds below which a matmul stays on the calling thread.
+const PARALLEL_MIN_WORK: usize = 1 << 20;
+
 /// `y[t] = W x[t]` for `n_tokens` rows: `x` `[T, cols]`, `y` `[T, rows]`.
 ///
 /// Each weight block is widened once and applied to every token, so a prefill
-/// reads the weights once however many tokens it carries.
+/// reads the weights once however many tokens it carries. Large products are
+/// split by weight rows over [`crate::threads`] scoped threads.
 pub fn matmul(w: &MatRef, x: &[f32], y: &mut [f32], n_tokens: usize) {
     assert_eq!(x.len(), n_tokens * w.cols, "matmul: x length");
     assert_eq!(y.len(), n_tokens * w.rows, "matmul: y length");
+    let n_threads = crate::threads::get().min(w.rows);
+    if n_threads <= 1 || w.rows * w.cols * n_tokens < PARALLEL_MIN_WORK {
+        matmul_rows(w, x, YOut(y.as_mut_ptr()), n_tokens, 0..w.rows);
+        return;
+    }
+    let out = YOut(y.as_mut_ptr());
+    let per = w.rows.div_ceil(n_threads);
+    std::thread::scope(|s| {
+        for i in 1..n_threads {
+            let rows = (i * per).min(w.rows)..((i + 1) * per).min(w.rows);
+            s.spawn(move || matmul_rows(w, x, out, n_tokens, rows));
+        }
+        matmul_rows(w, x, out, n_tokens, 0..per.min(w.rows));
+    });
+}
+
+/// Output pointer shared by the row-splitting threads.
+#[derive(Clone, Copy)]
+struct YOut(*mut f32);
+// SAFETY: every thread writes only `y[t * rows + r]` for its own disjoint row
+// range `r`, and the scope joins all threads before `y` is used again.
+unsafe impl Send for YOut {}
+unsafe impl Sync for YOut {}
+
+fn matmul_rows(w: &MatRef, x: &[f32], y: YOut, n_tokens: usize, rows: std::ops::Range<usize>) {
     let es = w.dtype.size();
     let mut buf = [0.0f32; BLOCK];
-    for r in 0..w.rows {
+    let at = |t: usize, r: usize| {
+        // SAFETY: t < n_tokens and r < w.rows, so the index is inside the
+        // caller's `[T, rows]` slice; rows are disjoint between threads.
+        unsafe { &mut *y.0.add(t * w.rows + r) }
+    };
+    for r in rows {
         let row = w.row_bytes(r);
         for t in 0..n_tokens {
-            y[t * w.rows + r] = 0.0;
+            *at(t, r) = 0.0;
         }
         let mut c0 = 0;
         while c0 < w.cols {
@@ -65,7 +99,7 @@ pub fn matmul(w: &MatRef, x: &[f32], y: &mut [f32], n_tokens: usize) {
             to_f32(w.dtype, &row[c0 * es..(c0 + n) * es], wb);
             for t in 0..n_tokens {
                 let xs = &x[t * w.cols + c0..t * w.cols + c0 + n];
-                y[t * w.rows + r] += dot(wb, xs);
+                *at(t, r) += dot(wb, xs);
             }
             c0 += n;
         }
@@ -137,5 +171,26 @@ mod tests {
                 assert_eq!(&y1[..], &y[..rows]);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod thread_tests {
+    use super::*;
+
+    #[test]
+    fn threaded_matmul_equals_single_thread() {
+        let (rows, cols, t) = (1031, 1100, 2);
+        let w: Vec<u8> = (0..rows * cols).flat_map(|i| (((i * 7919) % 1000) as f32 / 1000.0 - 0.5).to_le_bytes()).collect();
+        let x: Vec<f32> = (0..t * cols).map(|i| ((i * 31) % 17) as f32 / 17.0 - 0.5).collect();
+        let m = MatRef::new(DType::F32, rows, cols, &w);
+        let mut y1 = vec![0.0; t * rows];
+        let mut y4 = vec![0.0; t * rows];
+        crate::threads::set(1);
+        matmul(&m, &x, &mut y1, t);
+        crate::threads::set(4);
+        matmul(&m, &x, &mut y4, t);
+        crate::threads::set(0);
+        assert_eq!(y1, y4);
     }
 }
