@@ -1,1 +1,23 @@
-//! placeholder, filled in by its owner
+//! Runtime pieces around the model: tokenizer, chat template, stop tokens, sampling.
+//!
+//! Everything here is text-side and model-agnostic; it reads the tokenizer/config files of a
+//! model folder and never touches weights. The engine (generation loop) builds on these.
+//!
+//! * [`Tokenizer`] / [`StreamDecoder`] — ids <-> text, incremental UTF-8-safe output.
+//! * [`ChatTemplate`] — transformers-compatible Jinja rendering of a conversation.
+//! * [`stop_token_ids`] — union of the eos ids a model folder declares.
+//! * [`Sampler`] / [`SamplerConfig`] — greedy or temperature/top-k/top-p/min-p sampling.
+
+pub mod chat;
+pub mod error;
+mod model_dir;
+mod pyjson;
+pub mod sample;
+pub mod stop;
+pub mod tokenizer;
+
+pub use chat::ChatTemplate;
+pub use error::{Result, RuntimeError};
+pub use sample::{argmax, Sampler, SamplerConfig};
+pub use stop::stop_token_ids;
+pub use tokenizer::{StreamDecoder, Tokenizer};
