@@ -1,1 +1,39 @@
-fn main() {}
+//! `qmoe`: command-line front end. Clap wiring only; the work lives in the
+//! library crates. Errors print as one line plus context, exit code 1.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "qmoe", version, about = "Inference engine for the Qwen3.5 / Qwen3.6 / Qwen3-Next hybrid family")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt, streamed to stdout; timings on stderr.
+    Run(cmd::run::Args),
+    /// Interactive multi-turn chat through the model's chat template.
+    Chat(cmd::chat::Args),
+    /// Write the logits of every position of a token sequence as .npy (verification interface).
+    Logits(cmd::logits::Args),
+    /// Show what a checkpoint is: dialect, config, conventions applied, every tensor.
+    Inspect(cmd::inspect::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => cmd::run::main(a),
+        Command::Chat(a) => cmd::chat::main(a),
+        Command::Logits(a) => cmd::logits::main(a),
+        Command::Inspect(a) => cmd::inspect::main(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

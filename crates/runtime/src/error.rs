@@ -108,7 +108,16 @@ pub enum RuntimeError {
         value: String,
         problem: &'static str,
     },
+
+    /// The model refused the input or state (token out of range, context full, ...).
+    #[error(transparent)]
+    Model(#[from] qmoe_model::ModelError),
+
+    /// Generation could not proceed (empty prompt, output stream closed).
+    #[error("generation: {0}")]
+    Generation(String),
 }
+
 
 /// Result with [`RuntimeError`] as the default error.
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

@@ -9,6 +9,7 @@
 //! * [`Sampler`] / [`SamplerConfig`] — greedy or temperature/top-k/top-p/min-p sampling.
 
 pub mod chat;
+pub mod engine;
 pub mod error;
 mod model_dir;
 mod pyjson;
@@ -17,6 +18,7 @@ pub mod stop;
 pub mod tokenizer;
 
 pub use chat::ChatTemplate;
+pub use engine::{Session, Stats, StopReason};
 pub use error::{Result, RuntimeError};
 pub use sample::{argmax, Sampler, SamplerConfig};
 pub use stop::stop_token_ids;

@@ -1,0 +1,7 @@
+//! One module per subcommand.
+
+pub mod chat;
+pub mod inspect;
+pub mod logits;
+pub mod run;
+pub mod common;

@@ -1,0 +1,72 @@
+//! Gated full attention (spec 2.3): per-head interleaved query/gate
+//! projection, zero-centred q/k norms, partial rotate-half RoPE, GQA,
+//! sigmoid output gate.
+
+use qmoe_kernels::act::sigmoid;
+use qmoe_kernels::attention::{attend, AttnShape};
+use qmoe_kernels::linear::matmul;
+use qmoe_kernels::norm::rms_norm_inplace;
+use qmoe_kernels::rope::RopeTable;
+
+use crate::config::Config;
+use crate::scratch::{take, AttnScratch};
+use crate::weights::Attention;
+
+/// `x`: `[T, H]` normed input; `y`: `[T, H]` output. `k_cache`/`v_cache`
+/// hold `start_pos` rows and gain `T` more.
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    w: &Attention,
+    cfg: &Config,
+    rope: &RopeTable,
+    x: &[f32],
+    n_tokens: usize,
+    start_pos: usize,
+    k_cache: &mut Vec<f32>,
+    v_cache: &mut Vec<f32>,
+    s: &mut AttnScratch,
+    y: &mut [f32],
+) {
+    let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+    let t = n_tokens;
+
+    let qg = take(&mut s.qg, t * nh * 2 * hd);
+    matmul(&w.q_proj.view(), x, qg, t);
+    let k = take(&mut s.k, t * nkv * hd);
+    matmul(&w.k_proj.view(), x, k, t);
+    let v = take(&mut s.v, t * nkv * hd);
+    matmul(&w.v_proj.view(), x, v, t);
+
+    // Split each head's [query | gate] block (shape [T, nh, 2*hd]).
+    let q = take(&mut s.q, t * nh * hd);
+    let gate = take(&mut s.gate, t * nh * hd);
+    for (row, (qr, gr)) in qg.chunks_exact(2 * hd).zip(q.chunks_exact_mut(hd).zip(gate.chunks_exact_mut(hd))) {
+        qr.copy_from_slice(&row[..hd]);
+        gr.copy_from_slice(&row[hd..]);
+    }
+
+    // Norm before RoPE; the gate is neither normed nor rotated.
+    rms_norm_inplace(q, &w.q_norm, cfg.rms_norm_eps);
+    rms_norm_inplace(k, &w.k_norm, cfg.rms_norm_eps);
+    for ti in 0..t {
+        let pos = start_pos + ti;
+        for head in q[ti * nh * hd..(ti + 1) * nh * hd].chunks_exact_mut(hd) {
+            rope.apply_neox(head, pos);
+        }
+        for head in k[ti * nkv * hd..(ti + 1) * nkv * hd].chunks_exact_mut(hd) {
+            rope.apply_neox(head, pos);
+        }
+    }
+    k_cache.extend_from_slice(k);
+    v_cache.extend_from_slice(v);
+
+    let out = take(&mut s.out, t * nh * hd);
+    let scores = take(&mut s.scores, start_pos + t);
+    let shape = AttnShape { n_heads: nh, n_kv_heads: nkv, head_dim: hd };
+    attend(q, k_cache, v_cache, start_pos, t, shape, 1.0 / (hd as f32).sqrt(), scores, out);
+
+    for (o, &g) in out.iter_mut().zip(gate.iter()) {
+        *o *= sigmoid(g);
+    }
+    matmul(&w.o_proj.view(), out, y, t);
+}

@@ -1,0 +1,143 @@
+//! Gated DeltaNet (spec 2.5): projections, causal conv + SiLU, l2-normalised
+//! q/k, decay and write gates, the delta rule over an f32 state, and the
+//! gated RMSNorm before the output projection.
+//!
+//! A call with several tokens runs the chunked algorithm (prefill); a single
+//! token runs the recurrence (decode). Both continue from the cached state.
+
+use qmoe_kernels::act::{sigmoid, softplus};
+use qmoe_kernels::conv::causal_conv1d_silu;
+use qmoe_kernels::gdn::{gdn_chunked, gdn_recurrent, l2_normalize, GdnScratch, GdnShape, HeadMap};
+use qmoe_kernels::linear::matmul;
+use qmoe_kernels::norm::rms_norm_gated_inplace;
+
+use crate::config::Config;
+use crate::scratch::{take, GdnBuffers};
+use crate::weights::{Gdn, GdnProj};
+
+/// Tokens per chunk in the chunked prefill (HF and llama.cpp use 64).
+pub const CHUNK: usize = 64;
+
+/// `x`: `[T, H]` normed input; `y`: `[T, H]` output.
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    w: &Gdn,
+    cfg: &Config,
+    x: &[f32],
+    n_tokens: usize,
+    conv_state: &mut [f32],
+    ssm_state: &mut [f32],
+    s: &mut GdnBuffers,
+    y: &mut [f32],
+) {
+    let t = n_tokens;
+    let (hk, hv, dk, dv) = (
+        cfg.linear_num_key_heads,
+        cfg.linear_num_value_heads,
+        cfg.linear_key_head_dim,
+        cfg.linear_value_head_dim,
+    );
+    let (kd, vd, cd) = (cfg.key_dim(), cfg.value_dim(), cfg.conv_dim());
+
+    // Projections into mixed [T, q|k|v], z [T, Hv*Dv], b and a [T, Hv].
+    let mixed = take(&mut s.mixed, t * cd);
+    let z = take(&mut s.z, t * vd);
+    let b = take(&mut s.b, t * hv);
+    let a = take(&mut s.a, t * hv);
+    match &w.proj {
+        GdnProj::Separate { qkv, z: wz, b: wb, a: wa } => {
+            matmul(&qkv.view(), x, mixed, t);
+            matmul(&wz.view(), x, z, t);
+            matmul(&wb.view(), x, b, t);
+            matmul(&wa.view(), x, a, t);
+        }
+        GdnProj::FusedGrouped { qkvz, ba } => {
+            let fused = take(&mut s.fused, t * (2 * kd + 2 * vd));
+            matmul(&qkvz.view(), x, fused, t);
+            let bab = take(&mut s.ba, t * 2 * hv);
+            matmul(&ba.view(), x, bab, t);
+            ungroup(cfg, fused, bab, t, mixed, z, b, a);
+        }
+    }
+
+    let conv_out = take(&mut s.conv_out, t * cd);
+    causal_conv1d_silu(mixed, &w.conv, conv_state, t, cd, cfg.linear_conv_kernel_dim, conv_out);
+
+    // Split [T, q|k|v] into contiguous per-token head tensors.
+    let q = take(&mut s.q, t * kd);
+    let k = take(&mut s.k, t * kd);
+    let v = take(&mut s.v, t * vd);
+    for ti in 0..t {
+        let row = &conv_out[ti * cd..(ti + 1) * cd];
+        q[ti * kd..(ti + 1) * kd].copy_from_slice(&row[..kd]);
+        k[ti * kd..(ti + 1) * kd].copy_from_slice(&row[kd..2 * kd]);
+        v[ti * vd..(ti + 1) * vd].copy_from_slice(&row[2 * kd..]);
+    }
+    let q_scale = 1.0 / (dk as f32).sqrt();
+    for head in q.chunks_exact_mut(dk) {
+        l2_normalize(head, 1e-6);
+        head.iter_mut().for_each(|e| *e *= q_scale);
+    }
+    for head in k.chunks_exact_mut(dk) {
+        l2_normalize(head, 1e-6);
+    }
+
+    // beta = sigmoid(b); g = -exp(A_log) * softplus(a + dt_bias), in f32.
+    let beta = take(&mut s.beta, t * hv);
+    let g = take(&mut s.g, t * hv);
+    for ti in 0..t {
+        for h in 0..hv {
+            let i = ti * hv + h;
+            beta[i] = sigmoid(b[i]);
+            g[i] = w.a_neg_exp[h] * softplus(a[i] + w.dt_bias[h]);
+        }
+    }
+
+    let shape = GdnShape { n_k_heads: hk, n_v_heads: hv, head_k_dim: dk, head_v_dim: dv };
+    let out = take(&mut s.out, t * vd);
+    if t == 1 {
+        gdn_recurrent(q, k, v, beta, g, ssm_state, shape, HeadMap::Grouped, out);
+    } else {
+        let scratch = s.chunk.get_or_insert_with(|| GdnScratch::new(shape, CHUNK));
+        gdn_chunked(q, k, v, beta, g, ssm_state, shape, HeadMap::Grouped, CHUNK, scratch, out);
+    }
+
+    rms_norm_gated_inplace(out, z, &w.norm, cfg.rms_norm_eps);
+    matmul(&w.out_proj.view(), out, y, t);
+}
+
+/// Qwen3-Next fused outputs are grouped per key head g (spec 2.5.2):
+/// `qkvz` rows `[q_g (Dk) | k_g (Dk) | v_g (r*Dv) | z_g (r*Dv)]`,
+/// `ba` rows `[b_g (r) | a_g (r)]`. Scatter them into the separate layout.
+#[allow(clippy::too_many_arguments)]
+fn ungroup(
+    cfg: &Config,
+    fused: &[f32],
+    ba: &[f32],
+    t: usize,
+    mixed: &mut [f32],
+    z: &mut [f32],
+    b: &mut [f32],
+    a: &mut [f32],
+) {
+    let (hk, dk, dv) = (cfg.linear_num_key_heads, cfg.linear_key_head_dim, cfg.linear_value_head_dim);
+    let r = cfg.linear_num_value_heads / hk;
+    let (kd, vd, cd, hv) = (cfg.key_dim(), cfg.value_dim(), cfg.conv_dim(), cfg.linear_num_value_heads);
+    let group = 2 * dk + 2 * r * dv;
+    for ti in 0..t {
+        let row = &fused[ti * (2 * kd + 2 * vd)..(ti + 1) * (2 * kd + 2 * vd)];
+        let m = &mut mixed[ti * cd..(ti + 1) * cd];
+        let zr = &mut z[ti * vd..(ti + 1) * vd];
+        for gi in 0..hk {
+            let grp = &row[gi * group..(gi + 1) * group];
+            m[gi * dk..(gi + 1) * dk].copy_from_slice(&grp[..dk]);
+            m[kd + gi * dk..kd + (gi + 1) * dk].copy_from_slice(&grp[dk..2 * dk]);
+            let vs = 2 * kd + gi * r * dv;
+            m[vs..vs + r * dv].copy_from_slice(&grp[2 * dk..2 * dk + r * dv]);
+            zr[gi * r * dv..(gi + 1) * r * dv].copy_from_slice(&grp[2 * dk + r * dv..]);
+            let bar = &ba[ti * 2 * hv + gi * 2 * r..ti * 2 * hv + (gi + 1) * 2 * r];
+            b[ti * hv + gi * r..ti * hv + (gi + 1) * r].copy_from_slice(&bar[..r]);
+            a[ti * hv + gi * r..ti * hv + (gi + 1) * r].copy_from_slice(&bar[r..]);
+        }
+    }
+}
