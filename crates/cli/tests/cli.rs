@@ -1,0 +1,90 @@
+//! End-to-end tests of the `qmoe` binary: the verification interface
+//! (`logits`) against the golden fixtures, `run` on the bundled demo model,
+//! `inspect`, `--help`, and one-line errors with a non-zero exit code.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn qmoe(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qmoe")).args(args).current_dir(root()).output().expect("spawn qmoe")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("qmoe-cli-{}-{name}", std::process::id()))
+}
+
+#[test]
+fn logits_matches_golden_in_every_mode() {
+    let fixture = root().join("tests/fixtures/moe_fused");
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture.join("golden.json")).unwrap()).unwrap();
+    let ids: Vec<String> = meta["ids"].as_array().unwrap().iter().map(|v| v.to_string()).collect();
+    let ids = ids.join(",");
+    let (_, want) = qmoe_formats::read_npy_f32(&fixture.join("logits.npy")).unwrap();
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    for mode in ["prefill", "decode", "chunked:5"] {
+        let out = tmp(&format!("logits-{}.npy", mode.replace(':', "_")));
+        let o = qmoe(&["logits", "--model", "tests/fixtures/moe_fused", "--ids", &ids, "--mode", mode, "--out", out.to_str().unwrap()]);
+        assert!(o.status.success(), "{mode}: {}", text(&o.stderr));
+        let (shape, got) = qmoe_formats::read_npy_f32(&out).unwrap();
+        assert_eq!(shape, vec![80, 512]);
+        let d = got.iter().zip(&want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+        assert!(d < 1e-4, "{mode}: {d}");
+        let _ = std::fs::remove_file(out);
+    }
+}
+
+#[test]
+fn run_streams_text_and_reports_speed() {
+    let o = qmoe(&["run", "--model", "models/demo", "--prompt", "Hello", "--chat", "--max-tokens", "6", "--seed", "3"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(err.contains("load") && err.contains("prompt") && err.contains("decode") && err.contains("tok/s"), "{err}");
+    assert!(!text(&o.stdout).trim().is_empty());
+    // Same seed, same text.
+    let again = qmoe(&["run", "--model", "models/demo", "--prompt", "Hello", "--chat", "--max-tokens", "6", "--seed", "3"]);
+    assert_eq!(o.stdout, again.stdout);
+}
+
+#[test]
+fn inspect_explains_the_checkpoint() {
+    let o = qmoe(&["inspect", "tests/fixtures/next"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let s = text(&o.stdout);
+    for needle in ["qwen3_next", "HF safetensors (raw)", "per-expert", "in_proj_qkvz", "loads OK", "model.layers.0.linear_attn.in_proj_qkvz.weight"] {
+        assert!(s.contains(needle), "missing `{needle}` in:\n{s}");
+    }
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in ["run", "chat", "logits", "inspect"] {
+        let o = qmoe(&[cmd, "--help"]);
+        assert!(o.status.success(), "{cmd}");
+        assert!(text(&o.stdout).contains("Usage"), "{cmd}");
+    }
+}
+
+#[test]
+fn errors_are_one_line_with_nonzero_exit() {
+    let cases: [(&[&str], &str); 4] = [
+        (&["run", "--model", "no/such/dir", "--prompt", "x"], "config.json"),
+        (&["logits", "--model", "tests/fixtures/moe_fused", "--ids", "1,99999", "--out", "/tmp/qmoe-never.npy"], "99999"),
+        (&["logits", "--model", "tests/fixtures/moe_fused", "--ids", "1,x", "--out", "/tmp/qmoe-never.npy"], "`x`"),
+        (&["logits", "--model", "tests/fixtures/moe_fused", "--ids", "1", "--mode", "chunked:0", "--out", "/tmp/qmoe-never.npy"], "chunked:N"),
+    ];
+    for (args, needle) in cases {
+        let o = qmoe(args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        let err = text(&o.stderr);
+        assert!(err.starts_with("error: ") && err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
+    }
+}
