@@ -25,6 +25,10 @@ enum Command {
 }
 
 fn main() {
+    // A bug must still end as one readable line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("error: internal error (please report): {info}");
+    }));
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => cmd::run::main(a),

@@ -63,3 +63,13 @@ pub fn load(path: &Path) -> Result<Loaded> {
     let load_secs = t0.elapsed().as_secs_f64();
     Ok(Loaded { model, tokenizer, dir, load_secs })
 }
+
+/// Writes a finished report to stdout; a closed pipe (`| head`) is not an error.
+pub fn print_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
