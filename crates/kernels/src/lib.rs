@@ -11,5 +11,6 @@ pub mod conv;
 pub mod gdn;
 pub mod linear;
 pub mod norm;
+pub mod quant;
 pub mod rope;
 pub mod threads;

@@ -4,38 +4,193 @@
 //! i.e. HF `[out, in]`) and is widened to f32 a block of columns at a time on
 //! the stack, so no call allocates and no weight is ever copied whole.
 //! These are the reference versions: plain loops, f32 accumulation.
+//!
+//! The encoding axis lives here as a dispatch only: float rows are widened by
+//! [`qmoe_core::dtype::to_f32`], quantized rows by the decoders in
+//! [`crate::quant`]. Every encoding goes through the same block loop, so a
+//! quantized product is exactly "dequantise, then the float matmul".
 
 use qmoe_core::dtype::{to_f32, DType};
 
-/// Columns widened per step; fits comfortably on the stack.
+use crate::quant::{array_bytes, AffineRow, Fp8Row, AFFINE_BITS};
+pub use crate::quant::QuantError;
+
+/// Columns widened per step; fits comfortably on the stack. A multiple of 32,
+/// so every affine block starts on a uint32 word boundary whatever the bits.
 const BLOCK: usize = 256;
 
-/// A borrowed weight matrix `[rows, cols]` in a float storage type.
+/// How a matrix's bytes encode its values.
+#[derive(Clone, Copy, Debug)]
+pub enum Encoding<'a> {
+    /// Plain F32 / F16 / BF16 elements.
+    Float(DType),
+    /// float8_e4m3fn codes times a per-block scale (HF FP8 releases):
+    /// `w[r][c] = f32(code) * scales[r / block_rows][c / block_cols]`,
+    /// `scales` `[ceil(rows / block_rows), ceil(cols / block_cols)]`.
+    Fp8Block { scales: &'a [u8], scale_dtype: DType, block_rows: usize, block_cols: usize },
+    /// MLX affine: packed uint32 words `[rows, cols * bits / 32]`,
+    /// `w[r][c] = scales[r][c / G] * q + biases[r][c / G]`,
+    /// `scales`, `biases` `[rows, cols / G]`.
+    Affine { bits: u32, group_size: usize, scales: &'a [u8], biases: &'a [u8], scale_dtype: DType },
+}
+
+/// A borrowed weight matrix `[rows, cols]` in any supported encoding.
 #[derive(Clone, Copy, Debug)]
 pub struct MatRef<'a> {
-    pub dtype: DType,
+    pub enc: Encoding<'a>,
     pub rows: usize,
     pub cols: usize,
+    /// The weight tensor's bytes (float elements, e4m3 codes or packed words).
     pub bytes: &'a [u8],
 }
 
+/// One row, ready to be widened block by block.
+enum RowView<'a> {
+    Float(DType, &'a [u8]),
+    Fp8(Fp8Row<'a>),
+    Affine(AffineRow<'a>),
+}
+
+impl RowView<'_> {
+    /// Widens columns `c0 .. c0 + out.len()` (`c0` a multiple of [`BLOCK`]).
+    #[inline]
+    fn decode(&self, c0: usize, out: &mut [f32]) {
+        match self {
+            RowView::Float(dt, row) => {
+                let es = dt.size();
+                to_f32(*dt, &row[c0 * es..(c0 + out.len()) * es], out);
+            }
+            RowView::Fp8(row) => row.decode(c0, out),
+            RowView::Affine(row) => row.decode(c0, out),
+        }
+    }
+}
+
+/// Checks that `got` bytes hold a `[rows, cols]` array of `elem`.
+fn check_bytes(what: &'static str, rows: usize, cols: usize, elem: DType, got: usize) -> Result<(), QuantError> {
+    let expected = array_bytes(rows, cols, elem.size()).ok_or(QuantError::TooLarge { rows, cols })?;
+    if expected != got {
+        return Err(QuantError::ByteCount { what, shape: [rows, cols], elem: elem.name(), expected, got });
+    }
+    Ok(())
+}
+
 impl<'a> MatRef<'a> {
-    /// Wraps bytes, checking the byte count (callers validate shapes first, so
-    /// a mismatch here is a loader bug, not bad input).
+    /// Wraps float bytes, checking the byte count (callers validate shapes
+    /// first, so a mismatch here is a loader bug, not bad input).
     pub fn new(dtype: DType, rows: usize, cols: usize, bytes: &'a [u8]) -> Self {
         assert!(dtype.is_float(), "MatRef: {dtype} is not a float type");
         assert_eq!(bytes.len(), rows * cols * dtype.size(), "MatRef: byte count");
-        MatRef { dtype, rows, cols, bytes }
+        MatRef { enc: Encoding::Float(dtype), rows, cols, bytes }
     }
 
-    fn row_bytes(&self, r: usize) -> &'a [u8] {
-        let w = self.cols * self.dtype.size();
-        &self.bytes[r * w..(r + 1) * w]
+    /// Wraps an FP8 E4M3 matrix `bytes` `[rows, cols]` with block scales
+    /// `scales` `[ceil(rows / block_rows), ceil(cols / block_cols)]` of
+    /// `scale_dtype` (F32, F16 or BF16). Edge blocks may be partial.
+    pub fn fp8(
+        rows: usize,
+        cols: usize,
+        bytes: &'a [u8],
+        scales: &'a [u8],
+        scale_dtype: DType,
+        block_rows: usize,
+        block_cols: usize,
+    ) -> Result<Self, QuantError> {
+        if !scale_dtype.is_float() {
+            return Err(QuantError::ScaleDType(scale_dtype));
+        }
+        if block_rows == 0 || block_cols == 0 {
+            return Err(QuantError::BlockSize { block_rows, block_cols });
+        }
+        check_bytes("fp8 weight", rows, cols, DType::F8E4M3, bytes.len())?;
+        let grid = [rows.div_ceil(block_rows), cols.div_ceil(block_cols)];
+        check_bytes("fp8 scales", grid[0], grid[1], scale_dtype, scales.len())?;
+        let enc = Encoding::Fp8Block { scales, scale_dtype, block_rows, block_cols };
+        Ok(MatRef { enc, rows, cols, bytes })
+    }
+
+    /// Wraps an MLX affine matrix: `bytes` packed uint32 words
+    /// `[rows, cols * bits / 32]`, `scales` and `biases` `[rows, cols / group_size]`
+    /// of `scale_dtype` (F32, F16 or BF16).
+    #[allow(clippy::too_many_arguments)] // mirrors the tensors a checkpoint stores
+    pub fn affine(
+        rows: usize,
+        cols: usize,
+        bytes: &'a [u8],
+        bits: u32,
+        group_size: usize,
+        scales: &'a [u8],
+        biases: &'a [u8],
+        scale_dtype: DType,
+    ) -> Result<Self, QuantError> {
+        if !AFFINE_BITS.contains(&bits) {
+            return Err(QuantError::Bits(bits));
+        }
+        if !scale_dtype.is_float() {
+            return Err(QuantError::ScaleDType(scale_dtype));
+        }
+        if group_size == 0 || cols % group_size != 0 {
+            return Err(QuantError::GroupSize { group_size, cols });
+        }
+        let row_bits = cols.checked_mul(bits as usize).ok_or(QuantError::TooLarge { rows, cols })?;
+        if row_bits % 32 != 0 {
+            return Err(QuantError::RowWords { cols, bits });
+        }
+        check_bytes("affine weight", rows, row_bits / 32, DType::U32, bytes.len())?;
+        let groups = cols / group_size;
+        check_bytes("affine scales", rows, groups, scale_dtype, scales.len())?;
+        check_bytes("affine biases", rows, groups, scale_dtype, biases.len())?;
+        let enc = Encoding::Affine { bits, group_size, scales, biases, scale_dtype };
+        Ok(MatRef { enc, rows, cols, bytes })
+    }
+
+    /// Bytes this matrix occupies in the checkpoint: weight, scales and biases.
+    pub fn storage_bytes(&self) -> usize {
+        self.bytes.len()
+            + match self.enc {
+                Encoding::Float(_) => 0,
+                Encoding::Fp8Block { scales, .. } => scales.len(),
+                Encoding::Affine { scales, biases, .. } => scales.len() + biases.len(),
+            }
+    }
+
+    /// Row `r`'s slices of every tensor of the encoding.
+    fn row_view(&self, r: usize) -> RowView<'a> {
+        match self.enc {
+            Encoding::Float(dt) => {
+                let w = self.cols * dt.size();
+                RowView::Float(dt, &self.bytes[r * w..(r + 1) * w])
+            }
+            Encoding::Fp8Block { scales, scale_dtype, block_rows, block_cols } => {
+                // Scale row of this block row: `[ceil(cols / block_cols)]`.
+                let sw = self.cols.div_ceil(block_cols) * scale_dtype.size();
+                let sr = r / block_rows;
+                RowView::Fp8(Fp8Row {
+                    codes: &self.bytes[r * self.cols..(r + 1) * self.cols],
+                    scales: &scales[sr * sw..(sr + 1) * sw],
+                    scale_dtype,
+                    block_cols,
+                })
+            }
+            Encoding::Affine { bits, group_size, scales, biases, scale_dtype } => {
+                let ww = self.cols * bits as usize / 8;
+                let sw = self.cols / group_size * scale_dtype.size();
+                RowView::Affine(AffineRow {
+                    words: &self.bytes[r * ww..(r + 1) * ww],
+                    scales: &scales[r * sw..(r + 1) * sw],
+                    biases: &biases[r * sw..(r + 1) * sw],
+                    scale_dtype,
+                    bits,
+                    group_size,
+                })
+            }
+        }
     }
 
     /// Widen row `r` into `out` (`[cols]`): embedding lookup.
     pub fn row_to_f32(&self, r: usize, out: &mut [f32]) {
-        to_f32(self.dtype, self.row_bytes(r), out);
+        assert_eq!(out.len(), self.cols, "row_to_f32: out length");
+        self.row_view(r).decode(0, out);
     }
 }
 
@@ -80,7 +235,6 @@ unsafe impl Send for YOut {}
 unsafe impl Sync for YOut {}
 
 fn matmul_rows(w: &MatRef, x: &[f32], y: YOut, n_tokens: usize, rows: std::ops::Range<usize>) {
-    let es = w.dtype.size();
     let mut buf = [0.0f32; BLOCK];
     let at = |t: usize, r: usize| {
         // SAFETY: t < n_tokens and r < w.rows, so the index is inside the
@@ -88,7 +242,7 @@ fn matmul_rows(w: &MatRef, x: &[f32], y: YOut, n_tokens: usize, rows: std::ops::
         unsafe { &mut *y.0.add(t * w.rows + r) }
     };
     for r in rows {
-        let row = w.row_bytes(r);
+        let row = w.row_view(r);
         for t in 0..n_tokens {
             *at(t, r) = 0.0;
         }
@@ -96,7 +250,7 @@ fn matmul_rows(w: &MatRef, x: &[f32], y: YOut, n_tokens: usize, rows: std::ops::
         while c0 < w.cols {
             let n = BLOCK.min(w.cols - c0);
             let wb = &mut buf[..n];
-            to_f32(w.dtype, &row[c0 * es..(c0 + n) * es], wb);
+            row.decode(c0, wb);
             for t in 0..n_tokens {
                 let xs = &x[t * w.cols + c0..t * w.cols + c0 + n];
                 *at(t, r) += dot(wb, xs);
