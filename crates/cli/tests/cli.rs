@@ -58,7 +58,7 @@ fn inspect_explains_the_checkpoint() {
     let o = qmoe(&["inspect", "tests/fixtures/next"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let s = text(&o.stdout);
-    for needle in ["qwen3_next", "HF safetensors (raw)", "per-expert", "in_proj_qkvz", "loads OK", "model.layers.0.linear_attn.in_proj_qkvz.weight"] {
+    for needle in ["qwen3_next", "HF safetensors (raw)", "per-expert", "in_proj_qkvz", "tensor gate  OK", "model.layers.0.linear_attn.in_proj_qkvz.weight"] {
         assert!(s.contains(needle), "missing `{needle}` in:\n{s}");
     }
 }

@@ -23,8 +23,10 @@ pub enum ModelError {
     #[error("{file}: tensor `{name}` is stored as {dtype}, which {why}")]
     DType { file: PathBuf, name: String, dtype: String, why: String },
 
-    #[error("{dir}: {count} unexpected tensor(s) the config does not account for, e.g. {examples:?}")]
-    Unexpected { dir: PathBuf, count: usize, examples: Vec<String> },
+    /// The tensor gate's report: everything missing, mis-shaped, invalid or
+    /// unexpected, found in one pass.
+    #[error("{0}")]
+    Gate(Box<crate::loader::GateReport>),
 
     #[error("{dir}: {what}")]
     Unsupported { dir: PathBuf, what: String },

@@ -8,6 +8,7 @@ pub mod layers;
 pub mod loader;
 pub mod model;
 pub mod names;
+pub mod quant;
 pub mod scratch;
 pub mod weights;
 

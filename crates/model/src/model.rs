@@ -54,12 +54,6 @@ impl Model {
     }
 
     pub fn from_parts(config: Config, checkpoint: Checkpoint) -> Result<Model> {
-        if let Some(q) = &config.quantization {
-            return Err(ModelError::Unsupported {
-                dir: checkpoint.dir().to_path_buf(),
-                what: format!("quantized checkpoints are not supported yet (quantization config: {q})"),
-            });
-        }
         let (weights, conventions) = load_weights(&checkpoint, &config)?;
         let rope = RopeTable::new(config.rotary_dims(), config.rope_theta);
         Ok(Model { config, weights, conventions, checkpoint, rope })

@@ -9,22 +9,81 @@ use qmoe_core::DType;
 use qmoe_formats::TensorData;
 use qmoe_kernels::linear::MatRef;
 
+/// How a [`Mat`]'s bytes encode its values (the loader has validated every
+/// length against the shape, so [`Mat::view`] cannot fail).
+#[derive(Clone, Debug)]
+pub enum Storage {
+    Float(DType),
+    /// FP8 E4M3 with `scales` `[ceil(rows/block[0]), ceil(cols/block[1])]`.
+    Fp8 { scales: TensorData, scale_dtype: DType, block: [usize; 2] },
+    /// MLX affine: packed u32 words, `scales`/`biases` `[rows, cols/group]`.
+    Affine { bits: u32, group: usize, scales: TensorData, biases: TensorData, scale_dtype: DType },
+}
+
 /// A weight matrix `[rows, cols]` (HF `[out, in]`) borrowed from the mmap.
 #[derive(Clone, Debug)]
 pub struct Mat {
-    pub dtype: DType,
     pub rows: usize,
     pub cols: usize,
     pub data: TensorData,
+    pub storage: Storage,
 }
 
 impl Mat {
     pub fn view(&self) -> MatRef<'_> {
-        MatRef::new(self.dtype, self.rows, self.cols, self.data.bytes())
+        let (rows, cols, bytes) = (self.rows, self.cols, self.data.bytes());
+        match &self.storage {
+            Storage::Float(dt) => MatRef::new(*dt, rows, cols, bytes),
+            Storage::Fp8 { scales, scale_dtype, block } => {
+                MatRef::fp8(rows, cols, bytes, scales.bytes(), *scale_dtype, block[0], block[1])
+                    .expect("FP8 matrix validated at load")
+            }
+            Storage::Affine { bits, group, scales, biases, scale_dtype } => {
+                MatRef::affine(rows, cols, bytes, *bits, *group, scales.bytes(), biases.bytes(), *scale_dtype)
+                    .expect("affine matrix validated at load")
+            }
+        }
     }
 
+    /// Bytes of the weight and its scales.
     pub fn bytes(&self) -> usize {
-        self.rows * self.cols * self.dtype.size()
+        self.data.len()
+            + match &self.storage {
+                Storage::Float(_) => 0,
+                Storage::Fp8 { scales, .. } => scales.len(),
+                Storage::Affine { scales, biases, .. } => scales.len() + biases.len(),
+            }
+    }
+
+    /// Rows `start .. start + n` as a matrix of their own (a view, no copy):
+    /// how fused and stacked experts become per-expert matrices.
+    pub fn rows(&self, start: usize, n: usize) -> Result<Mat, String> {
+        let row_bytes = self.data.len() / self.rows;
+        let data = self.data.slice(start * row_bytes, n * row_bytes).map_err(|e| e.to_string())?;
+        let storage = match &self.storage {
+            Storage::Float(dt) => Storage::Float(*dt),
+            Storage::Affine { bits, group, scales, biases, scale_dtype } => {
+                let sb = scales.len() / self.rows;
+                Storage::Affine {
+                    bits: *bits,
+                    group: *group,
+                    scales: scales.slice(start * sb, n * sb).map_err(|e| e.to_string())?,
+                    biases: biases.slice(start * sb, n * sb).map_err(|e| e.to_string())?,
+                    scale_dtype: *scale_dtype,
+                }
+            }
+            Storage::Fp8 { .. } => return Err("FP8 weights cannot be split by rows (block scales straddle)".into()),
+        };
+        Ok(Mat { rows: n, cols: self.cols, data, storage })
+    }
+
+    /// A short description of the storage for `inspect`.
+    pub fn describe(&self) -> String {
+        match &self.storage {
+            Storage::Float(dt) => dt.name().to_string(),
+            Storage::Fp8 { block, scale_dtype, .. } => format!("FP8 E4M3, {}x{} blocks, {scale_dtype} scales", block[0], block[1]),
+            Storage::Affine { bits, group, .. } => format!("MLX affine {bits}-bit, group {group}"),
+        }
     }
 }
 

@@ -1,113 +1,244 @@
-//! `qmoe inspect`: what a checkpoint is and how qmoe reads it. Prints even
-//! when the model would not load, so the user sees why.
-
-use std::path::PathBuf;
+//! `qmoe inspect`: what a checkpoint is and how qmoe reads it: dialect and
+//! the evidence for it, every convention applied, per-tensor storage, bytes
+//! by category, MTP presence, and the tensor gate's verdict. It reports even
+//! when the model would not load, so the user sees why. `--json` prints the
+//! same report as one JSON object.
 
 use std::fmt::Write;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use qmoe_formats::Checkpoint;
 use qmoe_model::config::{LayerKind, MlpKind};
-use qmoe_model::loader::{load_weights, ExpertLayout, GdnProjLayout, NormStorage};
-use qmoe_model::Config;
+use qmoe_model::loader::{detect_dialect, load_weights, ExpertLayout, GdnProjLayout, NormStorage, Problem};
+use qmoe_model::quant::QuantScheme;
+use qmoe_model::{Config, ModelError};
+use serde_json::{json, Value};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Checkpoint directory (config.json + safetensors).
     path: PathBuf,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn main(a: Args) -> Result<()> {
-    let mut report = String::new();
-    write_report(&a, &mut report)?;
-    super::common::print_stdout(&report)
+    let report = build(&a.path)?;
+    let text = if a.json { serde_json::to_string_pretty(&report)? + "\n" } else { render(&report)? };
+    super::common::print_stdout(&text)
 }
 
-fn write_report(a: &Args, o: &mut String) -> Result<()> {
-    let dir = if a.path.is_file() { a.path.parent().map(|p| p.to_path_buf()).unwrap_or_default() } else { a.path.clone() };
+fn build(path: &std::path::Path) -> Result<Value> {
+    let dir = super::common::model_dir(path);
     let cfg = Config::from_file(&dir.join("config.json"))?;
     let ckpt = Checkpoint::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
 
-    writeln!(o, "checkpoint   {}", dir.display())?;
-    let files = ckpt.files();
-    writeln!(o, 
-        "files        {} safetensors file(s){}, {} tensors, {:.1} MiB",
-        files.len(),
-        if ckpt.index().is_some() { " via model.safetensors.index.json" } else { "" },
-        ckpt.len(),
-        ckpt.total_bytes() as f64 / (1 << 20) as f64
-    )?;
-    print_config(o, &cfg)?;
+    let mut r = json!({
+        "checkpoint": dir.display().to_string(),
+        "files": ckpt.files().iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+        "index": ckpt.index().map(|p| p.display().to_string()),
+        "tensor_count": ckpt.len(),
+        "total_bytes": ckpt.total_bytes(),
+        "config": config_summary(&cfg),
+    });
 
-    writeln!(o)?;
+    match detect_dialect(&ckpt, &cfg) {
+        Ok(d) => {
+            r["dialect"] = json!({
+                "name": d.name(),
+                "trunk_prefix": d.trunk_prefix,
+                "norms": match d.norms {
+                    NormStorage::ZeroCentred => "zero-centred, stored as w: applied as 1 + w (f32, once)",
+                    NormStorage::Effective => "stored as 1 + w already: applied as stored",
+                },
+                "norms_because": d.norms_reason,
+                "quantization": quant_summary(&d.quant),
+            });
+        }
+        Err(e) => r["dialect"] = json!({ "error": e.to_string() }),
+    }
+
+    let mut tensors: Vec<Value> = ckpt
+        .tensors()
+        .map(|t| json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape, "bytes": t.byte_len()}))
+        .collect();
     match load_weights(&ckpt, &cfg) {
         Ok((_, conv)) => {
-            let dialect = match conv.norms {
-                NormStorage::ZeroCentred => "HF safetensors (raw)",
-                NormStorage::Effective => "MLX sanitized safetensors",
-            };
-            writeln!(o, "dialect      {dialect}")?;
-            writeln!(o, "  because    {}", conv.norms_reason)?;
-            writeln!(o, "prefix       `{}`", conv.trunk_prefix)?;
-            writeln!(o, "lm head      {}", conv.lm_head.as_deref().map(|n| format!("`{n}`")).unwrap_or("tied to embed_tokens".into()))?;
-            let experts = match conv.experts {
-                Some(ExpertLayout::Fused) => "fused `experts.gate_up_proj [E,2I,H]` + `experts.down_proj [E,H,I]` (views, no copy)",
-                Some(ExpertLayout::PerExpert) => "per-expert `experts.{e}.{gate,up,down}_proj` (indices 0..E checked)",
-                Some(ExpertLayout::SwitchMlp) => "MLX `switch_mlp` stacks",
-                None => "none (dense MLP)",
-            };
-            writeln!(o, "experts      {experts}")?;
-            let gdn = match conv.gdn_proj {
-                GdnProjLayout::Separate => "separate in_proj_qkv / in_proj_z / in_proj_b / in_proj_a",
-                GdnProjLayout::FusedGrouped => "fused in_proj_qkvz / in_proj_ba, grouped per key head (un-grouped after the matmul)",
-            };
-            writeln!(o, "gdn proj     {gdn}")?;
-            writeln!(o, "v heads      grouped: value head h reads key head h / (Hv/Hk)")?;
-            writeln!(o, "mtp head     {}", if conv.mtp_present { "present (not used yet)" } else { "absent" })?;
-            for (group, n) in &conv.ignored {
-                writeln!(o, "ignored      {n} {group} tensor(s)")?;
+            r["conventions"] = json!({
+                "lm_head": conv.lm_head.clone().unwrap_or_else(|| "tied to embed_tokens".into()),
+                "experts": match conv.experts {
+                    Some(ExpertLayout::Fused) => "fused experts.gate_up_proj [E,2I,H] + experts.down_proj [E,H,I], split into per-expert views (no copy)",
+                    Some(ExpertLayout::PerExpert) => "per-expert experts.{e}.{gate,up,down}_proj, indices 0..E checked",
+                    Some(ExpertLayout::SwitchMlp) => "MLX switch_mlp stacks [E,I,H] / [E,H,I], per-expert views (no copy)",
+                    None => "none (dense MLP)",
+                },
+                "gdn_projections": match conv.gdn_proj {
+                    GdnProjLayout::Separate => "separate in_proj_qkv / in_proj_z / in_proj_b / in_proj_a",
+                    GdnProjLayout::FusedGrouped => "fused in_proj_qkvz / in_proj_ba grouped per key head, un-grouped after the matmul",
+                },
+                "v_head_order": "grouped: value head h reads key head h / (Hv/Hk)",
+                "conv1d": "taps read as [C, K] from [C,1,K] or [C,K,1]",
+                "a_log": "-exp(A_log) computed in f32 at load",
+            });
+            let by_cat: serde_json::Map<String, Value> =
+                conv.bytes_by_category().into_iter().map(|(c, b)| (c.name().to_string(), json!(b))).collect();
+            r["bytes_by_category"] = Value::Object(by_cat);
+            r["ignored"] = json!(conv.ignored);
+            r["mtp"] = json!({
+                "present": conv.mtp_present,
+                "usable": false,
+                "note": if conv.mtp_present { "mtp.* tensors recognised; MTP speculative decoding is not implemented yet" } else { "no mtp.* tensors" },
+            });
+            for t in &mut tensors {
+                let name = t["name"].as_str().unwrap_or_default().to_string();
+                t["use"] = match conv.tensors.get(&name) {
+                    Some(Some(u)) => json!({"category": u.category.name(), "storage": u.storage}),
+                    Some(None) => json!("scales of a quantized weight"),
+                    None => json!("ignored"),
+                };
             }
-            for (dt, b) in &conv.bytes_by_dtype {
-                writeln!(o, "weights      {dt}: {:.2} MiB", *b as f64 / (1 << 20) as f64)?;
-            }
-            writeln!(o, "status       loads OK")?;
+            r["gate"] = json!({"ok": true});
         }
-        Err(e) => writeln!(o, "status       does NOT load: {e}")?,
+        Err(ModelError::Gate(g)) => {
+            let list = |it: &mut dyn Iterator<Item = &Problem>| it.map(|p| p.to_string()).collect::<Vec<_>>();
+            r["gate"] = json!({
+                "ok": false,
+                "summary": g.to_string().lines().next().unwrap_or_default(),
+                "missing": list(&mut g.missing()),
+                "misshaped": list(&mut g.misshaped()),
+                "invalid": list(&mut g.invalid()),
+                "unexpected": g.unexpected,
+                "ignored": g.ignored,
+            });
+        }
+        Err(e) => r["gate"] = json!({"ok": false, "summary": e.to_string()}),
     }
-
-    writeln!(o)?;
-    writeln!(o, "tensors")?;
-    let width = ckpt.names().map(str::len).max().unwrap_or(0);
-    for t in ckpt.tensors() {
-        writeln!(o, "  {:width$}  {:8} {:?}", t.name, t.dtype.name(), t.shape)?;
-    }
-    Ok(())
+    r["tensors"] = Value::Array(tensors);
+    Ok(r)
 }
 
-fn print_config(o: &mut String, c: &Config) -> std::fmt::Result {
-    let full = c.layer_types.iter().filter(|t| **t == LayerKind::FullAttention).count();
-    let moe = c.mlp_kinds.iter().filter(|m| **m == MlpKind::Moe).count();
-    writeln!(o, "model_type   {} ({:?})", c.model_type, c.arch)?;
-    writeln!(o, "hidden       {}  layers {} ({} full attention, {} Gated DeltaNet)", c.hidden_size, c.num_hidden_layers, full, c.num_hidden_layers - full)?;
+fn config_summary(c: &Config) -> Value {
     let pattern: String = c.layer_types.iter().map(|t| if *t == LayerKind::FullAttention { 'A' } else { 'd' }).collect();
-    writeln!(o, "layer types  {pattern}  (A = attention, d = DeltaNet)")?;
-    writeln!(o, 
-        "attention    {} q heads, {} kv heads, head_dim {}, rotary {} dims, theta {}",
-        c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.rotary_dims(), c.rope_theta
-    )?;
-    writeln!(o, 
-        "deltanet     {} key heads x {}, {} value heads x {}, conv {}",
-        c.linear_num_key_heads, c.linear_key_head_dim, c.linear_num_value_heads, c.linear_value_head_dim, c.linear_conv_kernel_dim
-    )?;
-    if moe > 0 {
-        writeln!(o, 
-            "moe          {} layers: {} experts, top-{}, expert width {}, shared width {}, renormalise {}",
-            moe, c.num_experts, c.num_experts_per_tok, c.moe_intermediate_size, c.shared_expert_intermediate_size, c.norm_topk_prob
-        )?;
+    let moe_layers = c.mlp_kinds.iter().filter(|m| **m == MlpKind::Moe).count();
+    json!({
+        "model_type": c.model_type,
+        "arch": format!("{:?}", c.arch),
+        "hidden_size": c.hidden_size,
+        "num_hidden_layers": c.num_hidden_layers,
+        "layer_pattern": pattern,
+        "attention": {"heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads, "head_dim": c.head_dim,
+                      "rotary_dims": c.rotary_dims(), "rope_theta": c.rope_theta},
+        "deltanet": {"key_heads": c.linear_num_key_heads, "key_head_dim": c.linear_key_head_dim,
+                     "value_heads": c.linear_num_value_heads, "value_head_dim": c.linear_value_head_dim,
+                     "conv_kernel": c.linear_conv_kernel_dim},
+        "moe": {"layers": moe_layers, "experts": c.num_experts, "top_k": c.num_experts_per_tok,
+                "expert_width": c.moe_intermediate_size, "shared_width": c.shared_expert_intermediate_size,
+                "renormalise": c.norm_topk_prob},
+        "dense_layers": c.num_hidden_layers - moe_layers,
+        "intermediate_size": c.intermediate_size,
+        "vocab_size": c.vocab_size,
+        "tie_word_embeddings": c.tie_word_embeddings,
+        "mtp_num_hidden_layers": c.mtp_num_hidden_layers,
+    })
+}
+
+fn quant_summary(q: &QuantScheme) -> Value {
+    match q {
+        QuantScheme::None => json!("none"),
+        QuantScheme::Fp8 { block, not_converted } => json!({
+            "method": "fp8 e4m3, weight_scale_inv block scales (value = f32(w) * scale)",
+            "block": block,
+            "modules_to_not_convert": not_converted.len(),
+        }),
+        QuantScheme::Mlx { global, overrides } => json!({
+            "method": "MLX affine (value = scale * q + bias per group)",
+            "global": global.map(|p| json!({"bits": p.bits, "group_size": p.group})),
+            "per_path_overrides": overrides.len(),
+        }),
     }
-    if moe < c.num_hidden_layers {
-        writeln!(o, "dense mlp    {} layers, width {}", c.num_hidden_layers - moe, c.intermediate_size.unwrap_or(0))?;
+}
+
+/// The human-readable form of the report.
+fn render(r: &Value) -> Result<String> {
+    let mut o = String::new();
+    let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    let c = &r["config"];
+    writeln!(o, "checkpoint   {}", s(&r["checkpoint"]))?;
+    writeln!(
+        o,
+        "files        {} safetensors file(s){}, {} tensors, {:.1} MiB",
+        r["files"].as_array().map_or(0, |a| a.len()),
+        if r["index"].is_null() { "" } else { " via model.safetensors.index.json" },
+        r["tensor_count"],
+        r["total_bytes"].as_f64().unwrap_or(0.0) / (1u64 << 20) as f64
+    )?;
+    writeln!(o, "model_type   {} ({})", s(&c["model_type"]), s(&c["arch"]))?;
+    writeln!(o, "layers       {}  {} (A = attention, d = DeltaNet), hidden {}", c["num_hidden_layers"], s(&c["layer_pattern"]), c["hidden_size"])?;
+    let at = &c["attention"];
+    writeln!(o, "attention    {} q heads, {} kv heads, head_dim {}, rotary {} dims, theta {}", at["heads"], at["kv_heads"], at["head_dim"], at["rotary_dims"], at["rope_theta"])?;
+    let dn = &c["deltanet"];
+    writeln!(o, "deltanet     {} key heads x {}, {} value heads x {}, conv {}", dn["key_heads"], dn["key_head_dim"], dn["value_heads"], dn["value_head_dim"], dn["conv_kernel"])?;
+    let m = &c["moe"];
+    if m["layers"].as_u64().unwrap_or(0) > 0 {
+        writeln!(o, "moe          {} layers: {} experts, top-{}, width {}, shared width {}, renormalise {}", m["layers"], m["experts"], m["top_k"], m["expert_width"], m["shared_width"], m["renormalise"])?;
     }
-    writeln!(o, "vocab        {}  tied embeddings: {}", c.vocab_size, c.tie_word_embeddings)?;
-    Ok(())
+    if c["dense_layers"].as_u64().unwrap_or(0) > 0 {
+        writeln!(o, "dense mlp    {} layers, width {}", c["dense_layers"], c["intermediate_size"])?;
+    }
+    writeln!(o, "vocab        {}, tied embeddings: {}", c["vocab_size"], c["tie_word_embeddings"])?;
+    writeln!(o)?;
+    let d = &r["dialect"];
+    if let Some(e) = d.get("error") {
+        writeln!(o, "dialect      undetermined: {}", s(e))?;
+    } else {
+        writeln!(o, "dialect      {}", s(&d["name"]))?;
+        writeln!(o, "  because    {}", s(&d["norms_because"]))?;
+        writeln!(o, "prefix       `{}`", s(&d["trunk_prefix"]))?;
+        writeln!(o, "norms        {}", s(&d["norms"]))?;
+        writeln!(o, "quantization {}", s(&d["quantization"]))?;
+    }
+    if let Some(cv) = r.get("conventions") {
+        for (k, v) in cv.as_object().into_iter().flatten() {
+            writeln!(o, "{:12} {}", k, s(v))?;
+        }
+        writeln!(o, "mtp          {}", s(&r["mtp"]["note"]))?;
+        for (k, v) in r["ignored"].as_object().into_iter().flatten() {
+            writeln!(o, "ignored      {v} {k} tensor(s)")?;
+        }
+        writeln!(o, "bytes by category")?;
+        for (k, v) in r["bytes_by_category"].as_object().into_iter().flatten() {
+            writeln!(o, "  {:16} {:10.2} MiB", k, v.as_f64().unwrap_or(0.0) / (1u64 << 20) as f64)?;
+        }
+    }
+    let g = &r["gate"];
+    if g["ok"].as_bool() == Some(true) {
+        writeln!(o, "tensor gate  OK: every tensor accounted for; the model loads")?;
+    } else {
+        writeln!(o, "tensor gate  FAILED: {}", s(&g["summary"]))?;
+        for key in ["missing", "misshaped", "invalid", "unexpected"] {
+            let items = g[key].as_array().cloned().unwrap_or_default();
+            for it in items.iter().take(20) {
+                writeln!(o, "  {key:10} {}", s(it))?;
+            }
+            if items.len() > 20 {
+                writeln!(o, "  {key:10} ... and {} more", items.len() - 20)?;
+            }
+        }
+    }
+    writeln!(o)?;
+    writeln!(o, "tensors")?;
+    let tensors = r["tensors"].as_array().cloned().unwrap_or_default();
+    let width = tensors.iter().map(|t| t["name"].as_str().map_or(0, str::len)).max().unwrap_or(0);
+    for t in &tensors {
+        let shape: Vec<String> = t["shape"].as_array().into_iter().flatten().map(|d| d.to_string()).collect();
+        let use_ = match &t["use"] {
+            Value::Object(u) => format!("{} ({})", s(&u["storage"]), s(&u["category"])),
+            Value::Null => String::new(),
+            other => s(other),
+        };
+        writeln!(o, "  {:width$}  {:8} [{}]  {}", s(&t["name"]), s(&t["dtype"]), shape.join(", "), use_)?;
+    }
+    Ok(o)
 }
