@@ -2,5 +2,7 @@
 //! their conversion to f32. Imports nothing internal.
 
 pub mod dtype;
+pub mod ggml;
 
 pub use dtype::DType;
+pub use ggml::GgmlType;
