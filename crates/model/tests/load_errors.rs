@@ -142,3 +142,19 @@ fn context_limit_is_an_error() {
     let e = model.forward(&[1, 2, 3], &mut cache, &mut Scratch::default(), Logits::Last).unwrap_err();
     assert!(matches!(e, ModelError::ContextFull { .. }), "{e}");
 }
+
+#[test]
+fn gate_reports_every_problem_in_one_pass() {
+    let k3 = "model.language_model.layers.3.linear_attn.in_proj_z.weight";
+    let dir = rewrite("moe_fused", "many", |n, s| {
+        let mut s = s.to_vec();
+        if n == "model.language_model.layers.4.self_attn.o_proj.weight" {
+            s[1] += 32;
+        }
+        if n == Q_PROJ || n == k3 { vec![] } else { vec![(n.to_string(), s)] }
+    });
+    let ModelError::Gate(g) = Model::load(&dir).err().expect("must not load") else { panic!("expected the gate report") };
+    let text = g.to_string();
+    assert_eq!((g.missing().count(), g.misshaped().count()), (2, 1), "{text}");
+    assert!(text.contains(Q_PROJ) && text.contains(k3) && text.contains("layers.4.self_attn.o_proj"), "{text}");
+}

@@ -242,7 +242,9 @@ impl<'a> Loader<'a> {
                     Mlp::Moe(m)
                 }),
             };
-            layers.push(Some(Layer { input_norm: input_norm?, post_attn_norm: post_attn_norm?, mixer: mixer?, mlp: mlp? }));
+            // Keep walking the remaining layers even if this one failed.
+            let layer = (|| Some(Layer { input_norm: input_norm?, post_attn_norm: post_attn_norm?, mixer: mixer?, mlp: mlp? }))();
+            layers.push(layer);
         }
         let layers = layers.into_iter().collect::<Option<Vec<_>>>()?;
         let lm_head = match lm_head {
