@@ -88,3 +88,30 @@ fn errors_are_one_line_with_nonzero_exit() {
         assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
     }
 }
+
+#[test]
+fn inspect_json_reports_storage_and_gate() {
+    let o = qmoe(&["inspect", "--json", "tests/fixtures/mlx_q4"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["gate"]["ok"], true);
+    assert_eq!(r["dialect"]["name"], "MLX affine-quantized (sanitized)");
+    let router = r["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "language_model.model.layers.0.mlp.gate.weight").unwrap();
+    assert_eq!(router["use"]["storage"], "MLX affine 8-bit, group 64");
+    assert!(r["bytes_by_category"]["routed experts"].as_u64().unwrap() > 0);
+
+    // A broken checkpoint still gets a report, with the gate's verdict.
+    let dir = tmp("inspect-broken");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors.index.json", "model.safetensors"] {
+        std::fs::copy(root().join("tests/fixtures/mlx_q4").join(f), dir.join(f)).unwrap();
+    }
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("\"bits\": 8", "\"bits\": 4");
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    let o = qmoe(&["inspect", "--json", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["gate"]["ok"], false);
+    assert!(!r["gate"]["invalid"].as_array().unwrap().is_empty(), "{}", r["gate"]);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -197,7 +197,11 @@ fn render(r: &Value) -> Result<String> {
         writeln!(o, "  because    {}", s(&d["norms_because"]))?;
         writeln!(o, "prefix       `{}`", s(&d["trunk_prefix"]))?;
         writeln!(o, "norms        {}", s(&d["norms"]))?;
-        writeln!(o, "quantization {}", s(&d["quantization"]))?;
+        let q = match &d["quantization"] {
+            Value::Object(m) => m.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| format!("{k}: {}", s(v))).collect::<Vec<_>>().join("; "),
+            other => s(other),
+        };
+        writeln!(o, "quantization {q}")?;
     }
     if let Some(cv) = r.get("conventions") {
         for (k, v) in cv.as_object().into_iter().flatten() {
