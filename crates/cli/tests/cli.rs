@@ -115,3 +115,26 @@ fn inspect_json_reports_storage_and_gate() {
     assert!(!r["gate"]["invalid"].as_array().unwrap().is_empty(), "{}", r["gate"]);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn chat_reuses_the_cached_conversation() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qmoe"))
+        .args(["chat", "--model", "models/demo", "--max-tokens", "4", "--seed", "1", "--no-think"])
+        .current_dir(root())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"Hello there\nAnd again\n/exit\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    let turns: Vec<&str> = err.lines().filter(|l| l.contains("[prompt")).collect();
+    assert_eq!(turns.len(), 2, "{err}");
+    assert!(turns[0].contains(" 0 reused"), "{err}");
+    // The second turn's prompt starts with the first user turn, restored from a snapshot.
+    let reused: usize = turns[1].split(" computed, ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(reused >= 7, "{err}");
+}
