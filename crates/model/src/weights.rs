@@ -7,6 +7,7 @@
 
 use qmoe_core::DType;
 use qmoe_formats::TensorData;
+use qmoe_kernels::gdn::HeadMap;
 use qmoe_kernels::linear::MatRef;
 
 /// How a [`Mat`]'s bytes encode its values (the loader has validated every
@@ -148,6 +149,9 @@ pub struct Gdn {
     pub norm: Vec<f32>,
     /// `[H, Hv * Dv]`.
     pub out_proj: Mat,
+    /// Which key head each value head reads: grouped (HF, MLX, qwen3next
+    /// GGUF) or tiled (qwen35* GGUF files, whose value heads were reordered).
+    pub head_map: HeadMap,
 }
 
 #[derive(Debug)]
@@ -159,6 +163,9 @@ pub enum GdnProj {
     /// both grouped per key head (spec 2.5.2); the outputs are un-grouped
     /// after the matmul, so the weights are used exactly as stored.
     FusedGrouped { qkvz: Mat, ba: Mat },
+    /// qwen3next GGUF from the current llama.cpp converter: `attn_qkv` and
+    /// `attn_gate` de-grouped (as `Separate`), `ssm_ba` still grouped per key head.
+    SplitGroupedBa { qkv: Mat, z: Mat, ba: Mat },
 }
 
 #[derive(Debug)]

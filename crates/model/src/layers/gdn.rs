@@ -7,7 +7,7 @@
 
 use qmoe_kernels::act::{sigmoid, softplus};
 use qmoe_kernels::conv::causal_conv1d_silu;
-use qmoe_kernels::gdn::{gdn_chunked, gdn_recurrent, l2_normalize, GdnScratch, GdnShape, HeadMap};
+use qmoe_kernels::gdn::{gdn_chunked, gdn_recurrent, l2_normalize, GdnScratch, GdnShape};
 use qmoe_kernels::linear::matmul;
 use qmoe_kernels::norm::rms_norm_gated_inplace;
 
@@ -56,7 +56,15 @@ pub fn forward(
             matmul(&qkvz.view(), x, fused, t);
             let bab = take(&mut s.ba, t * 2 * hv);
             matmul(&ba.view(), x, bab, t);
-            ungroup(cfg, fused, bab, t, mixed, z, b, a);
+            ungroup_qkvz(cfg, fused, t, mixed, z);
+            ungroup_ba(cfg, bab, t, b, a);
+        }
+        GdnProj::SplitGroupedBa { qkv, z: wz, ba } => {
+            matmul(&qkv.view(), x, mixed, t);
+            matmul(&wz.view(), x, z, t);
+            let bab = take(&mut s.ba, t * 2 * hv);
+            matmul(&ba.view(), x, bab, t);
+            ungroup_ba(cfg, bab, t, b, a);
         }
     }
 
@@ -96,10 +104,10 @@ pub fn forward(
     let shape = GdnShape { n_k_heads: hk, n_v_heads: hv, head_k_dim: dk, head_v_dim: dv };
     let out = take(&mut s.out, t * vd);
     if t == 1 {
-        gdn_recurrent(q, k, v, beta, g, ssm_state, shape, HeadMap::Grouped, out);
+        gdn_recurrent(q, k, v, beta, g, ssm_state, shape, w.head_map, out);
     } else {
         let scratch = s.chunk.get_or_insert_with(|| GdnScratch::new(shape, CHUNK));
-        gdn_chunked(q, k, v, beta, g, ssm_state, shape, HeadMap::Grouped, CHUNK, scratch, out);
+        gdn_chunked(q, k, v, beta, g, ssm_state, shape, w.head_map, CHUNK, scratch, out);
     }
 
     rms_norm_gated_inplace(out, z, &w.norm, cfg.rms_norm_eps);
@@ -107,22 +115,12 @@ pub fn forward(
 }
 
 /// Qwen3-Next fused outputs are grouped per key head g (spec 2.5.2):
-/// `qkvz` rows `[q_g (Dk) | k_g (Dk) | v_g (r*Dv) | z_g (r*Dv)]`,
-/// `ba` rows `[b_g (r) | a_g (r)]`. Scatter them into the separate layout.
-#[allow(clippy::too_many_arguments)]
-fn ungroup(
-    cfg: &Config,
-    fused: &[f32],
-    ba: &[f32],
-    t: usize,
-    mixed: &mut [f32],
-    z: &mut [f32],
-    b: &mut [f32],
-    a: &mut [f32],
-) {
+/// `qkvz` rows `[q_g (Dk) | k_g (Dk) | v_g (r*Dv) | z_g (r*Dv)]`. Scatter
+/// them into the separate layout `mixed = [q | k | v]`, `z`.
+fn ungroup_qkvz(cfg: &Config, fused: &[f32], t: usize, mixed: &mut [f32], z: &mut [f32]) {
     let (hk, dk, dv) = (cfg.linear_num_key_heads, cfg.linear_key_head_dim, cfg.linear_value_head_dim);
     let r = cfg.linear_num_value_heads / hk;
-    let (kd, vd, cd, hv) = (cfg.key_dim(), cfg.value_dim(), cfg.conv_dim(), cfg.linear_num_value_heads);
+    let (kd, vd, cd) = (cfg.key_dim(), cfg.value_dim(), cfg.conv_dim());
     let group = 2 * dk + 2 * r * dv;
     for ti in 0..t {
         let row = &fused[ti * (2 * kd + 2 * vd)..(ti + 1) * (2 * kd + 2 * vd)];
@@ -135,6 +133,16 @@ fn ungroup(
             let vs = 2 * kd + gi * r * dv;
             m[vs..vs + r * dv].copy_from_slice(&grp[2 * dk..2 * dk + r * dv]);
             zr[gi * r * dv..(gi + 1) * r * dv].copy_from_slice(&grp[2 * dk + r * dv..]);
+        }
+    }
+}
+
+/// `ba` rows are grouped per key head: `[b_g (r) | a_g (r)]`.
+fn ungroup_ba(cfg: &Config, ba: &[f32], t: usize, b: &mut [f32], a: &mut [f32]) {
+    let (hk, hv) = (cfg.linear_num_key_heads, cfg.linear_num_value_heads);
+    let r = hv / hk;
+    for ti in 0..t {
+        for gi in 0..hk {
             let bar = &ba[ti * 2 * hv + gi * 2 * r..ti * 2 * hv + (gi + 1) * 2 * r];
             b[ti * hv + gi * r..ti * hv + (gi + 1) * r].copy_from_slice(&bar[..r]);
             a[ti * hv + gi * r..ti * hv + (gi + 1) * r].copy_from_slice(&bar[r..]);

@@ -12,6 +12,7 @@ mod source;
 use std::collections::{BTreeMap, BTreeSet};
 
 use qmoe_formats::Checkpoint;
+use qmoe_kernels::gdn::HeadMap;
 
 pub use gate::{GateReport, Problem};
 pub use source::{Category, TensorUse};
@@ -304,6 +305,7 @@ impl<'a> Loader<'a> {
             dt_bias: dt_bias?,
             norm: norm?,
             out_proj: out_proj?,
+            head_map: HeadMap::Grouped,
         })
     }
 
