@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod gguf;
 pub mod layers;
 pub mod loader;
 pub mod model;
@@ -15,5 +16,5 @@ pub mod weights;
 pub use cache::{Cache, Snapshot};
 pub use config::Config;
 pub use error::ModelError;
-pub use model::{Logits, Model};
+pub use model::{Logits, Model, Source};
 pub use scratch::Scratch;

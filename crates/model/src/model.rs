@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
+use qmoe_formats::gguf::GgufFile;
 use qmoe_formats::Checkpoint;
 use qmoe_kernels::linear::matmul;
 use qmoe_kernels::norm::rms_norm;
@@ -19,6 +20,7 @@ use qmoe_kernels::rope::RopeTable;
 use crate::cache::{Cache, LayerCache};
 use crate::config::Config;
 use crate::error::{ModelError, Result};
+use crate::gguf::{config_from_gguf, load_gguf_weights, GgufConventions};
 use crate::layers::{attention, ffn, gdn};
 use crate::loader::{load_weights, Conventions};
 use crate::scratch::{take, Scratch};
@@ -38,16 +40,25 @@ pub enum Logits {
 pub struct Model {
     pub config: Config,
     pub weights: Weights,
-    pub conventions: Conventions,
-    pub checkpoint: Checkpoint,
+    /// The file(s) the weights borrow from and what the loader decided.
+    pub source: Source,
     rope: RopeTable,
 }
 
+/// Where a model came from.
+pub enum Source {
+    Safetensors { checkpoint: Checkpoint, conventions: Conventions },
+    Gguf { file: GgufFile, conventions: GgufConventions },
+}
+
 impl Model {
-    /// Opens `dir` (a checkpoint directory with `config.json`), maps its
-    /// safetensors and builds the typed weights. Nothing is copied.
-    pub fn load(dir: &Path) -> Result<Model> {
-        let dir: PathBuf = if dir.is_file() { dir.parent().unwrap_or(Path::new(".")).to_path_buf() } else { dir.to_path_buf() };
+    /// Opens a checkpoint: a directory with `config.json` + safetensors, or
+    /// a `.gguf` file (or a directory holding exactly one). Nothing is copied.
+    pub fn load(path: &Path) -> Result<Model> {
+        if let Some(gguf) = gguf_path(path)? {
+            return Self::load_gguf(&gguf);
+        }
+        let dir: PathBuf = if path.is_file() { path.parent().unwrap_or(Path::new(".")).to_path_buf() } else { path.to_path_buf() };
         let config = Config::from_file(&dir.join("config.json"))?;
         let checkpoint = Checkpoint::open(&dir)?;
         Self::from_parts(config, checkpoint)
@@ -56,7 +67,27 @@ impl Model {
     pub fn from_parts(config: Config, checkpoint: Checkpoint) -> Result<Model> {
         let (weights, conventions) = load_weights(&checkpoint, &config)?;
         let rope = RopeTable::new(config.rotary_dims(), config.rope_theta);
-        Ok(Model { config, weights, conventions, checkpoint, rope })
+        Ok(Model { config, weights, source: Source::Safetensors { checkpoint, conventions }, rope })
+    }
+
+    pub fn load_gguf(path: &Path) -> Result<Model> {
+        let file = GgufFile::open(path)?;
+        let arch = file.architecture()?.to_string();
+        let vocab = file.tensor("token_embd.weight").map(|t| t.shape()).and_then(|s| s.first().copied()).ok_or_else(|| {
+            ModelError::MissingTensor { dir: path.to_path_buf(), name: "token_embd.weight".into(), what: "the token embeddings".into() }
+        })?;
+        let config = config_from_gguf(path, &|k| file.get(k), &|n| file.tensor(n).is_some(), vocab)?;
+        let (weights, conventions) = load_gguf_weights(&file, &config, &arch).map_err(|g| ModelError::Gate(Box::new(g)))?;
+        let rope = RopeTable::new(config.rotary_dims(), config.rope_theta);
+        Ok(Model { config, weights, source: Source::Gguf { file, conventions }, rope })
+    }
+
+    /// The safetensors loader's conventions (`None` for GGUF).
+    pub fn conventions(&self) -> Option<&Conventions> {
+        match &self.source {
+            Source::Safetensors { conventions, .. } => Some(conventions),
+            Source::Gguf { .. } => None,
+        }
     }
 
     /// A fresh cache for up to `max_tokens` positions.
@@ -121,6 +152,24 @@ impl Model {
         let logits = take(&mut scratch.logits, n * v);
         matmul(&self.weights.head().view(), hbuf, logits, n);
         Ok(logits)
+    }
+}
+
+/// The GGUF file `path` names: the path itself if it ends in `.gguf`, or
+/// the only `.gguf` in a directory without `config.json`.
+fn gguf_path(path: &Path) -> Result<Option<PathBuf>> {
+    if path.extension().is_some_and(|e| e == "gguf") {
+        return Ok(Some(path.to_path_buf()));
+    }
+    if !path.is_dir() || path.join("config.json").exists() {
+        return Ok(None);
+    }
+    let Ok(entries) = std::fs::read_dir(path) else { return Ok(None) };
+    let ggufs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "gguf")).collect();
+    match ggufs.len() {
+        0 => Ok(None),
+        1 => Ok(ggufs.into_iter().next()),
+        n => Err(ModelError::Unsupported { dir: path.to_path_buf(), what: format!("{n} .gguf files and no config.json: name the file to load") }),
     }
 }
 

@@ -5,7 +5,7 @@
 //! parameters) are widened to f32 at load, because that is where the
 //! dialect conventions are applied exactly once (`1 + w`, `-exp(A_log)`).
 
-use qmoe_core::DType;
+use qmoe_core::{DType, GgmlType};
 use qmoe_formats::TensorData;
 use qmoe_kernels::gdn::HeadMap;
 use qmoe_kernels::linear::MatRef;
@@ -19,6 +19,8 @@ pub enum Storage {
     Fp8 { scales: TensorData, scale_dtype: DType, block: [usize; 2] },
     /// MLX affine: packed u32 words, `scales`/`biases` `[rows, cols/group]`.
     Affine { bits: u32, group: usize, scales: TensorData, biases: TensorData, scale_dtype: DType },
+    /// A GGUF block-quantized type (Q8_0, Q4_K, ...): scales live inside the blocks.
+    Ggml(GgmlType),
 }
 
 /// A weight matrix `[rows, cols]` (HF `[out, in]`) borrowed from the mmap.
@@ -43,6 +45,7 @@ impl Mat {
                 MatRef::affine(rows, cols, bytes, *bits, *group, scales.bytes(), biases.bytes(), *scale_dtype)
                     .expect("affine matrix validated at load")
             }
+            Storage::Ggml(ty) => MatRef::ggml(*ty, rows, cols, bytes).expect("ggml matrix validated at load"),
         }
     }
 
@@ -50,7 +53,7 @@ impl Mat {
     pub fn bytes(&self) -> usize {
         self.data.len()
             + match &self.storage {
-                Storage::Float(_) => 0,
+                Storage::Float(_) | Storage::Ggml(_) => 0,
                 Storage::Fp8 { scales, .. } => scales.len(),
                 Storage::Affine { scales, biases, .. } => scales.len() + biases.len(),
             }
@@ -63,6 +66,7 @@ impl Mat {
         let data = self.data.slice(start * row_bytes, n * row_bytes).map_err(|e| e.to_string())?;
         let storage = match &self.storage {
             Storage::Float(dt) => Storage::Float(*dt),
+            Storage::Ggml(ty) => Storage::Ggml(*ty),
             Storage::Affine { bits, group, scales, biases, scale_dtype } => {
                 let sb = scales.len() / self.rows;
                 Storage::Affine {
@@ -84,6 +88,7 @@ impl Mat {
             Storage::Float(dt) => dt.name().to_string(),
             Storage::Fp8 { block, scale_dtype, .. } => format!("FP8 E4M3, {}x{} blocks, {scale_dtype} scales", block[0], block[1]),
             Storage::Affine { bits, group, .. } => format!("MLX affine {bits}-bit, group {group}"),
+            Storage::Ggml(ty) => format!("GGUF {ty}"),
         }
     }
 }

@@ -38,8 +38,8 @@ fn mlx_sanitized_bf16() {
 #[test]
 fn mlx_sanitized_with_mtp_tensors_keeps_the_norm_decision() {
     let model = Model::load(&fixture("mlx_bf16_mtp")).unwrap();
-    assert_eq!(model.conventions.dialect.norms, NormStorage::Effective);
-    assert!(model.conventions.mtp_present);
+    assert_eq!(model.conventions().unwrap().dialect.norms, NormStorage::Effective);
+    assert!(model.conventions().unwrap().mtp_present);
     check(&fixture("mlx_bf16_mtp"), &fixture("mlx_bf16_mtp"), REL_TOL);
 }
 
@@ -47,8 +47,8 @@ fn mlx_sanitized_with_mtp_tensors_keeps_the_norm_decision() {
 fn mlx_conversion_equals_hf_source_up_to_bf16_norms() {
     let hf = Model::load(&fixture("hf_interval")).unwrap();
     let mlx = Model::load(&fixture("mlx_bf16")).unwrap();
-    assert_eq!(hf.conventions.dialect.norms, NormStorage::ZeroCentred);
-    assert_eq!(mlx.conventions.dialect.norms, NormStorage::Effective);
+    assert_eq!(hf.conventions().unwrap().dialect.norms, NormStorage::ZeroCentred);
+    assert_eq!(mlx.conventions().unwrap().dialect.norms, NormStorage::Effective);
     let ids = golden(&fixture("hf_interval")).ids;
     let d = max_abs_diff(&run(&hf, &ids, ids.len()), &run(&mlx, &ids, ids.len()));
     eprintln!("HF raw vs MLX bf16 conversion: max |diff| = {d:.4}");

@@ -256,7 +256,7 @@ impl<'a> Source<'a> {
     /// Final length check by the kernel's own constructor.
     fn validated(&mut self, name: &str, m: Mat) -> Option<Mat> {
         let check = match &m.storage {
-            Storage::Float(_) => Ok(()),
+            Storage::Float(_) | Storage::Ggml(_) => Ok(()),
             Storage::Fp8 { scales, scale_dtype, block } => {
                 MatRef::fp8(m.rows, m.cols, m.data.bytes(), scales.bytes(), *scale_dtype, block[0], block[1]).map(|_| ())
             }
