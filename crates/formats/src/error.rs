@@ -121,6 +121,58 @@ pub enum FormatError {
     #[error("{path}: tensor `{tensor}`: {reason}")]
     BadTensorToWrite { path: PathBuf, tensor: String, reason: String },
 
+    // ---- GGUF ------------------------------------------------------------------
+    #[error("{path}: file ends while reading {what}: {need} bytes needed at offset {offset}, but the file is {file_len} bytes")]
+    GgufTruncated { path: PathBuf, what: String, offset: u64, need: u64, file_len: u64 },
+
+    #[error("{path}: not a GGUF file (starts with {found:02x?}, expected the magic `GGUF`)")]
+    GgufBadMagic { path: PathBuf, found: Vec<u8> },
+
+    #[error("{path}: big-endian GGUF ({evidence}); qmoe reads only little-endian GGUF files")]
+    GgufBigEndian { path: PathBuf, evidence: String },
+
+    #[error("{path}: GGUF version {version} is not supported (qmoe reads v2 and v3{})", if *version == 1 { "; v1 files predate 64-bit counts, re-convert with a current llama.cpp" } else { "" })]
+    GgufVersion { path: PathBuf, version: u32 },
+
+    #[error("{path}: GGUF header claims {count} {what}, but the {remaining} bytes left hold at most {max}")]
+    GgufCount { path: PathBuf, what: &'static str, count: u64, remaining: u64, max: u64 },
+
+    #[error("{path}: {what} (at byte {offset}) is not valid UTF-8")]
+    GgufNotUtf8 { path: PathBuf, what: String, offset: u64 },
+
+    #[error("{path}: metadata key `{key}`: {reason}")]
+    GgufBadValue { path: PathBuf, key: String, reason: String },
+
+    #[error("{path}: metadata key `{key}` appears twice")]
+    GgufDuplicateKey { path: PathBuf, key: String },
+
+    #[error("{path}: `general.alignment` {reason}")]
+    GgufBadAlignment { path: PathBuf, reason: String },
+
+    #[error("{path}: tensor `{tensor}`: {reason}")]
+    GgufBadTensor { path: PathBuf, tensor: String, reason: String },
+
+    #[error("{path}: tensor `{tensor}` appears twice in the GGUF tensor infos")]
+    GgufDuplicateTensor { path: PathBuf, tensor: String },
+
+    #[error("{path}: tensor `{tensor}` (data bytes [{start}, {end})) overlaps tensor `{other}` (which ends at {other_end}); offsets are relative to the data section")]
+    GgufTensorOverlap { path: PathBuf, tensor: String, start: u64, end: u64, other: String, other_end: u64 },
+
+    #[error("{path}: tensor `{tensor}` has ggml type {type_name} (id {type_id}), which qmoe cannot decode")]
+    GgufUnsupportedType { path: PathBuf, tensor: String, type_id: u32, type_name: String },
+
+    #[error("{path}: tensor `{tensor}` is {type_name}; only F32/F16/BF16 tensors widen to f32 here (quantized weights go through the block decoders)")]
+    GgufNotFloat { path: PathBuf, tensor: String, type_name: String },
+
+    #[error("{path}: GGUF metadata has no key `{key}`")]
+    GgufMissingKey { path: PathBuf, key: String },
+
+    #[error("{path}: GGUF metadata key `{key}` is {found}, expected {expected}")]
+    GgufKeyType { path: PathBuf, key: String, expected: &'static str, found: String },
+
+    #[error("{path}: GGUF writer: {reason}")]
+    GgufWrite { path: PathBuf, reason: String },
+
     // ---- .npy ------------------------------------------------------------------
     #[error("{path}: not a readable .npy file: {reason}")]
     NpyHeader { path: PathBuf, reason: String },

@@ -9,6 +9,7 @@
 
 pub mod checkpoint;
 pub mod error;
+pub mod gguf;
 pub mod header;
 pub mod npy;
 pub mod tensor;
@@ -16,6 +17,9 @@ pub mod writer;
 
 pub use checkpoint::{Checkpoint, SafetensorsFile, INDEX_FILE};
 pub use error::{FormatError, Result};
+pub use gguf::{
+    ggml_ne_to_shape, shape_to_ggml_ne, GgufArray, GgufFile, GgufTensor, GgufValue, GgufValueType, GgufWriter,
+};
 pub use header::{parse_header, Header, HeaderEntry, MAX_HEADER_LEN};
 pub use npy::{read_npy_f32, write_npy_f32};
 pub use tensor::{TensorData, TensorInfo};
