@@ -9,6 +9,7 @@ pub mod act;
 pub mod attention;
 pub mod conv;
 pub mod gdn;
+pub mod ggml;
 pub mod linear;
 pub mod norm;
 pub mod quant;

@@ -7,16 +7,20 @@
 //!
 //! The encoding axis lives here as a dispatch only: float rows are widened by
 //! [`qmoe_core::dtype::to_f32`], quantized rows by the decoders in
-//! [`crate::quant`]. Every encoding goes through the same block loop, so a
-//! quantized product is exactly "dequantise, then the float matmul".
+//! [`crate::quant`] and [`crate::ggml`]. Every encoding goes through the same
+//! block loop, so a quantized product is exactly "dequantise, then the float
+//! matmul".
 
 use qmoe_core::dtype::{to_f32, DType};
+use qmoe_core::GgmlType;
 
 use crate::quant::{array_bytes, AffineRow, Fp8Row, AFFINE_BITS};
 pub use crate::quant::QuantError;
 
 /// Columns widened per step; fits comfortably on the stack. A multiple of 32,
-/// so every affine block starts on a uint32 word boundary whatever the bits.
+/// so every affine block starts on a uint32 word boundary whatever the bits,
+/// and of 256, so every step is a whole number of ggml blocks (1, 32 or 256
+/// values) whatever the type.
 const BLOCK: usize = 256;
 
 /// How a matrix's bytes encode its values.
@@ -32,6 +36,9 @@ pub enum Encoding<'a> {
     /// `w[r][c] = scales[r][c / G] * q + biases[r][c / G]`,
     /// `scales`, `biases` `[rows, cols / G]`.
     Affine { bits: u32, group_size: usize, scales: &'a [u8], biases: &'a [u8], scale_dtype: DType },
+    /// A ggml tensor (GGUF): each row `cols / block_size` blocks of the type,
+    /// scales inside the blocks.
+    Ggml(GgmlType),
 }
 
 /// A borrowed weight matrix `[rows, cols]` in any supported encoding.
@@ -40,7 +47,8 @@ pub struct MatRef<'a> {
     pub enc: Encoding<'a>,
     pub rows: usize,
     pub cols: usize,
-    /// The weight tensor's bytes (float elements, e4m3 codes or packed words).
+    /// The weight tensor's bytes (float elements, e4m3 codes, packed words or
+    /// ggml blocks).
     pub bytes: &'a [u8],
 }
 
@@ -49,6 +57,7 @@ enum RowView<'a> {
     Float(DType, &'a [u8]),
     Fp8(Fp8Row<'a>),
     Affine(AffineRow<'a>),
+    Ggml(GgmlType, &'a [u8]),
 }
 
 impl RowView<'_> {
@@ -62,6 +71,13 @@ impl RowView<'_> {
             }
             RowView::Fp8(row) => row.decode(c0, out),
             RowView::Affine(row) => row.decode(c0, out),
+            RowView::Ggml(ty, row) => {
+                // `c0` and `out.len()` are whole blocks: BLOCK and `cols`
+                // are multiples of every block size.
+                let (bs, ts) = (ty.block_size(), ty.type_size());
+                let b0 = c0 / bs * ts;
+                crate::ggml::decode_blocks(*ty, &row[b0..b0 + out.len() / bs * ts], out);
+            }
         }
     }
 }
@@ -144,11 +160,28 @@ impl<'a> MatRef<'a> {
         Ok(MatRef { enc, rows, cols, bytes })
     }
 
+    /// Wraps a ggml tensor `[rows, cols]` of `ty` (GGUF order: `cols` is
+    /// `ne[0]`, the contiguous axis): `cols` must be a whole number of
+    /// blocks and `bytes` exactly `rows * ty.row_bytes(cols)`.
+    pub fn ggml(ty: GgmlType, rows: usize, cols: usize, bytes: &'a [u8]) -> Result<Self, QuantError> {
+        let block_size = ty.block_size();
+        if cols % block_size != 0 {
+            return Err(QuantError::GgmlBlock { ty, block_size, cols });
+        }
+        let blocks = cols / block_size;
+        let expected = array_bytes(rows, blocks, ty.type_size()).ok_or(QuantError::TooLarge { rows, cols })?;
+        if expected != bytes.len() {
+            let got = bytes.len();
+            return Err(QuantError::ByteCount { what: "ggml weight", shape: [rows, cols], elem: ty.name(), expected, got });
+        }
+        Ok(MatRef { enc: Encoding::Ggml(ty), rows, cols, bytes })
+    }
+
     /// Bytes this matrix occupies in the checkpoint: weight, scales and biases.
     pub fn storage_bytes(&self) -> usize {
         self.bytes.len()
             + match self.enc {
-                Encoding::Float(_) => 0,
+                Encoding::Float(_) | Encoding::Ggml(_) => 0,
                 Encoding::Fp8Block { scales, .. } => scales.len(),
                 Encoding::Affine { scales, biases, .. } => scales.len() + biases.len(),
             }
@@ -183,6 +216,10 @@ impl<'a> MatRef<'a> {
                     bits,
                     group_size,
                 })
+            }
+            Encoding::Ggml(ty) => {
+                let w = self.cols / ty.block_size() * ty.type_size();
+                RowView::Ggml(ty, &self.bytes[r * w..(r + 1) * w])
             }
         }
     }

@@ -16,6 +16,7 @@
 
 use half::{bf16, f16};
 use qmoe_core::dtype::DType;
+use qmoe_core::GgmlType;
 
 /// Why a quantized matrix's parts do not fit together.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -32,6 +33,8 @@ pub enum QuantError {
     RowWords { cols: usize, bits: u32 },
     #[error("{what}: shape {shape:?} of {elem} needs {expected} bytes, got {got}")]
     ByteCount { what: &'static str, shape: [usize; 2], elem: &'static str, expected: usize, got: usize },
+    #[error("{ty} rows are whole blocks of {block_size} values, got {cols} columns")]
+    GgmlBlock { ty: GgmlType, block_size: usize, cols: usize },
     #[error("shape [{rows}, {cols}] is too large to address")]
     TooLarge { rows: usize, cols: usize },
 }
