@@ -22,6 +22,8 @@ enum Command {
     Logits(cmd::logits::Args),
     /// Show what a checkpoint is: dialect, config, conventions applied, every tensor.
     Inspect(cmd::inspect::Args),
+    /// Convert a checkpoint to GGUF (f32, f16, bf16, q8_0, q4_k_m, q6_k).
+    Convert(cmd::convert::Args),
 }
 
 fn main() {
@@ -35,6 +37,7 @@ fn main() {
         Command::Chat(a) => cmd::chat::main(a),
         Command::Logits(a) => cmd::logits::main(a),
         Command::Inspect(a) => cmd::inspect::main(a),
+        Command::Convert(a) => cmd::convert::main(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

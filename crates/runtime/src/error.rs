@@ -109,6 +109,20 @@ pub enum RuntimeError {
         problem: &'static str,
     },
 
+    /// GGUF tokenizer metadata that cannot become a tokenizer: an unsupported
+    /// `tokenizer.ggml.model` or `tokenizer.ggml.pre`, arrays that disagree, merges naming
+    /// unknown tokens, a special-token id with no token, ...
+    #[error("{path}: GGUF key `{key}`: {problem}")]
+    GgufTokenizer {
+        path: PathBuf,
+        key: String,
+        problem: String,
+    },
+
+    /// The GGUF reader refused the file or a key (missing, wrong type).
+    #[error(transparent)]
+    Format(#[from] qmoe_formats::FormatError),
+
     /// The model refused the input or state (token out of range, context full, ...).
     #[error(transparent)]
     Model(#[from] qmoe_model::ModelError),
@@ -116,6 +130,10 @@ pub enum RuntimeError {
     /// Generation could not proceed (empty prompt, output stream closed).
     #[error("generation: {0}")]
     Generation(String),
+
+    /// A model could not be exported (unsupported combination, write failure).
+    #[error("export: {0}")]
+    Export(String),
 }
 
 

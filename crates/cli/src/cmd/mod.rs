@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod chat;
+pub mod convert;
 pub mod inspect;
 pub mod logits;
 pub mod run;
