@@ -138,3 +138,26 @@ fn chat_reuses_the_cached_conversation() {
     let reused: usize = turns[1].split(" computed, ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     assert!(reused >= 7, "{err}");
 }
+
+#[test]
+fn convert_to_gguf_then_run_inspect_and_logits() {
+    let out = tmp("convert.gguf");
+    let o = qmoe(&["convert", "tests/fixtures/next", "--type", "q8_0", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("Q8_0"), "{}", text(&o.stderr));
+    let o = qmoe(&["inspect", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let s = text(&o.stdout);
+    for needle in ["GGUF (qwen3next)", "grouped: value head", "tensor gate  OK", "blk.0.ssm_ba.weight"] {
+        assert!(s.contains(needle), "missing `{needle}` in:\n{s}");
+    }
+    let npy = tmp("convert.npy");
+    let o = qmoe(&["logits", "--model", out.to_str().unwrap(), "--ids", "1,2,3,4", "--mode", "decode", "--out", npy.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let (shape, _) = qmoe_formats::read_npy_f32(&npy).unwrap();
+    assert_eq!(shape, vec![4, 384]);
+    let bad = qmoe(&["convert", "tests/fixtures/next", "--type", "q3_xx", "--out", out.to_str().unwrap()]);
+    assert!(!bad.status.success() && text(&bad.stderr).contains("q4_k_m"));
+    let _ = std::fs::remove_file(out);
+    let _ = std::fs::remove_file(npy);
+}

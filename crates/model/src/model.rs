@@ -157,7 +157,7 @@ impl Model {
 
 /// The GGUF file `path` names: the path itself if it ends in `.gguf`, or
 /// the only `.gguf` in a directory without `config.json`.
-fn gguf_path(path: &Path) -> Result<Option<PathBuf>> {
+pub fn gguf_path(path: &Path) -> Result<Option<PathBuf>> {
     if path.extension().is_some_and(|e| e == "gguf") {
         return Ok(Some(path.to_path_buf()));
     }

@@ -31,6 +31,9 @@ pub fn main(a: Args) -> Result<()> {
 }
 
 fn build(path: &std::path::Path) -> Result<Value> {
+    if let Some(gguf) = qmoe_model::model::gguf_path(path)? {
+        return build_gguf(&gguf);
+    }
     let dir = super::common::model_dir(path);
     let cfg = Config::from_file(&dir.join("config.json"))?;
     let ckpt = Checkpoint::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
@@ -119,6 +122,90 @@ fn build(path: &std::path::Path) -> Result<Value> {
     Ok(r)
 }
 
+/// The report for a GGUF file: metadata, how qmoe maps it, tensor types.
+fn build_gguf(path: &std::path::Path) -> Result<Value> {
+    use qmoe_formats::gguf::GgufFile;
+    let file = GgufFile::open(path)?;
+    let meta: serde_json::Map<String, Value> = file
+        .metadata()
+        .iter()
+        .filter(|(k, _)| !k.starts_with("tokenizer.ggml.") && k != "tokenizer.chat_template")
+        .map(|(k, v)| (k.clone(), json!(v.to_string())))
+        .collect();
+    let mut r = json!({
+        "checkpoint": path.display().to_string(),
+        "files": [path.display().to_string()],
+        "index": null,
+        "tensor_count": file.tensors().len(),
+        "total_bytes": file.total_tensor_bytes(),
+        "gguf": {"version": file.version(), "alignment": file.alignment(), "metadata": meta,
+                 "tokenizer": {"model": file.get("tokenizer.ggml.model").map(|v| v.to_string()),
+                               "pre": file.get("tokenizer.ggml.pre").map(|v| v.to_string()),
+                               "tokens": file.get("tokenizer.ggml.tokens").map(|v| v.to_string()),
+                               "chat_template": file.contains_key("tokenizer.chat_template")}},
+    });
+    let mut tensors: Vec<Value> = file
+        .tensors()
+        .iter()
+        .map(|t| json!({"name": t.name, "dtype": t.type_name(), "shape": t.shape(), "bytes": t.byte_len()}))
+        .collect();
+    match qmoe_model::Model::load_gguf(path) {
+        Ok(model) => {
+            r["config"] = config_summary(&model.config);
+            if let qmoe_model::Source::Gguf { conventions: cv, .. } = &model.source {
+                r["dialect"] = json!({
+                    "name": format!("GGUF ({})", cv.arch),
+                    "trunk_prefix": "blk.",
+                    "norms": "stored as 1 + w by the converter (F32): applied as stored",
+                    "norms_because": "GGUF files always carry effective norm weights",
+                    "quantization": "per-tensor ggml types, decoded block by block in the matmul",
+                });
+                r["conventions"] = json!({
+                    "lm_head": if model.config.tie_word_embeddings { "tied to token_embd" } else { "output.weight" },
+                    "experts": cv.experts,
+                    "gdn_projections": cv.gdn_proj,
+                    "v_head_order": match cv.head_map {
+                        qmoe_kernels::gdn::HeadMap::Tiled => "tiled (qwen35* converter reorder): value head n reads key head n mod Hk",
+                        qmoe_kernels::gdn::HeadMap::Grouped => "grouped: value head h reads key head h / (Hv/Hk)",
+                    },
+                    "ssm_a": "stored as -exp(A_log): used directly",
+                    "conv1d": "ssm_conv1d ne {K, C} = [C, K]",
+                });
+                let mut by_cat = serde_json::Map::new();
+                for u in cv.tensors.values().flatten() {
+                    let e = by_cat.entry(u.category.name().to_string()).or_insert(json!(0));
+                    *e = json!(e.as_u64().unwrap_or(0) + u.bytes as u64);
+                }
+                r["bytes_by_category"] = Value::Object(by_cat);
+                r["ignored"] = json!(cv.ignored);
+                r["mtp"] = json!({"present": cv.mtp_present, "usable": false,
+                    "note": if cv.mtp_present { "nextn blocks recognised; MTP decoding is not implemented yet" } else { "no nextn blocks" }});
+                for t in &mut tensors {
+                    let name = t["name"].as_str().unwrap_or_default().to_string();
+                    t["use"] = match cv.tensors.get(&name) {
+                        Some(Some(u)) => json!({"category": u.category.name(), "storage": u.storage}),
+                        _ => json!("ignored"),
+                    };
+                }
+            }
+            r["gate"] = json!({"ok": true});
+        }
+        Err(ModelError::Gate(g)) => {
+            let list = |it: &mut dyn Iterator<Item = &Problem>| it.map(|p| p.to_string()).collect::<Vec<_>>();
+            r["gate"] = json!({"ok": false, "summary": g.to_string().lines().next().unwrap_or_default(),
+                "missing": list(&mut g.missing()), "misshaped": list(&mut g.misshaped()),
+                "invalid": list(&mut g.invalid()), "unexpected": g.unexpected});
+        }
+        Err(e) => r["gate"] = json!({"ok": false, "summary": e.to_string()}),
+    }
+    if r.get("config").is_none() {
+        r["config"] = json!({});
+        r["dialect"] = json!({"error": "see the tensor gate"});
+    }
+    r["tensors"] = Value::Array(tensors);
+    Ok(r)
+}
+
 fn config_summary(c: &Config) -> Value {
     let pattern: String = c.layer_types.iter().map(|t| if *t == LayerKind::FullAttention { 'A' } else { 'd' }).collect();
     let moe_layers = c.mlp_kinds.iter().filter(|m| **m == MlpKind::Moe).count();
@@ -168,12 +255,20 @@ fn render(r: &Value) -> Result<String> {
     writeln!(o, "checkpoint   {}", s(&r["checkpoint"]))?;
     writeln!(
         o,
-        "files        {} safetensors file(s){}, {} tensors, {:.1} MiB",
+        "files        {} file(s){}, {} tensors, {:.1} MiB",
         r["files"].as_array().map_or(0, |a| a.len()),
         if r["index"].is_null() { "" } else { " via model.safetensors.index.json" },
         r["tensor_count"],
         r["total_bytes"].as_f64().unwrap_or(0.0) / (1u64 << 20) as f64
     )?;
+    if let Some(g) = r.get("gguf") {
+        writeln!(o, "gguf         v{}, alignment {}, {} metadata keys", g["version"], g["alignment"], g["metadata"].as_object().map_or(0, |m| m.len()))?;
+        let t = &g["tokenizer"];
+        writeln!(o, "tokenizer    model {}, pre {}, tokens {}, chat template {}", s(&t["model"]), s(&t["pre"]), s(&t["tokens"]), t["chat_template"])?;
+    }
+    if c.get("model_type").is_none() {
+        writeln!(o, "config       not derived (see the tensor gate below)")?;
+    } else {
     writeln!(o, "model_type   {} ({})", s(&c["model_type"]), s(&c["arch"]))?;
     writeln!(o, "layers       {}  {} (A = attention, d = DeltaNet), hidden {}", c["num_hidden_layers"], s(&c["layer_pattern"]), c["hidden_size"])?;
     let at = &c["attention"];
@@ -188,6 +283,7 @@ fn render(r: &Value) -> Result<String> {
         writeln!(o, "dense mlp    {} layers, width {}", c["dense_layers"], c["intermediate_size"])?;
     }
     writeln!(o, "vocab        {}, tied embeddings: {}", c["vocab_size"], c["tie_word_embeddings"])?;
+    }
     writeln!(o)?;
     let d = &r["dialect"];
     if let Some(e) = d.get("error") {
