@@ -5,7 +5,9 @@
 Environments (versions the committed vectors were made with):
 
   python3 -m venv /work/pygguf && /work/pygguf/bin/pip install gguf==0.19.0 numpy==2.4.6
-  /work/pyggml: llama-cpp-python (its bundled libggml), optional, for the K-quant quantizers
+  /work/pyggml: llama-cpp-python==0.3.36 built from source (pip install llama-cpp-python), numpy 2.4.6;
+               its libggml-base is compiled -march=x86-64 (no FMA contraction), which the Rust
+               quantizers match byte for byte
 
 Stages:
 

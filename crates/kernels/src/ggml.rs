@@ -18,7 +18,8 @@
 //! half-away-from-zero, truncating casts, and every sum accumulated in the
 //! reference's order. Rust never contracts `a * b + c` into an FMA, so the
 //! bytes equal those of a reference built without FMA contraction (the
-//! portable x86-64 default); an FMA build can differ in rare ties.
+//! portable x86-64 default, as llama-cpp-python builds ggml-base); a build
+//! that contracts could differ in rare near-ties.
 
 use half::{bf16, f16};
 use qmoe_core::GgmlType;

@@ -5,9 +5,9 @@
 //! Decoders: every type's golden rows decode bit for bit to
 //! `gguf.quants.dequantize`'s f32 values (no tolerance: both sides do the same
 //! f32 operations in the same order). Quantizers: byte for byte against the
-//! reference each manifest entry names; where a quantizer has no golden
-//! (Q4_K / Q6_K without the llama.cpp stage), the reference algorithm's
-//! invariants and error bounds are checked instead.
+//! reference each manifest entry names (gguf-py for F16 / BF16 / Q4_0 / Q8_0,
+//! llama.cpp's `quantize_row_*_ref` for Q4_K / Q6_K); the K-quants' invariants
+//! and error bounds are checked as well, on inputs made here.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -291,7 +291,7 @@ fn quantizers_match_their_reference_byte_for_byte() {
         eprintln!("{ty}: {} blocks byte-identical to {}", want.len() / ts, e["reference"]);
         covered.insert(ty);
     }
-    for ty in [GgmlType::F16, GgmlType::BF16, GgmlType::Q4_0, GgmlType::Q8_0] {
+    for ty in [GgmlType::F16, GgmlType::BF16, GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K] {
         assert!(covered.contains(&ty), "{ty}: no quantizer golden");
     }
 }
@@ -323,7 +323,7 @@ fn rel_rmse(x: &[f32], y: &[f32]) -> f64 {
     (e / s.max(1e-300)).sqrt()
 }
 
-/// Q4_K without a llama.cpp golden: the reference's final step is
+/// Q4_K invariants: the reference's final step is
 /// `L = clamp(nearest_int((x + dmin * m) / (d * sc)), 0, 15)` for every
 /// sub-block with `d * sc != 0`, the largest sub-block scale and min quantize
 /// to 63, and the round trip of Gaussian data is as accurate as 4.5 bits allow.
@@ -374,7 +374,7 @@ fn q4_k_quantizer_invariants_and_error() {
     }
 }
 
-/// Q6_K without a llama.cpp golden: `L = clamp(nearest_int(x / (d * sc)), -32, 31)`
+/// Q6_K invariants: `L = clamp(nearest_int(x / (d * sc)), -32, 31)`
 /// for every group with `d * sc != 0`, the group of largest scale stores -128,
 /// and values inside the grid are within half a step.
 #[test]
