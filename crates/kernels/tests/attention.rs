@@ -4,25 +4,8 @@
 
 use qmoe_kernels::attention::{attend, AttnShape};
 
-/// SplitMix64: a tiny deterministic generator so the tests need no extra crates.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    fn uniform(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f64 / (1u64 << 24) as f64 * 2.0 - 1.0) as f32
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.uniform()).collect()
-    }
-}
+mod common;
+use common::Rng;
 
 const SHAPES: [AttnShape; 5] = [
     AttnShape {
@@ -107,9 +90,9 @@ fn matches_f64_reference() {
         // (start_pos, n_tokens): prefill from 0, continued prefill, decode.
         for &(start, t) in &[(0usize, 1usize), (0, 9), (5, 4), (20, 1), (63, 2)] {
             let n_ctx = start + t;
-            let q = rng.vec(t * s.q_row_len());
-            let k = rng.vec(n_ctx * s.kv_row_len());
-            let v = rng.vec(n_ctx * s.kv_row_len());
+            let q = rng.vec(t * s.q_row_len(), 1.0);
+            let k = rng.vec(n_ctx * s.kv_row_len(), 1.0);
+            let v = rng.vec(n_ctx * s.kv_row_len(), 1.0);
             let mut scores = vec![0.0f32; n_ctx];
             let mut out = vec![f32::NAN; t * s.q_row_len()];
             attend(&q, &k, &v, start, t, s, scale, &mut scores, &mut out);
@@ -128,9 +111,9 @@ fn one_call_equals_token_by_token() {
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         let (start, t) = (3usize, 11usize);
         let n_ctx = start + t;
-        let q = rng.vec(t * s.q_row_len());
-        let k = rng.vec(n_ctx * s.kv_row_len());
-        let v = rng.vec(n_ctx * s.kv_row_len());
+        let q = rng.vec(t * s.q_row_len(), 1.0);
+        let k = rng.vec(n_ctx * s.kv_row_len(), 1.0);
+        let v = rng.vec(n_ctx * s.kv_row_len(), 1.0);
         let mut scores = vec![0.0f32; n_ctx];
 
         let mut batched = vec![0.0f32; t * s.q_row_len()];
@@ -168,9 +151,9 @@ fn never_reads_past_the_causal_horizon() {
     };
     let (start, t, cap) = (4usize, 3usize, 20usize);
     let n_ctx = start + t;
-    let q = rng.vec(t * s.q_row_len());
-    let mut k = rng.vec(cap * s.kv_row_len());
-    let mut v = rng.vec(cap * s.kv_row_len());
+    let q = rng.vec(t * s.q_row_len(), 1.0);
+    let mut k = rng.vec(cap * s.kv_row_len(), 1.0);
+    let mut v = rng.vec(cap * s.kv_row_len(), 1.0);
     k[n_ctx * s.kv_row_len()..].fill(f32::NAN);
     v[n_ctx * s.kv_row_len()..].fill(f32::NAN);
     let mut scores = vec![0.0f32; cap];
@@ -192,16 +175,16 @@ fn large_scores_stay_finite() {
     };
     let (start, t) = (7usize, 2usize);
     let q: Vec<f32> = rng
-        .vec(t * s.q_row_len())
+        .vec(t * s.q_row_len(), 1.0)
         .iter()
         .map(|x| x * 100.0)
         .collect();
     let k: Vec<f32> = rng
-        .vec((start + t) * s.kv_row_len())
+        .vec((start + t) * s.kv_row_len(), 1.0)
         .iter()
         .map(|x| x * 100.0)
         .collect();
-    let v = rng.vec((start + t) * s.kv_row_len());
+    let v = rng.vec((start + t) * s.kv_row_len(), 1.0);
     let mut scores = vec![0.0f32; start + t];
     let mut out = vec![0.0f32; t * s.q_row_len()];
     attend(&q, &k, &v, start, t, s, 1.0, &mut scores, &mut out);

@@ -4,25 +4,8 @@
 
 use qmoe_kernels::conv::causal_conv1d_silu;
 
-/// SplitMix64: a tiny deterministic generator so the tests need no extra crates.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    fn uniform(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f64 / (1u64 << 24) as f64 * 2.0 - 1.0) as f32
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.uniform() * 2.0).collect()
-    }
-}
+mod common;
+use common::Rng;
 
 /// f64 reference: returns (out [T, C], new state [K-1, C]).
 fn conv_f64(
@@ -60,12 +43,12 @@ fn matches_f64_reference() {
         for &k in &[1usize, 2, 4] {
             for &t in &[1usize, 2, 3, 10] {
                 for zero_state in [true, false] {
-                    let x = rng.vec(t * c);
-                    let w = rng.vec(c * k);
+                    let x = rng.vec(t * c, 2.0);
+                    let w = rng.vec(c * k, 2.0);
                     let state0 = if zero_state {
                         vec![0.0; (k - 1) * c]
                     } else {
-                        rng.vec((k - 1) * c)
+                        rng.vec((k - 1) * c, 2.0)
                     };
                     let (expected, expected_state) = conv_f64(&x, &w, &state0, t, c, k);
                     let mut state = state0.clone();
@@ -119,9 +102,9 @@ fn one_call_equals_single_tokens_and_chunks() {
     let mut rng = Rng(22);
     for &k in &[1usize, 2, 4, 5] {
         let (c, t) = (13usize, 17usize);
-        let x = rng.vec(t * c);
-        let w = rng.vec(c * k);
-        let state0 = rng.vec((k - 1) * c);
+        let x = rng.vec(t * c, 2.0);
+        let w = rng.vec(c * k, 2.0);
+        let state0 = rng.vec((k - 1) * c, 2.0);
         let whole = run_in_pieces(&x, &w, &state0, c, k, &[t]);
         let singles = run_in_pieces(&x, &w, &state0, c, k, &[1; 17]);
         assert_eq!(whole, singles, "K {k}: single tokens");
@@ -143,10 +126,10 @@ fn fewer_tokens_than_history() {
     // K = 4 keeps 3 rows; feeding 1 or 2 tokens must shift old rows, not drop them.
     let mut rng = Rng(23);
     let (c, k) = (6usize, 4usize);
-    let w = rng.vec(c * k);
-    let state0 = rng.vec((k - 1) * c);
+    let w = rng.vec(c * k, 2.0);
+    let state0 = rng.vec((k - 1) * c, 2.0);
     for t in [0usize, 1, 2] {
-        let x = rng.vec(t * c);
+        let x = rng.vec(t * c, 2.0);
         let (expected, expected_state) = conv_f64(&x, &w, &state0, t, c, k);
         let mut state = state0.clone();
         let mut out = vec![0.0f32; t * c];

@@ -4,25 +4,8 @@
 
 use qmoe_kernels::rope::{rotate_neox, RopeTable};
 
-/// SplitMix64: a tiny deterministic generator so the tests need no extra crates.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    fn uniform(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f64 / (1u64 << 24) as f64 * 2.0 - 1.0) as f32
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.uniform()).collect()
-    }
-}
+mod common;
+use common::Rng;
 
 const POSITIONS: [usize; 9] = [0, 1, 2, 7, 1000, 4097, 65535, 262_143, 262_144];
 
@@ -69,7 +52,7 @@ fn matches_direct_formula() {
     ] {
         let table = RopeTable::new(rd, theta);
         for &pos in &POSITIONS {
-            let head = rng.vec(hd);
+            let head = rng.vec(hd, 1.0);
             let expected = rope_f64(&table, &head, pos);
             let mut got = head.clone();
             table.apply_neox(&mut got, pos);
@@ -93,7 +76,7 @@ fn exact_frequencies_differ_only_by_frequency_rounding() {
     let (rd, theta) = (64usize, 1e7f64);
     let table = RopeTable::new(rd, theta);
     for &pos in &POSITIONS {
-        let head = rng.vec(rd);
+        let head = rng.vec(rd, 1.0);
         let mut got = head.clone();
         table.apply_neox(&mut got, pos);
         for i in 0..rd / 2 {
@@ -115,7 +98,7 @@ fn exact_frequencies_differ_only_by_frequency_rounding() {
 fn position_zero_is_identity() {
     let mut rng = Rng(3);
     let table = RopeTable::new(64, 1e7);
-    let head = rng.vec(256);
+    let head = rng.vec(256, 1.0);
     let mut got = head.clone();
     table.apply_neox(&mut got, 0);
     assert_eq!(got, head);
@@ -127,7 +110,7 @@ fn preserves_norms_and_passes_through() {
     let (rd, hd) = (64usize, 256usize);
     let table = RopeTable::new(rd, 1e7);
     for &pos in &POSITIONS {
-        let head = rng.vec(hd);
+        let head = rng.vec(hd, 1.0);
         let mut got = head.clone();
         table.apply_neox(&mut got, pos);
         // Entries past rotary_dims are untouched, bit for bit.
@@ -147,7 +130,7 @@ fn cached_cos_sin_is_bit_identical() {
     let table = RopeTable::new(64, 1e7);
     let (mut cos, mut sin) = (vec![0.0f32; 32], vec![0.0f32; 32]);
     for &pos in &POSITIONS {
-        let head = rng.vec(256);
+        let head = rng.vec(256, 1.0);
         let mut a = head.clone();
         table.apply_neox(&mut a, pos);
         table.fill_cos_sin(pos, &mut cos, &mut sin);
@@ -164,8 +147,8 @@ fn dot_product_depends_only_on_offset_even_far_out() {
     // angle it holds to f32 rounding.
     let mut rng = Rng(6);
     let table = RopeTable::new(64, 1e7);
-    let q = rng.vec(64);
-    let k = rng.vec(64);
+    let q = rng.vec(64, 1.0);
+    let k = rng.vec(64, 1.0);
     let dot = |a: &[f32], b: &[f32]| {
         a.iter()
             .zip(b)
