@@ -44,19 +44,24 @@ impl Tokenizer {
             path: path.to_path_buf(),
             source,
         })?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|source| {
-            RuntimeError::TokenizerLoad {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
+        Tokenizer::from_bytes(&bytes, path)
+    }
+
+    /// Loads a HF `tokenizer.json` held in memory. `path` is where it came from (a file, or a
+    /// GGUF it was assembled from); it names the tokenizer in errors and in [`Tokenizer::path`].
+    pub fn from_bytes(json: &[u8], path: impl Into<PathBuf>) -> Result<Tokenizer> {
+        let path = path.into();
+        let inner = match tokenizers::Tokenizer::from_bytes(json) {
+            Ok(inner) => inner,
+            Err(source) => return Err(RuntimeError::TokenizerLoad { path, source }),
+        };
         Ok(Tokenizer {
             inner: Arc::new(inner),
-            path: Arc::new(path.to_path_buf()),
+            path: Arc::new(path),
         })
     }
 
-    /// The file this tokenizer was loaded from.
+    /// The file this tokenizer was loaded from (for one built from GGUF metadata, the GGUF).
     pub fn path(&self) -> &Path {
         &self.path
     }
