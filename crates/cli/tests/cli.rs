@@ -161,3 +161,17 @@ fn convert_to_gguf_then_run_inspect_and_logits() {
     let _ = std::fs::remove_file(out);
     let _ = std::fs::remove_file(npy);
 }
+
+#[test]
+fn a_single_gguf_runs_with_its_own_tokenizer_and_template() {
+    let out = tmp("demo.gguf");
+    let o = qmoe(&["convert", "models/demo", "--type", "f16", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let args = ["--prompt", "Hello", "--chat", "--max-tokens", "6", "--temperature", "0"];
+    let from_dir = qmoe(&[&["run", "--model", "models/demo"][..], &args].concat());
+    let from_gguf = qmoe(&[&["run", "--model", out.to_str().unwrap()][..], &args].concat());
+    assert!(from_gguf.status.success(), "{}", text(&from_gguf.stderr));
+    // Same prompt tokens, same greedy text (f16 of bf16 weights is exact).
+    assert_eq!(text(&from_dir.stdout), text(&from_gguf.stdout));
+    let _ = std::fs::remove_file(out);
+}

@@ -8,7 +8,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use anyhow::Result;
-use qmoe_runtime::{stop_token_ids, ChatTemplate, RuntimeError, Sampler, Session};
+use qmoe_runtime::{RuntimeError, Sampler, Session};
 use serde_json::{json, Map, Value};
 
 use super::common::{self, SamplingArgs};
@@ -40,8 +40,8 @@ pub struct Args {
 pub fn main(a: Args) -> Result<()> {
     common::set_threads(a.threads);
     let loaded = common::load(&a.model)?;
-    let template = ChatTemplate::from_model_dir(&loaded.dir)?;
-    let stop = stop_token_ids(&loaded.dir, &loaded.tokenizer)?;
+    let template = loaded.template()?;
+    let stop = loaded.stop.clone();
     let mut sampler = Sampler::new(a.sampling.config());
     let mut session = Session::new(&loaded.model, a.ctx);
     session.limit_vocab(loaded.tokenizer.vocab_size());

@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use qmoe_model::Model;
-use qmoe_runtime::{SamplerConfig, Tokenizer};
+use qmoe_model::{Model, Source};
+use qmoe_runtime::{
+    chat_template_from_gguf, stop_ids_from_gguf, stop_token_ids, tokenizer_from_gguf, ChatTemplate, SamplerConfig, Tokenizer,
+};
 
 /// `--threads`: `None` uses every core.
 pub fn set_threads(n: Option<usize>) {
@@ -51,17 +53,40 @@ pub fn model_dir(path: &Path) -> PathBuf {
 pub struct Loaded {
     pub model: Model,
     pub tokenizer: Tokenizer,
-    pub dir: PathBuf,
+    /// `None` when the model ships no chat template.
+    pub template: Option<ChatTemplate>,
+    pub stop: Vec<u32>,
     pub load_secs: f64,
 }
 
+impl Loaded {
+    pub fn template(&self) -> Result<&ChatTemplate> {
+        self.template.as_ref().context("this model has no chat template (chat_template.jinja, tokenizer_config.json or tokenizer.chat_template)")
+    }
+}
+
+/// Model, tokenizer, chat template and stop ids, from a checkpoint directory
+/// or from a single `.gguf` file (whose metadata carries all of them).
 pub fn load(path: &Path) -> Result<Loaded> {
     let t0 = Instant::now();
-    let dir = model_dir(path);
-    let model = Model::load(&dir).with_context(|| format!("loading model {}", dir.display()))?;
-    let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))?;
+    let model = Model::load(path).with_context(|| format!("loading model {}", path.display()))?;
+    let (tokenizer, template, stop) = match &model.source {
+        Source::Gguf { file, .. } => {
+            let tokenizer = tokenizer_from_gguf(file)?;
+            let template = chat_template_from_gguf(file)?;
+            let stop = stop_ids_from_gguf(file, &tokenizer)?;
+            (tokenizer, template, stop)
+        }
+        Source::Safetensors { .. } => {
+            let dir = model_dir(path);
+            let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))?;
+            let template = ChatTemplate::from_model_dir(&dir).ok();
+            let stop = stop_token_ids(&dir, &tokenizer)?;
+            (tokenizer, template, stop)
+        }
+    };
     let load_secs = t0.elapsed().as_secs_f64();
-    Ok(Loaded { model, tokenizer, dir, load_secs })
+    Ok(Loaded { model, tokenizer, template, stop, load_secs })
 }
 
 /// Writes a finished report to stdout; a closed pipe (`| head`) is not an error.
@@ -75,12 +100,15 @@ pub fn print_stdout(text: &str) -> Result<()> {
 }
 
 /// The `tokenizer.*` GGUF metadata for an export: from the source's
-/// tokenizer files when it has them (none for a bare weights directory).
-pub fn gguf_tokenizer_metadata(dir: &Path, model: &Model) -> Result<Vec<(String, qmoe_formats::GgufValue)>> {
+/// tokenizer files, or carried over from a GGUF source.
+pub fn gguf_tokenizer_metadata(src: &Path, model: &Model) -> Result<Vec<(String, qmoe_formats::GgufValue)>> {
+    if let Source::Gguf { file, .. } = &model.source {
+        return Ok(file.metadata().iter().filter(|(k, _)| k.starts_with("tokenizer.")).cloned().collect());
+    }
+    let dir = model_dir(src);
     if !dir.join("tokenizer.json").exists() {
         eprintln!("note: {} has no tokenizer.json; the GGUF will carry no tokenizer", dir.display());
         return Ok(Vec::new());
     }
-    let _ = model;
-    Ok(Vec::new())
+    Ok(qmoe_runtime::gguf_tokenizer_metadata(&dir, model.config.vocab_size)?)
 }

@@ -37,7 +37,7 @@ pub fn main(a: Args) -> Result<()> {
     let t0 = Instant::now();
     let model = Model::load(&a.src).with_context(|| format!("loading {}", a.src.display()))?;
     let dir = super::common::model_dir(&a.src);
-    let tokenizer = super::common::gguf_tokenizer_metadata(&dir, &model)?;
+    let tokenizer = super::common::gguf_tokenizer_metadata(&a.src, &model)?;
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let stats = export_gguf(&model, ty, tokenizer, &name, &a.out)?;
     let by_type: Vec<String> = stats.by_type.iter().map(|(t, n)| format!("{n} {t}")).collect();

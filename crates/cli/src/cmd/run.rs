@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use qmoe_runtime::{stop_token_ids, ChatTemplate, Sampler, Session};
+use qmoe_runtime::{Sampler, Session};
 use serde_json::{json, Map, Value};
 
 use super::common::{self, SamplingArgs};
@@ -40,7 +40,7 @@ pub fn main(a: Args) -> Result<()> {
     common::set_threads(a.threads);
     let loaded = common::load(&a.model)?;
     let text = if a.chat {
-        let template = ChatTemplate::from_model_dir(&loaded.dir)?;
+        let template = loaded.template()?;
         let mut messages = Vec::new();
         if let Some(s) = &a.system {
             messages.push(json!({"role": "system", "content": s}));
@@ -55,7 +55,7 @@ pub fn main(a: Args) -> Result<()> {
         a.prompt.clone()
     };
     let prompt = loaded.tokenizer.encode(&text)?;
-    let stop = stop_token_ids(&loaded.dir, &loaded.tokenizer)?;
+    let stop = loaded.stop.clone();
     let mut sampler = Sampler::new(a.sampling.config());
     let mut session = Session::new(&loaded.model, prompt.len() + a.max_tokens);
     session.limit_vocab(loaded.tokenizer.vocab_size());
