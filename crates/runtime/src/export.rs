@@ -237,8 +237,10 @@ fn metadata(model: &Model, arch: &str, ty: ExportType, name: &str) -> Vec<(Strin
         m.push((k("expert_feed_forward_length"), (c.moe_intermediate_size as u32).into()));
         m.push((k("expert_shared_feed_forward_length"), (c.shared_expert_intermediate_size as u32).into()));
     }
-    // llama.cpp knows the layer pattern only through the interval: write it
-    // when the layers follow one (our own loader reads the tensors instead).
+    // The layer pattern: per layer (what llama.cpp reads first), and as an
+    // interval when the layers follow one.
+    let recurrent: Vec<bool> = c.layer_types.iter().map(|t| *t == LayerKind::LinearAttention).collect();
+    m.push((k("attention.recurrent_layers"), recurrent.into()));
     let n = c.layer_types.iter().position(|t| *t == LayerKind::FullAttention).map(|i| i + 1);
     if let Some(n) = n {
         let regular = c.layer_types.iter().enumerate().all(|(i, t)| (*t == LayerKind::FullAttention) == ((i + 1) % n == 0));

@@ -102,7 +102,21 @@ pub fn config_from_gguf<'a>(
             _ => return Err(err(&format!("blk.{i}"), "layer is neither attention (attn_q) nor Gated DeltaNet (ssm_a), or both".into())),
         });
     }
-    if let Some(n) = uint("full_attention_interval")? {
+    // The converter writes both a per-layer `attention.recurrent_layers`
+    // (authoritative: it follows `layer_types`) and the interval; check the
+    // tensors against the first one present.
+    if let Some(v) = get(&key("attention.recurrent_layers")) {
+        let flags = match v {
+            GgufValue::Array(qmoe_formats::gguf::GgufArray::Bool(b)) => b.clone(),
+            other => return Err(err(&key("attention.recurrent_layers"), format!("must be a bool array, found {}", other.describe()))),
+        };
+        for (i, t) in layer_types.iter().enumerate() {
+            let recurrent = flags.get(i).copied().unwrap_or(false);
+            if (*t == "linear_attention") != recurrent {
+                return Err(err(&key("attention.recurrent_layers"), format!("says layer {i} is {} but its tensors are {t}", if recurrent { "recurrent" } else { "attention" })));
+            }
+        }
+    } else if let Some(n) = uint("full_attention_interval")? {
         for (i, t) in layer_types.iter().enumerate() {
             let by_interval = if n > 0 && (i as u64 + 1) % n == 0 { "full_attention" } else { "linear_attention" };
             if *t != by_interval {
