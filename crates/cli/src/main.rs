@@ -24,6 +24,10 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Convert a checkpoint to GGUF (f32, f16, bf16, q8_0, q4_k_m, q6_k).
     Convert(cmd::convert::Args),
+    /// Measure prefill/decode speed, weight bytes per token and memory bandwidth.
+    Bench(cmd::bench::Args),
+    /// Write a random-weight checkpoint with Qwen3.6-35B-A3B shapes (bf16, MLX 4-bit, GGUF).
+    Synth(cmd::synth::Args),
 }
 
 fn main() {
@@ -38,6 +42,8 @@ fn main() {
         Command::Logits(a) => cmd::logits::main(a),
         Command::Inspect(a) => cmd::inspect::main(a),
         Command::Convert(a) => cmd::convert::main(a),
+        Command::Bench(a) => cmd::bench::main(a),
+        Command::Synth(a) => cmd::synth::main(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -10,6 +10,7 @@
 //!   metadata for a model folder (GGUF export).
 //! * [`Sampler`] / [`SamplerConfig`] — greedy or temperature/top-k/top-p/min-p sampling.
 
+pub mod bench;
 pub mod chat;
 pub mod engine;
 pub mod error;
@@ -19,6 +20,7 @@ mod model_dir;
 mod pyjson;
 pub mod sample;
 pub mod stop;
+pub mod synth;
 pub mod tokenizer;
 
 pub use chat::ChatTemplate;
