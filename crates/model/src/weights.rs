@@ -189,6 +189,26 @@ pub struct SwiGlu {
     pub down: Mat,
 }
 
+/// Per-expert views out of expert stacks (no copy). `gate_up` holds, per
+/// expert, its gate rows followed by its up rows (HF fused / GGUF
+/// `ffn_gate_up_exps`), unless `up` is a separate stack (MLX, GGUF
+/// `ffn_up_exps`); `down` is `[n * hidden, inter]`.
+pub fn split_experts(gate_up: &Mat, up: Option<&Mat>, down: &Mat, n: usize, inter: usize, hidden: usize) -> Result<Vec<SwiGlu>, String> {
+    let per = if up.is_some() { inter } else { 2 * inter };
+    (0..n)
+        .map(|x| {
+            Ok(SwiGlu {
+                gate: gate_up.rows(x * per, inter)?,
+                up: match up {
+                    Some(u) => u.rows(x * inter, inter)?,
+                    None => gate_up.rows(x * per + inter, inter)?,
+                },
+                down: down.rows(x * hidden, hidden)?,
+            })
+        })
+        .collect()
+}
+
 /// Sparse MoE with a sigmoid-gated shared expert (spec 2.7).
 #[derive(Debug)]
 pub struct Moe {

@@ -270,14 +270,14 @@ impl<'a> Loader<'a> {
         let (h, e, inter, is) = (c.hidden_size, c.num_experts, c.moe_intermediate_size, c.shared_expert_intermediate_size);
         let router = self.linear(&blk(i, "ffn_gate_inp.weight"), e, h, Category::Router);
         let cat = Category::Experts;
-        let (gate_up, up, per) = if self.file.tensor(&blk(i, "ffn_gate_up_exps.weight")).is_some() {
+        let (gate_up, up) = if self.file.tensor(&blk(i, "ffn_gate_up_exps.weight")).is_some() {
             self.experts = "fused ffn_gate_up_exps stack (gate rows first) + ffn_down_exps, per-expert views";
-            (self.matrix(&blk(i, "ffn_gate_up_exps.weight"), e, 2 * inter, h, cat), None, 2 * inter)
+            (self.matrix(&blk(i, "ffn_gate_up_exps.weight"), e, 2 * inter, h, cat), None)
         } else {
             self.experts = "ffn_{gate,up,down}_exps stacks, per-expert views";
             let g = self.matrix(&blk(i, "ffn_gate_exps.weight"), e, inter, h, cat);
             let u = self.matrix(&blk(i, "ffn_up_exps.weight"), e, inter, h, cat);
-            (g, Some(u), inter)
+            (g, Some(u))
         };
         let down = self.matrix(&blk(i, "ffn_down_exps.weight"), e, h, inter, cat);
         let sg = self.linear(&blk(i, "ffn_gate_shexp.weight"), is, h, Category::SharedExpert);
@@ -289,18 +289,7 @@ impl<'a> Loader<'a> {
             Some(u) => Some(u?),
             None => None,
         };
-        let experts = (0..e)
-            .map(|x| {
-                Ok(SwiGlu {
-                    gate: gate_up.rows(x * per, inter)?,
-                    up: match &up {
-                        Some(u) => u.rows(x * inter, inter)?,
-                        None => gate_up.rows(x * per + inter, inter)?,
-                    },
-                    down: down.rows(x * h, h)?,
-                })
-            })
-            .collect::<Result<Vec<_>, String>>();
+        let experts = split_experts(&gate_up, up.as_ref(), &down, e, inter, h);
         let experts = match experts {
             Ok(v) => v,
             Err(reason) => {

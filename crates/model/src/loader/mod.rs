@@ -338,25 +338,9 @@ impl<'a> Loader<'a> {
         Some((Moe { router: router?, experts: experts?, shared, shared_gate: shared_gate? }, layout))
     }
 
-    /// Splits per-expert views out of stacks: `gate_up` holds `rows_per` rows
-    /// per expert of which the first `inter` are the gate (fused HF layout),
-    /// or `up` is a separate stack (MLX).
     fn split(&mut self, i: usize, gate_up: Mat, up: Option<Mat>, down: Mat) -> Option<Vec<SwiGlu>> {
         let (e, inter, h) = (self.cfg.num_experts, self.cfg.moe_intermediate_size, self.cfg.hidden_size);
-        let per = if up.is_some() { inter } else { 2 * inter };
-        let out = (0..e)
-            .map(|x| {
-                Ok(SwiGlu {
-                    gate: gate_up.rows(x * per, inter)?,
-                    up: match &up {
-                        Some(u) => u.rows(x * inter, inter)?,
-                        None => gate_up.rows(x * per + inter, inter)?,
-                    },
-                    down: down.rows(x * h, h)?,
-                })
-            })
-            .collect::<Result<Vec<_>, String>>();
-        match out {
+        match split_experts(&gate_up, up.as_ref(), &down, e, inter, h) {
             Ok(v) => Some(v),
             Err(reason) => {
                 self.s.problems.push(Problem::Invalid { name: self.s.full(&names::layer(i, "mlp.experts")), reason });
