@@ -98,9 +98,13 @@ impl GgmlType {
         }
     }
 
-    /// Bytes of a row of `n` values, `None` if `n` is not a whole number of blocks.
+    /// Bytes of a row of `n` values, `None` if `n` is not a whole number of
+    /// blocks or the byte count overflows.
     pub fn row_bytes(self, n: usize) -> Option<usize> {
-        (n % self.block_size() == 0).then(|| n / self.block_size() * self.type_size())
+        if n % self.block_size() != 0 {
+            return None;
+        }
+        (n / self.block_size()).checked_mul(self.type_size())
     }
 
     pub fn name(self) -> &'static str {
@@ -150,5 +154,7 @@ mod tests {
         assert_eq!(GgmlType::from_id(4), None); // removed Q4_2
         assert_eq!(GgmlType::Q4K.row_bytes(2048), Some(8 * 144));
         assert_eq!(GgmlType::Q8_0.row_bytes(33), None);
+        // A hostile row length must not overflow (found by the GGUF fuzzer).
+        assert_eq!(GgmlType::Q8_0.row_bytes(usize::MAX / 32 * 32), None);
     }
 }

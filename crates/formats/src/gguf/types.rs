@@ -19,9 +19,13 @@ pub struct GgmlTypeInfo {
 }
 
 impl GgmlTypeInfo {
-    /// Bytes of a row of `n` values, `None` if `n` is not a whole number of blocks.
+    /// Bytes of a row of `n` values, `None` if `n` is not a whole number of
+    /// blocks or the byte count overflows (hostile `ne`).
     pub fn row_bytes(&self, n: u64) -> Option<u64> {
-        (n % self.block_size == 0).then(|| n / self.block_size * self.type_size)
+        if n % self.block_size != 0 {
+            return None;
+        }
+        (n / self.block_size).checked_mul(self.type_size)
     }
 
     /// The qmoe decoder type, if qmoe has one.
