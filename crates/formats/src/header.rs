@@ -97,7 +97,9 @@ impl<'de> Deserialize<'de> for RawEntries {
     }
 }
 
-fn json_kind(v: &Value) -> &'static str {
+/// "a string", "an object", ...: the JSON kind of a value, for messages that
+/// say what was found where something else was expected.
+pub fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

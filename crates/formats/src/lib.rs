@@ -20,7 +20,7 @@ pub use error::{FormatError, Result};
 pub use gguf::{
     ggml_ne_to_shape, shape_to_ggml_ne, GgufArray, GgufFile, GgufTensor, GgufValue, GgufValueType, GgufWriter,
 };
-pub use header::{parse_header, Header, HeaderEntry, MAX_HEADER_LEN};
+pub use header::{json_kind, parse_header, Header, HeaderEntry, MAX_HEADER_LEN};
 pub use npy::{read_npy_f32, write_npy_f32};
 pub use tensor::{TensorData, TensorInfo};
 pub use writer::{write_safetensors, TensorToWrite};

@@ -33,6 +33,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use qmoe_formats::json_kind;
 use serde_json::{Map, Value};
 
 /// The `model_type` strings this crate accepts.
@@ -210,7 +211,7 @@ impl Config {
         let json: Value = serde_json::from_str(text)
             .map_err(|e| ConfigError::Json { path: source.into(), message: e.to_string() })?;
         let Value::Object(top) = &json else {
-            return Err(ConfigError::NotObject { path: source.into(), found: kind(&json).into() });
+            return Err(ConfigError::NotObject { path: source.into(), found: json_kind(&json).into() });
         };
         parse(top, source)
     }
@@ -324,16 +325,6 @@ fn rotary_dims(head_dim: usize, factor: f64) -> usize {
     (head_dim as f64 * factor).floor() as usize
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
 
 /// A value shown in an error: short JSON text.
 fn show(v: &Value) -> String {
