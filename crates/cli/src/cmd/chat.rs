@@ -8,7 +8,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use anyhow::Result;
-use qmoe_runtime::{RuntimeError, Sampler, Session};
+use qmoe_runtime::{Sampler, Session};
 use serde_json::{json, Map, Value};
 
 use super::common::{self, SamplingArgs};
@@ -91,10 +91,7 @@ pub fn main(a: Args) -> Result<()> {
         let mut out = std::io::stdout().lock();
         let stats = session.generate(&prompt, a.max_tokens, &stop, &mut sampler, |id| {
             reply_ids.push(id);
-            let piece = decoder.push(id)?;
-            out.write_all(piece.as_bytes())
-                .and_then(|_| out.flush())
-                .map_err(|e| RuntimeError::Generation(format!("writing to stdout: {e}")))?;
+            common::stream_piece(&mut out, &decoder.push(id)?)?;
             Ok(true)
         })?;
         writeln!(out, "{}", decoder.finish()?)?;

@@ -112,3 +112,11 @@ pub fn gguf_tokenizer_metadata(src: &Path, model: &Model) -> Result<Vec<(String,
     }
     Ok(qmoe_runtime::gguf_tokenizer_metadata(&dir, model.config.vocab_size)?)
 }
+
+/// Writes one streamed piece of generated text and flushes, so the user sees
+/// tokens as they come (the error type is the generation callback's).
+pub fn stream_piece(out: &mut impl std::io::Write, piece: &str) -> qmoe_runtime::Result<()> {
+    out.write_all(piece.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| qmoe_runtime::RuntimeError::Generation(format!("writing to stdout: {e}")))
+}

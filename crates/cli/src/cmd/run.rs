@@ -62,8 +62,7 @@ pub fn main(a: Args) -> Result<()> {
     let mut decoder = loaded.tokenizer.stream_decoder();
     let mut out = std::io::stdout().lock();
     let stats = session.generate(&prompt, a.max_tokens, &stop, &mut sampler, |id| {
-        let piece = decoder.push(id)?;
-        out.write_all(piece.as_bytes()).and_then(|_| out.flush()).map_err(|e| qmoe_runtime::RuntimeError::Generation(format!("writing to stdout: {e}")))?;
+        common::stream_piece(&mut out, &decoder.push(id)?)?;
         Ok(true)
     })?;
     let tail = decoder.finish()?;
