@@ -104,19 +104,7 @@ fn build(path: &std::path::Path) -> Result<Value> {
             }
             r["gate"] = json!({"ok": true});
         }
-        Err(ModelError::Gate(g)) => {
-            let list = |it: &mut dyn Iterator<Item = &Problem>| it.map(|p| p.to_string()).collect::<Vec<_>>();
-            r["gate"] = json!({
-                "ok": false,
-                "summary": g.to_string().lines().next().unwrap_or_default(),
-                "missing": list(&mut g.missing()),
-                "misshaped": list(&mut g.misshaped()),
-                "invalid": list(&mut g.invalid()),
-                "unexpected": g.unexpected,
-                "ignored": g.ignored,
-            });
-        }
-        Err(e) => r["gate"] = json!({"ok": false, "summary": e.to_string()}),
+        Err(e) => r["gate"] = gate_failure(&e),
     }
     r["tensors"] = Value::Array(tensors);
     Ok(r)
@@ -190,13 +178,7 @@ fn build_gguf(path: &std::path::Path) -> Result<Value> {
             }
             r["gate"] = json!({"ok": true});
         }
-        Err(ModelError::Gate(g)) => {
-            let list = |it: &mut dyn Iterator<Item = &Problem>| it.map(|p| p.to_string()).collect::<Vec<_>>();
-            r["gate"] = json!({"ok": false, "summary": g.to_string().lines().next().unwrap_or_default(),
-                "missing": list(&mut g.missing()), "misshaped": list(&mut g.misshaped()),
-                "invalid": list(&mut g.invalid()), "unexpected": g.unexpected});
-        }
-        Err(e) => r["gate"] = json!({"ok": false, "summary": e.to_string()}),
+        Err(e) => r["gate"] = gate_failure(&e),
     }
     if r.get("config").is_none() {
         r["config"] = json!({});
@@ -204,6 +186,22 @@ fn build_gguf(path: &std::path::Path) -> Result<Value> {
     }
     r["tensors"] = Value::Array(tensors);
     Ok(r)
+}
+
+/// The gate's verdict on a model that did not load: the tensor gate's lists,
+/// or the one error that stopped loading earlier.
+fn gate_failure(e: &ModelError) -> Value {
+    let ModelError::Gate(g) = e else { return json!({"ok": false, "summary": e.to_string()}) };
+    let list = |it: &mut dyn Iterator<Item = &Problem>| it.map(|p| p.to_string()).collect::<Vec<_>>();
+    json!({
+        "ok": false,
+        "summary": g.to_string().lines().next().unwrap_or_default(),
+        "missing": list(&mut g.missing()),
+        "misshaped": list(&mut g.misshaped()),
+        "invalid": list(&mut g.invalid()),
+        "unexpected": g.unexpected,
+        "ignored": g.ignored,
+    })
 }
 
 fn config_summary(c: &Config) -> Value {
