@@ -14,4 +14,5 @@ pub mod linear;
 pub mod norm;
 pub mod quant;
 pub mod rope;
+pub mod simd;
 pub mod threads;

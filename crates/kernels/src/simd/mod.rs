@@ -1,0 +1,49 @@
+//! Fast kernels: explicit SIMD chosen at run time, each with a scalar twin.
+//!
+//! Every kernel here takes a [`Level`] and has a portable scalar version
+//! that computes the same thing in the same order of blocks; tests run every
+//! level this CPU supports against the scalar twin and the scalar twin
+//! against the reference kernels in [`crate::linear`].
+//!
+//! Quantized weights (ggml blocks, MLX affine) are multiplied with
+//! activations quantized to int8 once per matmul ([`act`]), so the inner
+//! loops are integer dot products on the stored bytes, as llama.cpp does;
+//! float and FP8 weights keep f32 activations.
+
+pub mod act;
+
+use std::sync::OnceLock;
+
+/// Instruction-set level a kernel runs at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// Portable Rust: the twin every other level is tested against.
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C (Haswell / Zen and later).
+    Avx2,
+}
+
+/// The best level this CPU runs, detected once. `QMOE_SIMD=scalar` forces
+/// the portable kernels (for comparisons and bug hunts).
+pub fn level() -> Level {
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        if std::env::var("QMOE_SIMD").is_ok_and(|v| v.eq_ignore_ascii_case("scalar")) {
+            return Level::Scalar;
+        }
+        *available().last().unwrap_or(&Level::Scalar)
+    })
+}
+
+/// Every level this CPU can run, scalar first (tests iterate over these).
+pub fn available() -> Vec<Level> {
+    let mut v = vec![Level::Scalar];
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+    {
+        v.push(Level::Avx2);
+    }
+    v
+}
