@@ -14,6 +14,17 @@ pub mod act;
 
 use std::sync::OnceLock;
 
+/// The activation form a fast kernel consumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActKind {
+    /// Plain f32 (float and FP8 weights).
+    F32,
+    /// [`act::BlockQ8K`] blocks of 256 (k-quants, IQ4_XS).
+    Q8K,
+    /// [`act::BlockQ8x32`] blocks of 32 (Q8_0, Q4_0, ..., MLX affine).
+    Q8x32,
+}
+
 /// Instruction-set level a kernel runs at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
