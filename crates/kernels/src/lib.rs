@@ -13,6 +13,7 @@ pub mod ggml;
 pub mod linear;
 pub mod norm;
 pub mod quant;
+pub mod pool;
 pub mod rope;
 pub mod simd;
 pub mod threads;

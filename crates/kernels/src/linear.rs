@@ -236,47 +236,36 @@ pub fn matvec(w: &MatRef, x: &[f32], y: &mut [f32]) {
     matmul(w, x, y, 1);
 }
 
-/// Multiply-adds below which a matmul stays on the calling thread.
-const PARALLEL_MIN_WORK: usize = 1 << 20;
-
 /// `y[t] = W x[t]` for `n_tokens` rows: `x` `[T, cols]`, `y` `[T, rows]`.
 ///
-/// Each weight block is widened once and applied to every token, so a prefill
-/// reads the weights once however many tokens it carries. Large products are
-/// split by weight rows over [`crate::threads`] scoped threads.
+/// Runs the fast kernel for the encoding on the worker pool (see
+/// [`crate::simd::gemm`]); quantized weights then see int8-quantized
+/// activations. Encodings without a fast kernel take the reference path.
 pub fn matmul(w: &MatRef, x: &[f32], y: &mut [f32], n_tokens: usize) {
-    assert_eq!(x.len(), n_tokens * w.cols, "matmul: x length");
-    assert_eq!(y.len(), n_tokens * w.rows, "matmul: y length");
-    let n_threads = crate::threads::get().min(w.rows);
-    if n_threads <= 1 || w.rows * w.cols * n_tokens < PARALLEL_MIN_WORK {
-        matmul_rows(w, x, YOut(y.as_mut_ptr()), n_tokens, 0..w.rows);
-        return;
-    }
-    let out = YOut(y.as_mut_ptr());
-    let per = w.rows.div_ceil(n_threads);
-    std::thread::scope(|s| {
-        for i in 1..n_threads {
-            let rows = (i * per).min(w.rows)..((i + 1) * per).min(w.rows);
-            s.spawn(move || matmul_rows(w, x, out, n_tokens, rows));
-        }
-        matmul_rows(w, x, out, n_tokens, 0..per.min(w.rows));
-    });
+    crate::simd::gemm::matmul_many(&mut [crate::simd::gemm::Product { w: *w, x, y, n_tokens }]);
 }
 
-/// Output pointer shared by the row-splitting threads.
-#[derive(Clone, Copy)]
-struct YOut(*mut f32);
-// SAFETY: every thread writes only `y[t * rows + r]` for its own disjoint row
-// range `r`, and the scope joins all threads before `y` is used again.
-unsafe impl Send for YOut {}
-unsafe impl Sync for YOut {}
+/// The reference product on the calling thread: every weight widened to f32
+/// exactly, f32 activations, plain dot products. The twin the fast kernels
+/// are tested against.
+pub fn reference_matmul(w: &MatRef, x: &[f32], y: &mut [f32], n_tokens: usize) {
+    assert_eq!(x.len(), n_tokens * w.cols, "matmul: x length");
+    assert_eq!(y.len(), n_tokens * w.rows, "matmul: y length");
+    reference_rows(w, x, y.as_mut_ptr(), n_tokens, 0..w.rows);
+}
 
-fn matmul_rows(w: &MatRef, x: &[f32], y: YOut, n_tokens: usize, rows: std::ops::Range<usize>) {
+/// Reference rows `rows` of `y = W x` for every token, into `y` (`[T, rows]`,
+/// a raw pointer so that threads can fill disjoint row ranges).
+///
+/// Each weight block is widened once and applied to every token, so a
+/// prefill reads the weights once however many tokens it carries.
+pub(crate) fn reference_rows(w: &MatRef, x: &[f32], y: *mut f32, n_tokens: usize, rows: std::ops::Range<usize>) {
+    assert!(rows.end <= w.rows && x.len() == n_tokens * w.cols);
     let mut buf = [0.0f32; BLOCK];
     let at = |t: usize, r: usize| {
         // SAFETY: t < n_tokens and r < w.rows, so the index is inside the
-        // caller's `[T, rows]` slice; rows are disjoint between threads.
-        unsafe { &mut *y.0.add(t * w.rows + r) }
+        // caller's `[T, rows]` output; callers give threads disjoint rows.
+        unsafe { &mut *y.add(t * w.rows + r) }
     };
     for r in rows {
         let row = w.row_view(r);

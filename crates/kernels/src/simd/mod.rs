@@ -11,6 +11,8 @@
 //! float and FP8 weights keep f32 activations.
 
 pub mod act;
+pub mod float_dot;
+pub mod gemm;
 
 use std::sync::OnceLock;
 

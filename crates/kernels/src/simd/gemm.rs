@@ -1,0 +1,214 @@
+//! The matmul driver: activation quantization, task splitting over the
+//! [`crate::pool`], and dispatch to the per-format kernels.
+//!
+//! Several products can run in one pool call ([`matmul_many`]): the MoE
+//! layer submits every routed expert's gate and up projections (and the
+//! shared expert's) together, so their common input is quantized once and
+//! the threads stay busy across small matrices.
+//!
+//! Splitting: a task is a run of weight rows. For one token, tasks are small
+//! enough to balance ([`DECODE_TASK_BYTES`]); for many tokens a task's rows
+//! are sized to stay in L2 ([`PREFILL_TASK_BYTES`]) while every token passes
+//! over them, so a prefill reads each weight from DRAM once.
+
+use std::cell::{Cell, RefCell};
+use std::ops::Range;
+
+
+use super::act::{quantize_q8k, quantize_q8x32, BlockQ8K, BlockQ8x32};
+use super::{ActKind, Level};
+use crate::linear::{Encoding, MatRef};
+
+/// Weight bytes per task for a single token (balance over 2-16 threads).
+const DECODE_TASK_BYTES: usize = 32 << 10;
+/// Weight bytes per task for several tokens (a slice that stays in L2).
+const PREFILL_TASK_BYTES: usize = 96 << 10;
+/// Below this many weight bytes x tokens a product runs on the calling thread.
+const SERIAL_BYTES: usize = 48 << 10;
+
+/// Activations as a kernel consumes them, for one token.
+#[derive(Clone, Copy)]
+pub enum ActRef<'a> {
+    F32(&'a [f32]),
+    Q8K(&'a [BlockQ8K]),
+    Q8x32(&'a [BlockQ8x32]),
+}
+
+thread_local! {
+    static EXACT: Cell<bool> = const { Cell::new(false) };
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Runs `f` with f32 activations for every weight format on this thread
+/// (quantized weights then take the reference path: dequantise, f32 dot),
+/// for comparisons with references that do not quantize activations.
+pub fn with_f32_activations<R>(f: impl FnOnce() -> R) -> R {
+    let before = EXACT.with(|e| e.replace(true));
+    let r = f();
+    EXACT.with(|e| e.set(before));
+    r
+}
+
+/// The activation form the fast kernel for `enc` consumes, or `None` when
+/// there is no fast kernel (the reference path runs instead).
+pub fn act_kind(enc: &Encoding) -> Option<ActKind> {
+    // PENDING(kernels): enabled as the per-format kernels land.
+    let _ = enc;
+    None
+}
+
+/// `y[i] = row (rows.start + i) · x` with the fast kernel for `w`'s encoding;
+/// `x` must be the form [`act_kind`] names.
+pub fn gemv(level: Level, w: &MatRef, rows: Range<usize>, x: ActRef, y: &mut [f32]) {
+    let _ = (level, w, rows, x, y);
+    unreachable!("no fast kernels yet")
+}
+
+/// One product of a [`matmul_many`] call: `y[t] = W x[t]`, `x` `[T, cols]`,
+/// `y` `[T, rows]`.
+pub struct Product<'a> {
+    pub w: MatRef<'a>,
+    pub x: &'a [f32],
+    pub y: &'a mut [f32],
+    pub n_tokens: usize,
+}
+
+/// Quantized activations of one input, reused across calls (grow-only).
+#[derive(Default)]
+struct Prepared {
+    key: (usize, usize, Option<ActKind>),
+    q8k: Vec<BlockQ8K>,
+    q8x32: Vec<BlockQ8x32>,
+}
+
+impl Prepared {
+    fn fill(&mut self, kind: ActKind, x: &[f32]) {
+        match kind {
+            ActKind::F32 => {}
+            ActKind::Q8K => {
+                self.q8k.resize(x.len() / 256, BlockQ8K::default());
+                quantize_q8k(x, &mut self.q8k);
+            }
+            ActKind::Q8x32 => {
+                self.q8x32.resize(x.len() / 32, BlockQ8x32::default());
+                quantize_q8x32(x, &mut self.q8x32);
+            }
+        }
+    }
+}
+
+/// Per-thread buffers of [`matmul_many`], grow-only so that steady decoding
+/// allocates nothing.
+#[derive(Default)]
+struct Scratch {
+    prepared: Vec<Prepared>,
+    plans: Vec<Plan>,
+    outs: Vec<OutPtr>,
+}
+
+/// How one product runs.
+struct Plan {
+    /// Kernel activation form; `None`: the reference path.
+    kind: Option<ActKind>,
+    /// Index into the prepared activations (when quantized).
+    prep: usize,
+    rows_per_task: usize,
+    first_task: usize,
+}
+
+/// Raw output pointer shared by tasks that write disjoint rows.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint row ranges of each output, and the pool call
+// returns only after every task has finished.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// Runs every product, sharing the pool call and the activation
+/// quantization of inputs that are the same slice.
+pub fn matmul_many(products: &mut [Product]) {
+    let exact = EXACT.with(|e| e.get());
+    let level = super::level();
+    let threads = crate::threads::get();
+    SCRATCH.with(|cell| {
+        let mut scratch = cell.borrow_mut();
+        let Scratch { prepared, plans, outs } = &mut *scratch;
+        plans.clear();
+        outs.clear();
+        if prepared.is_empty() {
+            prepared.push(Prepared::default()); // index 0 for float products
+        }
+        let mut n_prep = 0;
+        let mut n_tasks = 0;
+        let mut total_bytes = 0usize;
+        for p in products.iter() {
+            assert_eq!(p.x.len(), p.n_tokens * p.w.cols, "matmul: x length");
+            assert_eq!(p.y.len(), p.n_tokens * p.w.rows, "matmul: y length");
+            let kind = act_kind(&p.w.enc).filter(|k| !exact || *k == ActKind::F32);
+            // Share the quantized input with an earlier product of the same slice.
+            let key = (p.x.as_ptr() as usize, p.x.len(), kind);
+            let prep = match kind {
+                Some(ActKind::Q8K | ActKind::Q8x32) => match prepared[..n_prep].iter().position(|q| q.key == key) {
+                    Some(i) => i,
+                    None => {
+                        if prepared.len() == n_prep {
+                            prepared.push(Prepared::default());
+                        }
+                        prepared[n_prep].key = key;
+                        prepared[n_prep].fill(kind.expect("quantized kind"), p.x);
+                        n_prep += 1;
+                        n_prep - 1
+                    }
+                },
+                _ => 0,
+            };
+            let row_bytes = (p.w.storage_bytes() / p.w.rows.max(1)).max(1);
+            let budget = if p.n_tokens == 1 { DECODE_TASK_BYTES } else { PREFILL_TASK_BYTES };
+            let rows_per_task = (budget / row_bytes).clamp(1, p.w.rows.max(1));
+            plans.push(Plan { kind, prep, rows_per_task, first_task: n_tasks });
+            n_tasks += p.w.rows.div_ceil(rows_per_task);
+            total_bytes += p.w.storage_bytes() * p.n_tokens;
+        }
+        outs.extend(products.iter_mut().map(|p| OutPtr(p.y.as_mut_ptr())));
+        let (prepared, plans, outs) = (&*prepared, &*plans, &*outs);
+        let task = |i: usize| {
+            let j = plans.partition_point(|pl| pl.first_task <= i) - 1;
+            let (p, plan) = (&products[j], &plans[j]);
+            let r0 = (i - plan.first_task) * plan.rows_per_task;
+            let rows = r0..(r0 + plan.rows_per_task).min(p.w.rows);
+            run_rows(level, p, plan, &prepared[plan.prep], outs[j], rows);
+        };
+        if threads <= 1 || total_bytes < SERIAL_BYTES {
+            (0..n_tasks).for_each(task);
+        } else {
+            crate::pool::run(n_tasks, &task);
+        }
+    });
+}
+
+/// One task: rows `rows` of product `p` for every token.
+fn run_rows(level: Level, p: &Product, plan: &Plan, prep: &Prepared, out: OutPtr, rows: Range<usize>) {
+    let (n_rows, cols) = (p.w.rows, p.w.cols);
+    let Some(kind) = plan.kind else {
+        crate::linear::reference_rows(&p.w, p.x, out.0, p.n_tokens, rows);
+        return;
+    };
+    for t in 0..p.n_tokens {
+        // SAFETY: `t < n_tokens` and `rows` lies inside `0..n_rows`, so the
+        // slice is inside this product's `[T, rows]` output; no other task
+        // writes these rows (see `OutPtr`).
+        let y = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * n_rows + rows.start), rows.len()) };
+        let x = match kind {
+            ActKind::F32 => ActRef::F32(&p.x[t * cols..(t + 1) * cols]),
+            ActKind::Q8K => {
+                let nb = cols / 256;
+                ActRef::Q8K(&prep.q8k[t * nb..(t + 1) * nb])
+            }
+            ActKind::Q8x32 => {
+                let nb = cols / 32;
+                ActRef::Q8x32(&prep.q8x32[t * nb..(t + 1) * nb])
+            }
+        };
+        gemv(level, &p.w, rows.clone(), x, y);
+    }
+}
