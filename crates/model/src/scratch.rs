@@ -68,11 +68,11 @@ pub struct MoeScratch {
     pub probs: Vec<f32>,
     /// `[k]`.
     pub top: Vec<usize>,
-    /// `[I]` one expert's gate, up and activation.
+    /// `[T*k, I]` routed experts' gate, up and activation.
     pub gate: Vec<f32>,
     pub up: Vec<f32>,
     pub act: Vec<f32>,
-    /// `[H]` one expert's output.
+    /// `[T*k, H]` routed experts' outputs.
     pub out: Vec<f32>,
     /// `[T, Is]` shared expert (also used by dense MLP layers, `[T, F]`).
     pub sh_gate: Vec<f32>,
@@ -80,6 +80,17 @@ pub struct MoeScratch {
     pub sh_act: Vec<f32>,
     /// `[T]` shared-expert gate logits.
     pub sh_scale: Vec<f32>,
+    /// `[T*k, H]` inputs gathered by expert (prefill).
+    pub xs: Vec<f32>,
+    /// `(expert, token, weight)` of every routing choice, in token order.
+    pub routes: Vec<(usize, usize, f32)>,
+    /// `(token, weight)` sorted by expert; expert `e` owns
+    /// `offsets[e]..offsets[e+1]` (also the rows of `xs`, `gate`, `up`, `act`, `out`).
+    pub order: Vec<(usize, f32)>,
+    pub offsets: Vec<usize>,
+    pub fill: Vec<usize>,
+    /// Capacity kept for the products of one kernel call.
+    pub products: Vec<qmoe_kernels::simd::gemm::Product<'static>>,
 }
 
 /// The first `n` elements of `v`, growing it if needed (never shrinks).
