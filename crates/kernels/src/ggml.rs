@@ -28,7 +28,7 @@ use qmoe_core::GgmlType;
 const QK_K: usize = 256;
 
 /// The 16 levels of IQ4_NL / IQ4_XS (`kvalues_iq4nl`), a non-linear 4-bit grid.
-const IQ4_LEVELS: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+pub(crate) const IQ4_LEVELS: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
 
 /// Decodes whole blocks: `bytes` holds `out.len() / block_size` blocks of `ty`.
 ///
@@ -68,7 +68,7 @@ pub fn decode_blocks(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
 
 /// The f16 at byte offset `i`, widened (exactly) to f32.
 #[inline]
-fn f16_at(b: &[u8], i: usize) -> f32 {
+pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
 }
 
@@ -143,7 +143,7 @@ fn decode_iq4_nl(b: &[u8], o: &mut [f32]) {
 /// bytes 0..4 hold scales 0..4 (low 6 bits), 4..8 mins 0..4, 8..12 the low
 /// nibbles of scales / mins 4..8, whose top 2 bits are the top bits of 0..8.
 #[inline]
-fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {

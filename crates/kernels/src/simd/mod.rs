@@ -13,6 +13,7 @@
 pub mod act;
 pub mod float_dot;
 pub mod gemm;
+pub mod ggml_dot;
 
 use std::sync::OnceLock;
 

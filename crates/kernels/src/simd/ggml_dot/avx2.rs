@@ -1,0 +1,474 @@
+//! AVX2 + FMA + F16C kernels (Haswell / Zen and later).
+//!
+//! The integer core of every type: weight codes as unsigned bytes (or signed
+//! ones made unsigned with the sign trick: `|w| · sign(x, w)`) times
+//! activation codes in `vpmaddubsw` (pairs summed to i16), then `vpmaddwd`
+//! against the (sub-)block scale as i16 (pairs summed to i32), so a block
+//! leaves 8 i32 lanes that are converted and accumulated with one FMA.
+//! Rows are streamed in order with software prefetch [`PREFETCH_ROWS`] rows
+//! ahead, so the next rows are in flight while this one is multiplied.
+
+use std::arch::x86_64::*;
+
+use qmoe_core::GgmlType;
+
+use super::scalar::{iq4_xs_scales, q3_k_scales};
+use super::scales_mins_k4;
+use crate::ggml::IQ4_LEVELS;
+use crate::simd::act::{BlockQ8K, BlockQ8x32};
+
+/// How many rows ahead the row loop prefetches (whole rows, a cache line at
+/// a time). Measured with `examples/gemv_ggml.rs`.
+const PREFETCH_ROWS: usize = 2;
+
+/// The row loop, expanded inside each `#[target_feature]` function so the
+/// per-type dot (`#[inline]`, same features) is inlined into it. Prefetches
+/// row `r + PREFETCH_ROWS` while row `r` is computed.
+macro_rules! rows {
+    ($w:expr, $x:expr, $y:expr, $ts:expr, $dot:ident) => {{
+        let (w, x, y): (&[u8], _, &mut [f32]) = ($w, $x, $y);
+        let row_bytes = x.len() * $ts;
+        let base = w.as_ptr();
+        let n = y.len();
+        for (r, yr) in y.iter_mut().enumerate() {
+            if r + PREFETCH_ROWS < n {
+                let ahead = base.add((r + PREFETCH_ROWS) * row_bytes);
+                let mut off = 0;
+                while off < row_bytes {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.add(off) as *const i8);
+                    off += 64;
+                }
+            }
+            *yr = $dot(base.add(r * row_bytes), x);
+        }
+    }};
+}
+
+/// # Safety
+/// The CPU runs AVX2, FMA and F16C; `w` is exactly `y.len()` rows of
+/// `x.len()` blocks of `ty`, which takes Q8K activations.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f32]) {
+    // SAFETY (each arm): the caller's contract, passed on unchanged.
+    match ty {
+        GgmlType::Q2K => rows!(w, x, y, 84, dot_q2_k),
+        GgmlType::Q3K => rows!(w, x, y, 110, dot_q3_k),
+        GgmlType::Q4K => rows!(w, x, y, 144, dot_q4_k),
+        GgmlType::Q5K => rows!(w, x, y, 176, dot_q5_k),
+        GgmlType::Q6K => rows!(w, x, y, 210, dot_q6_k),
+        GgmlType::IQ4XS => rows!(w, x, y, 136, dot_iq4_xs),
+        _ => unreachable!("gemv_q8k: {ty} (checked by the caller)"),
+    }
+}
+
+/// # Safety
+/// As [`gemv_q8k`], for a type taking Q8x32 activations.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn gemv_q8x32(ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mut [f32]) {
+    // SAFETY (each arm): the caller's contract, passed on unchanged.
+    match ty {
+        GgmlType::Q8_0 => rows!(w, x, y, 34, dot_q8_0),
+        GgmlType::Q4_0 => rows!(w, x, y, 18, dot_q4_0),
+        GgmlType::Q4_1 => rows!(w, x, y, 20, dot_q4_1),
+        GgmlType::Q5_0 => rows!(w, x, y, 22, dot_q5_0),
+        GgmlType::Q5_1 => rows!(w, x, y, 24, dot_q5_1),
+        GgmlType::IQ4NL => rows!(w, x, y, 18, dot_iq4_nl),
+        _ => unreachable!("gemv_q8x32: {ty} (checked by the caller)"),
+    }
+}
+
+
+// ---- helpers ------------------------------------------------------------------
+
+/// The little-endian f16 at `p`, widened exactly.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    let bits = (p as *const u16).read_unaligned();
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load256(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load128(p: *const u8) -> __m128i {
+    _mm_loadu_si128(p as *const __m128i)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// Signed codes `w` times signed `x`, pairs summed to i16 (`|w| ≤ 128`,
+/// `|x| ≤ 127`: no saturation).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn mul_i8(w: __m256i, x: __m256i) -> __m256i {
+    _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+}
+
+/// i16 pairs times i16 `s`, summed to 8 i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn madd(p: __m256i, s: __m256i) -> __m256i {
+    _mm256_madd_epi16(p, s)
+}
+
+/// 16 nibbles of `q` widened: low nibbles in bytes 0..16, high in 16..32
+/// (the 32-value block layout: value `j` low, value `j + 16` high).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn split_nibbles(q: __m128i) -> __m256i {
+    _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), _mm256_set1_epi8(0x0F))
+}
+
+/// Byte `j` = 0xFF where bit `j` of `bits` is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn spread_bits(bits: u32) -> __m256i {
+    // Byte j takes byte j / 8 of `bits`, then tests bit j % 8 of it.
+    let pick = _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0);
+    let v = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), pick);
+    let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(v, mask), mask)
+}
+
+/// i16 vector `[s[a] × 8, s[b] × 8]` from 16 i8 `s`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pair_i8(s: __m128i, a: i64, b: i64) -> __m256i {
+    const ONES: i64 = 0x0101_0101_0101_0101;
+    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(s, _mm_set_epi64x(b * ONES, a * ONES)))
+}
+
+/// Broadcast of i16 element `j` (0..8) of each 128-bit half of `s`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bcast_i16(s: __m256i, j: i16) -> __m256i {
+    _mm256_shuffle_epi8(s, _mm256_set1_epi16((2 * j + 1) << 8 | 2 * j))
+}
+
+// ---- 32-value blocks (Q8x32 activations) --------------------------------------
+
+/// The shared block loop: `code(b)` gives the weight codes as (signed or
+/// unsigned) bytes, `d`, and the offset `m` (0 for symmetric types).
+macro_rules! dot32 {
+    ($row:expr, $x:expr, $ts:expr, |$b:ident| $codes:expr, $mul:ident, $d:expr, $m:expr) => {{
+        let (row, x): (*const u8, &[BlockQ8x32]) = ($row, $x);
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut offs = 0.0f32;
+        let ones = _mm256_set1_epi16(1);
+        let mut i = 0;
+        // Two blocks per step into two accumulators (independent FMA chains).
+        while i + 2 <= x.len() {
+            for (k, acc) in [&mut acc0, &mut acc1].into_iter().enumerate() {
+                let xb = &x[i + k];
+                let $b = row.add((i + k) * $ts);
+                let p = madd($mul($codes, load256(xb.qs.as_ptr() as *const u8)), ones);
+                *acc = _mm256_fmadd_ps(_mm256_set1_ps($d * xb.d), _mm256_cvtepi32_ps(p), *acc);
+                offs += $m * xb.sum;
+            }
+            i += 2;
+        }
+        if i < x.len() {
+            let xb = &x[i];
+            let $b = row.add(i * $ts);
+            let p = madd($mul($codes, load256(xb.qs.as_ptr() as *const u8)), ones);
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps($d * xb.d), _mm256_cvtepi32_ps(p), acc0);
+            offs += $m * xb.sum;
+        }
+        hsum(_mm256_add_ps(acc0, acc1)) + offs
+    }};
+}
+
+/// Unsigned codes times signed `x`, pairs summed to i16.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn mul_u8(w: __m256i, x: __m256i) -> __m256i {
+    _mm256_maddubs_epi16(w, x)
+}
+
+// Each `dot_*` below: # Safety: `row` points at `x.len()` readable blocks of
+// the type, and the CPU runs AVX2 + FMA + F16C.
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q8_0(row: *const u8, x: &[BlockQ8x32]) -> f32 {
+    dot32!(row, x, 34, |b| load256(b.add(2)), mul_i8, f16_at(b), 0.0)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q4_0(row: *const u8, x: &[BlockQ8x32]) -> f32 {
+    let eight = _mm256_set1_epi8(8);
+    dot32!(row, x, 18, |b| _mm256_sub_epi8(split_nibbles(load128(b.add(2))), eight), mul_i8, f16_at(b), 0.0)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q4_1(row: *const u8, x: &[BlockQ8x32]) -> f32 {
+    dot32!(row, x, 20, |b| split_nibbles(load128(b.add(4))), mul_u8, f16_at(b), f16_at(b.add(2)))
+}
+
+/// Q5 codes: nibbles with the fifth bit from the u32 at `b + at`; with
+/// `signed`, minus 16 (bit clear: the byte's top nibble set, i.e. `q - 16`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_codes(b: *const u8, at: usize, qs_at: usize, signed: bool) -> __m256i {
+    let q = split_nibbles(load128(b.add(qs_at)));
+    let hi = spread_bits((b.add(at) as *const u32).read_unaligned());
+    if signed {
+        _mm256_or_si256(q, _mm256_andnot_si256(hi, _mm256_set1_epi8(0xF0u8 as i8)))
+    } else {
+        _mm256_or_si256(q, _mm256_and_si256(hi, _mm256_set1_epi8(0x10)))
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q5_0(row: *const u8, x: &[BlockQ8x32]) -> f32 {
+    dot32!(row, x, 22, |b| q5_codes(b, 2, 6, true), mul_i8, f16_at(b), 0.0)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q5_1(row: *const u8, x: &[BlockQ8x32]) -> f32 {
+    dot32!(row, x, 24, |b| q5_codes(b, 4, 8, false), mul_u8, f16_at(b), f16_at(b.add(2)))
+}
+
+/// The IQ4 level table in both 128-bit halves, for `vpshufb` lookups.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn iq4_table() -> __m256i {
+    let t = load128(IQ4_LEVELS.as_ptr() as *const u8);
+    _mm256_set_m128i(t, t)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_iq4_nl(row: *const u8, x: &[BlockQ8x32]) -> f32 {
+    let table = iq4_table();
+    dot32!(row, x, 18, |b| _mm256_shuffle_epi8(table, split_nibbles(load128(b.add(2)))), mul_i8, f16_at(b), 0.0)
+}
+
+// ---- 256-value super-blocks (Q8K activations) -----------------------------------
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bsums(xb: &BlockQ8K) -> __m256i {
+    _mm256_loadu_si256(xb.bsums.as_ptr() as *const __m256i)
+}
+
+/// Q4_K / Q5_K: per pair of 32-value sub-blocks, 32 bytes of nibbles (low
+/// nibble: sub-block 2p, high: 2p + 1), plus Q5_K's fifth bits.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q45_k<const FIVE: bool>(row: *const u8, x: &[BlockQ8K]) -> f32 {
+    let (ts, qs_at) = if FIVE { (176, 48) } else { (144, 16) };
+    let m4 = _mm256_set1_epi8(0x0F);
+    let one = _mm256_set1_epi8(1);
+    let mut acc = _mm256_setzero_ps();
+    for (i, xb) in x.iter().enumerate() {
+        let b = row.add(i * ts);
+        let xq = xb.qs.as_ptr() as *const u8;
+        let d = f16_at(b) * xb.d;
+        let dmin = f16_at(b.add(2)) * xb.d;
+        let (sc, m) = scales_mins_k4(&*(b.add(4) as *const [u8; 12]));
+        // Mins: [m0, m0, m1, m1, ..] as i16 against the 16 group sums.
+        let m8 = _mm_cvtsi64_si128(m as i64);
+        let summ = madd(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)), bsums(xb));
+        let sc16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64));
+        let sc = _mm256_set_m128i(sc16, sc16);
+        let qh = if FIVE { load256(b.add(16)) } else { _mm256_setzero_si256() };
+        let mut sumi = _mm256_setzero_si256();
+        for p in 0..4 {
+            let q = load256(b.add(qs_at + 32 * p));
+            let mut lo = _mm256_and_si256(q, m4);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+            if FIVE {
+                // Bit 2p of qh[l] tops value l of sub-block 2p, bit 2p + 1 of 2p + 1.
+                let hl = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * p as i32)), one);
+                let hh = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * p as i32 + 1)), one);
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hl));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16::<4>(hh));
+            }
+            let plo = mul_u8(lo, load256(xq.add(64 * p)));
+            let phi = mul_u8(hi, load256(xq.add(64 * p + 32)));
+            let j = 2 * p as i16;
+            sumi = _mm256_add_epi32(sumi, madd(plo, bcast_i16(sc, j)));
+            sumi = _mm256_add_epi32(sumi, madd(phi, bcast_i16(sc, j + 1)));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(summ), acc);
+    }
+    hsum(acc)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q4_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
+    dot_q45_k::<false>(row, x)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q5_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
+    dot_q45_k::<true>(row, x)
+}
+
+/// Bits 0..2 of each byte of `h`, moved to bits 4..6.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn top2(h: __m256i) -> __m256i {
+    _mm256_slli_epi16::<4>(_mm256_and_si256(h, _mm256_set1_epi8(3)))
+}
+
+/// Q6_K: per 128-value half, 64 bytes of low nibbles and 32 of bit pairs
+/// make four 32-value runs of 6-bit codes (0..64), multiplied unsigned; the
+/// `- 32` comes off through the group sums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q6_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut acc = _mm256_setzero_ps();
+    for (i, xb) in x.iter().enumerate() {
+        let b = row.add(i * 210);
+        let xq = xb.qs.as_ptr() as *const u8;
+        let d = f16_at(b.add(208)) * xb.d;
+        let sc = load128(b.add(192));
+        let offs = madd(_mm256_cvtepi8_epi16(sc), bsums(xb));
+        let mut sumi = _mm256_setzero_si256();
+        for n in 0..2 {
+            let ql0 = load256(b.add(64 * n));
+            let ql1 = load256(b.add(64 * n + 32));
+            let qh = load256(b.add(128 + 32 * n));
+            let runs = [
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), top2(qh)),
+                _mm256_or_si256(_mm256_and_si256(ql1, m4), top2(_mm256_srli_epi16::<2>(qh))),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4), top2(_mm256_srli_epi16::<4>(qh))),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4), top2(_mm256_srli_epi16::<6>(qh))),
+            ];
+            for (k, q) in runs.into_iter().enumerate() {
+                let g = (8 * n + 2 * k) as i64;
+                let p = mul_u8(q, load256(xq.add(128 * n + 32 * k)));
+                sumi = _mm256_add_epi32(sumi, madd(p, pair_i8(sc, g, g + 1)));
+            }
+        }
+        let sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32::<5>(offs));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum(acc)
+}
+
+/// Q2_K: per 128-value half, 32 bytes hold four 32-value runs of 2-bit
+/// codes (bit pairs 0..4); each run is two 16-value groups.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q2_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
+    let m2 = _mm256_set1_epi8(3);
+    let mut acc = _mm256_setzero_ps();
+    for (i, xb) in x.iter().enumerate() {
+        let b = row.add(i * 84);
+        let xq = xb.qs.as_ptr() as *const u8;
+        let (d, dmin) = (f16_at(b.add(80)) * xb.d, f16_at(b.add(82)) * xb.d);
+        let raw = load128(b);
+        let sc = _mm_and_si128(raw, _mm_set1_epi8(0x0F));
+        let mins = _mm_and_si128(_mm_srli_epi16::<4>(raw), _mm_set1_epi8(0x0F));
+        let summ = madd(_mm256_cvtepu8_epi16(mins), bsums(xb));
+        let mut sumi = _mm256_setzero_si256();
+        for n in 0..2 {
+            let qv = load256(b.add(16 + 32 * n));
+            let runs = [
+                _mm256_and_si256(qv, m2),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(qv), m2),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(qv), m2),
+                _mm256_and_si256(_mm256_srli_epi16::<6>(qv), m2),
+            ];
+            for (k, q) in runs.into_iter().enumerate() {
+                let g = (8 * n + 2 * k) as i64;
+                let p = mul_u8(q, load256(xq.add(128 * n + 32 * k)));
+                sumi = _mm256_add_epi32(sumi, madd(p, pair_i8(sc, g, g + 1)));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(summ), acc);
+    }
+    hsum(acc)
+}
+
+/// Q3_K: Q2_K's code layout plus a high bit per value from `hmask` (bit
+/// `4n + k` for run `k` of half `n`), codes `q2 + 4h` multiplied unsigned;
+/// the `- 4` comes off through the group sums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q3_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
+    let m2 = _mm256_set1_epi8(3);
+    let one = _mm256_set1_epi8(1);
+    let mut acc = _mm256_setzero_ps();
+    for (i, xb) in x.iter().enumerate() {
+        let b = row.add(i * 110);
+        let xq = xb.qs.as_ptr() as *const u8;
+        let d = f16_at(b.add(108)) * xb.d;
+        let scales = q3_k_scales(std::slice::from_raw_parts(b.add(96), 12));
+        let sc = load128(scales.as_ptr() as *const u8);
+        let offs = madd(_mm256_cvtepi8_epi16(sc), bsums(xb));
+        let hm = load256(b);
+        let mut sumi = _mm256_setzero_si256();
+        for n in 0..2 {
+            let qv = load256(b.add(32 + 32 * n));
+            for k in 0..4 {
+                let shift = _mm_cvtsi32_si128(2 * k as i32);
+                let q2 = _mm256_and_si256(_mm256_srl_epi16(qv, shift), m2);
+                let h = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128((4 * n + k) as i32)), one);
+                let q = _mm256_or_si256(q2, _mm256_slli_epi16::<2>(h));
+                let g = (8 * n + 2 * k) as i64;
+                let p = mul_u8(q, load256(xq.add(128 * n + 32 * k)));
+                sumi = _mm256_add_epi32(sumi, madd(p, pair_i8(sc, g, g + 1)));
+            }
+        }
+        let sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32::<2>(offs));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum(acc)
+}
+
+/// IQ4_XS: per pair of 32-value sub-blocks, 32 bytes of nibbles (16 per
+/// sub-block: low nibbles values 0..16, high 16..32) looked up in the level
+/// table, times the sub-block scale.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_iq4_xs(row: *const u8, x: &[BlockQ8K]) -> f32 {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let table = iq4_table();
+    let mut acc = _mm256_setzero_ps();
+    for (i, xb) in x.iter().enumerate() {
+        let b = row.add(i * 136);
+        let xq = xb.qs.as_ptr() as *const u8;
+        let d = f16_at(b) * xb.d;
+        let ls = iq4_xs_scales(std::slice::from_raw_parts(b, 8));
+        let mut sumi = _mm256_setzero_si256();
+        for p in 0..4 {
+            let q = load256(b.add(8 + 32 * p));
+            let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(q, m4));
+            let hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4));
+            // Sub-block 2p: low halves of lo and hi; 2p + 1: the high halves.
+            let w0 = _mm256_permute2x128_si256::<0x20>(lo, hi);
+            let w1 = _mm256_permute2x128_si256::<0x31>(lo, hi);
+            let p0 = mul_i8(w0, load256(xq.add(64 * p)));
+            let p1 = mul_i8(w1, load256(xq.add(64 * p + 32)));
+            sumi = _mm256_add_epi32(sumi, madd(p0, _mm256_set1_epi16(ls[2 * p])));
+            sumi = _mm256_add_epi32(sumi, madd(p1, _mm256_set1_epi16(ls[2 * p + 1])));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum(acc)
+}

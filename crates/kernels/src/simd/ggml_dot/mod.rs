@@ -1,0 +1,163 @@
+//! Matrix-vector products of ggml (GGUF) weight blocks with int8 activations.
+//!
+//! `y[r] = Σ_c w[r][c] · x[c]` where row `r` is the stored blocks of a ggml
+//! type, read in place (no repacking), and `x` was quantized once per matmul
+//! to [`BlockQ8K`] (k-quants, IQ4_XS: 256 values, per-16 code sums) or
+//! [`BlockQ8x32`] (the 32-wide types: 32 values and their exact sum).
+//!
+//! Each weight block's inner sums are integers (weight codes times
+//! activation codes), scaled once per (sub-)block in f32:
+//! * symmetric types (Q8_0, Q4_0, Q5_0, IQ4_NL, IQ4_XS): `d_w · d_x · Σ q_w q_x`;
+//! * Q4_1 / Q5_1 (`d q + m`): `d_w · d_x · Σ q_w q_x + m · sum`, the offset
+//!   taken against the *exact* f32 sum of the block's inputs, as llama.cpp
+//!   takes it from `block_q8_1`'s `s`;
+//! * k-quants with a min (Q2_K, Q4_K, Q5_K): `d_x (d Σ_j sc_j S_j - dmin Σ_j m_j B_j)`
+//!   with `S_j` the code dot of sub-block `j` and `B_j` its activation code
+//!   sum from `bsums`;
+//! * k-quants with a code offset (Q3_K: `q - 4`, Q6_K: `q - 32`): the codes
+//!   are multiplied unsigned and the offset subtracted through `bsums`.
+//!
+//! Every level computes the same integer sums per (sub-)block; only the f32
+//! accumulation order differs, so levels agree to float rounding.
+//!
+//! Invariant the SIMD code relies on: activation codes lie in `-127..=127`
+//! (both quantizers in [`crate::simd::act`] guarantee it), so `|w| ≤ 128`
+//! times `|x| ≤ 127`, summed in pairs, never saturates `maddubs`' i16.
+
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+use qmoe_core::GgmlType;
+
+use crate::simd::act::{BlockQ8K, BlockQ8x32};
+use crate::simd::{ActKind, Level};
+
+/// Which activation blocks the fast kernel for `ty` consumes; `None` for the
+/// float types (they take f32 activations on another path).
+pub fn act_kind(ty: GgmlType) -> Option<ActKind> {
+    use GgmlType::*;
+    match ty {
+        Q2K | Q3K | Q4K | Q5K | Q6K | IQ4XS => Some(ActKind::Q8K),
+        Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | IQ4NL => Some(ActKind::Q8x32),
+        F32 | F16 | BF16 => None,
+    }
+}
+
+/// `y[r] = dot(row r, x)` for `y.len()` rows stored contiguously in `w`,
+/// each `x.len() * 256` values of `ty` (a [`ActKind::Q8K`] type).
+///
+/// # Panics
+/// If `ty` does not take Q8K activations or `w` is not exactly the rows'
+/// bytes (the dispatcher validates shapes; this guards memory safety).
+pub fn gemv_q8k(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f32]) {
+    assert_eq!(act_kind(ty), Some(ActKind::Q8K), "gemv_q8k: {ty} does not take Q8K activations");
+    check_bytes(ty, w.len(), x.len(), y.len());
+    if avx2_usable(level) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked just above), and
+        // `w` holds exactly `y.len()` rows of `x.len()` blocks of `ty`.
+        unsafe {
+            avx2::gemv_q8k(ty, w, x, y)
+        };
+        return;
+    }
+    scalar::gemv_q8k(ty, w, x, y);
+}
+
+/// `y[r] = dot(row r, x)` for the 32-wide types: each row `x.len() * 32`
+/// values of `ty` (a [`ActKind::Q8x32`] type).
+///
+/// # Panics
+/// As [`gemv_q8k`].
+pub fn gemv_q8x32(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mut [f32]) {
+    assert_eq!(act_kind(ty), Some(ActKind::Q8x32), "gemv_q8x32: {ty} does not take Q8x32 activations");
+    check_bytes(ty, w.len(), x.len(), y.len());
+    if avx2_usable(level) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `gemv_q8k`.
+        unsafe {
+            avx2::gemv_q8x32(ty, w, x, y)
+        };
+        return;
+    }
+    scalar::gemv_q8x32(ty, w, x, y);
+}
+
+/// `w` must be exactly `rows` rows of `blocks` blocks of `ty`.
+fn check_bytes(ty: GgmlType, got: usize, blocks: usize, rows: usize) {
+    let want = blocks.checked_mul(ty.type_size()).and_then(|b| b.checked_mul(rows));
+    assert_eq!(Some(got), want, "ggml gemv {ty}: {got} weight bytes for {rows} rows of {blocks} blocks");
+}
+
+/// Whether `level` asks for AVX2 and this CPU really runs it (a caller may
+/// pass any level; running AVX2 code on a CPU without it would be unsound).
+fn avx2_usable(level: Level) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx2 {
+        assert!(
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c"),
+            "Level::Avx2 requested on a CPU without AVX2/FMA/F16C"
+        );
+        return true;
+    }
+    let _ = level;
+    false
+}
+
+/// Q4_K / Q5_K's eight 6-bit scales and mins (bytes `4..16` of a block), as
+/// two little-endian u64 of eight u8 each, unpacked a word at a time. Gives
+/// the same values as [`crate::ggml::scale_min_k4`] (a test checks all
+/// sub-blocks on random bytes); used by the SIMD levels, where the byte-wise
+/// unpacking would cost as much as the block's dot product.
+#[inline(always)]
+pub(crate) fn scales_mins_k4(s: &[u8; 12]) -> (u64, u64) {
+    const LOW6: u32 = 0x3F3F_3F3F;
+    const LOW4: u32 = 0x0F0F_0F0F;
+    const TOP2: u32 = 0x0303_0303;
+    let a0 = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+    let a1 = u32::from_le_bytes([s[4], s[5], s[6], s[7]]);
+    let a2 = u32::from_le_bytes([s[8], s[9], s[10], s[11]]);
+    // Sub-blocks 0..4: low 6 bits of bytes 0..4 (scales) and 4..8 (mins).
+    // Sub-blocks 4..8: nibbles of bytes 8..12, topped by the spare 2 bits.
+    let sc_hi = (a2 & LOW4) | ((a0 >> 6) & TOP2) << 4;
+    let m_hi = ((a2 >> 4) & LOW4) | ((a1 >> 6) & TOP2) << 4;
+    let scales = (a0 & LOW6) as u64 | (sc_hi as u64) << 32;
+    let mins = (a1 & LOW6) as u64 | (m_hi as u64) << 32;
+    (scales, mins)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn word_unpacking_matches_scale_min_k4() {
+        let mut state = 0x1234_5678_9ABC_DEF0u64;
+        for _ in 0..2000 {
+            let mut s = [0u8; 12];
+            for b in &mut s {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                *b = (state >> 56) as u8;
+            }
+            let (sc, m) = scales_mins_k4(&s);
+            for j in 0..8 {
+                let want = crate::ggml::scale_min_k4(j, &s);
+                assert_eq!(((sc >> (8 * j)) as u8, (m >> (8 * j)) as u8), want, "sub-block {j} of {s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_type_has_a_kind_or_is_float() {
+        for ty in GgmlType::ALL {
+            let float = matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
+            assert_eq!(act_kind(ty).is_none(), float, "{ty}");
+            if let Some(k) = act_kind(ty) {
+                assert_eq!(k == ActKind::Q8K, ty.block_size() == 256, "{ty}");
+            }
+        }
+    }
+}
