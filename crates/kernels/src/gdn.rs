@@ -286,6 +286,8 @@ pub struct GdnScratch {
     u: Vec<f32>,
     /// `[chunk, Dk]`: `W`.
     w: Vec<f32>,
+    /// `[chunk, Dv]`: one head's outputs for the chunk.
+    o: Vec<f32>,
 }
 
 impl GdnScratch {
@@ -306,6 +308,7 @@ impl GdnScratch {
             l: vec![0.0; chunk * chunk],
             u: vec![0.0; chunk * shape.head_v_dim],
             w: vec![0.0; chunk * shape.head_k_dim],
+            o: vec![0.0; chunk * shape.head_v_dim],
         }
     }
 
@@ -317,6 +320,11 @@ impl GdnScratch {
     /// The shape it was sized for.
     pub fn shape(&self) -> GdnShape {
         self.shape
+    }
+
+    /// Output row `i` (`[Dv]`) of the head [`chunk_head`] ran last.
+    pub(crate) fn head_out(&self, i: usize) -> &[f32] {
+        &self.o[i * self.shape.head_v_dim..][..self.shape.head_v_dim]
     }
 }
 
@@ -363,37 +371,42 @@ pub fn gdn_chunked(
         shape,
         chunk
     );
-    let hv = shape.n_v_heads;
+    let (hv, dk, dv) = (shape.n_v_heads, shape.head_k_dim, shape.head_v_dim);
 
     let mut start = 0;
     while start < n_tokens {
         let n = chunk.min(n_tokens - start);
         for h in 0..hv {
-            chunk_head(
-                q, k, v, beta, g, state, shape, map, start, n, h, scratch, out,
-            );
+            let s0 = &mut state[h * dk * dv..][..dk * dv];
+            chunk_head(q, k, v, beta, g, s0, shape, map, start, n, h, scratch);
+            for i in 0..n {
+                out[((start + i) * hv + h) * dv..][..dv].copy_from_slice(&scratch.o[i * dv..][..dv]);
+            }
         }
         start += n;
     }
 }
 
-/// One value head `h` over tokens `start..start + n` (`n <= scratch.chunk`).
-/// Buffers are the full-call tensors of [`gdn_chunked`].
+/// One value head `h` over tokens `start..start + n` (`n <= scratch.chunk`):
+/// advances the head's state `s0` (`[Dk, Dv]`) and leaves the chunk's
+/// outputs in `scratch.o` (`[n, Dv]`). `q`, `k`, `v`, `beta`, `g` are the
+/// full-call tensors of [`gdn_chunked`]. Inlined into every caller so that
+/// the SIMD drivers compile it for their instruction set.
 #[allow(clippy::too_many_arguments)]
-fn chunk_head(
+#[inline(always)]
+pub(crate) fn chunk_head(
     q: &[f32],
     k: &[f32],
     v: &[f32],
     beta: &[f32],
     g: &[f32],
-    state: &mut [f32],
+    s0: &mut [f32],
     shape: GdnShape,
     map: HeadMap,
     start: usize,
     n: usize,
     h: usize,
     scratch: &mut GdnScratch,
-    out: &mut [f32],
 ) {
     let GdnShape {
         n_k_heads: hk,
@@ -408,7 +421,7 @@ fn chunk_head(
     let k_row = |i: usize| &k[((start + i) * hk + kh) * dk..][..dk]; // [Dk]
     let v_row = |i: usize| &v[((start + i) * hv + h) * dv..][..dv]; // [Dv]
     let beta_at = |i: usize| beta[(start + i) * hv + h];
-    let s0 = &mut state[h * dk * dv..][..dk * dv]; // [Dk, Dv]
+    debug_assert_eq!(s0.len(), dk * dv);
 
     let GdnScratch {
         g_cum,
@@ -418,6 +431,7 @@ fn chunk_head(
         l,
         u,
         w,
+        o,
         ..
     } = scratch;
 
@@ -479,7 +493,7 @@ fn chunk_head(
     // A[i][j] = (q_i . k_j) Gamma[i][j] (diagonal included) formed on the fly.
     for i in 0..n {
         let q_i = q_row(i);
-        let o_i = &mut out[((start + i) * hv + h) * dv..][..dv];
+        let o_i = &mut o[i * dv..][..dv];
         o_i.fill(0.0);
         for (s_row, &q_ia) in s0.chunks_exact(dv).zip(q_i) {
             axpy(q_ia, s_row, o_i);
@@ -510,13 +524,13 @@ fn chunk_head(
 }
 
 /// `sum a_i b_i` in f32, in index order.
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// `y <- y + alpha x`.
-#[inline]
+#[inline(always)]
 fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     for (y_i, &x_i) in y.iter_mut().zip(x) {
         *y_i += alpha * x_i;

@@ -59,7 +59,8 @@ pub struct GdnBuffers {
     /// `[T, Hv, Dv]`.
     pub v: Vec<f32>,
     pub out: Vec<f32>,
-    pub chunk: Option<qmoe_kernels::gdn::GdnScratch>,
+    /// One chunked-prefill scratch per worker thread.
+    pub chunk: Vec<qmoe_kernels::gdn::GdnScratch>,
 }
 
 #[derive(Default)]

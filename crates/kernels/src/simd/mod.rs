@@ -11,7 +11,10 @@
 //! float and FP8 weights keep f32 activations.
 
 pub mod act;
+pub mod affine_dot;
 pub mod float_dot;
+pub mod fp8_dot;
+pub mod gdn;
 pub mod gemm;
 pub mod ggml_dot;
 

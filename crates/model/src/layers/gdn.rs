@@ -7,7 +7,8 @@
 
 use qmoe_kernels::act::{sigmoid, softplus};
 use qmoe_kernels::conv::causal_conv1d_silu;
-use qmoe_kernels::gdn::{gdn_chunked, gdn_recurrent, l2_normalize, GdnScratch, GdnShape};
+use qmoe_kernels::gdn::{l2_normalize, GdnScratch, GdnShape};
+use qmoe_kernels::simd::gdn::{gdn_chunked_parallel, gdn_recurrent_parallel};
 use qmoe_kernels::linear::matmul;
 use qmoe_kernels::norm::rms_norm_gated_inplace;
 
@@ -103,11 +104,16 @@ pub fn forward(
 
     let shape = GdnShape { n_k_heads: hk, n_v_heads: hv, head_k_dim: dk, head_v_dim: dv };
     let out = take(&mut s.out, t * vd);
+    let level = qmoe_kernels::simd::level();
     if t == 1 {
-        gdn_recurrent(q, k, v, beta, g, ssm_state, shape, w.head_map, out);
+        gdn_recurrent_parallel(level, q, k, v, beta, g, ssm_state, shape, w.head_map, out);
     } else {
-        let scratch = s.chunk.get_or_insert_with(|| GdnScratch::new(shape, CHUNK));
-        gdn_chunked(q, k, v, beta, g, ssm_state, shape, w.head_map, CHUNK, scratch, out);
+        // One chunk scratch per worker thread (heads are split over them).
+        let n = qmoe_kernels::threads::get().min(hv);
+        if s.chunk.len() != n || s.chunk[0].shape() != shape {
+            s.chunk = (0..n).map(|_| GdnScratch::new(shape, CHUNK)).collect();
+        }
+        gdn_chunked_parallel(level, q, k, v, beta, g, ssm_state, shape, w.head_map, CHUNK, &mut s.chunk, out);
     }
 
     rms_norm_gated_inplace(out, z, &w.norm, cfg.rms_norm_eps);
