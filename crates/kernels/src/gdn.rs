@@ -18,6 +18,8 @@
 //! <= 0, so no intermediate overflows however strong the decay. The two forms
 //! agree to f32 rounding; they are not bit-identical.
 
+use crate::vecops::{axpy, dot};
+
 /// Head geometry of one GDN layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GdnShape {
@@ -520,19 +522,5 @@ pub(crate) fn chunk_head(
         for (s_row, &k_ja) in s0.chunks_exact_mut(dv).zip(k_j) {
             axpy(d_j * k_ja, vnew_j, s_row);
         }
-    }
-}
-
-/// `sum a_i b_i` in f32, in index order.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-/// `y <- y + alpha x`.
-#[inline(always)]
-fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
-    for (y_i, &x_i) in y.iter_mut().zip(x) {
-        *y_i += alpha * x_i;
     }
 }

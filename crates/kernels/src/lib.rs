@@ -17,3 +17,4 @@ pub mod pool;
 pub mod rope;
 pub mod simd;
 pub mod threads;
+pub mod vecops;

@@ -213,3 +213,30 @@ fn short_scratch_is_a_contract_violation() {
         &mut out,
     );
 }
+
+/// The GQA-shared pooled version against the f64 reference at every SIMD
+/// level, over more positions and threads than tasks.
+#[test]
+fn parallel_version_matches_f64_reference() {
+    use qmoe_kernels::simd::attention::attend_parallel;
+    let mut rng = Rng(12);
+    let mut worst = 0.0f64;
+    for level in qmoe_kernels::simd::available() {
+        for s in SHAPES {
+            let scale = 1.0 / (s.head_dim as f32).sqrt();
+            for &(start, t) in &[(0usize, 1usize), (0, 9), (5, 4), (20, 1), (63, 2), (0, 70)] {
+                let n_ctx = start + t;
+                let q = rng.vec(t * s.q_row_len(), 1.0);
+                let k = rng.vec(n_ctx * s.kv_row_len(), 1.0);
+                let v = rng.vec(n_ctx * s.kv_row_len(), 1.0);
+                let mut scores = Vec::new();
+                let mut out = vec![f32::NAN; t * s.q_row_len()];
+                attend_parallel(level, &q, &k, &v, start, t, s, scale, &mut scores, &mut out);
+                let d = max_abs_diff(&out, &attend_f64(&q, &k, &v, start, t, s, scale));
+                worst = worst.max(d);
+                assert!(d < 2e-6, "{level:?} {s:?} start {start} T {t}: max diff {d}");
+            }
+        }
+    }
+    eprintln!("pooled attention vs f64: max abs diff {worst:.3e}");
+}

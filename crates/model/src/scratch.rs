@@ -32,7 +32,7 @@ pub struct AttnScratch {
     pub v: Vec<f32>,
     /// `[T, nh, hd]`.
     pub out: Vec<f32>,
-    /// `[n_ctx]`.
+    /// `[threads, heads per KV head, n_ctx]` attention probabilities.
     pub scores: Vec<f32>,
 }
 

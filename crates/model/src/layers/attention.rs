@@ -3,10 +3,11 @@
 //! sigmoid output gate.
 
 use qmoe_kernels::act::sigmoid;
-use qmoe_kernels::attention::{attend, AttnShape};
+use qmoe_kernels::attention::AttnShape;
 use qmoe_kernels::linear::matmul;
 use qmoe_kernels::norm::rms_norm_inplace;
 use qmoe_kernels::rope::RopeTable;
+use qmoe_kernels::simd::attention::attend_parallel;
 
 use crate::config::Config;
 use crate::scratch::{take, AttnScratch};
@@ -61,9 +62,10 @@ pub fn forward(
     v_cache.extend_from_slice(v);
 
     let out = take(&mut s.out, t * nh * hd);
-    let scores = take(&mut s.scores, start_pos + t);
     let shape = AttnShape { n_heads: nh, n_kv_heads: nkv, head_dim: hd };
-    attend(q, k_cache, v_cache, start_pos, t, shape, 1.0 / (hd as f32).sqrt(), scores, out);
+    let level = qmoe_kernels::simd::level();
+    let scale = 1.0 / (hd as f32).sqrt();
+    attend_parallel(level, q, k_cache, v_cache, start_pos, t, shape, scale, &mut s.scores, out);
 
     for (o, &g) in out.iter_mut().zip(gate.iter()) {
         *o *= sigmoid(g);
