@@ -14,6 +14,7 @@ pub mod act;
 pub mod affine_dot;
 pub mod float_dot;
 pub mod fp8_dot;
+pub mod attention;
 pub mod gdn;
 pub mod gemm;
 pub mod ggml_dot;
