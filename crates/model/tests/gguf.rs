@@ -14,7 +14,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{fixture, golden, max_abs_diff, run};
+use common::{fixture, golden, max_abs_diff, run_f32_activations};
 use qmoe_model::Model;
 
 const REL_TOL: f32 = 1e-4;
@@ -31,7 +31,7 @@ fn check_gguf(name: &str) {
     let scale = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let n = g.ids.len();
     for (mode, chunk) in [("prefill", n), ("decode", 1), ("chunked:13", 13)] {
-        let d = max_abs_diff(&run(&model, &g.ids, chunk), &reference) / scale;
+        let d = max_abs_diff(&run_f32_activations(&model, &g.ids, chunk), &reference) / scale;
         eprintln!("{name} {mode}: max |diff| / scale = {d:.2e}");
         assert!(d <= REL_TOL, "{name} {mode}: {d:e}");
     }

@@ -15,6 +15,8 @@ use std::cell::{Cell, RefCell};
 use std::ops::Range;
 
 
+use qmoe_core::{DType, GgmlType};
+
 use super::act::{quantize_q8k, quantize_q8x32, BlockQ8K, BlockQ8x32};
 use super::{ActKind, Level};
 use crate::linear::{Encoding, MatRef};
@@ -52,16 +54,45 @@ pub fn with_f32_activations<R>(f: impl FnOnce() -> R) -> R {
 /// The activation form the fast kernel for `enc` consumes, or `None` when
 /// there is no fast kernel (the reference path runs instead).
 pub fn act_kind(enc: &Encoding) -> Option<ActKind> {
-    // PENDING(kernels): enabled as the per-format kernels land.
-    let _ = enc;
-    None
+    match *enc {
+        Encoding::Float(DType::F32 | DType::F16 | DType::BF16) => Some(ActKind::F32),
+        Encoding::Float(_) => None,
+        Encoding::Fp8Block { .. } => Some(ActKind::F32),
+        Encoding::Affine { bits, group_size, .. } => {
+            super::affine_dot::supports_affine(bits, group_size).then_some(ActKind::Q8x32)
+        }
+        Encoding::Ggml(GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) => Some(ActKind::F32),
+        Encoding::Ggml(ty) => super::ggml_dot::act_kind(ty),
+    }
 }
 
 /// `y[i] = row (rows.start + i) · x` with the fast kernel for `w`'s encoding;
 /// `x` must be the form [`act_kind`] names.
 pub fn gemv(level: Level, w: &MatRef, rows: Range<usize>, x: ActRef, y: &mut [f32]) {
-    let _ = (level, w, rows, x, y);
-    unreachable!("no fast kernels yet")
+    debug_assert_eq!(y.len(), rows.len());
+    match (w.enc, x) {
+        (Encoding::Float(_), ActRef::F32(x)) => super::float_dot::gemv_float(level, w, rows, x, y),
+        (Encoding::Fp8Block { .. }, ActRef::F32(x)) => super::fp8_dot::gemv_fp8(level, w, rows, x, y),
+        (Encoding::Affine { .. }, ActRef::Q8x32(x)) => super::affine_dot::gemv_affine(level, w, rows, x, y),
+        (Encoding::Ggml(ty), x) => {
+            let rb = w.bytes.len() / w.rows.max(1);
+            let bytes = &w.bytes[rows.start * rb..rows.end * rb];
+            match x {
+                ActRef::F32(x) => {
+                    let dt = match ty {
+                        GgmlType::F32 => DType::F32,
+                        GgmlType::F16 => DType::F16,
+                        _ => DType::BF16,
+                    };
+                    let m = MatRef::new(dt, rows.len(), w.cols, bytes);
+                    super::float_dot::gemv_float(level, &m, 0..rows.len(), x, y)
+                }
+                ActRef::Q8K(x) => super::ggml_dot::gemv_q8k(level, ty, bytes, x, y),
+                ActRef::Q8x32(x) => super::ggml_dot::gemv_q8x32(level, ty, bytes, x, y),
+            }
+        }
+        _ => unreachable!("gemv: activation form does not match the encoding"),
+    }
 }
 
 /// One product of a [`matmul_many`] call: `y[t] = W x[t]`, `x` `[T, cols]`,

@@ -3,7 +3,7 @@
 
 use qmoe_kernels::act::{sigmoid, softmax, swiglu, top_k};
 use qmoe_kernels::linear::matmul;
-use qmoe_kernels::simd::gemm::{matmul_many, Product};
+use qmoe_kernels::simd::gemm::{matmul_many, with_f32_activations, Product};
 
 use crate::config::Config;
 use crate::scratch::{take, MoeScratch};
@@ -36,9 +36,10 @@ pub fn moe(w: &Moe, cfg: &Config, x: &[f32], n_tokens: usize, s: &mut MoeScratch
     let inter = cfg.moe_intermediate_size;
     let sh_inter = w.shared.gate.rows;
 
-    // Router in f32: probabilities over all experts, ranked in f32.
+    // Router in f32 (f32 activations even for quantized gates: routing
+    // margins can be far below int8 activation noise), ranked in f32.
     let mut probs = std::mem::take(&mut s.probs);
-    matmul(&w.router.view(), x, take(&mut probs, t * e), t);
+    with_f32_activations(|| matmul(&w.router.view(), x, take(&mut probs, t * e), t));
     route(cfg, &mut probs[..t * e], t, s);
     s.probs = probs;
 

@@ -1,0 +1,82 @@
+//! The matmul driver (`linear::matmul` → `simd::gemm`) against the reference
+//! product (`linear::reference_matmul`): every encoding, one and several
+//! tokens, one and two threads, and the f32-activation override.
+//!
+//! Quantized weights see int8 activations on the fast path, so the bound is
+//! the activation quantization error: `|fast - ref| <= tol * Σ|w||x|` with
+//! `tol` one int8 step (1/127 of the block's largest |x|, per element, at
+//! most); float and FP8 weights differ only in summation order.
+
+mod common;
+
+use common::Rng;
+use qmoe_core::dtype::DType;
+use qmoe_kernels::linear::{matmul, reference_matmul, MatRef};
+use qmoe_kernels::simd::gemm::with_f32_activations;
+
+/// `Σ |w| |x|` per (token, row) from the reference's own dequantised rows.
+fn magnitudes(w: &MatRef, x: &[f32], t: usize) -> Vec<f32> {
+    let mut row = vec![0.0; w.cols];
+    let mut out = vec![0.0; t * w.rows];
+    for r in 0..w.rows {
+        w.row_to_f32(r, &mut row);
+        for tt in 0..t {
+            out[tt * w.rows + r] = row.iter().zip(&x[tt * w.cols..]).map(|(a, b)| (a * b).abs()).sum();
+        }
+    }
+    out
+}
+
+fn check(name: &str, w: &MatRef, rng: &mut Rng, tol: f32) {
+    for t in [1usize, 3, 9] {
+        let x = rng.vec(t * w.cols, 1.5);
+        let mut want = vec![0.0; t * w.rows];
+        reference_matmul(w, &x, &mut want, t);
+        let mag = magnitudes(w, &x, t);
+        for threads in [1usize, 2] {
+            qmoe_kernels::threads::set(threads);
+            let mut got = vec![f32::NAN; t * w.rows];
+            matmul(w, &x, &mut got, t);
+            for i in 0..got.len() {
+                assert!((got[i] - want[i]).abs() <= tol * mag[i] + 1e-6, "{name} t{t} threads {threads} [{i}]: {} vs {}", got[i], want[i]);
+            }
+            let mut exact = vec![f32::NAN; t * w.rows];
+            with_f32_activations(|| matmul(w, &x, &mut exact, t));
+            for i in 0..got.len() {
+                assert!((exact[i] - want[i]).abs() <= 1e-5 * mag[i] + 1e-6, "{name} f32 activations t{t} [{i}]");
+            }
+        }
+        qmoe_kernels::threads::set(0);
+    }
+}
+
+#[test]
+fn affine_every_bits_and_group() {
+    let mut rng = Rng(5);
+    for bits in [2u32, 3, 4, 5, 6, 8] {
+        for group in [32usize, 64, 128] {
+            let (rows, cols) = (37, 256);
+            let words: Vec<u8> = (0..rows * cols * bits as usize / 8).map(|_| rng.next_u64() as u8).collect();
+            let scales: Vec<u8> = rng.vec(rows * cols / group, 0.05).iter().flat_map(|v| v.to_le_bytes()).collect();
+            let biases: Vec<u8> = rng.vec(rows * cols / group, 0.1).iter().flat_map(|v| v.to_le_bytes()).collect();
+            let w = MatRef::affine(rows, cols, &words, bits, group, &scales, &biases, DType::F32).unwrap();
+            check(&format!("affine {bits}-bit g{group}"), &w, &mut rng, 1.0 / 127.0);
+        }
+    }
+}
+
+#[test]
+fn float_and_ggml_types() {
+    let mut rng = Rng(6);
+    let (rows, cols) = (41, 512);
+    let f: Vec<u8> = rng.vec(rows * cols, 1.0).iter().flat_map(|v| v.to_le_bytes()).collect();
+    check("f32", &MatRef::new(DType::F32, rows, cols, &f), &mut rng, 1e-5);
+    for ty in [qmoe_core::GgmlType::Q8_0, qmoe_core::GgmlType::Q4K, qmoe_core::GgmlType::Q6K, qmoe_core::GgmlType::Q4_0] {
+        let Some(quantize) = qmoe_kernels::ggml::quantizer(ty) else { continue };
+        let vals = rng.vec(rows * cols, 1.0);
+        let mut bytes = vec![0u8; rows * ty.row_bytes(cols).unwrap()];
+        quantize(&vals, &mut bytes);
+        let w = MatRef::ggml(ty, rows, cols, &bytes).unwrap();
+        check(&format!("{ty}"), &w, &mut rng, 1.0 / 127.0);
+    }
+}
