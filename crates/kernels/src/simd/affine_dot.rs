@@ -27,10 +27,14 @@ use crate::linear::{Encoding, MatRef};
 use crate::simd::act::BlockQ8x32;
 use crate::simd::Level;
 
-/// Whether [`gemv_affine`] handles `bits`-bit weights in groups of `group_size`.
+/// Whether [`gemv_affine`] handles `bits`-bit weights in groups of
+/// `group_size`: a multiple of 32, at most 8192 (one pass of the AVX2 level).
 pub fn supports_affine(bits: u32, group_size: usize) -> bool {
-    matches!(bits, 2 | 3 | 4 | 5 | 6 | 8) && group_size > 0 && group_size % 32 == 0
+    matches!(bits, 2 | 3 | 4 | 5 | 6 | 8) && group_size > 0 && group_size % 32 == 0 && group_size <= MAX_GROUP
 }
+
+/// Largest supported group: the AVX2 level's columns per pass.
+const MAX_GROUP: usize = 8192;
 
 /// `y[i] = dot(row rows.start + i, x)` with `x` `[w.cols / 32]` int8 blocks,
 /// `y` `[rows.len()]`. `w.enc` must be `Encoding::Affine` with
@@ -139,16 +143,306 @@ fn scalar_row(m: &AffineMat, r: usize, x: &[BlockQ8x32]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
     use std::ops::Range;
+
+    use qmoe_core::dtype::DType;
 
     use super::AffineMat;
     use crate::simd::act::BlockQ8x32;
-    use crate::simd::float_dot::x86::{float_at, hsum, prefetch};
+    use crate::simd::float_dot::x86::{hsum, prefetch};
 
     /// Bytes of packed words ahead of the read pointer to prefetch.
     const PREFETCH: usize = 1024;
     /// Rows ahead whose scales and biases are prefetched.
     const PREFETCH_ROWS: usize = 4;
+    /// Blocks of 32 columns per pass over the rows (8192 columns): the
+    /// rearranged activations of one pass (about 20 KB) stay in L1/L2.
+    pub const CHUNK: usize = 256;
+
+    /// How a pass's activations are rearranged for the row loops.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Layout {
+        /// 4-bit, an even number of blocks per group: blocks in pairs,
+        /// `q[2p]` = both blocks' even-indexed codes (16 + 16), `q[2p + 1]`
+        /// their odd-indexed ones, matching a 32-byte load's low and high
+        /// nibbles; `dv[p]` = `[d0 ×4, d1 ×4]`.
+        Pairs4,
+        /// 4-bit, odd blocks per group: `q[k]` = block k's 16 even-indexed
+        /// then 16 odd-indexed codes.
+        Single4,
+        /// Other widths: `q[2k]`, `q[2k + 1]` = block k's codes widened to i16.
+        Wide16,
+    }
+
+    /// Activations of one pass, rearranged once for all rows.
+    struct Prep {
+        q: [MaybeUninit<__m256i>; 2 * CHUNK],
+        dv: [MaybeUninit<__m256>; CHUNK / 2],
+        /// `d` of each block.
+        d: [MaybeUninit<f32>; CHUNK],
+        /// Σ of the block sums per group, zero-padded to a multiple of 8.
+        gsum: [MaybeUninit<f32>; CHUNK + 8],
+    }
+
+    /// # Safety
+    /// avx2, fma and f16c available; `m` checked against its shape,
+    /// `rows.end <=` its rows, `x` `[cols / 32]`, `y.len() == rows.len()`,
+    /// `m.group_size <= 32 * CHUNK`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn gemv(m: &AffineMat, rows: Range<usize>, x: &[BlockQ8x32], y: &mut [f32]) {
+        match m.bits {
+            4 => run::<4>(m, rows, x, y),
+            8 => run::<8>(m, rows, x, y),
+            2 => run::<2>(m, rows, x, y),
+            3 => run::<3>(m, rows, x, y),
+            5 => run::<5>(m, rows, x, y),
+            6 => run::<6>(m, rows, x, y),
+            b => unreachable!("{b} bits checked by supports_affine"),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn run<const B: usize>(m: &AffineMat, rows: Range<usize>, x: &[BlockQ8x32], y: &mut [f32]) {
+        let per_group = m.group_size / 32;
+        let layout = match B {
+            4 if per_group % 2 == 0 => Layout::Pairs4,
+            4 => Layout::Single4,
+            _ => Layout::Wide16,
+        };
+        // Whole groups per pass.
+        let chunk = CHUNK / per_group * per_group;
+        y.fill(0.0);
+        let mut prep = MaybeUninit::<Prep>::uninit();
+        let mut k0 = 0;
+        while k0 < x.len() {
+            let k1 = (k0 + chunk).min(x.len());
+            // SAFETY: `prep` is written for blocks k0..k1 (at most CHUNK)
+            // by `prepare` before `pass` reads exactly those entries.
+            let p = prep.as_mut_ptr();
+            prepare(layout, per_group, &x[k0..k1], p);
+            match per_group {
+                1 => rows_pass::<B, 1>(m, layout, &*p, rows.clone(), k0..k1, y),
+                2 => rows_pass::<B, 2>(m, layout, &*p, rows.clone(), k0..k1, y),
+                4 => rows_pass::<B, 4>(m, layout, &*p, rows.clone(), k0..k1, y),
+                _ => rows_pass::<B, 0>(m, layout, &*p, rows.clone(), k0..k1, y),
+            }
+            k0 = k1;
+        }
+    }
+
+    /// Every row of `rows` over blocks `ks`, two rows at a time (they share
+    /// the activation loads).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn rows_pass<const B: usize, const PG: usize>(
+        m: &AffineMat,
+        layout: Layout,
+        p: &Prep,
+        rows: Range<usize>,
+        ks: Range<usize>,
+        y: &mut [f32],
+    ) {
+        let mut r = rows.start;
+        // SAFETY: as `gemv`; `y` has `rows.len()` entries, the pass writes
+        // `y[r - rows.start ..][..NR]` with `r + NR <= rows.end`.
+        while r + 2 <= rows.end {
+            pass::<B, 2, PG>(m, layout, p, r, ks.clone(), y.as_mut_ptr().add(r - rows.start));
+            r += 2;
+        }
+        if r < rows.end {
+            pass::<B, 1, PG>(m, layout, p, r, ks, y.as_mut_ptr().add(r - rows.start));
+        }
+    }
+
+    /// Fills `p` for the blocks `x` (a whole number of groups, <= CHUNK).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn prepare(layout: Layout, per_group: usize, x: &[BlockQ8x32], p: *mut Prep) {
+        // Per 128-bit lane: the 8 even-indexed bytes, then the 8 odd ones.
+        let split = _mm256_setr_epi8(
+            0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, //
+            0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+        );
+        // SAFETY: every index written is below the array's length
+        // (x.len() <= CHUNK blocks, groups <= x.len()).
+        let q = std::ptr::addr_of_mut!((*p).q) as *mut __m256i;
+        let dv = std::ptr::addr_of_mut!((*p).dv) as *mut __m256;
+        let d = std::ptr::addr_of_mut!((*p).d) as *mut f32;
+        let gsum = std::ptr::addr_of_mut!((*p).gsum) as *mut f32;
+        // Block k's codes as [evens 0-14, evens 16-30, odds 1-15, odds 17-31] (64-bit quarters).
+        let evens_odds = |k: usize| {
+            let v = _mm256_loadu_si256(x[k].qs.as_ptr() as *const __m256i);
+            _mm256_permute4x64_epi64(_mm256_shuffle_epi8(v, split), 0b11_01_10_00)
+        };
+        for (k, b) in x.iter().enumerate() {
+            *d.add(k) = b.d;
+        }
+        match layout {
+            Layout::Pairs4 => {
+                for pi in 0..x.len() / 2 {
+                    let (a, b) = (evens_odds(2 * pi), evens_odds(2 * pi + 1));
+                    q.add(2 * pi).write(_mm256_permute2x128_si256(a, b, 0x20));
+                    q.add(2 * pi + 1).write(_mm256_permute2x128_si256(a, b, 0x31));
+                    let (d0, d1) = (_mm_set1_ps(x[2 * pi].d), _mm_set1_ps(x[2 * pi + 1].d));
+                    dv.add(pi).write(_mm256_insertf128_ps(_mm256_castps128_ps256(d0), d1, 1));
+                }
+            }
+            Layout::Single4 => {
+                for k in 0..x.len() {
+                    q.add(k).write(evens_odds(k));
+                }
+            }
+            Layout::Wide16 => {
+                for (k, b) in x.iter().enumerate() {
+                    let v = _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i);
+                    q.add(2 * k).write(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)));
+                    q.add(2 * k + 1).write(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1)));
+                }
+            }
+        }
+        let groups = x.len() / per_group;
+        for g in 0..groups {
+            let mut s = 0.0f32;
+            for b in &x[g * per_group..(g + 1) * per_group] {
+                s += b.sum;
+            }
+            *gsum.add(g) = s;
+        }
+        for g in groups..groups.next_multiple_of(8) {
+            *gsum.add(g) = 0.0;
+        }
+    }
+
+    /// `n <= 8` floats of `dt` from element `i` of `p`, zero-padded to 8.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(dt: DType, p: *const u8, i: usize, n: usize) -> __m256 {
+        let es = dt.size();
+        let mut pad = [0u8; 32];
+        let src = if n == 8 {
+            p.add(i * es)
+        } else {
+            std::ptr::copy_nonoverlapping(p.add(i * es), pad.as_mut_ptr(), n * es);
+            pad.as_ptr()
+        };
+        match dt {
+            DType::F32 => _mm256_loadu_ps(src as *const f32),
+            DType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(src as *const __m128i)),
+            _ => {
+                let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(src as *const __m128i));
+                _mm256_castsi256_ps(_mm256_slli_epi32(h, 16))
+            }
+        }
+    }
+
+    /// Adds rows `r .. r + NR`'s products over blocks `ks` into `y[0..NR]`,
+    /// with `PG` blocks per group (0: `m.group_size / 32`, read at run time;
+    /// the common sizes are constants so their group loops unroll).
+    ///
+    /// # Safety
+    /// As [`gemv`]; `p` prepared for `ks`, `r + NR <=` rows, `y` valid for NR writes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn pass<const B: usize, const NR: usize, const PG: usize>(
+        m: &AffineMat,
+        layout: Layout,
+        p: &Prep,
+        r: usize,
+        ks: Range<usize>,
+        y: *mut f32,
+    ) {
+        // SAFETY (loads below): rows r .. r + NR exist; blocks ks of each
+        // row lie inside its words; groups ks / per_group inside its scales
+        // and biases; `p` holds the pass's blocks (written by `prepare`).
+        let per_group = if PG == 0 { m.group_size / 32 } else { PG };
+        let dt = m.scale_dtype;
+        let block_bytes = 4 * B;
+        let (g0, ng) = (ks.start / per_group, ks.len() / per_group);
+        let n_rows = m.words.len() / m.row_bytes;
+        let end = m.words.as_ptr_range().end;
+        let q = p.q.as_ptr() as *const __m256i;
+        let dv = p.dv.as_ptr() as *const __m256;
+        let d = p.d.as_ptr() as *const f32;
+        let gsum = p.gsum.as_ptr() as *const f32;
+        let w: [*const u8; NR] =
+            std::array::from_fn(|j| m.words.as_ptr().add((r + j) * m.row_bytes + ks.start * block_bytes));
+        let sp: [*const u8; NR] = std::array::from_fn(|j| m.scales.as_ptr().add((r + j) * m.scale_row));
+        let bp: [*const u8; NR] = std::array::from_fn(|j| m.biases.as_ptr().add((r + j) * m.scale_row));
+        if r + NR + PREFETCH_ROWS <= n_rows {
+            for j in 0..NR {
+                prefetch(sp[j], PREFETCH_ROWS * m.scale_row);
+                prefetch(bp[j], PREFETCH_ROWS * m.scale_row);
+            }
+        }
+        let nib = _mm256_set1_epi8(0x0f);
+        let ones = _mm256_set1_epi16(1);
+        let mut lanes = [_mm256_setzero_ps(); NR];
+        let mut gb = 0;
+        while gb < ng {
+            let n = (ng - gb).min(8);
+            let sv: [__m256; NR] = std::array::from_fn(|j| load8(dt, sp[j], g0 + gb, n));
+            for gi in 0..n {
+                // Group scale of each row, broadcast: the block's `d` times it
+                // scales the block's integer sums straight into the row lanes.
+                let idx = _mm256_set1_epi32(gi as i32);
+                let sc: [__m256; NR] = std::array::from_fn(|j| _mm256_permutevar8x32_ps(sv[j], idx));
+                let kb = (gb + gi) * per_group;
+                if layout == Layout::Pairs4 {
+                    for pi in kb / 2..kb / 2 + per_group / 2 {
+                        let (xe, xo, dp) = (*q.add(2 * pi), *q.add(2 * pi + 1), *dv.add(pi));
+                        for j in 0..NR {
+                            let pw = w[j].add(32 * pi);
+                            if pi % 2 == 0 {
+                                prefetch(pw, PREFETCH);
+                            }
+                            let v = _mm256_loadu_si256(pw as *const __m256i);
+                            let lo = _mm256_and_si256(v, nib);
+                            let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+                            // |each maddubs lane| <= 2 * 15 * 127: the i16 add cannot overflow.
+                            let s = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo));
+                            let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(s, ones));
+                            lanes[j] = _mm256_fmadd_ps(s, _mm256_mul_ps(dp, sc[j]), lanes[j]);
+                        }
+                    }
+                } else {
+                    for k in kb..kb + per_group {
+                        let dk = _mm256_broadcast_ss(&*d.add(k));
+                        for j in 0..NR {
+                            let pw = w[j].add(block_bytes * k);
+                            if (block_bytes * k) % 64 < block_bytes {
+                                prefetch(pw, PREFETCH);
+                            }
+                            let s = match layout {
+                                Layout::Single4 => {
+                                    let v = _mm_loadu_si128(pw as *const __m128i);
+                                    let v = _mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1);
+                                    let s = _mm256_maddubs_epi16(_mm256_and_si256(v, nib), *q.add(k));
+                                    _mm256_madd_epi16(s, ones)
+                                }
+                                _ if B == 8 => {
+                                    let w0 = _mm256_cvtepu8_epi16(_mm_loadu_si128(pw as *const __m128i));
+                                    let w1 = _mm256_cvtepu8_epi16(_mm_loadu_si128(pw.add(16) as *const __m128i));
+                                    _mm256_add_epi32(_mm256_madd_epi16(w0, *q.add(2 * k)), _mm256_madd_epi16(w1, *q.add(2 * k + 1)))
+                                }
+                                _ => block_generic::<B>(pw, end, q.add(2 * k)),
+                            };
+                            lanes[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dk, sc[j]), lanes[j]);
+                        }
+                    }
+                }
+            }
+            gb += n;
+        }
+        // Bias term: Σ_g bias_g · gsum_g, 8 groups at a time.
+        for j in 0..NR {
+            let mut bsum = _mm256_setzero_ps();
+            let mut g = 0;
+            while g < ng {
+                let n = (ng - g).min(8);
+                bsum = _mm256_fmadd_ps(load8(dt, bp[j], g0 + g, n), _mm256_loadu_ps(gsum.add(g)), bsum);
+                g += n;
+            }
+            *y.add(j) += hsum(lanes[j]) + hsum(bsum);
+        }
+    }
 
     /// Per-lane constants that cut 32 `B`-bit values out of a block, 16
     /// values (u16 lanes) per half: `pshufb` indices gathering each value's
@@ -187,129 +481,13 @@ mod x86 {
 
     static CUTS: [Cut; 9] = [cut(1), cut(1), cut(2), cut(3), cut(4), cut(5), cut(6), cut(7), cut(8)];
 
-    /// # Safety
-    /// avx2, fma and f16c available; `m` checked against its shape,
-    /// `rows.end <=` its rows, `x` `[cols / 32]`, `y.len() == rows.len()`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn gemv(m: &AffineMat, rows: Range<usize>, x: &[BlockQ8x32], y: &mut [f32]) {
-        match m.bits {
-            4 => rows_q::<4>(m, rows, x, y),
-            8 => rows_q::<8>(m, rows, x, y),
-            2 => rows_q::<2>(m, rows, x, y),
-            3 => rows_q::<3>(m, rows, x, y),
-            5 => rows_q::<5>(m, rows, x, y),
-            6 => rows_q::<6>(m, rows, x, y),
-            b => unreachable!("{b} bits checked by supports_affine"),
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn rows_q<const B: usize>(m: &AffineMat, rows: Range<usize>, x: &[BlockQ8x32], y: &mut [f32]) {
-        let per_group = m.group_size / 32;
-        let dt = m.scale_dtype;
-        let n_rows = m.words.len() / m.row_bytes.max(1);
-        for (r, yr) in rows.zip(y.iter_mut()) {
-            // SAFETY (all loads below): row r's words, scales and biases lie
-            // inside their slices (shapes checked at entry, r < rows); block
-            // k < cols / 32 reads bytes inside the row except where noted in
-            // `block_generic`; `x[k]` exists for every block k of the row.
-            let words = m.words.as_ptr().add(r * m.row_bytes);
-            let srow = m.scales.as_ptr().add(r * m.scale_row);
-            let brow = m.biases.as_ptr().add(r * m.scale_row);
-            if r + PREFETCH_ROWS < n_rows {
-                prefetch(srow, PREFETCH_ROWS * m.scale_row);
-                prefetch(brow, PREFETCH_ROWS * m.scale_row);
-            }
-            let mut lanes = _mm256_setzero_ps();
-            let mut biased = 0.0f32;
-            for g in 0..m.groups {
-                let mut acc = _mm256_setzero_ps();
-                let mut xsum = 0.0f32;
-                let mut k = g * per_group;
-                let end = k + per_group;
-                while k < end {
-                    let p = words.add(k * 4 * B);
-                    if k % 2 == 0 {
-                        prefetch(p, PREFETCH);
-                    }
-                    if B == 4 && k + 2 <= end {
-                        acc = pair_q4(p, &x[k], &x[k + 1], acc);
-                        xsum += x[k].sum + x[k + 1].sum;
-                        k += 2;
-                        continue;
-                    }
-                    let s = match B {
-                        4 => block_q4(p, &x[k]),
-                        8 => block_q8(p, &x[k]),
-                        _ => block_generic::<B>(p, m.words.as_ptr_range().end, &x[k]),
-                    };
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(x[k].d), acc);
-                    xsum += x[k].sum;
-                    k += 1;
-                }
-                lanes = _mm256_fmadd_ps(acc, _mm256_set1_ps(float_at(dt, srow, g)), lanes);
-                biased += float_at(dt, brow, g) * xsum;
-            }
-            *yr = hsum(lanes) + biased;
-        }
-    }
-
-    /// Two 4-bit blocks (32 bytes at `p`) against `x0`, `x1`: the products
-    /// scaled by `d` (lanes 0-3 block 0, 4-7 block 1) added into `acc`.
+    /// One `B`-bit block (`4 B` bytes at `p`) against its codes widened to
+    /// i16 (`qs16[0..2]`): 8 lanes of i32 partial sums. `end` is the end of
+    /// the weight bytes: a 2- or 3-bit block within 16 bytes of it is copied
+    /// out first, since its 16-byte load would run past it.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn pair_q4(p: *const u8, x0: &BlockQ8x32, x1: &BlockQ8x32, acc: __m256) -> __m256 {
-        let nib = _mm256_set1_epi8(0x0f);
-        let v = _mm256_loadu_si256(p as *const __m256i);
-        let lo = _mm256_and_si256(v, nib);
-        let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
-        // Byte j holds values 2j (low nibble) and 2j + 1: interleaving puts
-        // block 0's values 0-15 | block 1's 0-15 in `a`, 16-31 | 16-31 in `b`.
-        let a = _mm256_unpacklo_epi8(lo, hi);
-        let b = _mm256_unpackhi_epi8(lo, hi);
-        let q0 = _mm256_loadu_si256(x0.qs.as_ptr() as *const __m256i);
-        let q1 = _mm256_loadu_si256(x1.qs.as_ptr() as *const __m256i);
-        let xa = _mm256_permute2x128_si256(q0, q1, 0x20);
-        let xb = _mm256_permute2x128_si256(q0, q1, 0x31);
-        // |pair| <= 2 * 15 * 127 per maddubs, so the i16 add cannot overflow.
-        let p16 = _mm256_add_epi16(_mm256_maddubs_epi16(a, xa), _mm256_maddubs_epi16(b, xb));
-        let s = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
-        let d = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_set1_ps(x0.d)), _mm_set1_ps(x1.d), 1);
-        _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc)
-    }
-
-    /// One 4-bit block (16 bytes at `p`): 8 lanes of i32 partial sums.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn block_q4(p: *const u8, x: &BlockQ8x32) -> __m256i {
-        let nib = _mm_set1_epi8(0x0f);
-        let v = _mm_loadu_si128(p as *const __m128i);
-        let lo = _mm_and_si128(v, nib);
-        let hi = _mm_and_si128(_mm_srli_epi16(v, 4), nib);
-        let q = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
-        let qs = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
-        _mm256_madd_epi16(_mm256_maddubs_epi16(q, qs), _mm256_set1_epi16(1))
-    }
-
-    /// One 8-bit block (32 bytes at `p`), widened to i16 (u8 times i8 pairs
-    /// would saturate `maddubs`).
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn block_q8(p: *const u8, x: &BlockQ8x32) -> __m256i {
-        let w0 = _mm256_cvtepu8_epi16(_mm_loadu_si128(p as *const __m128i));
-        let w1 = _mm256_cvtepu8_epi16(_mm_loadu_si128(p.add(16) as *const __m128i));
-        let q0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.qs.as_ptr() as *const __m128i));
-        let q1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.qs.as_ptr().add(16) as *const __m128i));
-        _mm256_add_epi32(_mm256_madd_epi16(w0, q0), _mm256_madd_epi16(w1, q1))
-    }
-
-    /// One `B`-bit block (`4 B` bytes at `p`) through [`Cut`]: 8 lanes of
-    /// i32 partial sums. `end` is the end of the weight bytes: a 2- or 3-bit
-    /// block within 16 bytes of it is copied out first, since its 16-byte
-    /// load would run past it.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn block_generic<const B: usize>(p: *const u8, end: *const u8, x: &BlockQ8x32) -> __m256i {
+    unsafe fn block_generic<const B: usize>(p: *const u8, end: *const u8, qs16: *const __m256i) -> __m256i {
         let cut = &CUTS[B];
         let mut pad = [0u8; 16];
         let src = if 4 * B < 16 && (end as usize - p as usize) < 16 {
@@ -324,8 +502,7 @@ mod x86 {
             let win = _mm256_shuffle_epi8(v, _mm256_loadu_si256(cut.shuffle[h].as_ptr() as *const __m256i));
             let top = _mm256_mullo_epi16(win, _mm256_loadu_si256(cut.mul[h].as_ptr() as *const __m256i));
             let q = _mm256_srl_epi16(top, _mm_cvtsi32_si128(16 - B as i32));
-            let qs = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.qs.as_ptr().add(16 * h) as *const __m128i));
-            s = _mm256_add_epi32(s, _mm256_madd_epi16(q, qs));
+            s = _mm256_add_epi32(s, _mm256_madd_epi16(q, *qs16.add(h)));
         }
         s
     }
