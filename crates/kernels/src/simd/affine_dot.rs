@@ -152,8 +152,8 @@ mod x86 {
     use crate::simd::act::BlockQ8x32;
     use crate::simd::float_dot::x86::{hsum, prefetch};
 
-    /// Bytes of packed words ahead of the read pointer to prefetch.
-    const PREFETCH: usize = 1024;
+    /// Most bytes of packed words to prefetch ahead of a row's read pointer.
+    const PREFETCH_MAX: usize = 16384;
     /// Rows ahead whose scales and biases are prefetched.
     const PREFETCH_ROWS: usize = 4;
     /// Blocks of 32 columns per pass over the rows (8192 columns): the
@@ -372,6 +372,10 @@ mod x86 {
                 prefetch(bp[j], PREFETCH_ROWS * m.scale_row);
             }
         }
+        // Rows are read NR at a time, side by side, so a prefetch must land
+        // whole passes ahead (the same column `2 NR` rows on) to fetch
+        // anything not already being read; one pass ahead for long rows.
+        let pf = if 2 * NR * m.row_bytes <= PREFETCH_MAX { 2 * NR * m.row_bytes } else { NR * m.row_bytes };
         let nib = _mm256_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
         let mut lanes = [_mm256_setzero_ps(); NR];
@@ -391,7 +395,7 @@ mod x86 {
                         for j in 0..NR {
                             let pw = w[j].add(32 * pi);
                             if pi % 2 == 0 {
-                                prefetch(pw, PREFETCH);
+                                prefetch(pw, pf);
                             }
                             let v = _mm256_loadu_si256(pw as *const __m256i);
                             let lo = _mm256_and_si256(v, nib);
@@ -408,7 +412,7 @@ mod x86 {
                         for j in 0..NR {
                             let pw = w[j].add(block_bytes * k);
                             if (block_bytes * k) % 64 < block_bytes {
-                                prefetch(pw, PREFETCH);
+                                prefetch(pw, pf);
                             }
                             let s = match layout {
                                 Layout::Single4 => {
