@@ -15,10 +15,24 @@ pub const EMBED: &str = "embed_tokens.weight";
 pub const FINAL_NORM: &str = "norm.weight";
 
 /// Prefixes of tensors that belong to parts qmoe does not run for text
-/// (vision tower) or runs only on request (the MTP head). They are recognised
-/// and reported, never an error.
-pub const IGNORED_PREFIXES: [&str; 5] =
-    ["model.visual.", "visual.", "vision_tower.", "model.vision_tower.", "mtp."];
+/// (the vision tower). They are recognised and reported, never an error.
+pub const IGNORED_PREFIXES: [&str; 4] = ["model.visual.", "visual.", "vision_tower.", "model.vision_tower."];
+
+/// Where the MTP head lives: HF and third-party MLX builds use the bare
+/// `mtp.` (outside the trunk), some exports nest it as the trunk does.
+/// Names below are relative to this prefix.
+pub const MTP_PREFIXES: [&str; 4] = ["mtp.", "model.mtp.", "language_model.mtp.", "model.language_model.mtp."];
+
+/// MTP head tensors outside its decoder blocks (spec 4.8); its blocks are
+/// `layers.{j}.*` with the trunk's names.
+pub mod mtp {
+    /// `[H, 2H]`: `fc · [embedding ; hidden]`.
+    pub const FC: &str = "fc.weight";
+    pub const PRE_FC_NORM_EMBEDDING: &str = "pre_fc_norm_embedding.weight";
+    pub const PRE_FC_NORM_HIDDEN: &str = "pre_fc_norm_hidden.weight";
+    pub const NORM: &str = "norm.weight";
+    pub const LAYERS: &str = "layers.";
+}
 
 /// Suffixes of tensors that carry nothing qmoe needs (dynamic-activation FP8
 /// releases store unused activation scales).

@@ -102,12 +102,33 @@ pub struct Weights {
     /// `[H]`, effective multiplier.
     pub final_norm: Vec<f32>,
     pub layers: Vec<Layer>,
+    /// The multi-token-prediction head (spec 4.8) when the checkpoint has one.
+    /// Loaded and validated like the trunk; the forward pass does not run it.
+    pub mtp: Option<Mtp>,
 }
 
 impl Weights {
     pub fn head(&self) -> &Mat {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
+}
+
+/// The MTP draft head (spec 4.8): `u = fc · [norm_e(embed(x_{t+1})) ; norm_h(h_t)]`,
+/// then its decoder blocks, then `norm`; embeddings and LM head are the trunk's.
+#[derive(Debug)]
+pub struct Mtp {
+    /// `[H, 2H]`: input columns `[embedding half | hidden half]` (GGUF `nextn.eh_proj`).
+    pub fc: Mat,
+    /// `[H]`, effective multipliers (GGUF `nextn.enorm`).
+    pub pre_fc_norm_embedding: Vec<f32>,
+    /// `[H]`, effective multipliers (GGUF `nextn.hnorm`).
+    pub pre_fc_norm_hidden: Vec<f32>,
+    /// `[H]`, effective multipliers of the norm before the shared LM head
+    /// (GGUF `nextn.shared_head_norm`).
+    pub norm: Vec<f32>,
+    /// `mtp_num_hidden_layers` blocks, each gated full attention + the
+    /// trunk's MLP kind (MoE with shared expert, or dense).
+    pub layers: Vec<Layer>,
 }
 
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use qmoe_formats::Checkpoint;
 use qmoe_model::config::{LayerKind, MlpKind};
-use qmoe_model::loader::{detect_dialect, load_weights, ExpertLayout, GdnProjLayout, NormStorage, Problem};
+use qmoe_model::loader::{detect_dialect, load_weights, ExpertLayout, GdnProjLayout, NormStorage, Problem, MTP_NORMS};
 use qmoe_model::quant::QuantScheme;
 use qmoe_model::{Config, ModelError};
 use serde_json::{json, Value};
@@ -89,11 +89,19 @@ fn build(path: &std::path::Path) -> Result<Value> {
                 conv.bytes_by_category().into_iter().map(|(c, b)| (c.name().to_string(), json!(b))).collect();
             r["bytes_by_category"] = Value::Object(by_cat);
             r["ignored"] = json!(conv.ignored);
-            r["mtp"] = json!({
-                "present": conv.mtp_present,
-                "usable": false,
-                "note": if conv.mtp_present { "mtp.* tensors recognised; MTP speculative decoding is not implemented yet" } else { "no mtp.* tensors" },
-            });
+            r["mtp"] = match &conv.mtp {
+                Some(m) => json!({
+                    "present": true,
+                    "loaded": true,
+                    "layers": m.layers,
+                    "prefix": m.prefix,
+                    "note": format!(
+                        "loaded: {} block(s) under `{}` (count from {}); {}; exported as GGUF nextn blocks; MTP decoding is not implemented yet",
+                        m.layers, m.prefix, m.layers_from, MTP_NORMS
+                    ),
+                }),
+                None => json!({"present": false, "loaded": false, "layers": 0, "note": "no mtp.* tensors"}),
+            };
             for t in &mut tensors {
                 let name = t["name"].as_str().unwrap_or_default().to_string();
                 t["use"] = match conv.tensors.get(&name) {
@@ -166,8 +174,11 @@ fn build_gguf(path: &std::path::Path) -> Result<Value> {
                 }
                 r["bytes_by_category"] = Value::Object(by_cat);
                 r["ignored"] = json!(cv.ignored);
-                r["mtp"] = json!({"present": cv.mtp_present, "usable": false,
-                    "note": if cv.mtp_present { "nextn blocks recognised; MTP decoding is not implemented yet" } else { "no nextn blocks" }});
+                r["mtp"] = json!({"present": cv.mtp_present, "loaded": cv.mtp_present, "layers": cv.mtp_layers,
+                    "note": if cv.mtp_present {
+                        format!("loaded: {} nextn block(s) blk.{}.. (eh_proj, enorm, hnorm, shared_head_norm, norms stored 1 + w); MTP decoding is not implemented yet",
+                            cv.mtp_layers, model.config.num_hidden_layers)
+                    } else { "no nextn blocks".to_string() }});
                 for t in &mut tensors {
                     let name = t["name"].as_str().unwrap_or_default().to_string();
                     t["use"] = match cv.tensors.get(&name) {

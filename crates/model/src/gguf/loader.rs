@@ -11,7 +11,9 @@
 //!   `ssm_ba` grouped per key head; legacy files hold the grouped `ssm_in`;
 //! * experts are stacks `ffn_{gate,up,down}_exps` (or a fused
 //!   `ffn_gate_up_exps`) split into per-expert views; weights stay in their
-//!   ggml type and are decoded block by block inside the matmul.
+//!   ggml type and are decoded block by block inside the matmul;
+//! * `nextn_predict_layers` MTP blocks follow the main layers and load into
+//!   [`Weights::mtp`] (see [`Loader::mtp`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,7 +23,7 @@ use qmoe_formats::gguf::{GgufFile, GgufTensor};
 use qmoe_kernels::gdn::HeadMap;
 use qmoe_kernels::linear::MatRef;
 
-use crate::config::{Config, LayerKind, MlpKind};
+use crate::config::{Arch, Config, LayerKind, MlpKind};
 use crate::loader::{Category, GateReport, Problem, TensorUse};
 use crate::weights::*;
 
@@ -34,45 +36,50 @@ pub struct GgufConventions {
     pub experts: &'static str,
     pub tensors: BTreeMap<String, Option<TensorUse>>,
     pub ignored: BTreeMap<String, usize>,
+    /// `nextn_predict_layers > 0`: the nextn blocks were loaded into [`Weights::mtp`].
     pub mtp_present: bool,
+    pub mtp_layers: usize,
 }
 
 pub fn load_gguf_weights(file: &GgufFile, cfg: &Config, arch: &str) -> Result<(Weights, GgufConventions), GateReport> {
     let head_map = if arch == "qwen3next" { HeadMap::Grouped } else { HeadMap::Tiled };
     let mut l = Loader { file, cfg, head_map, used: BTreeMap::new(), problems: Vec::new(), gdn_proj: "", experts: "" };
     let built = l.build();
+    let mtp = l.mtp();
     let mut ignored = BTreeMap::new();
     let mut unexpected = Vec::new();
-    let mut mtp = false;
     for t in file.tensors() {
         if l.used.contains_key(&t.name) {
             continue;
         }
-        // MTP blocks follow the main layers: blk.{L..}.* (spec 5.3).
-        let layer = t.name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|n| n.parse::<usize>().ok());
-        if layer.is_some_and(|i| i >= cfg.num_hidden_layers) {
-            mtp = true;
-            *ignored.entry("mtp (nextn)".to_string()).or_insert(0) += 1;
-        } else if t.name == "output.weight" && cfg.tie_word_embeddings {
+        if t.name == "output.weight" && cfg.tie_word_embeddings {
             *ignored.entry("tied output copy".to_string()).or_insert(0) += 1;
         } else {
+            // Blocks past the main layers that `nextn_predict_layers` does
+            // not announce, or nextn tensors qmoe does not read
+            // (`nextn.embed_tokens`, `nextn.shared_head_head`), land here.
             unexpected.push(t.name.clone());
         }
     }
     let dir = file.path().to_path_buf();
-    match built {
-        Some(w) if l.problems.is_empty() && unexpected.is_empty() => Ok((
-            w,
-            GgufConventions {
-                arch: arch.to_string(),
-                head_map,
-                gdn_proj: l.gdn_proj,
-                experts: l.experts,
-                tensors: l.used,
-                ignored,
-                mtp_present: mtp,
-            },
-        )),
+    match (built, mtp) {
+        (Some(mut w), Ok(mtp)) if l.problems.is_empty() && unexpected.is_empty() => {
+            let mtp_layers = mtp.as_ref().map_or(0, |m| m.layers.len());
+            w.mtp = mtp;
+            Ok((
+                w,
+                GgufConventions {
+                    arch: arch.to_string(),
+                    head_map,
+                    gdn_proj: l.gdn_proj,
+                    experts: l.experts,
+                    tensors: l.used,
+                    ignored,
+                    mtp_present: mtp_layers > 0,
+                    mtp_layers,
+                },
+            ))
+        }
         _ => Err(GateReport { dir, problems: l.problems, unexpected, ignored }),
     }
 }
@@ -203,7 +210,58 @@ impl<'a> Loader<'a> {
             None => None,
             Some(m) => Some(m?),
         };
-        Some(Weights { embed: embed?, lm_head, final_norm: final_norm?, layers })
+        Some(Weights { embed: embed?, lm_head, final_norm: final_norm?, layers, mtp: None })
+    }
+
+    /// The nextn (MTP) blocks `blk.{L+j}` after the `L` main layers, as the
+    /// converter writes them (spec 5.3): each a full-attention block with the
+    /// trunk's MLP kind; the first also holds `nextn.eh_proj` (the HF `fc`,
+    /// ne `{2H, H}` = `[H, 2H]`, embedding half first), `nextn.enorm` (the
+    /// embedding's norm), `nextn.hnorm` (the hidden state's) and
+    /// `nextn.shared_head_norm`, all norms stored `1 + w`. `Ok(None)` when the
+    /// file announces no nextn layers; `Err(())` when problems were recorded.
+    fn mtp(&mut self) -> Result<Option<Mtp>, ()> {
+        let (cfg, h, nl) = (self.cfg, self.cfg.hidden_size, self.cfg.num_hidden_layers);
+        let n = cfg.mtp_num_hidden_layers;
+        if n == 0 {
+            return Ok(None);
+        }
+        let cat = Category::Mtp;
+        let fc = self.linear(&blk(nl, "nextn.eh_proj.weight"), h, 2 * h, cat);
+        let enorm = self.floats(&blk(nl, "nextn.enorm.weight"), &[h], cat);
+        let hnorm = self.floats(&blk(nl, "nextn.hnorm.weight"), &[h], cat);
+        let norm = self.floats(&blk(nl, "nextn.shared_head_norm.weight"), &[h], cat);
+        let layers: Vec<Option<Layer>> = (nl..nl + n)
+            .map(|i| {
+                let input_norm = self.floats(&blk(i, "attn_norm.weight"), &[h], cat);
+                let post_attn_norm = self.floats(&blk(i, "post_attention_norm.weight"), &[h], cat);
+                let mixer = self.attention(i).map(Mixer::Attention);
+                let mlp = match cfg.arch {
+                    Arch::Qwen35 => self.dense(i).map(Mlp::Dense),
+                    Arch::Qwen35Moe | Arch::Qwen3Next => self.moe(i).map(Mlp::Moe),
+                };
+                Some(Layer { input_norm: input_norm?, post_attn_norm: post_attn_norm?, mixer: mixer?, mlp: mlp? })
+            })
+            .collect();
+        // Byte accounting: the whole block is the MTP head.
+        for (name, u) in self.used.iter_mut() {
+            let layer = name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|x| x.parse::<usize>().ok());
+            if let (Some(i), Some(u)) = (layer, u.as_mut()) {
+                if i >= nl {
+                    u.category = cat;
+                }
+            }
+        }
+        let head = (|| {
+            Some(Mtp {
+                fc: fc?,
+                pre_fc_norm_embedding: enorm?,
+                pre_fc_norm_hidden: hnorm?,
+                norm: norm?,
+                layers: layers.into_iter().collect::<Option<Vec<_>>>()?,
+            })
+        })();
+        head.map(Some).ok_or(())
     }
 
     fn attention(&mut self, i: usize) -> Option<Attention> {

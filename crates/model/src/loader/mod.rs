@@ -7,6 +7,7 @@
 //! for. One problem anywhere and nothing is returned: no model loads half-way.
 
 mod gate;
+mod mtp;
 mod source;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -71,6 +72,22 @@ impl Dialect {
     }
 }
 
+/// How the MTP head was read.
+#[derive(Clone, Debug)]
+pub struct MtpConventions {
+    /// `mtp.` or a nested spelling (see [`names::MTP_PREFIXES`]).
+    pub prefix: &'static str,
+    pub layers: usize,
+    /// Where the block count came from (config or tensors).
+    pub layers_from: &'static str,
+}
+
+/// Why MTP norms are always read as zero-centred `w` in safetensors
+/// checkpoints, whatever the trunk's convention (spec 2.2): HF stores `w`,
+/// and mlx-lm drops `mtp.*` before its `+1` pass, so MLX builds that keep the
+/// head carry the raw HF values.
+pub const MTP_NORMS: &str = "MTP norms stored as w (HF raw; mlx-lm never shifts mtp.*): applied as 1 + w";
+
 /// Every convention the loader applied, with the evidence for it.
 #[derive(Clone, Debug)]
 pub struct Conventions {
@@ -79,9 +96,12 @@ pub struct Conventions {
     pub lm_head: Option<String>,
     pub experts: Option<ExpertLayout>,
     pub gdn_proj: GdnProjLayout,
-    /// Ignored tensors by group (`vision`, `mtp`, `activation_scale`): count.
+    /// Ignored tensors by group (`vision`, `activation_scale`): count.
     pub ignored: BTreeMap<String, usize>,
+    /// Whether the checkpoint has MTP tensors (they are then loaded, or the gate fails).
     pub mtp_present: bool,
+    /// The MTP head as loaded: `None` when the checkpoint has none.
+    pub mtp: Option<MtpConventions>,
     /// Every tensor the model reads (weights and their scales), by name.
     pub tensors: BTreeMap<String, Option<TensorUse>>,
 }
@@ -121,11 +141,17 @@ pub fn load_weights(ckpt: &Checkpoint, cfg: &Config) -> Result<(Weights, Convent
     let mut l = Loader { s: source, cfg, norms: dialect.norms };
 
     let built = l.build();
+    let mtp = l.mtp();
     let (ignored, mtp_present, unexpected) = leftovers(ckpt, &l.s.used);
-    if !l.s.problems.is_empty() || !unexpected.is_empty() || built.is_none() {
+    let mtp_failed = matches!(mtp, Some((None, _)));
+    if !l.s.problems.is_empty() || !unexpected.is_empty() || built.is_none() || mtp_failed {
         return Err(ModelError::Gate(Box::new(GateReport { dir, problems: l.s.problems, unexpected, ignored })));
     }
-    let (weights, experts, gdn_proj) = built.expect("no problems recorded");
+    let (mut weights, experts, gdn_proj) = built.expect("no problems recorded");
+    let mtp = mtp.map(|(m, info)| {
+        weights.mtp = m;
+        info
+    });
     let conventions = Conventions {
         lm_head: if cfg.tie_word_embeddings { None } else { names::LM_HEAD_NAMES.iter().find(|n| ckpt.contains(n)).map(|s| s.to_string()) },
         dialect,
@@ -133,6 +159,7 @@ pub fn load_weights(ckpt: &Checkpoint, cfg: &Config) -> Result<(Weights, Convent
         gdn_proj,
         ignored,
         mtp_present,
+        mtp,
         tensors: l.s.used,
     };
     Ok((weights, conventions))
@@ -163,16 +190,14 @@ fn detect_norm_storage(ckpt: &Checkpoint, cfg: &Config, prefix: &str) -> Result<
     }
 }
 
-/// Sorts what the model did not read into ignorable groups and unexpected names.
+/// Sorts what the model did not read into ignorable groups and unexpected
+/// names (an MTP tensor the head did not read is unexpected, not ignored).
 fn leftovers(ckpt: &Checkpoint, used: &BTreeMap<String, Option<TensorUse>>) -> (BTreeMap<String, usize>, bool, Vec<String>) {
     let mut ignored = BTreeMap::new();
     let mut unexpected = Vec::new();
-    let mut mtp = false;
+    let mtp = ckpt.names().any(|n| names::MTP_PREFIXES.iter().any(|p| n.starts_with(p)));
     for name in ckpt.names().filter(|n| !used.contains_key(*n)) {
-        let group = if name.starts_with("mtp.") {
-            mtp = true;
-            Some("mtp")
-        } else if names::IGNORED_PREFIXES.iter().any(|p| name.starts_with(p)) {
+        let group = if names::IGNORED_PREFIXES.iter().any(|p| name.starts_with(p)) {
             Some("vision")
         } else if names::IGNORED_SUFFIXES.iter().any(|s| name.ends_with(s)) {
             Some("activation_scale")
@@ -252,7 +277,7 @@ impl<'a> Loader<'a> {
             None => None,
             Some(m) => Some(m?),
         };
-        Some((Weights { embed: embed?, lm_head, final_norm: final_norm?, layers }, experts, gdn_layout))
+        Some((Weights { embed: embed?, lm_head, final_norm: final_norm?, layers, mtp: None }, experts, gdn_layout))
     }
 
     /// A zero-centred norm, returned as its effective multiplier.

@@ -26,6 +26,8 @@ pub enum Category {
     Router,
     DenseMlp,
     Norms,
+    /// The MTP draft head (all of its tensors).
+    Mtp,
 }
 
 impl Category {
@@ -40,6 +42,7 @@ impl Category {
             Category::Router => "router",
             Category::DenseMlp => "dense mlp",
             Category::Norms => "norms",
+            Category::Mtp => "mtp head",
         }
     }
 }
