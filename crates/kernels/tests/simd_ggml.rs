@@ -109,7 +109,10 @@ impl Acts {
             ActKind::Q8K => Acts::K(
                 (0..n / 256)
                     .map(|_| {
-                        let mut b = BlockQ8K { d: 0.01, ..Default::default() };
+                        let mut b = BlockQ8K {
+                            d: 0.01,
+                            ..Default::default()
+                        };
                         b.qs.iter_mut().for_each(|q| *q = code());
                         for (s, q) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
                             *s = q.iter().map(|&q| q as i16).sum();
@@ -121,7 +124,10 @@ impl Acts {
             _ => Acts::X(
                 (0..n / 32)
                     .map(|_| {
-                        let mut b = BlockQ8x32 { d: 0.01, ..Default::default() };
+                        let mut b = BlockQ8x32 {
+                            d: 0.01,
+                            ..Default::default()
+                        };
                         b.qs.iter_mut().for_each(|q| *q = code());
                         b.sum = b.qs.iter().map(|&q| q as f32 * 0.01).sum::<f32>() + 0.125;
                         b
@@ -142,8 +148,14 @@ impl Acts {
     /// the kernels' use of it), with its block's scale.
     fn dequant(&self) -> Vec<(f64, f64)> {
         match self {
-            Acts::K(x) => x.iter().flat_map(|b| b.qs.iter().map(|&q| ((b.d * q as f32) as f64, b.d as f64))).collect(),
-            Acts::X(x) => x.iter().flat_map(|b| b.qs.iter().map(|&q| ((b.d * q as f32) as f64, b.d as f64))).collect(),
+            Acts::K(x) => x
+                .iter()
+                .flat_map(|b| b.qs.iter().map(|&q| ((b.d * q as f32) as f64, b.d as f64)))
+                .collect(),
+            Acts::X(x) => x
+                .iter()
+                .flat_map(|b| b.qs.iter().map(|&q| ((b.d * q as f32) as f64, b.d as f64)))
+                .collect(),
         }
     }
 
@@ -193,7 +205,11 @@ fn run(level: Level, ty: GgmlType, w: &[u8], acts: &Acts, rows: usize) -> Vec<f3
 fn check_close(what: &str, got: &[f32], want: &[f64], norms: &[f64], rel: f64) {
     for (r, ((&g, &t), &n)) in got.iter().zip(want).zip(norms).enumerate() {
         let tol = rel * n + 1e-30;
-        assert!((g as f64 - t).abs() <= tol, "{what}, row {r}: got {g}, want {t} (|diff| {:e} > tol {tol:e})", (g as f64 - t).abs());
+        assert!(
+            (g as f64 - t).abs() <= tol,
+            "{what}, row {r}: got {g}, want {t} (|diff| {:e} > tol {tol:e})",
+            (g as f64 - t).abs()
+        );
     }
 }
 
@@ -210,8 +226,13 @@ fn for_grid(mut f: impl FnMut(GgmlType, &str, &[u8], &Acts, usize)) {
                     let w = weights(ty, how, rows, blocks, &mut rng);
                     let cols = blocks * ty.block_size();
                     for full in [false, true] {
-                        let acts = if full { Acts::full_scale(ty, cols, &mut rng) } else { Acts::of(ty, &rng.vec(cols, 2.0)) };
-                        let what = format!("{ty} {how:?} rows {rows} blocks {blocks} full-scale x {full}");
+                        let acts = if full {
+                            Acts::full_scale(ty, cols, &mut rng)
+                        } else {
+                            Acts::of(ty, &rng.vec(cols, 2.0))
+                        };
+                        let what =
+                            format!("{ty} {how:?} rows {rows} blocks {blocks} full-scale x {full}");
                         f(ty, &what, &w, &acts, rows);
                     }
                 }
@@ -223,7 +244,10 @@ fn for_grid(mut f: impl FnMut(GgmlType, &str, &[u8], &Acts, usize)) {
 #[test]
 fn every_level_matches_the_scalar_twin() {
     for_grid(|ty, what, w, acts, rows| {
-        let want: Vec<f64> = run(Level::Scalar, ty, w, acts, rows).iter().map(|&v| v as f64).collect();
+        let want: Vec<f64> = run(Level::Scalar, ty, w, acts, rows)
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
         let norms: Vec<f64> = reference(ty, w, rows, acts).iter().map(|r| r.1).collect();
         for level in available() {
             let got = run(level, ty, w, acts, rows);
@@ -237,7 +261,13 @@ fn scalar_twin_matches_decode_then_f64_dot() {
     for_grid(|ty, what, w, acts, rows| {
         let r = reference(ty, w, rows, acts);
         let (want, norms): (Vec<f64>, Vec<f64>) = r.into_iter().unzip();
-        check_close(what, &run(Level::Scalar, ty, w, acts, rows), &want, &norms, 1e-5);
+        check_close(
+            what,
+            &run(Level::Scalar, ty, w, acts, rows),
+            &want,
+            &norms,
+            1e-5,
+        );
     });
 }
 
@@ -269,7 +299,15 @@ fn error_against_f32_activations_is_within_the_int8_bound() {
                     let err = (y[r] as f64 - exact).abs();
                     assert!(err <= tol, "{level:?} {ty} {rows}x{blocks} row {r}: {} vs exact {exact}, err {err:e} > {tol:e}", y[r]);
                     // The bound is not vacuous: it is a small part of the row's size.
-                    assert!(bound < 0.1 * wf.iter().zip(&x).map(|(a, b)| (a * b).abs() as f64).sum::<f64>(), "{ty}: loose bound");
+                    assert!(
+                        bound
+                            < 0.1
+                                * wf.iter()
+                                    .zip(&x)
+                                    .map(|(a, b)| (a * b).abs() as f64)
+                                    .sum::<f64>(),
+                        "{ty}: loose bound"
+                    );
                 }
             }
         }
@@ -287,7 +325,15 @@ fn shapes_are_checked() {
         });
         assert!(r.is_err(), "{ty}: a wrong byte count must panic");
     }
-    let r = std::panic::catch_unwind(|| gemv_q8x32(Level::Scalar, GgmlType::Q4K, &[0; 144], &[BlockQ8x32::default(); 8], &mut [0.0]));
+    let r = std::panic::catch_unwind(|| {
+        gemv_q8x32(
+            Level::Scalar,
+            GgmlType::Q4K,
+            &[0; 144],
+            &[BlockQ8x32::default(); 8],
+            &mut [0.0],
+        )
+    });
     assert!(r.is_err(), "Q4_K with Q8x32 activations must panic");
 }
 

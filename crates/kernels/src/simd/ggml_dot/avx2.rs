@@ -5,39 +5,41 @@
 //! activation codes in `vpmaddubsw` (pairs summed to i16), then `vpmaddwd`
 //! against the (sub-)block scale as i16 (pairs summed to i32), so a block
 //! leaves 8 i32 lanes that are converted and accumulated with one FMA.
-//! Rows are streamed in order with software prefetch [`PREFETCH_ROWS`] rows
+//! Rows are streamed in order with software prefetch [`PREFETCH_BYTES`]
 //! ahead, so the next rows are in flight while this one is multiplied.
 
 use std::arch::x86_64::*;
 
 use qmoe_core::GgmlType;
 
-use super::scalar::{iq4_xs_scales, q3_k_scales};
+use super::scalar::q3_k_scales;
 use super::scales_mins_k4;
 use crate::ggml::IQ4_LEVELS;
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
 
-/// How many rows ahead the row loop prefetches (whole rows, a cache line at
-/// a time). Measured with `examples/gemv_ggml.rs`.
-const PREFETCH_ROWS: usize = 2;
+/// How far ahead of the row being multiplied the row loop keeps software
+/// prefetches (bytes of the weight stream, whatever the row length, so
+/// short rows such as a down projection's get the same lead as long ones).
+/// Measured with `examples/gemv_ggml.rs` (256 MB, 1 thread, quiet 16-core
+/// Xeon host): no lead 7-9 GB/s, 1-2 KB 10-12, 4-8 KB 12-14 (at or above a
+/// plain streaming read), 16 KB no better.
+const PREFETCH_BYTES: usize = 4096;
 
 /// The row loop, expanded inside each `#[target_feature]` function so the
-/// per-type dot (`#[inline]`, same features) is inlined into it. Prefetches
-/// row `r + PREFETCH_ROWS` while row `r` is computed.
+/// per-type dot (`#[inline]`, same features) is inlined into it. Before row
+/// `r` it prefetches, a cache line at a time, the weight bytes up to
+/// [`PREFETCH_BYTES`] past the row's end (never past the matrix).
 macro_rules! rows {
     ($w:expr, $x:expr, $y:expr, $ts:expr, $dot:ident) => {{
         let (w, x, y): (&[u8], _, &mut [f32]) = ($w, $x, $y);
         let row_bytes = x.len() * $ts;
         let base = w.as_ptr();
-        let n = y.len();
+        let mut fetched = 0;
         for (r, yr) in y.iter_mut().enumerate() {
-            if r + PREFETCH_ROWS < n {
-                let ahead = base.add((r + PREFETCH_ROWS) * row_bytes);
-                let mut off = 0;
-                while off < row_bytes {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.add(off) as *const i8);
-                    off += 64;
-                }
+            let until = ((r + 1) * row_bytes + PREFETCH_BYTES).min(w.len());
+            while fetched < until {
+                _mm_prefetch::<_MM_HINT_T0>(base.add(fetched) as *const i8);
+                fetched += 64;
             }
             *yr = $dot(base.add(r * row_bytes), x);
         }
@@ -76,7 +78,6 @@ pub(super) unsafe fn gemv_q8x32(ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mu
         _ => unreachable!("gemv_q8x32: {ty} (checked by the caller)"),
     }
 }
-
 
 // ---- helpers ------------------------------------------------------------------
 
@@ -128,7 +129,10 @@ unsafe fn madd(p: __m256i, s: __m256i) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn split_nibbles(q: __m128i) -> __m256i {
-    _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), _mm256_set1_epi8(0x0F))
+    _mm256_and_si256(
+        _mm256_set_m128i(_mm_srli_epi16::<4>(q), q),
+        _mm256_set1_epi8(0x0F),
+    )
 }
 
 /// Byte `j` = 0xFF where bit `j` of `bits` is set, else 0.
@@ -136,7 +140,12 @@ unsafe fn split_nibbles(q: __m128i) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn spread_bits(bits: u32) -> __m256i {
     // Byte j takes byte j / 8 of `bits`, then tests bit j % 8 of it.
-    let pick = _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0);
+    let pick = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0,
+    );
     let v = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), pick);
     let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
     _mm256_cmpeq_epi8(_mm256_and_si256(v, mask), mask)
@@ -154,7 +163,7 @@ unsafe fn pair_i8(s: __m128i, a: i64, b: i64) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn bcast_i16(s: __m256i, j: i16) -> __m256i {
-    _mm256_shuffle_epi8(s, _mm256_set1_epi16((2 * j + 1) << 8 | 2 * j))
+    _mm256_shuffle_epi8(s, _mm256_set1_epi16(((2 * j + 1) << 8) | (2 * j)))
 }
 
 // ---- 32-value blocks (Q8x32 activations) --------------------------------------
@@ -175,7 +184,9 @@ macro_rules! dot32 {
                 let $b = row.add((i + k) * $ts);
                 let p = madd($mul($codes, load256(xb.qs.as_ptr() as *const u8)), ones);
                 *acc = _mm256_fmadd_ps(_mm256_set1_ps($d * xb.d), _mm256_cvtepi32_ps(p), *acc);
-                offs += $m * xb.sum;
+                if let Some(m) = $m {
+                    offs += m * xb.sum;
+                }
             }
             i += 2;
         }
@@ -184,7 +195,9 @@ macro_rules! dot32 {
             let $b = row.add(i * $ts);
             let p = madd($mul($codes, load256(xb.qs.as_ptr() as *const u8)), ones);
             acc0 = _mm256_fmadd_ps(_mm256_set1_ps($d * xb.d), _mm256_cvtepi32_ps(p), acc0);
-            offs += $m * xb.sum;
+            if let Some(m) = $m {
+                offs += m * xb.sum;
+            }
         }
         hsum(_mm256_add_ps(acc0, acc1)) + offs
     }};
@@ -203,20 +216,44 @@ unsafe fn mul_u8(w: __m256i, x: __m256i) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q8_0(row: *const u8, x: &[BlockQ8x32]) -> f32 {
-    dot32!(row, x, 34, |b| load256(b.add(2)), mul_i8, f16_at(b), 0.0)
+    dot32!(
+        row,
+        x,
+        34,
+        |b| load256(b.add(2)),
+        mul_i8,
+        f16_at(b),
+        None::<f32>
+    )
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_0(row: *const u8, x: &[BlockQ8x32]) -> f32 {
     let eight = _mm256_set1_epi8(8);
-    dot32!(row, x, 18, |b| _mm256_sub_epi8(split_nibbles(load128(b.add(2))), eight), mul_i8, f16_at(b), 0.0)
+    dot32!(
+        row,
+        x,
+        18,
+        |b| _mm256_sub_epi8(split_nibbles(load128(b.add(2))), eight),
+        mul_i8,
+        f16_at(b),
+        None::<f32>
+    )
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_1(row: *const u8, x: &[BlockQ8x32]) -> f32 {
-    dot32!(row, x, 20, |b| split_nibbles(load128(b.add(4))), mul_u8, f16_at(b), f16_at(b.add(2)))
+    dot32!(
+        row,
+        x,
+        20,
+        |b| split_nibbles(load128(b.add(4))),
+        mul_u8,
+        f16_at(b),
+        Some(f16_at(b.add(2)))
+    )
 }
 
 /// Q5 codes: nibbles with the fifth bit from the u32 at `b + at`; with
@@ -236,13 +273,29 @@ unsafe fn q5_codes(b: *const u8, at: usize, qs_at: usize, signed: bool) -> __m25
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q5_0(row: *const u8, x: &[BlockQ8x32]) -> f32 {
-    dot32!(row, x, 22, |b| q5_codes(b, 2, 6, true), mul_i8, f16_at(b), 0.0)
+    dot32!(
+        row,
+        x,
+        22,
+        |b| q5_codes(b, 2, 6, true),
+        mul_i8,
+        f16_at(b),
+        None::<f32>
+    )
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q5_1(row: *const u8, x: &[BlockQ8x32]) -> f32 {
-    dot32!(row, x, 24, |b| q5_codes(b, 4, 8, false), mul_u8, f16_at(b), f16_at(b.add(2)))
+    dot32!(
+        row,
+        x,
+        24,
+        |b| q5_codes(b, 4, 8, false),
+        mul_u8,
+        f16_at(b),
+        Some(f16_at(b.add(2)))
+    )
 }
 
 /// The IQ4 level table in both 128-bit halves, for `vpshufb` lookups.
@@ -257,7 +310,15 @@ unsafe fn iq4_table() -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq4_nl(row: *const u8, x: &[BlockQ8x32]) -> f32 {
     let table = iq4_table();
-    dot32!(row, x, 18, |b| _mm256_shuffle_epi8(table, split_nibbles(load128(b.add(2)))), mul_i8, f16_at(b), 0.0)
+    dot32!(
+        row,
+        x,
+        18,
+        |b| _mm256_shuffle_epi8(table, split_nibbles(load128(b.add(2)))),
+        mul_i8,
+        f16_at(b),
+        None::<f32>
+    )
 }
 
 // ---- 256-value super-blocks (Q8K activations) -----------------------------------
@@ -288,7 +349,11 @@ unsafe fn dot_q45_k<const FIVE: bool>(row: *const u8, x: &[BlockQ8K]) -> f32 {
         let summ = madd(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)), bsums(xb));
         let sc16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64));
         let sc = _mm256_set_m128i(sc16, sc16);
-        let qh = if FIVE { load256(b.add(16)) } else { _mm256_setzero_si256() };
+        let qh = if FIVE {
+            load256(b.add(16))
+        } else {
+            _mm256_setzero_si256()
+        };
         let mut sumi = _mm256_setzero_si256();
         for p in 0..4 {
             let q = load256(b.add(qs_at + 32 * p));
@@ -296,8 +361,12 @@ unsafe fn dot_q45_k<const FIVE: bool>(row: *const u8, x: &[BlockQ8K]) -> f32 {
             let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
             if FIVE {
                 // Bit 2p of qh[l] tops value l of sub-block 2p, bit 2p + 1 of 2p + 1.
-                let hl = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * p as i32)), one);
-                let hh = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * p as i32 + 1)), one);
+                let hl =
+                    _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * p as i32)), one);
+                let hh = _mm256_and_si256(
+                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * p as i32 + 1)),
+                    one,
+                );
                 lo = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hl));
                 hi = _mm256_or_si256(hi, _mm256_slli_epi16::<4>(hh));
             }
@@ -354,8 +423,14 @@ unsafe fn dot_q6_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
             let runs = [
                 _mm256_or_si256(_mm256_and_si256(ql0, m4), top2(qh)),
                 _mm256_or_si256(_mm256_and_si256(ql1, m4), top2(_mm256_srli_epi16::<2>(qh))),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4), top2(_mm256_srli_epi16::<4>(qh))),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4), top2(_mm256_srli_epi16::<6>(qh))),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                    top2(_mm256_srli_epi16::<4>(qh)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                    top2(_mm256_srli_epi16::<6>(qh)),
+                ),
             ];
             for (k, q) in runs.into_iter().enumerate() {
                 let g = (8 * n + 2 * k) as i64;
@@ -428,7 +503,10 @@ unsafe fn dot_q3_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
             for k in 0..4 {
                 let shift = _mm_cvtsi32_si128(2 * k as i32);
                 let q2 = _mm256_and_si256(_mm256_srl_epi16(qv, shift), m2);
-                let h = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128((4 * n + k) as i32)), one);
+                let h = _mm256_and_si256(
+                    _mm256_srl_epi16(hm, _mm_cvtsi32_si128((4 * n + k) as i32)),
+                    one,
+                );
                 let q = _mm256_or_si256(q2, _mm256_slli_epi16::<2>(h));
                 let g = (8 * n + 2 * k) as i64;
                 let p = mul_u8(q, load256(xq.add(128 * n + 32 * k)));
@@ -439,6 +517,32 @@ unsafe fn dot_q3_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum(acc)
+}
+
+/// IQ4_XS's eight sub-block scales `ls - 32` as i16, all eight in each
+/// 128-bit half (for [`bcast_i16`]): `ls_j` is nibble `j` of the u32
+/// `scales_l` topped by bit pair `j` of the u16 `scales_h`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn iq4_xs_scales(b: *const u8) -> __m256i {
+    let h = (b.add(2) as *const u16).read_unaligned() as i32;
+    let l = (b.add(4) as *const u32).read_unaligned() as i32;
+    let lo = _mm256_srlv_epi32(
+        _mm256_set1_epi32(l),
+        _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28),
+    );
+    let hi = _mm256_srlv_epi32(
+        _mm256_set1_epi32(h),
+        _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14),
+    );
+    let ls = _mm256_or_si256(
+        _mm256_and_si256(lo, _mm256_set1_epi32(0xF)),
+        _mm256_slli_epi32::<4>(_mm256_and_si256(hi, _mm256_set1_epi32(3))),
+    );
+    let ls = _mm256_sub_epi32(ls, _mm256_set1_epi32(32));
+    // packs works per half: [ls0..4, ls0..4 | ls4..8, ls4..8]; reorder the
+    // 64-bit quarters to [ls0..4, ls4..8 | ls0..4, ls4..8].
+    _mm256_permute4x64_epi64::<0b10_00_10_00>(_mm256_packs_epi32(ls, ls))
 }
 
 /// IQ4_XS: per pair of 32-value sub-blocks, 32 bytes of nibbles (16 per
@@ -454,7 +558,7 @@ unsafe fn dot_iq4_xs(row: *const u8, x: &[BlockQ8K]) -> f32 {
         let b = row.add(i * 136);
         let xq = xb.qs.as_ptr() as *const u8;
         let d = f16_at(b) * xb.d;
-        let ls = iq4_xs_scales(std::slice::from_raw_parts(b, 8));
+        let ls = iq4_xs_scales(b);
         let mut sumi = _mm256_setzero_si256();
         for p in 0..4 {
             let q = load256(b.add(8 + 32 * p));
@@ -465,8 +569,9 @@ unsafe fn dot_iq4_xs(row: *const u8, x: &[BlockQ8K]) -> f32 {
             let w1 = _mm256_permute2x128_si256::<0x31>(lo, hi);
             let p0 = mul_i8(w0, load256(xq.add(64 * p)));
             let p1 = mul_i8(w1, load256(xq.add(64 * p + 32)));
-            sumi = _mm256_add_epi32(sumi, madd(p0, _mm256_set1_epi16(ls[2 * p])));
-            sumi = _mm256_add_epi32(sumi, madd(p1, _mm256_set1_epi16(ls[2 * p + 1])));
+            let j = 2 * p as i16;
+            sumi = _mm256_add_epi32(sumi, madd(p0, bcast_i16(ls, j)));
+            sumi = _mm256_add_epi32(sumi, madd(p1, bcast_i16(ls, j + 1)));
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
