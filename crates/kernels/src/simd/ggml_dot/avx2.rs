@@ -553,6 +553,11 @@ unsafe fn iq4_xs_scales(b: *const u8) -> __m256i {
 unsafe fn dot_iq4_xs(row: *const u8, x: &[BlockQ8K]) -> f32 {
     let m4 = _mm256_set1_epi8(0x0F);
     let table = iq4_table();
+    // vpshufb indices of i16 element 0 (low half) and 1 (high half); pair p adds 2p.
+    let pick = _mm256_setr_epi8(
+        0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3,
+        2, 3,
+    );
     let mut acc = _mm256_setzero_ps();
     for (i, xb) in x.iter().enumerate() {
         let b = row.add(i * 136);
@@ -562,16 +567,24 @@ unsafe fn dot_iq4_xs(row: *const u8, x: &[BlockQ8K]) -> f32 {
         let mut sumi = _mm256_setzero_si256();
         for p in 0..4 {
             let q = load256(b.add(8 + 32 * p));
+            // lo: values 0..16 of sub-blocks 2p | 2p + 1; hi: values 16..32.
             let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(q, m4));
             let hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4));
-            // Sub-block 2p: low halves of lo and hi; 2p + 1: the high halves.
-            let w0 = _mm256_permute2x128_si256::<0x20>(lo, hi);
-            let w1 = _mm256_permute2x128_si256::<0x31>(lo, hi);
-            let p0 = mul_i8(w0, load256(xq.add(64 * p)));
-            let p1 = mul_i8(w1, load256(xq.add(64 * p + 32)));
-            let j = 2 * p as i16;
-            sumi = _mm256_add_epi32(sumi, madd(p0, bcast_i16(ls, j)));
-            sumi = _mm256_add_epi32(sumi, madd(p1, bcast_i16(ls, j + 1)));
+            // The activations gathered to match: 16 from each sub-block.
+            let x = xq.add(64 * p);
+            let x_lo = _mm256_loadu2_m128i(x.add(32) as *const __m128i, x as *const __m128i);
+            let x_hi =
+                _mm256_loadu2_m128i(x.add(48) as *const __m128i, x.add(16) as *const __m128i);
+            // i16 lanes: low half sub-block 2p, high half 2p + 1.
+            let sc = _mm256_shuffle_epi8(
+                ls,
+                _mm256_add_epi16(
+                    pick,
+                    _mm256_set1_epi16(((4 * p as i16) << 8) | 4 * p as i16),
+                ),
+            );
+            sumi = _mm256_add_epi32(sumi, madd(mul_i8(lo, x_lo), sc));
+            sumi = _mm256_add_epi32(sumi, madd(mul_i8(hi, x_hi), sc));
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
