@@ -30,7 +30,7 @@ use crate::simd::Level;
 /// Whether [`gemv_affine`] handles `bits`-bit weights in groups of
 /// `group_size`: a multiple of 32, at most 8192 (one pass of the AVX2 level).
 pub fn supports_affine(bits: u32, group_size: usize) -> bool {
-    matches!(bits, 2 | 3 | 4 | 5 | 6 | 8) && group_size > 0 && group_size % 32 == 0 && group_size <= MAX_GROUP
+    matches!(bits, 2 | 3 | 4 | 5 | 6 | 8) && group_size > 0 && group_size & 31 == 0 && group_size <= MAX_GROUP
 }
 
 /// Largest supported group: the AVX2 level's columns per pass.
@@ -206,7 +206,7 @@ mod x86 {
     unsafe fn run<const B: usize>(m: &AffineMat, rows: Range<usize>, x: &[BlockQ8x32], y: &mut [f32]) {
         let per_group = m.group_size / 32;
         let layout = match B {
-            4 if per_group % 2 == 0 => Layout::Pairs4,
+            4 if per_group & 1 == 0 => Layout::Pairs4,
             4 => Layout::Single4,
             _ => Layout::Wide16,
         };

@@ -85,8 +85,8 @@ fn scalar_row(dt: DType, row: &[u8], x: &[f32]) -> f32 {
         c += 8;
     }
     let mut s = fold8(sum4(&acc));
-    for i in c..cols {
-        s += elem(dt, row, i) * x[i];
+    for (i, xi) in x.iter().enumerate().skip(c) {
+        s += elem(dt, row, i) * xi;
     }
     s
 }
@@ -217,8 +217,8 @@ pub(crate) mod x86 {
                 F16 => DType::F16,
                 _ => DType::BF16,
             };
-            for i in c..cols {
-                s += super::elem(dt, rs, i) * x[i];
+            for (i, xi) in x.iter().enumerate().skip(c) {
+                s += super::elem(dt, rs, i) * xi;
             }
             *yr = s;
         }

@@ -14,12 +14,15 @@
 //! widen to ±480: they are detected instead and make the row's result NaN,
 //! as the reference dequantisation does.
 //!
-//! Summation order (shared by both levels): per column block, four 8-lane
-//! partial sums over steps of 32 columns, then steps of 8 into the first;
-//! the four are added `(a0 + a1) + (a2 + a3)` and the block's lanes times
-//! its scale added into the row's lanes; the block's last `len % 8` columns
-//! go, times the scale, into a separate scalar tail sum. The row is the
-//! folded lanes (halves, pairs, one) plus the tail.
+//! Summation order. The scalar twin sums each column block on its own (four
+//! 8-lane partial sums over steps of 32 columns, then steps of 8, then the
+//! block's last `len % 8` columns one by one) and multiplies it by its
+//! scale. The AVX2 level instead multiplies the activations by their
+//! block's scale once per block row (`xs = x * s`, shared by up to
+//! `block_rows` rows) and then runs one plain dot product over the codes
+//! per row, with no per-block work in the inner loop: the products differ
+//! from the twin's by the rounding of `x * s` only, so the two agree to f32
+//! rounding, which the tests check.
 
 use std::ops::Range;
 
@@ -139,6 +142,7 @@ fn scalar_row(m: &Fp8Mat, r: usize, x: &[f32]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
     use std::ops::Range;
 
     use super::Fp8Mat;
@@ -156,39 +160,57 @@ mod x86 {
         _mm256_and_si256(_mm256_srai_epi16(hi, 1), _mm256_set1_epi16(0xBF80u16 as i16))
     }
 
+    /// Columns per pass: the scaled activations of one pass (32 KB) stay
+    /// in L1/L2.
+    const CHUNK: usize = 8192;
+
     /// # Safety
     /// avx2, fma and f16c available; `m` checked against its shape,
     /// `rows.end <= ` its rows, `x.len() == m.cols`, `y.len() == rows.len()`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn gemv(m: &Fp8Mat, rows: Range<usize>, x: &[f32], y: &mut [f32]) {
         let cols = m.cols;
-        let xp = x.as_ptr();
+        let mut xs = MaybeUninit::<[f32; CHUNK]>::uninit();
+        let xs = xs.as_mut_ptr() as *mut f32;
         let zero = _mm256_setzero_si256();
         let low7 = _mm256_set1_epi8(0x7f);
-        for (r, yr) in rows.zip(y.iter_mut()) {
-            // SAFETY (all loads below): row r has `cols` codes at
-            // `r * cols` inside `m.codes`; every vector load reads codes and
-            // x elements c .. c + 8 or c + 32 <= c1 <= cols. Scale row
-            // `r / block_rows` exists (grid checked at entry) and
-            // `j < ceil(cols / block_cols)`.
-            let row = m.codes.as_ptr().add(r * cols);
-            let srow = m.scales.as_ptr().add(r / m.block_rows * m.scale_row);
-            let mut lanes = _mm256_setzero_ps();
-            let mut tail = 0.0f32;
-            // Max over `code & 0x7f`: 0x7f anywhere means a NaN code.
-            let mut nan = _mm256_setzero_si256();
-            let mut nan8 = _mm_setzero_si128();
-            let mut c0 = 0;
-            let mut j = 0;
-            while c0 < cols {
-                let c1 = (c0 + m.block_cols).min(cols);
-                // The f16 codes are e4m3 / 2^8: the 2^8 goes into the scale (exact).
-                let s = float_at(m.scale_dtype, srow, j) * 256.0;
+        let mut c0 = 0;
+        while c0 < cols {
+            let n = (cols - c0).min(CHUNK);
+            let mut block_row = usize::MAX;
+            for (r, yr) in rows.clone().zip(y.iter_mut()) {
+                // SAFETY (all accesses below): row r has `cols` codes at
+                // `r * cols` inside `m.codes`; the pass reads codes and
+                // `xs` entries c0 + i, i < n, so within the row and the
+                // CHUNK-long buffer, written for this block row just above
+                // before any read. Scale row `r / block_rows` exists (grid
+                // checked at entry) and every block index is below
+                // `ceil(cols / block_cols)`.
+                if r / m.block_rows != block_row {
+                    // x times its column block's scale (times 2^8, exact: the
+                    // f16 codes are e4m3 / 2^8), for this block row.
+                    block_row = r / m.block_rows;
+                    let srow = m.scales.as_ptr().add(block_row * m.scale_row);
+                    let mut c = c0;
+                    while c < c0 + n {
+                        let j = c / m.block_cols;
+                        let end = ((j + 1) * m.block_cols).min(c0 + n);
+                        let s = float_at(m.scale_dtype, srow, j) * 256.0;
+                        for (i, xi) in x[c..end].iter().enumerate() {
+                            *xs.add(c - c0 + i) = xi * s;
+                        }
+                        c = end;
+                    }
+                }
+                let row = m.codes.as_ptr().add(r * cols + c0);
                 let mut acc = [_mm256_setzero_ps(); 4];
-                let mut c = c0;
-                while c + 32 <= c1 {
-                    prefetch(row.add(c), PREFETCH);
-                    let v = _mm256_loadu_si256(row.add(c) as *const __m256i);
+                // Max over `code & 0x7f`: 0x7f anywhere means a NaN code.
+                let mut nan = _mm256_setzero_si256();
+                let mut nan8 = _mm_setzero_si128();
+                let mut i = 0;
+                while i + 32 <= n {
+                    prefetch(row.add(i), PREFETCH);
+                    let v = _mm256_loadu_si256(row.add(i) as *const __m256i);
                     nan = _mm256_max_epu8(nan, _mm256_and_si256(v, low7));
                     // u16 lanes `code << 8`: codes 0-7 | 16-23 and 8-15 | 24-31.
                     let a = to_f16(_mm256_unpacklo_epi8(zero, v));
@@ -200,35 +222,31 @@ mod x86 {
                         _mm256_cvtph_ps(_mm256_extracti128_si256(b, 1)),
                     ];
                     for (k, (ak, fk)) in acc.iter_mut().zip(f).enumerate() {
-                        *ak = _mm256_fmadd_ps(fk, _mm256_loadu_ps(xp.add(c + 8 * k)), *ak);
+                        *ak = _mm256_fmadd_ps(fk, _mm256_loadu_ps(xs.add(i + 8 * k)), *ak);
                     }
-                    c += 32;
+                    i += 32;
                 }
-                while c + 8 <= c1 {
-                    let v = _mm_loadl_epi64(row.add(c) as *const __m128i);
+                while i + 8 <= n {
+                    let v = _mm_loadl_epi64(row.add(i) as *const __m128i);
                     nan8 = _mm_max_epu8(nan8, _mm_and_si128(v, _mm256_castsi256_si128(low7)));
                     let h = _mm_unpacklo_epi8(_mm_setzero_si128(), v);
                     let h = _mm_and_si128(_mm_srai_epi16(h, 1), _mm_set1_epi16(0xBF80u16 as i16));
-                    acc[0] = _mm256_fmadd_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(xp.add(c)), acc[0]);
-                    c += 8;
+                    acc[0] = _mm256_fmadd_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(xs.add(i)), acc[0]);
+                    i += 8;
                 }
-                let blk = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-                lanes = _mm256_fmadd_ps(blk, _mm256_set1_ps(s), lanes);
-                if c < c1 {
-                    // Tail codes through the exact table (NaN included);
-                    // the 2^8 comes back out of `s` exactly.
-                    let mut t = 0.0f32;
-                    for i in c..c1 {
-                        t += e4m3_to_f32(*row.add(i)) * x[i];
-                    }
-                    tail += t * (s * (1.0 / 256.0));
+                let mut sum = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+                // Tail codes through the exact table (NaN included); the 2^8
+                // comes back out of `xs` exactly.
+                for t in i..n {
+                    sum += e4m3_to_f32(*row.add(t)) * (*xs.add(t) * (1.0 / 256.0));
                 }
-                c0 = c1;
-                j += 1;
+                let nan = _mm_max_epu8(_mm_max_epu8(_mm256_castsi256_si128(nan), _mm256_extracti128_si256(nan, 1)), nan8);
+                if _mm_movemask_epi8(_mm_cmpeq_epi8(nan, _mm256_castsi256_si128(low7))) != 0 {
+                    sum = f32::NAN;
+                }
+                *yr = if c0 == 0 { sum } else { *yr + sum };
             }
-            let nan = _mm_max_epu8(_mm_max_epu8(_mm256_castsi256_si128(nan), _mm256_extracti128_si256(nan, 1)), nan8);
-            let has_nan = _mm_movemask_epi8(_mm_cmpeq_epi8(nan, _mm256_castsi256_si128(low7))) != 0;
-            *yr = if has_nan { f32::NAN } else { hsum(lanes) + tail };
+            c0 += n;
         }
     }
 }
