@@ -12,12 +12,16 @@
 //! bitstream over little-endian u32 words, so a block of 32 values is
 //! `4 * bits` bytes starting at byte `4 * bits * block`.
 //!
-//! Summation order, shared by both levels: per group, the blocks' `d_b ·
-//! isum_b` are added into the group sum, which is multiplied by the group's
-//! scale into the row sum; `bias_g · xsum_g` go into a separate bias sum; the
-//! row is `scaled + biased`. (The AVX2 level keeps the group and row sums in
-//! 8 lanes, so it differs from the twin by f32 rounding only; the integer
-//! block sums are exact in both.)
+//! Summation order. The scalar twin, per group: the blocks' `d_b · isum_b`
+//! into the group sum, times the group's scale into the row sum;
+//! `bias_g · xsum_g` into a separate bias sum; the row is `scaled + biased`.
+//! The AVX2 level rearranges the activations once per pass of up to 8192
+//! columns (4-bit: codes split by even / odd index to match a load's low and
+//! high nibbles; other widths: codes widened to i16; per group the sum of
+//! the block sums), then runs two rows at a time, adding each block's
+//! integer sums times `d_b · scale_g` into 8 row lanes, and the bias term as
+//! one dot product of the row's biases with the group sums. The integer
+//! block sums are exact at both levels, so they differ by f32 rounding only.
 
 use std::ops::Range;
 
