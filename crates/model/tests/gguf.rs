@@ -69,11 +69,12 @@ fn qwen35_dense_tied() {
 }
 
 #[test]
-fn mtp_blocks_are_recognised_not_unexpected() {
+fn mtp_blocks_are_loaded_not_unexpected() {
     let model = Model::load(&fixture("gguf_moe_dv16_f16").join("model.gguf")).unwrap();
+    assert_eq!(model.weights.mtp.as_ref().map(|m| m.layers.len()), Some(1));
     match &model.source {
         qmoe_model::Source::Gguf { conventions, .. } => {
-            assert!(conventions.mtp_present);
+            assert!(conventions.mtp_present && conventions.mtp_layers == 1);
             assert_eq!(conventions.head_map, qmoe_kernels::gdn::HeadMap::Tiled);
         }
         _ => panic!("not loaded as GGUF"),
