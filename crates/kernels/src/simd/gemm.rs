@@ -25,6 +25,8 @@ use crate::linear::{Encoding, MatRef};
 const DECODE_TASK_BYTES: usize = 32 << 10;
 /// Weight bytes per task for several tokens (a slice that stays in L2).
 const PREFILL_TASK_BYTES: usize = 96 << 10;
+/// From this many tokens a product runs as row-widening tiles ([`super::tile`]).
+const TILE_MIN_TOKENS: usize = 4;
 /// Below this many weight bytes x tokens a product runs on the calling thread.
 const SERIAL_BYTES: usize = 48 << 10;
 
@@ -139,8 +141,10 @@ struct Scratch {
 
 /// How one product runs.
 struct Plan {
-    /// Kernel activation form; `None`: the reference path.
+    /// Kernel activation form; `None`: a tile or the reference path.
     kind: Option<ActKind>,
+    /// Many tokens: widen each row once, multiply four tokens at a time.
+    tile: bool,
     /// Index into the prepared activations (when quantized).
     prep: usize,
     rows_per_task: usize,
@@ -175,7 +179,8 @@ pub fn matmul_many(products: &mut [Product]) {
         for p in products.iter() {
             assert_eq!(p.x.len(), p.n_tokens * p.w.cols, "matmul: x length");
             assert_eq!(p.y.len(), p.n_tokens * p.w.rows, "matmul: y length");
-            let kind = act_kind(&p.w.enc).filter(|k| !exact || *k == ActKind::F32);
+            let tile = p.n_tokens >= TILE_MIN_TOKENS;
+            let kind = act_kind(&p.w.enc).filter(|k| !tile && (!exact || *k == ActKind::F32));
             // Share the quantized input with an earlier product of the same slice.
             let key = (p.x.as_ptr() as usize, p.x.len(), kind);
             let prep = match kind {
@@ -196,7 +201,7 @@ pub fn matmul_many(products: &mut [Product]) {
             let row_bytes = (p.w.storage_bytes() / p.w.rows.max(1)).max(1);
             let budget = if p.n_tokens == 1 { DECODE_TASK_BYTES } else { PREFILL_TASK_BYTES };
             let rows_per_task = (budget / row_bytes).clamp(1, p.w.rows.max(1));
-            plans.push(Plan { kind, prep, rows_per_task, first_task: n_tasks });
+            plans.push(Plan { kind, tile, prep, rows_per_task, first_task: n_tasks });
             n_tasks += p.w.rows.div_ceil(rows_per_task);
             total_bytes += p.w.storage_bytes() * p.n_tokens;
         }
@@ -220,6 +225,12 @@ pub fn matmul_many(products: &mut [Product]) {
 /// One task: rows `rows` of product `p` for every token.
 fn run_rows(level: Level, p: &Product, plan: &Plan, prep: &Prepared, out: OutPtr, rows: Range<usize>) {
     let (n_rows, cols) = (p.w.rows, p.w.cols);
+    if plan.tile {
+        // SAFETY: `out` is this product's `[T, rows]` output and this task
+        // alone writes rows `rows` (see `OutPtr`).
+        unsafe { super::tile::rows_many_tokens(level, &p.w, rows, p.x, p.n_tokens, out.0) };
+        return;
+    }
     let Some(kind) = plan.kind else {
         crate::linear::reference_rows(&p.w, p.x, out.0, p.n_tokens, rows);
         return;

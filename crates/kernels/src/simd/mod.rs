@@ -18,6 +18,7 @@ pub mod attention;
 pub mod gdn;
 pub mod gemm;
 pub mod ggml_dot;
+mod tile;
 
 use std::sync::OnceLock;
 
