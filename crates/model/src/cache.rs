@@ -18,6 +18,9 @@ pub enum LayerCache {
     Gdn { conv: Vec<f32>, ssm: Vec<f32> },
 }
 
+/// Positions of KV room a new cache reserves up front (see [`Cache::new`]).
+pub const KV_RESERVE: usize = 4096;
+
 #[derive(Clone, Debug)]
 pub struct Cache {
     /// Tokens already processed (the next token's position).
@@ -42,6 +45,9 @@ impl Snapshot {
 
 impl Cache {
     /// An empty cache for `config`, accepting up to `max_tokens` positions.
+    /// The KV caches start with room for `min(max_tokens, KV_RESERVE)`
+    /// positions, so short sequences never reallocate while decoding and
+    /// long ones do so rarely (doubling), without a 262k-token reservation.
     pub fn new(config: &Config, max_tokens: usize) -> Cache {
         let kv_row = config.num_key_value_heads * config.head_dim;
         let conv_len = (config.linear_conv_kernel_dim - 1) * config.conv_dim();
@@ -50,7 +56,10 @@ impl Cache {
             .layer_types
             .iter()
             .map(|t| match t {
-                LayerKind::FullAttention => LayerCache::Attention { k: Vec::new(), v: Vec::new() },
+                LayerKind::FullAttention => {
+                    let n = max_tokens.min(KV_RESERVE) * kv_row;
+                    LayerCache::Attention { k: Vec::with_capacity(n), v: Vec::with_capacity(n) }
+                }
                 LayerKind::LinearAttention => LayerCache::Gdn { conv: vec![0.0; conv_len], ssm: vec![0.0; ssm_len] },
             })
             .collect();
