@@ -9,6 +9,9 @@ the logits of every position for the source's ids:
   tests/fixtures/gguf_moe_dv16_{bf16,f16,q8_0,q4_k_m}/    qwen35moe  <- moe_fused with Dv 24 -> 16
   tests/fixtures/gguf_nextmoe_{f32,f16,q8_0,q4_k_m}/      qwen3next  <- next with layer 2 made MoE
   tests/fixtures/gguf_dense_dv16_{f32,f16,q8_0,q4_k_m}/   qwen35     <- dense_tied with Dv 8 -> 16
+  tests/fixtures/gguf_moe_k256_q4_k_m/                    qwen35moe  <- a new model in moe_fused's dialect
+      whose every quantized matrix has 256-multiple rows (H 256, I 256, Is 256, attention 2 x 128,
+      GDN Hk 2 / Hv 4 x 64), so Q4_K_M really is Q4_K + Q6_K (the others fall back to Q5_0 / Q8_0)
 
 Each holds model.gguf, golden.json (ids, reference, logit_scale, notes, metadata, tensor listing,
 distances to transformers) and logits.npy (float32 [T, vocab], llama.cpp, one batch over all ids).
@@ -65,7 +68,14 @@ SOURCES = {
     "moe_dv16": dict(vocab=512, pre="qwen35", types=["bf16", "f16", "q8_0", "q4_k_m"], convert_args=[]),
     "nextmoe": dict(vocab=384, pre="qwen2", types=["f32", "f16", "q8_0", "q4_k_m"], convert_args=["--no-mtp"]),
     "dense_dv16": dict(vocab=256, pre="qwen35", types=["f16", "q8_0", "q4_k_m"], convert_args=["--no-mtp"]),
+    "moe_k256": dict(vocab=256, pre="qwen35", types=["q4_k_m"], convert_args=["--no-mtp"]),
 }
+
+# The moe_k256 model (moe_wrapper_config arguments): every matrix input width is a multiple of
+# QK_K = 256 (hidden, nh*hd, Hv*Dv, moe_intermediate, shared); 4 experts (llama.cpp's Q4_K_M has a
+# special case for exactly 8); layers lin, full so the Q4_K_M recipe gives both Q4_K and Q6_K.
+K256 = dict(vocab=256, hidden=256, layer_types=["linear_attention", "full_attention"], nh=2, nkv=1, hd=128,
+            hk=2, hv=4, dk=64, dv=64, e=4, k=2, inter=256, shared=256)
 
 # ggml type names by id (gguf-py's GGMLQuantizationType has them too; kept here for the listing).
 TOKENIZER_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges")
@@ -158,6 +168,9 @@ DERIVED = {
     "dense_dv16": ("dense_tied", "dense", "linear_value_head_dim 8 -> 16 (= linear_key_head_dim) and "
                    "rope_parameters.mrope_section [11, 11, 10] -> [1, 1, 0] (sum = rotary pairs 16*0.25/2 = 2)"),
     "nextmoe": ("next", "next", "mlp_only_layers [2] -> [] (layer 2 becomes an MoE layer)"),
+    "moe_k256": ("moe_fused", "moe_k256", "a new model in moe_fused's dialect (wrapper config, fused bf16 "
+                 "experts), no MTP: V 256, H 256, layers lin,full, nh 2, nkv 1, hd 128, Hk 2, Hv 4, Dk = Dv 64, "
+                 "E 4, k 2, I 256, Is 256; its own ids and seeds (key 'moe_k256')"),
 }
 
 
@@ -176,7 +189,12 @@ def stage_derive(a):
     out.mkdir(parents=True, exist_ok=True)
     cfg_dict = json.loads((FIXTURES / base / "config.json").read_text())
     ids = torch.tensor(json.loads((FIXTURES / base / "golden.json").read_text())["ids"])
-    if a.kind == "moe_dv16":
+    if a.kind == "moe_k256":
+        cfg_dict = mf.moe_wrapper_config(**K256, tie=False, bos=1, eos=K256["vocab"] - 1)
+        cfg_dict["text_config"]["mtp_num_hidden_layers"] = 0
+        ids = torch.randint(0, K256["vocab"], (mf.T_IDS,), generator=mf.gen(fx, "ids"))
+        storage, spec, cls = torch.bfloat16, dict(embed_std=1.0, lm_head_gain=2.0, router_gain=2.0), Qwen3_5MoeForCausalLM
+    elif a.kind == "moe_dv16":
         cfg_dict["text_config"]["linear_value_head_dim"] = 16
         storage, spec, cls = torch.bfloat16, dict(embed_std=1.0, lm_head_gain=2.0, router_gain=2.0), Qwen3_5MoeForCausalLM
     elif a.kind == "dense_dv16":
@@ -197,7 +215,10 @@ def stage_derive(a):
     logits, _ = mf.reference_forward(model, ids, text_cfg.num_hidden_layers)
     dec = float(np.abs(mf.decode_logits(model, ids) - logits).max())
     sd = {n: t.detach().to(storage).contiguous() for n, t in model.state_dict().items()}
-    if a.kind == "moe_dv16":  # same dialect as moe_fused: wrapper names, fused experts, + visual + mtp
+    if a.kind == "moe_k256":  # moe_fused's dialect: wrapper names, fused experts; no visual, no mtp
+        sd = mf.to_wrapper_names(sd)
+        reload_cls = Qwen3_5MoeForCausalLM
+    elif a.kind == "moe_dv16":  # same dialect as moe_fused: wrapper names, fused experts, + visual + mtp
         c = dict(mf.MOE, dv=16)
         sd = mf.to_wrapper_names(sd)
         sd.update(mf.visual_tensors(fx, cfg, storage))
@@ -484,6 +505,9 @@ def make_source(a, label: str, spec: dict, runner: LlamaRunner, gguf, work: Path
     src_note = (f"a source derived from tests/fixtures/{base} ({meta['change']}; same ids; weights by "
                 f"make_fixtures.py's init rules and seeds, so {meta['tensors_equal_to_base']} tensors equal "
                 f"{base}'s), stored {meta['storage_dtype']}")
+    if label == "moe_k256":
+        src_note = (f"a tiny source made for this fixture ({meta['change']}; weights by make_fixtures.py's init "
+                    f"rules and routing sharpening), stored {meta['storage_dtype']}")
     src_ref = {k: v for k, v in meta.items() if k not in ("ids",)}
     cfg = json.loads((src_dir / "config.json").read_text())
 

@@ -81,3 +81,24 @@ fn mtp_blocks_are_loaded_not_unexpected() {
     }
     assert_eq!(model.config.num_hidden_layers, 5);
 }
+
+#[test]
+fn qwen35moe_real_q4_k_and_q6_k() {
+    // Rows of 256 (= QK_K) everywhere, so llama.cpp's Q4_K_M is genuinely
+    // Q4_K with Q6_K for output / attn_v / attn_qkv / ffn_down of the
+    // use_more_bits blocks: no Q5_0 / Q8_0 fallback as in the narrow fixtures.
+    let name = "gguf_moe_k256_q4_k_m";
+    let model = Model::load(&fixture(name).join("model.gguf")).unwrap();
+    let qmoe_model::Source::Gguf { conventions, .. } = &model.source else { panic!("not loaded as GGUF") };
+    // What `qmoe inspect` lists per tensor.
+    let mut by_storage = std::collections::BTreeMap::<String, usize>::new();
+    for u in conventions.tensors.values().flatten() {
+        *by_storage.entry(u.storage.clone()).or_insert(0) += 1;
+    }
+    eprintln!("{name}: {by_storage:?}");
+    assert!(by_storage.get("GGUF Q4_K").is_some_and(|&n| n > 0), "{by_storage:?}");
+    assert!(by_storage.get("GGUF Q6_K").is_some_and(|&n| n > 0), "{by_storage:?}");
+    let allowed = ["GGUF Q4_K", "GGUF Q6_K", "F32"];
+    assert!(by_storage.keys().all(|k| allowed.contains(&k.as_str())), "a fallback type: {by_storage:?}");
+    check_gguf(name);
+}

@@ -16,10 +16,15 @@ fn tmp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("qmoe-export-{}-{name}.gguf", std::process::id()))
 }
 
+/// Logits with f32 activations for every weight format: the function the
+/// stored weights define (the default fast path quantizes activations to
+/// int8 for quantized weights, which is not what a round trip compares).
 fn logits(model: &Model, ids: &[u32], chunk: usize) -> Vec<f32> {
-    let mut cache = model.new_cache(ids.len());
-    let mut s = Scratch::default();
-    ids.chunks(chunk).flat_map(|c| model.forward(c, &mut cache, &mut s, Logits::All).unwrap().to_vec()).collect()
+    qmoe_kernels::simd::gemm::with_f32_activations(|| {
+        let mut cache = model.new_cache(ids.len());
+        let mut s = Scratch::default();
+        ids.chunks(chunk).flat_map(|c| model.forward(c, &mut cache, &mut s, Logits::All).unwrap().to_vec()).collect()
+    })
 }
 
 fn ids_of(name: &str) -> Vec<u32> {
@@ -77,4 +82,31 @@ fn quantized_exports_equal_their_dequantised_weights() {
         assert!(exact < 1e-4, "{name} {ty:?}: {exact}");
         assert!(vs_src < tol, "{name} {ty:?}: {vs_src}");
     }
+}
+
+#[test]
+fn q4_k_m_type_choice_equals_llama_cpp_quantizer() {
+    // gguf_moe_k256_q4_k_m was quantized by llama.cpp's llama_model_quantize
+    // (Q4_K_M) from its own f32 conversion; every matrix is 256 wide, so the
+    // recipe (Q6_K for output and for attn_v / attn_qkv / ffn_down* of the
+    // use_more_bits blocks, Q4_K elsewhere, F32 for norms, routers, conv)
+    // shows without fallbacks. Re-exporting it must choose the same type for
+    // every tensor.
+    let path = fixture("gguf_moe_k256_q4_k_m").join("model.gguf");
+    let model = Model::load(&path).unwrap();
+    let out = tmp("k256-q4km");
+    export_gguf(&model, ExportType::Q4KM, Vec::new(), "k256", &out).unwrap();
+    let (theirs, ours) = (qmoe_formats::gguf::GgufFile::open(&path).unwrap(), qmoe_formats::gguf::GgufFile::open(&out).unwrap());
+    assert_eq!(theirs.tensors().len(), ours.tensors().len());
+    // llama.cpp's quantizer writes ggml's n_dims (ffn_gate_inp_shexp ne {H}),
+    // its converter ne {H, 1} (what the exporter writes): same tensor.
+    let squeezed = |ne: &[u64]| ne.iter().rev().skip_while(|&&d| d == 1).copied().collect::<Vec<_>>();
+    let mut q6 = 0;
+    for t in theirs.tensors() {
+        let o = ours.tensor(&t.name).unwrap_or_else(|| panic!("{} not exported", t.name));
+        assert_eq!((t.type_name(), squeezed(&t.ne)), (o.type_name(), squeezed(&o.ne)), "{}", t.name);
+        q6 += (t.type_name() == "Q6_K") as usize;
+    }
+    assert_eq!(q6, 4);
+    let _ = std::fs::remove_file(out);
 }
