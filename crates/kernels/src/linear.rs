@@ -346,9 +346,13 @@ mod tests {
                         assert!((got - want).abs() < 1e-4, "{dt} {rows}x{cols} t{tt} r{r}: {got} vs {want}");
                     }
                 }
+                // One token takes the gemv kernel, several the tile: same
+                // values up to summation order.
                 let mut y1 = vec![0.0; rows];
                 matvec(&m, &x[..cols], &mut y1);
-                assert_eq!(&y1[..], &y[..rows]);
+                for (a, b) in y1.iter().zip(&y[..rows]) {
+                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{dt} {rows}x{cols}: matvec {a} vs matmul {b}");
+                }
             }
         }
     }

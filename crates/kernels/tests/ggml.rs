@@ -16,7 +16,8 @@ use half::f16;
 use qmoe_core::dtype::DType;
 use qmoe_core::GgmlType;
 use qmoe_kernels::ggml::{decode_blocks, quantize_q4_k, quantize_q6_k, quantizer};
-use qmoe_kernels::linear::{matmul, matvec, Encoding, MatRef, QuantError};
+use qmoe_kernels::linear::{matmul, matvec, reference_matmul, Encoding, MatRef, QuantError};
+use qmoe_kernels::simd::gemm::with_f32_activations;
 use qmoe_kernels::threads;
 
 fn data(file: &str) -> PathBuf {
@@ -172,11 +173,11 @@ fn check_matmul(ty: GgmlType, rows: usize, cols: usize, n_tokens: usize, rng: &m
     let x: Vec<f32> = (0..n_tokens * cols).map(|_| rng.sym()).collect();
     let w = MatRef::ggml(ty, rows, cols, &bytes).unwrap();
     let mut y = vec![0.0; n_tokens * rows];
-    matmul(&w, &x, &mut y, n_tokens);
+    reference_matmul(&w, &x, &mut y, n_tokens);
 
     let wf: Vec<u8> = wq.iter().flat_map(|v| v.to_le_bytes()).collect();
     let mut yf = vec![0.0; n_tokens * rows];
-    matmul(&MatRef::new(DType::F32, rows, cols, &wf), &x, &mut yf, n_tokens);
+    reference_matmul(&MatRef::new(DType::F32, rows, cols, &wf), &x, &mut yf, n_tokens);
     assert!(
         y.iter().zip(&yf).all(|(a, b)| a.to_bits() == b.to_bits()),
         "{ty} {rows}x{cols} T{n_tokens}: ggml matmul differs from float matmul of the decoded weights"
@@ -192,8 +193,19 @@ fn check_matmul(ty: GgmlType, rows: usize, cols: usize, n_tokens: usize, rng: &m
         );
     }
     let mut y1 = vec![0.0; rows];
-    matvec(&w, &x[..cols], &mut y1);
-    assert_eq!(y1, y[..rows], "{ty}: matvec == first token of matmul");
+    reference_matmul(&w, &x[..cols], &mut y1, 1);
+    assert_eq!(y1, y[..rows], "{ty}: one token == first token of several");
+    // The pooled path with f32 activations computes the same function.
+    let mut yp = vec![0.0; n_tokens * rows];
+    with_f32_activations(|| matmul(&w, &x, &mut yp, n_tokens));
+    let mut yv = vec![0.0; rows];
+    with_f32_activations(|| matvec(&w, &x[..cols], &mut yv));
+    for (i, (want, scale)) in reference(&wq, &x, rows, cols, n_tokens).into_iter().enumerate() {
+        assert!((yp[i] as f64 - want).abs() <= 1e-5 * scale + 1e-30, "{ty} pooled [{i}]: {} vs {want}", yp[i]);
+        if i < rows {
+            assert!((yv[i] as f64 - want).abs() <= 1e-5 * scale + 1e-30, "{ty} pooled matvec [{i}]");
+        }
+    }
 }
 
 #[test]
@@ -232,9 +244,13 @@ fn threaded_ggml_matmul_equals_single_thread() {
         matmul(&w, &x, &mut y4, t);
         threads::set(0);
         assert_eq!(y1, y4, "{ty}: threads change the result");
+        let mut yx = vec![0.0; t * rows];
+        threads::set(4);
+        with_f32_activations(|| matmul(&w, &x, &mut yx, t));
+        threads::set(0);
         let wq = decode_all(ty, &bytes, rows * cols);
         for (i, (want, scale)) in reference(&wq, &x, rows, cols, t).into_iter().enumerate() {
-            assert!((y4[i] as f64 - want).abs() <= 1e-5 * scale + 1e-30, "{ty} [{i}]: {} vs {want}", y4[i]);
+            assert!((yx[i] as f64 - want).abs() <= 1e-5 * scale + 1e-30, "{ty} [{i}]: {} vs {want}", yx[i]);
         }
     }
 }

