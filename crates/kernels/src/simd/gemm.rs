@@ -25,7 +25,8 @@ use crate::linear::{Encoding, MatRef};
 const DECODE_TASK_BYTES: usize = 32 << 10;
 /// Weight bytes per task for several tokens (a slice that stays in L2).
 const PREFILL_TASK_BYTES: usize = 96 << 10;
-/// From this many tokens a product runs as row-widening tiles ([`super::tile`]).
+/// From this many tokens a product runs as a many-token kernel: int8 for
+/// quantized weights that have one, else row-widening f32 tiles ([`super::tile`]).
 const TILE_MIN_TOKENS: usize = 4;
 /// Below this many weight bytes x tokens a product runs on the calling thread.
 const SERIAL_BYTES: usize = 48 << 10;
@@ -139,12 +140,24 @@ struct Scratch {
     outs: Vec<OutPtr>,
 }
 
+/// Which kernel runs a product's rows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// The single-token fast kernel, once per token.
+    Gemv(ActKind),
+    /// Many tokens, quantized weights: each weight block unpacked once per
+    /// group of tokens, int8 dot products ([`super::ggml_dot::multi`],
+    /// [`super::affine_multi`]).
+    Multi(ActKind),
+    /// Many tokens: widen each row to f32 once, multiply four tokens at a time.
+    Tile,
+    /// No fast kernel: the reference path.
+    Reference,
+}
+
 /// How one product runs.
 struct Plan {
-    /// Kernel activation form; `None`: a tile or the reference path.
-    kind: Option<ActKind>,
-    /// Many tokens: widen each row once, multiply four tokens at a time.
-    tile: bool,
+    route: Route,
     /// Index into the prepared activations (when quantized).
     prep: usize,
     rows_per_task: usize,
@@ -179,8 +192,11 @@ pub fn matmul_many(products: &mut [Product]) {
         for p in products.iter() {
             assert_eq!(p.x.len(), p.n_tokens * p.w.cols, "matmul: x length");
             assert_eq!(p.y.len(), p.n_tokens * p.w.rows, "matmul: y length");
-            let tile = p.n_tokens >= TILE_MIN_TOKENS;
-            let kind = act_kind(&p.w.enc).filter(|k| !tile && (!exact || *k == ActKind::F32));
+            let route = route(&p.w.enc, p.n_tokens, exact);
+            let kind = match route {
+                Route::Gemv(k) | Route::Multi(k) => Some(k),
+                Route::Tile | Route::Reference => None,
+            };
             // Share the quantized input with an earlier product of the same slice.
             let key = (p.x.as_ptr() as usize, p.x.len(), kind);
             let prep = match kind {
@@ -201,7 +217,7 @@ pub fn matmul_many(products: &mut [Product]) {
             let row_bytes = (p.w.storage_bytes() / p.w.rows.max(1)).max(1);
             let budget = if p.n_tokens == 1 { DECODE_TASK_BYTES } else { PREFILL_TASK_BYTES };
             let rows_per_task = (budget / row_bytes).clamp(1, p.w.rows.max(1));
-            plans.push(Plan { kind, tile, prep, rows_per_task, first_task: n_tasks });
+            plans.push(Plan { route, prep, rows_per_task, first_task: n_tasks });
             n_tasks += p.w.rows.div_ceil(rows_per_task);
             total_bytes += p.w.storage_bytes() * p.n_tokens;
         }
@@ -222,18 +238,53 @@ pub fn matmul_many(products: &mut [Product]) {
     });
 }
 
+/// How a product of `n_tokens` tokens on weights `enc` runs. From
+/// [`TILE_MIN_TOKENS`] tokens, quantized weights with a many-token int8
+/// kernel take it and everything else the f32 tile; under
+/// [`with_f32_activations`] quantized weights never see int8 activations
+/// (the tile, or the reference path for one to three tokens).
+fn route(enc: &Encoding, n_tokens: usize, exact: bool) -> Route {
+    let kind = act_kind(enc);
+    if n_tokens >= TILE_MIN_TOKENS {
+        return match kind {
+            Some(k @ (ActKind::Q8K | ActKind::Q8x32)) if !exact && has_multi(enc) => Route::Multi(k),
+            _ => Route::Tile,
+        };
+    }
+    match kind {
+        Some(k) if !exact || k == ActKind::F32 => Route::Gemv(k),
+        _ => Route::Reference,
+    }
+}
+
+/// Whether a many-token int8 kernel exists for `enc`.
+fn has_multi(enc: &Encoding) -> bool {
+    match *enc {
+        Encoding::Ggml(ty) => super::ggml_dot::multi::has_multi(ty),
+        Encoding::Affine { bits, group_size, .. } => super::affine_multi::has_multi(bits, group_size),
+        _ => false,
+    }
+}
+
 /// One task: rows `rows` of product `p` for every token.
 fn run_rows(level: Level, p: &Product, plan: &Plan, prep: &Prepared, out: OutPtr, rows: Range<usize>) {
     let (n_rows, cols) = (p.w.rows, p.w.cols);
-    if plan.tile {
-        // SAFETY: `out` is this product's `[T, rows]` output and this task
-        // alone writes rows `rows` (see `OutPtr`).
-        unsafe { super::tile::rows_many_tokens(level, &p.w, rows, p.x, p.n_tokens, out.0) };
-        return;
-    }
-    let Some(kind) = plan.kind else {
-        crate::linear::reference_rows(&p.w, p.x, out.0, p.n_tokens, rows);
-        return;
+    let kind = match plan.route {
+        Route::Tile => {
+            // SAFETY: `out` is this product's `[T, rows]` output and this task
+            // alone writes rows `rows` (see `OutPtr`).
+            unsafe { super::tile::rows_many_tokens(level, &p.w, rows, p.x, p.n_tokens, out.0) };
+            return;
+        }
+        Route::Reference => {
+            crate::linear::reference_rows(&p.w, p.x, out.0, p.n_tokens, rows);
+            return;
+        }
+        Route::Multi(kind) => {
+            run_multi(level, p, kind, prep, out, rows);
+            return;
+        }
+        Route::Gemv(kind) => kind,
     };
     for t in 0..p.n_tokens {
         // SAFETY: `t < n_tokens` and `rows` lies inside `0..n_rows`, so the
@@ -252,5 +303,30 @@ fn run_rows(level: Level, p: &Product, plan: &Plan, prep: &Prepared, out: OutPtr
             }
         };
         gemv(level, &p.w, rows.clone(), x, y);
+    }
+}
+
+/// Rows `rows` of a quantized product for every token with the many-token
+/// int8 kernel (activations prepared for all tokens).
+fn run_multi(level: Level, p: &Product, kind: ActKind, prep: &Prepared, out: OutPtr, rows: Range<usize>) {
+    let (n_rows, n_tokens) = (p.w.rows, p.n_tokens);
+    // SAFETY: `out` is this product's `[T, n_rows]` output; offset to the
+    // task's first row, element `t * n_rows + i` for `i < rows.len()` is row
+    // `rows.start + i` of token `t`, which this task alone writes (`OutPtr`).
+    let y = unsafe { out.0.add(rows.start) };
+    match (p.w.enc, kind) {
+        (Encoding::Ggml(ty), _) => {
+            let rb = p.w.bytes.len() / n_rows.max(1);
+            let w = &p.w.bytes[rows.start * rb..rows.end * rb];
+            // SAFETY: as above; the kernels check `w` and `x` against the shapes.
+            unsafe {
+                match kind {
+                    ActKind::Q8K => super::ggml_dot::multi::gemm_q8k_raw(level, ty, w, rows.len(), &prep.q8k, n_tokens, y, n_rows),
+                    _ => super::ggml_dot::multi::gemm_q8x32_raw(level, ty, w, rows.len(), &prep.q8x32, n_tokens, y, n_rows),
+                }
+            }
+        }
+        // SAFETY: as above.
+        _ => unsafe { super::affine_multi::gemm_affine_raw(level, &p.w, rows, &prep.q8x32, n_tokens, y, n_rows) },
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod act;
 pub mod affine_dot;
+pub mod affine_multi;
 pub mod float_dot;
 pub mod fp8_dot;
 pub mod attention;

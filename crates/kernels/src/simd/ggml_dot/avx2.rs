@@ -8,6 +8,8 @@
 //! Rows are streamed in order with software prefetch [`PREFETCH_BYTES`]
 //! ahead, so the next rows are in flight while this one is multiplied.
 
+pub(super) mod multi;
+
 use std::arch::x86_64::*;
 
 use qmoe_core::GgmlType;

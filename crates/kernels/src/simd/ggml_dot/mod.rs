@@ -26,6 +26,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+pub mod multi;
 mod scalar;
 
 use qmoe_core::GgmlType;

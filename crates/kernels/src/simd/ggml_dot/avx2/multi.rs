@@ -1,0 +1,411 @@
+//! AVX2 many-token kernels: each weight block is unpacked to byte codes
+//! once, in registers, and multiplied with the int8 activations of up to
+//! [`GROUP`] tokens (one accumulator set per token).
+//!
+//! Loop order: token groups outside, rows inside. The driver hands a run of
+//! rows sized to stay in L2, so the first group streams the rows from DRAM
+//! (with the single-token kernels' software prefetch) and later groups read
+//! them from L2, while the group's activations stay in L1.
+//!
+//! Per (block, token) the integer sums are those of the single-token kernels
+//! in [`super`], and so is the f32 scaling of each block; only the 32-wide
+//! types keep one accumulator per token where the single-token kernel
+//! alternates two, so results agree with it to float rounding.
+
+use std::arch::x86_64::*;
+
+use qmoe_core::GgmlType;
+
+use super::{
+    bcast_i16, bsums, f16_at, hsum, iq4_table, iq4_xs_scales, load128, load256, madd, mul_u8,
+    pair_i8, q3_k_scales, q5_codes, scales_mins_k4, split_nibbles, top2, PREFETCH_BYTES,
+};
+use crate::simd::act::{BlockQ8K, BlockQ8x32};
+
+/// Tokens multiplied per weight-block unpacking: 4 tokens' integer and f32
+/// accumulators (8 registers) plus the codes and scales fit AVX2's 16.
+pub(crate) const GROUP: usize = 4;
+
+/// The group loop, expanded inside each `#[target_feature]` function so the
+/// per-type dot (`#[inline]`, same features, const `N` tokens) is inlined.
+/// `$dot::<N>(row, xs, nb) -> [f32; N]`: one row against `N` tokens' blocks.
+macro_rules! groups {
+    ($w:expr, $n_rows:expr, $x:expr, $n_tokens:expr, $y:expr, $stride:expr, $ts:expr, $dot:ident) => {{
+        let (w, n_rows, x, n_tokens, y, stride): (&[u8], usize, &[_], usize, *mut f32, usize) =
+            ($w, $n_rows, $x, $n_tokens, $y, $stride);
+        let nb = x.len() / n_tokens;
+        let row_bytes = nb * $ts;
+        let base = w.as_ptr();
+        let mut t0 = 0;
+        while t0 < n_tokens {
+            let n = (n_tokens - t0).min(GROUP);
+            // Only the first group reads the rows from memory: prefetch for it.
+            let prefetch = t0 == 0;
+            match n {
+                4 => groups!(@run 4, base, n_rows, row_bytes, x, nb, t0, y, stride, prefetch, w.len(), $dot),
+                3 => groups!(@run 3, base, n_rows, row_bytes, x, nb, t0, y, stride, prefetch, w.len(), $dot),
+                2 => groups!(@run 2, base, n_rows, row_bytes, x, nb, t0, y, stride, prefetch, w.len(), $dot),
+                _ => groups!(@run 1, base, n_rows, row_bytes, x, nb, t0, y, stride, prefetch, w.len(), $dot),
+            }
+            t0 += n;
+        }
+    }};
+    (@run $n:literal, $base:expr, $n_rows:expr, $row_bytes:expr, $x:expr, $nb:expr, $t0:expr, $y:expr,
+     $stride:expr, $prefetch:expr, $len:expr, $dot:ident) => {{
+        let xs: [*const _; $n] = std::array::from_fn(|t| $x.as_ptr().add(($t0 + t) * $nb));
+        let mut fetched = 0;
+        for r in 0..$n_rows {
+            if $prefetch {
+                let until = ((r + 1) * $row_bytes + PREFETCH_BYTES).min($len);
+                while fetched < until {
+                    _mm_prefetch::<_MM_HINT_T0>($base.add(fetched) as *const i8);
+                    fetched += 64;
+                }
+            }
+            let out = $dot::<$n>($base.add(r * $row_bytes), xs, $nb);
+            for (t, v) in out.into_iter().enumerate() {
+                *$y.add(($t0 + t) * $stride + r) = v;
+            }
+        }
+    }};
+}
+
+/// # Safety
+/// The CPU runs AVX2, FMA and F16C; `ty` takes Q8K activations; `x` holds
+/// `n_tokens >= 1` rows of `nb` blocks; `w` is exactly `n_rows` rows of `nb`
+/// blocks of `ty`; `y` is valid for writes at `t * y_stride + r` for every
+/// `t < n_tokens`, `r < n_rows`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn gemm_q8k(ty: GgmlType, w: &[u8], n_rows: usize, x: &[BlockQ8K], n_tokens: usize, y: *mut f32, y_stride: usize) {
+    // SAFETY (each arm): the caller's contract, passed on unchanged.
+    match ty {
+        GgmlType::Q2K => groups!(w, n_rows, x, n_tokens, y, y_stride, 84, dot_q2_k),
+        GgmlType::Q3K => groups!(w, n_rows, x, n_tokens, y, y_stride, 110, dot_q3_k),
+        GgmlType::Q4K => groups!(w, n_rows, x, n_tokens, y, y_stride, 144, dot_q4_k),
+        GgmlType::Q5K => groups!(w, n_rows, x, n_tokens, y, y_stride, 176, dot_q5_k),
+        GgmlType::Q6K => groups!(w, n_rows, x, n_tokens, y, y_stride, 210, dot_q6_k),
+        GgmlType::IQ4XS => groups!(w, n_rows, x, n_tokens, y, y_stride, 136, dot_iq4_xs),
+        _ => unreachable!("gemm_q8k: {ty} (checked by the caller)"),
+    }
+}
+
+/// # Safety
+/// As [`gemm_q8k`], for a type taking Q8x32 activations.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn gemm_q8x32(ty: GgmlType, w: &[u8], n_rows: usize, x: &[BlockQ8x32], n_tokens: usize, y: *mut f32, y_stride: usize) {
+    // SAFETY (each arm): the caller's contract, passed on unchanged.
+    match ty {
+        GgmlType::Q8_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, 34, dot_q8_0),
+        GgmlType::Q4_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, 18, dot_q4_0),
+        GgmlType::Q4_1 => groups!(w, n_rows, x, n_tokens, y, y_stride, 20, dot_q4_1),
+        GgmlType::Q5_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, 22, dot_q5_0),
+        GgmlType::Q5_1 => groups!(w, n_rows, x, n_tokens, y, y_stride, 24, dot_q5_1),
+        GgmlType::IQ4NL => groups!(w, n_rows, x, n_tokens, y, y_stride, 18, dot_iq4_nl),
+        _ => unreachable!("gemm_q8x32: {ty} (checked by the caller)"),
+    }
+}
+
+// Each `dot_*` below: # Safety: `row` points at `nb` readable blocks of the
+// type, each `xs[t]` at `nb` activation blocks, and the CPU runs AVX2 + FMA
+// + F16C.
+
+// ---- 32-value blocks (Q8x32 activations) --------------------------------------
+
+/// The 32-wide block loop: `$codes` (of block pointer `$b`) the weight codes
+/// once per block; signed codes (`signed`) go through the sign trick with
+/// their absolute value taken once; `$m` the offset of `d q + m` types.
+macro_rules! dot32 {
+    ($row:expr, $xs:expr, $nb:expr, $ts:expr, |$b:ident| $codes:expr, $signed:expr, $m:expr) => {{
+        let (row, xs, nb): (*const u8, [*const BlockQ8x32; N], usize) = ($row, $xs, $nb);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut offs = [0.0f32; N];
+        for i in 0..nb {
+            let $b = row.add(i * $ts);
+            let q = $codes;
+            let d = f16_at($b);
+            let m: Option<f32> = $m;
+            let aq = if $signed { _mm256_sign_epi8(q, q) } else { q };
+            for t in 0..N {
+                let xb = &*xs[t].add(i);
+                let xv = load256(xb.qs.as_ptr() as *const u8);
+                let xv = if $signed { _mm256_sign_epi8(xv, q) } else { xv };
+                let p = madd(_mm256_maddubs_epi16(aq, xv), ones);
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p), acc[t]);
+                if let Some(m) = m {
+                    offs[t] += m * xb.sum;
+                }
+            }
+        }
+        std::array::from_fn(|t| hsum(acc[t]) + offs[t])
+    }};
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q8_0<const N: usize>(row: *const u8, xs: [*const BlockQ8x32; N], nb: usize) -> [f32; N] {
+    dot32!(row, xs, nb, 34, |b| load256(b.add(2)), true, None)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q4_0<const N: usize>(row: *const u8, xs: [*const BlockQ8x32; N], nb: usize) -> [f32; N] {
+    let eight = _mm256_set1_epi8(8);
+    dot32!(row, xs, nb, 18, |b| _mm256_sub_epi8(split_nibbles(load128(b.add(2))), eight), true, None)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q4_1<const N: usize>(row: *const u8, xs: [*const BlockQ8x32; N], nb: usize) -> [f32; N] {
+    dot32!(row, xs, nb, 20, |b| split_nibbles(load128(b.add(4))), false, Some(f16_at(b.add(2))))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q5_0<const N: usize>(row: *const u8, xs: [*const BlockQ8x32; N], nb: usize) -> [f32; N] {
+    dot32!(row, xs, nb, 22, |b| q5_codes(b, 2, 6, true), true, None)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q5_1<const N: usize>(row: *const u8, xs: [*const BlockQ8x32; N], nb: usize) -> [f32; N] {
+    dot32!(row, xs, nb, 24, |b| q5_codes(b, 4, 8, false), false, Some(f16_at(b.add(2))))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_iq4_nl<const N: usize>(row: *const u8, xs: [*const BlockQ8x32; N], nb: usize) -> [f32; N] {
+    let table = iq4_table();
+    dot32!(row, xs, nb, 18, |b| _mm256_shuffle_epi8(table, split_nibbles(load128(b.add(2)))), true, None)
+}
+
+// ---- 256-value super-blocks (Q8K activations) -----------------------------------
+
+/// Q4_K / Q5_K: the codes of each pair of sub-blocks unpacked once, then
+/// every token's 64 activations against them.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q45_k<const FIVE: bool, const N: usize>(row: *const u8, xs: [*const BlockQ8K; N], nb: usize) -> [f32; N] {
+    let (ts, qs_at) = if FIVE { (176, 48) } else { (144, 16) };
+    let m4 = _mm256_set1_epi8(0x0F);
+    let one = _mm256_set1_epi8(1);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for i in 0..nb {
+        let b = row.add(i * ts);
+        let (d, dmin) = (f16_at(b), f16_at(b.add(2)));
+        let (sc, m) = scales_mins_k4(&*(b.add(4) as *const [u8; 12]));
+        // Mins: [m0, m0, m1, m1, ..] as i16 against the 16 group sums.
+        let m8 = _mm_cvtsi64_si128(m as i64);
+        let mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
+        let sc16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64));
+        let sc = _mm256_set_m128i(sc16, sc16);
+        let qh = if FIVE { load256(b.add(16)) } else { _mm256_setzero_si256() };
+        let mut sumi = [_mm256_setzero_si256(); N];
+        for p in 0..4 {
+            let q = load256(b.add(qs_at + 32 * p));
+            let mut lo = _mm256_and_si256(q, m4);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+            if FIVE {
+                // Bit 2p of qh[l] tops value l of sub-block 2p, bit 2p + 1 of 2p + 1.
+                let hl = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * p as i32)), one);
+                let hh = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * p as i32 + 1)), one);
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hl));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16::<4>(hh));
+            }
+            let j = 2 * p as i16;
+            let (s_lo, s_hi) = (bcast_i16(sc, j), bcast_i16(sc, j + 1));
+            for t in 0..N {
+                let xq = (*xs[t].add(i)).qs.as_ptr() as *const u8;
+                let plo = mul_u8(lo, load256(xq.add(64 * p)));
+                let phi = mul_u8(hi, load256(xq.add(64 * p + 32)));
+                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(madd(plo, s_lo), madd(phi, s_hi)));
+            }
+        }
+        for t in 0..N {
+            let xb = &*xs[t].add(i);
+            let summ = madd(mins, bsums(xb));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * xb.d), _mm256_cvtepi32_ps(summ), acc[t]);
+        }
+    }
+    acc.map(|a| hsum(a))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q4_k<const N: usize>(row: *const u8, xs: [*const BlockQ8K; N], nb: usize) -> [f32; N] {
+    dot_q45_k::<false, N>(row, xs, nb)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q5_k<const N: usize>(row: *const u8, xs: [*const BlockQ8K; N], nb: usize) -> [f32; N] {
+    dot_q45_k::<true, N>(row, xs, nb)
+}
+
+/// Q6_K: each 32-value run of 6-bit codes assembled once, then every
+/// token's activations against it; the `- 32` through the group sums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q6_k<const N: usize>(row: *const u8, xs: [*const BlockQ8K; N], nb: usize) -> [f32; N] {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for i in 0..nb {
+        let b = row.add(i * 210);
+        let d = f16_at(b.add(208));
+        let sc = load128(b.add(192));
+        let mut sumi = [_mm256_setzero_si256(); N];
+        for n in 0..2 {
+            let ql0 = load256(b.add(64 * n));
+            let ql1 = load256(b.add(64 * n + 32));
+            let qh = load256(b.add(128 + 32 * n));
+            for k in 0..4 {
+                let q = match k {
+                    0 => _mm256_or_si256(_mm256_and_si256(ql0, m4), top2(qh)),
+                    1 => _mm256_or_si256(_mm256_and_si256(ql1, m4), top2(_mm256_srli_epi16::<2>(qh))),
+                    2 => _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                        top2(_mm256_srli_epi16::<4>(qh)),
+                    ),
+                    _ => _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                        top2(_mm256_srli_epi16::<6>(qh)),
+                    ),
+                };
+                let g = (8 * n + 2 * k) as i64;
+                let s = pair_i8(sc, g, g + 1);
+                for t in 0..N {
+                    let xq = (*xs[t].add(i)).qs.as_ptr() as *const u8;
+                    let p = mul_u8(q, load256(xq.add(128 * n + 32 * k)));
+                    sumi[t] = _mm256_add_epi32(sumi[t], madd(p, s));
+                }
+            }
+        }
+        let sc16 = _mm256_cvtepi8_epi16(sc);
+        for t in 0..N {
+            let xb = &*xs[t].add(i);
+            let offs = madd(sc16, bsums(xb));
+            let s = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32::<5>(offs));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(s), acc[t]);
+        }
+    }
+    acc.map(|a| hsum(a))
+}
+
+/// Q2_K: the four 2-bit runs of each half cut once per block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q2_k<const N: usize>(row: *const u8, xs: [*const BlockQ8K; N], nb: usize) -> [f32; N] {
+    let m2 = _mm256_set1_epi8(3);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for i in 0..nb {
+        let b = row.add(i * 84);
+        let (d, dmin) = (f16_at(b.add(80)), f16_at(b.add(82)));
+        let raw = load128(b);
+        let sc = _mm_and_si128(raw, _mm_set1_epi8(0x0F));
+        let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(raw), _mm_set1_epi8(0x0F)));
+        let mut sumi = [_mm256_setzero_si256(); N];
+        for n in 0..2 {
+            let qv = load256(b.add(16 + 32 * n));
+            for k in 0..4 {
+                let q = _mm256_and_si256(_mm256_srl_epi16(qv, _mm_cvtsi32_si128(2 * k as i32)), m2);
+                let g = (8 * n + 2 * k) as i64;
+                let s = pair_i8(sc, g, g + 1);
+                for t in 0..N {
+                    let xq = (*xs[t].add(i)).qs.as_ptr() as *const u8;
+                    let p = mul_u8(q, load256(xq.add(128 * n + 32 * k)));
+                    sumi[t] = _mm256_add_epi32(sumi[t], madd(p, s));
+                }
+            }
+        }
+        for t in 0..N {
+            let xb = &*xs[t].add(i);
+            let summ = madd(mins, bsums(xb));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * xb.d), _mm256_cvtepi32_ps(summ), acc[t]);
+        }
+    }
+    acc.map(|a| hsum(a))
+}
+
+/// Q3_K: codes `q2 + 4h` assembled once per run; the `- 4` through the
+/// group sums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q3_k<const N: usize>(row: *const u8, xs: [*const BlockQ8K; N], nb: usize) -> [f32; N] {
+    let m2 = _mm256_set1_epi8(3);
+    let one = _mm256_set1_epi8(1);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for i in 0..nb {
+        let b = row.add(i * 110);
+        let d = f16_at(b.add(108));
+        let scales = q3_k_scales(std::slice::from_raw_parts(b.add(96), 12));
+        let sc = load128(scales.as_ptr() as *const u8);
+        let sc16 = _mm256_cvtepi8_epi16(sc);
+        let hm = load256(b);
+        let mut sumi = [_mm256_setzero_si256(); N];
+        for n in 0..2 {
+            let qv = load256(b.add(32 + 32 * n));
+            for k in 0..4 {
+                let q2 = _mm256_and_si256(_mm256_srl_epi16(qv, _mm_cvtsi32_si128(2 * k as i32)), m2);
+                let h = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128((4 * n + k) as i32)), one);
+                let q = _mm256_or_si256(q2, _mm256_slli_epi16::<2>(h));
+                let g = (8 * n + 2 * k) as i64;
+                let s = pair_i8(sc, g, g + 1);
+                for t in 0..N {
+                    let xq = (*xs[t].add(i)).qs.as_ptr() as *const u8;
+                    let p = mul_u8(q, load256(xq.add(128 * n + 32 * k)));
+                    sumi[t] = _mm256_add_epi32(sumi[t], madd(p, s));
+                }
+            }
+        }
+        for t in 0..N {
+            let xb = &*xs[t].add(i);
+            let offs = madd(sc16, bsums(xb));
+            let s = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32::<2>(offs));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(s), acc[t]);
+        }
+    }
+    acc.map(|a| hsum(a))
+}
+
+/// IQ4_XS: each pair of sub-blocks looked up in the level table once (and
+/// its absolute value taken once for the sign trick), then every token's
+/// activations, gathered to the nibble layout, against it.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_iq4_xs<const N: usize>(row: *const u8, xs: [*const BlockQ8K; N], nb: usize) -> [f32; N] {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let table = iq4_table();
+    // vpshufb indices of i16 element 0 (low half) and 1 (high half); pair p adds 2p.
+    let pick = _mm256_setr_epi8(
+        0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3,
+    );
+    let mut acc = [_mm256_setzero_ps(); N];
+    for i in 0..nb {
+        let b = row.add(i * 136);
+        let d = f16_at(b);
+        let ls = iq4_xs_scales(b);
+        let mut sumi = [_mm256_setzero_si256(); N];
+        for p in 0..4 {
+            let q = load256(b.add(8 + 32 * p));
+            let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(q, m4));
+            let hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4));
+            let (alo, ahi) = (_mm256_sign_epi8(lo, lo), _mm256_sign_epi8(hi, hi));
+            let sc = _mm256_shuffle_epi8(ls, _mm256_add_epi16(pick, _mm256_set1_epi16(((4 * p as i16) << 8) | (4 * p as i16))));
+            for t in 0..N {
+                let x = ((*xs[t].add(i)).qs.as_ptr() as *const u8).add(64 * p);
+                let x_lo = _mm256_loadu2_m128i(x.add(32) as *const __m128i, x as *const __m128i);
+                let x_hi = _mm256_loadu2_m128i(x.add(48) as *const __m128i, x.add(16) as *const __m128i);
+                let plo = _mm256_maddubs_epi16(alo, _mm256_sign_epi8(x_lo, lo));
+                let phi = _mm256_maddubs_epi16(ahi, _mm256_sign_epi8(x_hi, hi));
+                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(madd(plo, sc), madd(phi, sc)));
+            }
+        }
+        for t in 0..N {
+            let xb = &*xs[t].add(i);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+        }
+    }
+    acc.map(|a| hsum(a))
+}

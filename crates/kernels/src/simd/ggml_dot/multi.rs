@@ -1,0 +1,160 @@
+//! Many-token products of ggml weight blocks with int8 activations (prefill).
+//!
+//! `y[t * y_stride + i] = dot(row i of w, x[t])` for `n_rows` rows stored
+//! contiguously in `w` and `n_tokens` tokens, `x` holding each token's
+//! blocks one token after the other. The AVX2 level unpacks each weight
+//! block once per group of tokens ([`avx2::multi`](super::avx2)) instead of
+//! once per token, and reads a run of rows from memory once for all tokens.
+//!
+//! The scalar twin runs the single-token scalar kernel per token: the same
+//! integer sums per (sub-)block, so the levels agree to float rounding, and
+//! the AVX2 level agrees with [`super::gemv_q8k`] / [`super::gemv_q8x32`]
+//! per token to float rounding (bit for bit for the 256-wide types, which
+//! keep its summation order).
+
+use qmoe_core::GgmlType;
+
+use super::{act_kind, avx2_usable, check_bytes, scalar};
+use crate::simd::act::{BlockQ8K, BlockQ8x32};
+use crate::simd::{ActKind, Level};
+
+/// Whether `ty` has a many-token int8 kernel (every quantized ggml type).
+pub fn has_multi(ty: GgmlType) -> bool {
+    act_kind(ty).is_some()
+}
+
+/// `y[t * y_stride + i] = dot(row i of w, x[t])` for `i < n_rows`,
+/// `t < n_tokens`; `x` holds `n_tokens` rows of `blocks_per_row` blocks.
+///
+/// # Panics
+/// If `ty` does not take Q8K activations, or the lengths of `w`, `x`, `y`
+/// do not match the shapes.
+#[allow(clippy::too_many_arguments)] // weights, activations, output: each with its shape
+pub fn gemm_q8k(
+    level: Level,
+    ty: GgmlType,
+    w: &[u8],
+    n_rows: usize,
+    x: &[BlockQ8K],
+    n_tokens: usize,
+    y: &mut [f32],
+    y_stride: usize,
+) {
+    check_y(y.len(), n_rows, n_tokens, y_stride);
+    // SAFETY: `check_y` proved every `t * y_stride + i` inside `y`.
+    unsafe { gemm_q8k_raw(level, ty, w, n_rows, x, n_tokens, y.as_mut_ptr(), y_stride) }
+}
+
+/// As [`gemm_q8k`], for the 32-wide types (Q8x32 activations).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_q8x32(
+    level: Level,
+    ty: GgmlType,
+    w: &[u8],
+    n_rows: usize,
+    x: &[BlockQ8x32],
+    n_tokens: usize,
+    y: &mut [f32],
+    y_stride: usize,
+) {
+    check_y(y.len(), n_rows, n_tokens, y_stride);
+    // SAFETY: as in `gemm_q8k`.
+    unsafe { gemm_q8x32_raw(level, ty, w, n_rows, x, n_tokens, y.as_mut_ptr(), y_stride) }
+}
+
+/// [`gemm_q8k`] into a raw output, so that threads can fill disjoint rows
+/// of one product.
+///
+/// # Safety
+/// `y` is valid for writes at `t * y_stride + i` for every `t < n_tokens`,
+/// `i < n_rows`, and nothing else accesses those elements during the call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_q8k_raw(
+    level: Level,
+    ty: GgmlType,
+    w: &[u8],
+    n_rows: usize,
+    x: &[BlockQ8K],
+    n_tokens: usize,
+    y: *mut f32,
+    y_stride: usize,
+) {
+    assert_eq!(act_kind(ty), Some(ActKind::Q8K), "gemm_q8k: {ty} does not take Q8K activations");
+    let nb = blocks_per_row(x.len(), n_tokens);
+    check_bytes(ty, w.len(), nb, n_rows);
+    if n_rows == 0 || n_tokens == 0 {
+        return;
+    }
+    if avx2_usable(level) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked just above); `w`
+        // is exactly `n_rows` rows of `nb` blocks, `x` `n_tokens` rows of
+        // `nb`; `y` is the caller's contract.
+        unsafe {
+            super::avx2::multi::gemm_q8k(ty, w, n_rows, x, n_tokens, y, y_stride)
+        };
+        return;
+    }
+    for t in 0..n_tokens {
+        // SAFETY: the caller's contract covers `t * y_stride + 0 .. n_rows`.
+        let yt = unsafe { std::slice::from_raw_parts_mut(y.add(t * y_stride), n_rows) };
+        scalar::gemv_q8k(ty, w, &x[t * nb..(t + 1) * nb], yt);
+    }
+}
+
+/// [`gemm_q8x32`] into a raw output.
+///
+/// # Safety
+/// As [`gemm_q8k_raw`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_q8x32_raw(
+    level: Level,
+    ty: GgmlType,
+    w: &[u8],
+    n_rows: usize,
+    x: &[BlockQ8x32],
+    n_tokens: usize,
+    y: *mut f32,
+    y_stride: usize,
+) {
+    assert_eq!(act_kind(ty), Some(ActKind::Q8x32), "gemm_q8x32: {ty} does not take Q8x32 activations");
+    let nb = blocks_per_row(x.len(), n_tokens);
+    check_bytes(ty, w.len(), nb, n_rows);
+    if n_rows == 0 || n_tokens == 0 {
+        return;
+    }
+    if avx2_usable(level) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `gemm_q8k_raw`.
+        unsafe {
+            super::avx2::multi::gemm_q8x32(ty, w, n_rows, x, n_tokens, y, y_stride)
+        };
+        return;
+    }
+    for t in 0..n_tokens {
+        // SAFETY: the caller's contract covers `t * y_stride + 0 .. n_rows`.
+        let yt = unsafe { std::slice::from_raw_parts_mut(y.add(t * y_stride), n_rows) };
+        scalar::gemv_q8x32(ty, w, &x[t * nb..(t + 1) * nb], yt);
+    }
+}
+
+/// Blocks per token: `x` must split evenly over the tokens.
+fn blocks_per_row(blocks: usize, n_tokens: usize) -> usize {
+    if n_tokens == 0 {
+        assert_eq!(blocks, 0, "ggml gemm: {blocks} activation blocks for 0 tokens");
+        return 0;
+    }
+    assert_eq!(blocks % n_tokens, 0, "ggml gemm: {blocks} activation blocks for {n_tokens} tokens");
+    blocks / n_tokens
+}
+
+/// `y` must hold element `t * y_stride + i` for every token and row, and the
+/// tokens' rows must not overlap.
+fn check_y(len: usize, n_rows: usize, n_tokens: usize, y_stride: usize) {
+    if n_rows == 0 || n_tokens == 0 {
+        return;
+    }
+    assert!(n_tokens == 1 || y_stride >= n_rows, "ggml gemm: stride {y_stride} < {n_rows} rows");
+    let need = (n_tokens - 1).checked_mul(y_stride).and_then(|v| v.checked_add(n_rows));
+    assert!(need.is_some_and(|n| n <= len), "ggml gemm: y of {len} for {n_tokens} tokens of stride {y_stride}");
+}
