@@ -5,13 +5,17 @@
 //! [`super::affine_dot`]'s: per 32-block an exact integer dot `Σ q_i qs_i`,
 //! scaled by `d_b · scale_g`, plus `bias_g` times the group's exact input sum.
 //!
-//! The AVX2 level (4- and 8-bit) unpacks each weight block once per group of
-//! up to [`GROUP`] tokens into codes in natural order (4-bit: nibbles to
-//! bytes, multiplied unsigned; 8-bit: bytes widened to i16, since
-//! `255 · 127 · 2` would saturate `maddubs`), so the activations are used as
-//! quantized, with no per-pass rearranging. Token groups run outside, rows
-//! inside: the driver's run of rows stays in L2 for every group after the
-//! first. Other widths run the single-token kernel per token.
+//! The AVX2 level (4- and 8-bit) reads each weight block once per group of
+//! up to [`GROUP`] tokens and multiplies it with every token of the group.
+//! 4-bit with an even number of blocks per group (mlx's 64 and 128): each
+//! token's activations are first rearranged to the nibble layout (as
+//! [`super::affine_dot`] does per pass), so two blocks' weights are one
+//! 32-byte load split into low and high nibbles, and the bias term is one
+//! vector dot of the row's biases with the token's group sums. Other 4-bit
+//! groups: nibbles interleaved back to natural order per block. 8-bit: bytes
+//! widened to i16 (`255 · 127 · 2` would saturate `maddubs`). Token groups
+//! run outside, rows inside: the driver's run of rows stays in L2 for every
+//! group after the first. Other widths run the single-token kernel per token.
 //!
 //! The scalar twin is the single-token scalar kernel per token: the same
 //! integer block sums, so the levels (and the per-token kernels) agree to
@@ -114,6 +118,7 @@ pub(crate) unsafe fn gemm_affine_raw(
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+    use std::cell::RefCell;
     use std::ops::Range;
 
     use qmoe_core::dtype::DType;
@@ -175,6 +180,35 @@ mod x86 {
         prefetch: bool,
     ) {
         let xs: [*const BlockQ8x32; N] = std::array::from_fn(|t| x.add(t * nb));
+        if B == 4 && m.per_group.is_multiple_of(2) {
+            PAIRS.with(|pairs| {
+                GSUM.with(|gsum| {
+                    let (mut pairs, mut gsum) = (pairs.borrow_mut(), gsum.borrow_mut());
+                    let gpad = m.groups.next_multiple_of(8);
+                    pairs.resize(N * 3 * (nb / 2), _mm256_setzero_si256());
+                    gsum.resize(N * gpad, 0.0);
+                    for t in 0..N {
+                        prepare_pairs(m, xs[t], &mut pairs[t * 3 * (nb / 2)..][..3 * (nb / 2)], &mut gsum[t * gpad..][..gpad]);
+                    }
+                    let base = m.words.as_ptr();
+                    let mut fetched = rows.start * m.row_bytes;
+                    for (i, r) in rows.clone().enumerate() {
+                        if prefetch {
+                            let until = ((r + 1) * m.row_bytes + PREFETCH_BYTES).min(m.words.len());
+                            while fetched < until {
+                                _mm_prefetch::<_MM_HINT_T0>(base.add(fetched) as *const i8);
+                                fetched += 64;
+                            }
+                        }
+                        let out = row_pairs::<N>(m, r, &pairs, &gsum, gpad);
+                        for (t, v) in out.into_iter().enumerate() {
+                            *y.add(t * y_stride + i) = v;
+                        }
+                    }
+                })
+            });
+            return;
+        }
         let base = m.words.as_ptr();
         let len = m.words.len();
         let mut fetched = rows.start * m.row_bytes;
@@ -191,6 +225,113 @@ mod x86 {
                 *y.add(t * y_stride + i) = v;
             }
         }
+    }
+
+    thread_local! {
+        /// A token group's activations in the 4-bit pair layout, per token
+        /// `[nb / 2][3]`: even-indexed codes of blocks `2p, 2p + 1`, their
+        /// odd-indexed codes, `[d_2p ×4, d_2p+1 ×4]` (grow-only per worker).
+        static PAIRS: RefCell<Vec<__m256i>> = const { RefCell::new(Vec::new()) };
+        /// Per token: the exact input sum of each group, zero-padded to 8.
+        static GSUM: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Rearranges one token's blocks `x` (`groups * per_group`, an even
+    /// number per group) into `pairs` and its group sums into `gsum`, so
+    /// that a 32-byte load of two blocks' weights meets them with no
+    /// shuffles: its low nibbles are the blocks' even-indexed values, its
+    /// high nibbles the odd-indexed ones (one block per 128-bit lane).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn prepare_pairs(m: &Mat, x: *const BlockQ8x32, pairs: &mut [__m256i], gsum: &mut [f32]) {
+        // Per 128-bit lane: the 8 even-indexed bytes, then the 8 odd ones.
+        let split = _mm256_setr_epi8(
+            0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, //
+            0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+        );
+        // Block k's codes as [evens 0..32 | odds 0..32] (16 bytes each).
+        let evens_odds = |k: usize| {
+            let v = _mm256_loadu_si256((*x.add(k)).qs.as_ptr() as *const __m256i);
+            _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(v, split))
+        };
+        for (p, out) in pairs.chunks_exact_mut(3).enumerate() {
+            let (a, b) = (evens_odds(2 * p), evens_odds(2 * p + 1));
+            out[0] = _mm256_permute2x128_si256::<0x20>(a, b);
+            out[1] = _mm256_permute2x128_si256::<0x31>(a, b);
+            let (d0, d1) = ((*x.add(2 * p)).d, (*x.add(2 * p + 1)).d);
+            out[2] = _mm256_castps_si256(_mm256_set_m128(_mm_set1_ps(d1), _mm_set1_ps(d0)));
+        }
+        gsum.fill(0.0);
+        for (g, s) in gsum.iter_mut().take(m.groups).enumerate() {
+            for k in g * m.per_group..(g + 1) * m.per_group {
+                *s += (*x.add(k)).sum;
+            }
+        }
+    }
+
+    /// `n <= 8` floats of `dt` from element `i` of `p`, zero-padded to 8.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(dt: DType, p: *const u8, i: usize, n: usize) -> __m256 {
+        let es = dt.size();
+        let mut pad = [0u8; 32];
+        let src = if n == 8 {
+            p.add(i * es)
+        } else {
+            std::ptr::copy_nonoverlapping(p.add(i * es), pad.as_mut_ptr(), n * es);
+            pad.as_ptr()
+        };
+        match dt {
+            DType::F32 => _mm256_loadu_ps(src as *const f32),
+            DType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(src as *const __m128i)),
+            _ => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(src as *const __m128i)))),
+        }
+    }
+
+    /// Row `r` (4-bit, an even number of blocks per group) against the `N`
+    /// tokens prepared in `pairs` / `gsum` (`gpad` sums per token): per pair
+    /// of blocks the weights loaded and split into nibbles once, each token
+    /// two `maddubs` on its prepared codes; the bias term one vector dot of
+    /// the row's biases with each token's group sums.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn row_pairs<const N: usize>(m: &Mat, r: usize, pairs: &[__m256i], gsum: &[f32], gpad: usize) -> [f32; N] {
+        let words = m.words.as_ptr().add(r * m.row_bytes);
+        let srow = m.scales.as_ptr().add(r * m.groups * m.dt.size());
+        let brow = m.biases.as_ptr().add(r * m.groups * m.dt.size());
+        let np = m.groups * m.per_group / 2;
+        let per_token = 3 * np;
+        assert!(pairs.len() >= N * per_token && gsum.len() >= N * gpad);
+        let pp = pairs.as_ptr();
+        let nib = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let pairs_per_group = m.per_group / 2;
+        let mut lanes = [_mm256_setzero_ps(); N];
+        for g in 0..m.groups {
+            let sc = _mm256_set1_ps(float_at(m.dt, srow, g));
+            for p in g * pairs_per_group..(g + 1) * pairs_per_group {
+                let v = _mm256_loadu_si256(words.add(32 * p) as *const __m256i);
+                let (lo, hi) = (_mm256_and_si256(v, nib), _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib));
+                for (t, lane) in lanes.iter_mut().enumerate() {
+                    let x = pp.add(t * per_token + 3 * p);
+                    // |each maddubs lane| <= 2 * 15 * 127: the i16 add cannot overflow.
+                    let s = _mm256_add_epi16(_mm256_maddubs_epi16(lo, *x), _mm256_maddubs_epi16(hi, *x.add(1)));
+                    let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(s, ones));
+                    *lane = _mm256_fmadd_ps(s, _mm256_mul_ps(_mm256_castsi256_ps(*x.add(2)), sc), *lane);
+                }
+            }
+        }
+        // Bias term: Σ_g bias_g · gsum_g, 8 groups at a time.
+        let mut bsum = [_mm256_setzero_ps(); N];
+        let mut g = 0;
+        while g < m.groups {
+            let n = (m.groups - g).min(8);
+            let b = load8(m.dt, brow, g, n);
+            for (t, acc) in bsum.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(b, _mm256_loadu_ps(gsum.as_ptr().add(t * gpad + g)), *acc);
+            }
+            g += n;
+        }
+        std::array::from_fn(|t| hsum(lanes[t]) + hsum(bsum[t]))
     }
 
     /// Element `i` of a little-endian F32 / F16 / BF16 array at `p`.
