@@ -6,7 +6,8 @@
 //! * `f32 tile`: `linear::matmul` under `with_f32_activations` (rows widened
 //!   to f32 once, four tokens per FMA pass);
 //! * `gemv/token`: the single-token int8 kernel once per token over the
-//!   whole matrix.
+//!   whole matrix;
+//! and the share of `matmul`'s time spent quantizing the activations.
 //!
 //! `cargo run --release -p qmoe-kernels --example prefill_gemm -- [FORMAT ...]
 //!  [--tokens 64] [--iters 9]`; FORMAT: q4k q5k q6k q8_0 q4_0 iq4xs a4 a8
@@ -169,14 +170,26 @@ fn main() {
                     }
                 }
             };
+            // The driver quantizes the activations once per product: its share.
+            let t_quant = match format(name) {
+                Format::Ggml(ty) if ggml_dot::act_kind(ty) == Some(ActKind::Q8K) => {
+                    let mut xq = vec![BlockQ8K::default(); tokens * cols / 256];
+                    time(iters, || quantize_q8k(&x, &mut xq))
+                }
+                _ => {
+                    let mut xq = vec![BlockQ8x32::default(); tokens * cols / 32];
+                    time(iters, || quantize_q8x32(&x, &mut xq))
+                }
+            };
             let t_matmul = time(iters, || matmul(&w, &x, &mut y, tokens));
             let t_tile = time(iters, || with_f32_activations(|| matmul(&w, &x, &mut y, tokens)));
             println!(
-                "{name:>5} [{rows:>4} x {cols:>4}]: multi {:6.1}  matmul {:6.1}  f32 tile {:6.1}  gemv/token {:6.1} GFLOP/s",
+                "{name:>5} [{rows:>4} x {cols:>4}]: multi {:6.1}  matmul {:6.1}  f32 tile {:6.1}  gemv/token {:6.1} GFLOP/s  (act quantization {:.0}% of matmul)",
                 gf(t_multi),
                 gf(t_matmul),
                 gf(t_tile),
-                gf(t_gemv)
+                gf(t_gemv),
+                100.0 * t_quant / t_matmul
             );
         }
     }

@@ -12,8 +12,9 @@
 //! [`super::affine_dot`] does per pass), so two blocks' weights are one
 //! 32-byte load split into low and high nibbles, and the bias term is one
 //! vector dot of the row's biases with the token's group sums. Other 4-bit
-//! groups: nibbles interleaved back to natural order per block. 8-bit: bytes
-//! widened to i16 (`255 · 127 · 2` would saturate `maddubs`). Token groups
+//! groups: nibbles interleaved back to natural order per block. 8-bit: weight
+//! bytes and (once per token group) activation codes widened to i16, since
+//! `255 · 127 · 2` would saturate `maddubs`. Token groups
 //! run outside, rows inside: the driver's run of rows stays in L2 for every
 //! group after the first. Other widths run the single-token kernel per token.
 //!
@@ -180,15 +181,23 @@ mod x86 {
         prefetch: bool,
     ) {
         let xs: [*const BlockQ8x32; N] = std::array::from_fn(|t| x.add(t * nb));
-        if B == 4 && m.per_group.is_multiple_of(2) {
+        // Prepared layouts: 4-bit pairs (an even number of blocks per group) or 8-bit widened codes.
+        let wide = B == 8;
+        if wide || (B == 4 && m.per_group.is_multiple_of(2)) {
+            let per_token = if wide { 3 * nb } else { 3 * (nb / 2) };
             PAIRS.with(|pairs| {
                 GSUM.with(|gsum| {
                     let (mut pairs, mut gsum) = (pairs.borrow_mut(), gsum.borrow_mut());
                     let gpad = m.groups.next_multiple_of(8);
-                    pairs.resize(N * 3 * (nb / 2), _mm256_setzero_si256());
+                    pairs.resize(N * per_token, _mm256_setzero_si256());
                     gsum.resize(N * gpad, 0.0);
                     for t in 0..N {
-                        prepare_pairs(m, xs[t], &mut pairs[t * 3 * (nb / 2)..][..3 * (nb / 2)], &mut gsum[t * gpad..][..gpad]);
+                        let (pt, gt) = (&mut pairs[t * per_token..][..per_token], &mut gsum[t * gpad..][..gpad]);
+                        if wide {
+                            prepare_wide(m, xs[t], pt, gt)
+                        } else {
+                            prepare_pairs(m, xs[t], pt, gt)
+                        }
                     }
                     let base = m.words.as_ptr();
                     let mut fetched = rows.start * m.row_bytes;
@@ -200,7 +209,11 @@ mod x86 {
                                 fetched += 64;
                             }
                         }
-                        let out = row_pairs::<N>(m, r, &pairs, &gsum, gpad);
+                        let out = if wide {
+                            row_prepared::<N, true>(m, r, &pairs, &gsum, gpad)
+                        } else {
+                            row_prepared::<N, false>(m, r, &pairs, &gsum, gpad)
+                        };
                         for (t, v) in out.into_iter().enumerate() {
                             *y.add(t * y_stride + i) = v;
                         }
@@ -220,7 +233,7 @@ mod x86 {
                     fetched += 64;
                 }
             }
-            let out = row::<B, N>(m, r, xs);
+            let out = row_single4::<N>(m, r, xs);
             for (t, v) in out.into_iter().enumerate() {
                 *y.add(t * y_stride + i) = v;
             }
@@ -228,9 +241,10 @@ mod x86 {
     }
 
     thread_local! {
-        /// A token group's activations in the 4-bit pair layout, per token
-        /// `[nb / 2][3]`: even-indexed codes of blocks `2p, 2p + 1`, their
-        /// odd-indexed codes, `[d_2p ×4, d_2p+1 ×4]` (grow-only per worker).
+        /// A token group's prepared activations (grow-only per worker). 4-bit
+        /// pairs, per token `[nb / 2][3]`: even-indexed codes of blocks
+        /// `2p, 2p + 1`, their odd-indexed codes, `[d_2p ×4, d_2p+1 ×4]`;
+        /// 8-bit, per token `[nb][3]`: codes 0..16 and 16..32 as i16, `d ×8`.
         static PAIRS: RefCell<Vec<__m256i>> = const { RefCell::new(Vec::new()) };
         /// Per token: the exact input sum of each group, zero-padded to 8.
         static GSUM: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -260,6 +274,25 @@ mod x86 {
             let (d0, d1) = ((*x.add(2 * p)).d, (*x.add(2 * p + 1)).d);
             out[2] = _mm256_castps_si256(_mm256_set_m128(_mm_set1_ps(d1), _mm_set1_ps(d0)));
         }
+        group_sums(m, x, gsum);
+    }
+
+    /// 8-bit: one token's blocks `x` as `[nb][3]`: codes 0..16 and 16..32
+    /// widened to i16, `d` broadcast; group sums into `gsum`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn prepare_wide(m: &Mat, x: *const BlockQ8x32, prep: &mut [__m256i], gsum: &mut [f32]) {
+        for (k, out) in prep.chunks_exact_mut(3).enumerate() {
+            let b = &*x.add(k);
+            out[0] = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.qs.as_ptr() as *const __m128i));
+            out[1] = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.qs.as_ptr().add(16) as *const __m128i));
+            out[2] = _mm256_castps_si256(_mm256_set1_ps(b.d));
+        }
+        group_sums(m, x, gsum);
+    }
+
+    /// The exact input sum of each group, zero-padded.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn group_sums(m: &Mat, x: *const BlockQ8x32, gsum: &mut [f32]) {
         gsum.fill(0.0);
         for (g, s) in gsum.iter_mut().take(m.groups).enumerate() {
             for k in g * m.per_group..(g + 1) * m.per_group {
@@ -287,36 +320,47 @@ mod x86 {
         }
     }
 
-    /// Row `r` (4-bit, an even number of blocks per group) against the `N`
-    /// tokens prepared in `pairs` / `gsum` (`gpad` sums per token): per pair
-    /// of blocks the weights loaded and split into nibbles once, each token
-    /// two `maddubs` on its prepared codes; the bias term one vector dot of
-    /// the row's biases with each token's group sums.
+    /// Row `r` against the `N` tokens prepared in `pairs` / `gsum` (`gpad`
+    /// sums per token). 4-bit (`WIDE` false): per pair of blocks the weights
+    /// loaded and split into nibbles once, each token two `maddubs` on its
+    /// prepared codes. 8-bit: per block the weights widened to i16 once,
+    /// each token two `madd` on its widened codes. The bias term: one vector
+    /// dot of the row's biases with each token's group sums.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn row_pairs<const N: usize>(m: &Mat, r: usize, pairs: &[__m256i], gsum: &[f32], gpad: usize) -> [f32; N] {
+    unsafe fn row_prepared<const N: usize, const WIDE: bool>(m: &Mat, r: usize, pairs: &[__m256i], gsum: &[f32], gpad: usize) -> [f32; N] {
         let words = m.words.as_ptr().add(r * m.row_bytes);
         let srow = m.scales.as_ptr().add(r * m.groups * m.dt.size());
         let brow = m.biases.as_ptr().add(r * m.groups * m.dt.size());
-        let np = m.groups * m.per_group / 2;
-        let per_token = 3 * np;
+        let nb = m.groups * m.per_group;
+        let per_token = if WIDE { 3 * nb } else { 3 * (nb / 2) };
         assert!(pairs.len() >= N * per_token && gsum.len() >= N * gpad);
         let pp = pairs.as_ptr();
         let nib = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
-        let pairs_per_group = m.per_group / 2;
+        // Units per group: pairs of blocks (4-bit) or blocks (8-bit).
+        let per_group = if WIDE { m.per_group } else { m.per_group / 2 };
         let mut lanes = [_mm256_setzero_ps(); N];
         for g in 0..m.groups {
             let sc = _mm256_set1_ps(float_at(m.dt, srow, g));
-            for p in g * pairs_per_group..(g + 1) * pairs_per_group {
-                let v = _mm256_loadu_si256(words.add(32 * p) as *const __m256i);
-                let (lo, hi) = (_mm256_and_si256(v, nib), _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib));
+            for p in g * per_group..(g + 1) * per_group {
+                let (a, b) = if WIDE {
+                    let w = words.add(32 * p) as *const __m128i;
+                    (_mm256_cvtepu8_epi16(_mm_loadu_si128(w)), _mm256_cvtepu8_epi16(_mm_loadu_si128(w.add(1))))
+                } else {
+                    let v = _mm256_loadu_si256(words.add(32 * p) as *const __m256i);
+                    (_mm256_and_si256(v, nib), _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib))
+                };
                 for (t, lane) in lanes.iter_mut().enumerate() {
                     let x = pp.add(t * per_token + 3 * p);
-                    // |each maddubs lane| <= 2 * 15 * 127: the i16 add cannot overflow.
-                    let s = _mm256_add_epi16(_mm256_maddubs_epi16(lo, *x), _mm256_maddubs_epi16(hi, *x.add(1)));
-                    let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(s, ones));
-                    *lane = _mm256_fmadd_ps(s, _mm256_mul_ps(_mm256_castsi256_ps(*x.add(2)), sc), *lane);
+                    let s = if WIDE {
+                        _mm256_add_epi32(_mm256_madd_epi16(a, *x), _mm256_madd_epi16(b, *x.add(1)))
+                    } else {
+                        // |each maddubs lane| <= 2 * 15 * 127: the i16 add cannot overflow.
+                        let s = _mm256_add_epi16(_mm256_maddubs_epi16(a, *x), _mm256_maddubs_epi16(b, *x.add(1)));
+                        _mm256_madd_epi16(s, ones)
+                    };
+                    *lane = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(_mm256_castsi256_ps(*x.add(2)), sc), *lane);
                 }
             }
         }
@@ -348,12 +392,14 @@ mod x86 {
         }
     }
 
-    /// Row `r` against `N` tokens: per block the codes once, then each
-    /// token's integer dot, scaled by `d_b · scale_g` into the token's lanes;
-    /// the bias term per group against the exact input sums.
+    /// Row `r` of 4-bit weights with an odd number of blocks per group
+    /// (unprepared activations): per block the nibbles interleaved back to
+    /// natural order once, then each token's integer dot, scaled by
+    /// `d_b · scale_g` into the token's lanes; the bias term per group
+    /// against the exact input sums.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn row<const B: usize, const N: usize>(m: &Mat, r: usize, xs: [*const BlockQ8x32; N]) -> [f32; N] {
+    unsafe fn row_single4<const N: usize>(m: &Mat, r: usize, xs: [*const BlockQ8x32; N]) -> [f32; N] {
         let words = m.words.as_ptr().add(r * m.row_bytes);
         let srow = m.scales.as_ptr().add(r * m.groups * m.dt.size());
         let brow = m.biases.as_ptr().add(r * m.groups * m.dt.size());
@@ -365,28 +411,16 @@ mod x86 {
             let (sc, bias) = (float_at(m.dt, srow, g), float_at(m.dt, brow, g));
             let ks = g * m.per_group..(g + 1) * m.per_group;
             for k in ks.clone() {
-                if B == 4 {
-                    // Byte j holds values 2j (low nibble) and 2j + 1 (high).
-                    let v = _mm_loadu_si128(words.add(16 * k) as *const __m128i);
-                    let (lo, hi) = (_mm_and_si128(v, nib), _mm_and_si128(_mm_srli_epi16::<4>(v), nib));
-                    let q = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
-                    for t in 0..N {
-                        let xb = &*xs[t].add(k);
-                        let xv = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-                        // Codes <= 15 times |x| <= 127, pairs summed: no saturation.
-                        let s = _mm256_madd_epi16(_mm256_maddubs_epi16(q, xv), ones);
-                        lanes[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(xb.d * sc), lanes[t]);
-                    }
-                } else {
-                    let w0 = _mm256_cvtepu8_epi16(_mm_loadu_si128(words.add(32 * k) as *const __m128i));
-                    let w1 = _mm256_cvtepu8_epi16(_mm_loadu_si128(words.add(32 * k + 16) as *const __m128i));
-                    for t in 0..N {
-                        let xb = &*xs[t].add(k);
-                        let x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(xb.qs.as_ptr() as *const __m128i));
-                        let x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(xb.qs.as_ptr().add(16) as *const __m128i));
-                        let s = _mm256_add_epi32(_mm256_madd_epi16(w0, x0), _mm256_madd_epi16(w1, x1));
-                        lanes[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(xb.d * sc), lanes[t]);
-                    }
+                // Byte j holds values 2j (low nibble) and 2j + 1 (high).
+                let v = _mm_loadu_si128(words.add(16 * k) as *const __m128i);
+                let (lo, hi) = (_mm_and_si128(v, nib), _mm_and_si128(_mm_srli_epi16::<4>(v), nib));
+                let q = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
+                for t in 0..N {
+                    let xb = &*xs[t].add(k);
+                    let xv = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+                    // Codes <= 15 times |x| <= 127, pairs summed: no saturation.
+                    let s = _mm256_madd_epi16(_mm256_maddubs_epi16(q, xv), ones);
+                    lanes[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(xb.d * sc), lanes[t]);
                 }
             }
             for t in 0..N {
