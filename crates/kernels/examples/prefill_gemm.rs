@@ -7,6 +7,7 @@
 //!   to f32 once, four tokens per FMA pass);
 //! * `gemv/token`: the single-token int8 kernel once per token over the
 //!   whole matrix;
+//!
 //! and the share of `matmul`'s time spent quantizing the activations.
 //!
 //! `cargo run --release -p qmoe-kernels --example prefill_gemm -- [FORMAT ...]
