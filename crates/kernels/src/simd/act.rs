@@ -35,52 +35,229 @@ pub struct BlockQ8x32 {
 }
 
 /// Quantizes `x` (a multiple of 256 long) into `out` (`x.len() / 256`
-/// blocks). The value of largest magnitude maps to -127 exactly, as in
-/// llama.cpp's `quantize_row_q8_K_ref`; an all-zero block gets `d = 0`.
+/// blocks). The first value of largest magnitude maps to -127 exactly, as
+/// in llama.cpp's `quantize_row_q8_K_ref` (round half to even); an all-zero
+/// block gets `d = 0`. Runs at [`super::level`]; every level gives the same
+/// bytes.
 pub fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
+    quantize_q8k_at(super::level(), x, out)
+}
+
+/// [`quantize_q8k`] at a given level (tests compare the levels).
+pub fn quantize_q8k_at(level: super::Level, x: &[f32], out: &mut [BlockQ8K]) {
     assert_eq!(x.len(), out.len() * 256, "quantize_q8k: length");
     for (xb, b) in x.chunks_exact(256).zip(out.iter_mut()) {
-        let (mut amax, mut max) = (0.0f32, 0.0f32);
-        for &v in xb {
-            if v.abs() > amax {
-                amax = v.abs();
-                max = v;
-            }
+        let xb: &[f32; 256] = xb.try_into().expect("256 values");
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Level::Avx2` is only reported when the CPU has AVX2.
+            super::Level::Avx2 => unsafe { avx2::q8k_block(xb, b) },
+            _ => q8k_block(xb, b),
         }
-        if amax == 0.0 {
-            *b = BlockQ8K::default();
-            continue;
-        }
-        let iscale = -127.0 / max;
-        for (q, &v) in b.qs.iter_mut().zip(xb) {
-            *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
-        }
-        for (s, qs) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
-            *s = qs.iter().map(|&q| q as i16).sum();
-        }
-        b.d = 1.0 / iscale;
     }
 }
 
+fn q8k_block(xb: &[f32; 256], b: &mut BlockQ8K) {
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for &v in xb {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax == 0.0 {
+        *b = BlockQ8K::default();
+        return;
+    }
+    let iscale = -127.0 / max;
+    for (q, &v) in b.qs.iter_mut().zip(xb) {
+        *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+    }
+    for (s, qs) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+        *s = qs.iter().map(|&q| q as i16).sum();
+    }
+    b.d = 1.0 / iscale;
+}
+
 /// Quantizes `x` (a multiple of 32 long) into `out` (`x.len() / 32`
-/// blocks): symmetric, `d = max|x| / 127`, round half away from zero.
+/// blocks): symmetric, `d = max|x| / 127`, round half to even; `sum` is the
+/// f32 sum of the 32 values in eight lanes (`x[l] + x[8+l] + x[16+l] +
+/// x[24+l]`, then pairwise), the order the vector version uses.
 pub fn quantize_q8x32(x: &[f32], out: &mut [BlockQ8x32]) {
+    quantize_q8x32_at(super::level(), x, out)
+}
+
+/// [`quantize_q8x32`] at a given level (tests compare the levels).
+pub fn quantize_q8x32_at(level: super::Level, x: &[f32], out: &mut [BlockQ8x32]) {
     assert_eq!(x.len(), out.len() * 32, "quantize_q8x32: length");
     for (xb, b) in x.chunks_exact(32).zip(out.iter_mut()) {
-        let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-        for (q, &v) in b.qs.iter_mut().zip(xb) {
-            *q = (v * id).round() as i8;
+        let xb: &[f32; 32] = xb.try_into().expect("32 values");
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Level::Avx2` is only reported when the CPU has AVX2.
+            super::Level::Avx2 => unsafe { avx2::q8x32_block(xb, b) },
+            _ => q8x32_block(xb, b),
         }
-        b.d = d;
-        b.sum = xb.iter().sum();
+    }
+}
+
+fn q8x32_block(xb: &[f32; 32], b: &mut BlockQ8x32) {
+    let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    for (q, &v) in b.qs.iter_mut().zip(xb) {
+        *q = (v * id).round_ties_even() as i8;
+    }
+    let mut lanes = [0.0f32; 8];
+    for (l, lane) in lanes.iter_mut().enumerate() {
+        *lane = ((xb[l] + xb[8 + l]) + xb[16 + l]) + xb[24 + l];
+    }
+    b.d = d;
+    b.sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{BlockQ8K, BlockQ8x32};
+    use std::arch::x86_64::*;
+
+    /// `|v|` lane-wise (clears the sign bit).
+    #[inline(always)]
+    unsafe fn abs(v: __m256) -> __m256 {
+        unsafe { _mm256_andnot_ps(_mm256_set1_ps(-0.0), v) }
+    }
+
+    /// Horizontal max of eight lanes.
+    #[inline(always)]
+    unsafe fn hmax(v: __m256) -> f32 {
+        unsafe {
+            let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let m = _mm_max_ss(m, _mm_shuffle_ps::<1>(m, m));
+            _mm_cvtss_f32(m)
+        }
+    }
+
+    /// Rounds `v * scale` half to even and packs 32 lanes (four vectors) to
+    /// i8 in order, saturating (the scalar version clamps the one value that
+    /// can exceed 127 the same way).
+    #[inline(always)]
+    unsafe fn round_pack32(v: [__m256; 4], scale: __m256, out: *mut i8) {
+        unsafe {
+            const RN: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+            let i = v.map(|x| _mm256_cvtps_epi32(_mm256_round_ps::<RN>(_mm256_mul_ps(x, scale))));
+            // packs interleave 128-bit lanes; the permute restores order.
+            let w01 = _mm256_packs_epi32(i[0], i[1]);
+            let w23 = _mm256_packs_epi32(i[2], i[3]);
+            let b = _mm256_packs_epi16(w01, w23);
+            let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(out as *mut __m256i, b);
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn q8k_block(xb: &[f32; 256], b: &mut BlockQ8K) {
+        unsafe {
+            let p = xb.as_ptr();
+            let mut m = _mm256_setzero_ps();
+            for i in 0..32 {
+                m = _mm256_max_ps(m, abs(_mm256_loadu_ps(p.add(8 * i))));
+            }
+            let amax = hmax(m);
+            if amax == 0.0 {
+                *b = BlockQ8K::default();
+                return;
+            }
+            // The first value whose magnitude is amax (its sign matters).
+            let target = _mm256_set1_ps(amax);
+            let mut max = amax;
+            for i in 0..32 {
+                let v = _mm256_loadu_ps(p.add(8 * i));
+                let hit = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(abs(v), target));
+                if hit != 0 {
+                    max = xb[8 * i + hit.trailing_zeros() as usize];
+                    break;
+                }
+            }
+            let iscale = -127.0 / max;
+            let s = _mm256_set1_ps(iscale);
+            for j in 0..8 {
+                let v = std::array::from_fn(|k| _mm256_loadu_ps(p.add(32 * j + 8 * k)));
+                round_pack32(v, s, b.qs.as_mut_ptr().add(32 * j));
+            }
+            // Sums of 16 codes: widen to i16 and add pairs of 16-lane rows.
+            for j in 0..16 {
+                let q = _mm_loadu_si128(b.qs.as_ptr().add(16 * j) as *const __m128i);
+                let w = _mm256_cvtepi8_epi16(q);
+                let s32 = _mm256_madd_epi16(w, _mm256_set1_epi16(1));
+                let s4 = _mm_add_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256::<1>(s32));
+                let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+                let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32::<1>(s2));
+                b.bsums[j] = _mm_cvtsi128_si32(s1) as i16;
+            }
+            b.d = 1.0 / iscale;
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn q8x32_block(xb: &[f32; 32], b: &mut BlockQ8x32) {
+        unsafe {
+            let p = xb.as_ptr();
+            let v: [__m256; 4] = std::array::from_fn(|k| _mm256_loadu_ps(p.add(8 * k)));
+            let m = _mm256_max_ps(_mm256_max_ps(abs(v[0]), abs(v[1])), _mm256_max_ps(abs(v[2]), abs(v[3])));
+            let amax = hmax(m);
+            let d = amax / 127.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            round_pack32(v, _mm256_set1_ps(id), b.qs.as_mut_ptr());
+            let lanes_v = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(v[0], v[1]), v[2]), v[3]);
+            let mut lanes = [0.0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), lanes_v);
+            b.d = d;
+            b.sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_level_gives_the_same_bytes() {
+        let mut seed = 9u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        for case in 0..40 {
+            let mut x: Vec<f32> = (0..1024).map(|_| next() * 3.0).collect();
+            match case % 4 {
+                1 => x[300] = -50.0, // a unique extreme, negative
+                2 => {
+                    x[10] = 7.0; // tied magnitudes, opposite signs: the first wins
+                    x[20] = -7.0;
+                }
+                3 => x[256..512].fill(0.0), // an all-zero block
+                _ => {}
+            }
+            let mut want = vec![BlockQ8K::default(); 4];
+            quantize_q8k_at(crate::simd::Level::Scalar, &x, &mut want);
+            let mut want32 = vec![BlockQ8x32::default(); 32];
+            quantize_q8x32_at(crate::simd::Level::Scalar, &x, &mut want32);
+            for level in crate::simd::available() {
+                let mut got = vec![BlockQ8K::default(); 4];
+                quantize_q8k_at(level, &x, &mut got);
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!((g.d.to_bits(), g.qs, g.bsums), (w.d.to_bits(), w.qs, w.bsums), "{level:?} q8k case {case}");
+                }
+                let mut got32 = vec![BlockQ8x32::default(); 32];
+                quantize_q8x32_at(level, &x, &mut got32);
+                for (g, w) in got32.iter().zip(&want32) {
+                    assert_eq!((g.d.to_bits(), g.sum.to_bits(), g.qs), (w.d.to_bits(), w.sum.to_bits(), w.qs), "{level:?} q8x32 case {case}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn q8k_round_trips_within_half_a_step() {
@@ -113,7 +290,8 @@ mod tests {
             assert!((blk.d * blk.qs[i % 32] as f32 - v).abs() <= blk.d * 0.5 + 1e-7);
         }
         for (j, blk) in b.iter().enumerate() {
-            assert_eq!(blk.sum, x[32 * j..32 * j + 32].iter().sum::<f32>());
+            let exact: f64 = x[32 * j..32 * j + 32].iter().map(|&v| v as f64).sum();
+            assert!((blk.sum as f64 - exact).abs() < 1e-5, "block {j}: {} vs {exact}", blk.sum);
         }
     }
 }
