@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{f16_fields, Rng};
 use half::f16;
 use qmoe_core::GgmlType;
 use qmoe_kernels::ggml::{decode_blocks, quantizer};
@@ -27,19 +27,6 @@ const BLOCKS: [usize; 3] = [1, 2, 7];
 
 fn types() -> impl Iterator<Item = GgmlType> {
     GgmlType::ALL.into_iter().filter(|&t| act_kind(t).is_some())
-}
-
-/// Byte offsets of a block's f16 scales (`d`, `dmin` / `m`).
-fn f16_fields(ty: GgmlType) -> &'static [usize] {
-    use GgmlType::*;
-    match ty {
-        Q4_0 | Q5_0 | Q8_0 | IQ4NL | IQ4XS => &[0],
-        Q4_1 | Q5_1 | Q4K | Q5K => &[0, 2],
-        Q2K => &[80, 82],
-        Q3K => &[108],
-        Q6K => &[208],
-        F32 | F16 | BF16 => unreachable!(),
-    }
 }
 
 /// The offset `m` of a `d q + m` block (Q4_1, Q5_1), which the kernels take

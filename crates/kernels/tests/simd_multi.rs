@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{f16_fields, Rng};
 use half::f16;
 use qmoe_core::dtype::DType;
 use qmoe_core::GgmlType;
@@ -27,19 +27,6 @@ use qmoe_kernels::simd::{available, ActKind, Level};
 const ROWS: [usize; 3] = [1, 3, 17];
 const BLOCKS: [usize; 3] = [1, 2, 7];
 const MAX_TOKENS: usize = 9;
-
-/// Byte offsets of a block's f16 scales (`d`, `dmin` / `m`).
-fn f16_fields(ty: GgmlType) -> &'static [usize] {
-    use GgmlType::*;
-    match ty {
-        Q4_0 | Q5_0 | Q8_0 | IQ4NL | IQ4XS => &[0],
-        Q4_1 | Q5_1 | Q4K | Q5K => &[0, 2],
-        Q2K => &[80, 82],
-        Q3K => &[108],
-        Q6K => &[208],
-        F32 | F16 | BF16 => unreachable!(),
-    }
-}
 
 /// Random blocks (every bit pattern) with sane f16 scales.
 fn ggml_weights(ty: GgmlType, rows: usize, blocks: usize, rng: &mut Rng) -> Vec<u8> {

@@ -24,3 +24,16 @@ impl Rng {
         (0..n).map(|_| self.uniform() * amp).collect()
     }
 }
+
+/// Byte offsets of a block's f16 scales (`d`, `dmin` / `m`).
+pub fn f16_fields(ty: qmoe_core::GgmlType) -> &'static [usize] {
+    use qmoe_core::GgmlType::*;
+    match ty {
+        Q4_0 | Q5_0 | Q8_0 | IQ4NL | IQ4XS => &[0],
+        Q4_1 | Q5_1 | Q4K | Q5K => &[0, 2],
+        Q2K => &[80, 82],
+        Q3K => &[108],
+        Q6K => &[208],
+        F32 | F16 | BF16 => unreachable!(),
+    }
+}
