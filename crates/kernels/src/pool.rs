@@ -199,6 +199,21 @@ fn pool() -> &'static Mutex<Option<Pool>> {
     POOL.get_or_init(|| Mutex::new(None))
 }
 
+/// Starts the workers for the current [`crate::threads::get`] setting now
+/// rather than at the first parallel call (thread creation allocates; a
+/// model load calls this so decoding never does).
+pub fn start() {
+    let threads = crate::threads::get();
+    if threads <= 1 {
+        return;
+    }
+    let mut guard = pool().lock().unwrap_or_else(|e| e.into_inner());
+    if guard.as_ref().is_none_or(|p| p.workers.len() + 1 != threads) {
+        *guard = None;
+        *guard = Some(Pool::new(threads - 1));
+    }
+}
+
 /// Runs `task(i)` for every `i` in `0..n_tasks` on the calling thread and
 /// the pool's workers; returns when all are done. Tasks run in no
 /// particular order and must write disjoint data.

@@ -42,6 +42,7 @@ fn steady_decode_allocates_nothing() {
     qmoe_kernels::threads::set(2);
     for path in [fixture("gguf_moe_dv16_q4_k_m").join("model.gguf"), fixture("mlx_q4"), fixture("next"), fixture("fp8_block")] {
         let model = Model::load(&path).unwrap();
+        qmoe_kernels::pool::start();
         let mut cache = model.new_cache(64);
         let mut scratch = Scratch::default();
         let mut next = 1u32;
