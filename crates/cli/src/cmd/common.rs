@@ -10,9 +10,11 @@ use qmoe_runtime::{
     chat_template_from_gguf, stop_ids_from_gguf, stop_token_ids, tokenizer_from_gguf, ChatTemplate, SamplerConfig, Tokenizer,
 };
 
-/// `--threads`: `None` uses every core.
+/// `--threads`: `None` uses every core. The kernel workers start here, not
+/// inside the first timed forward.
 pub fn set_threads(n: Option<usize>) {
     qmoe_kernels::threads::set(n.unwrap_or(0));
+    qmoe_kernels::pool::start();
 }
 
 /// Sampling flags, shared by `run` and `chat`.
