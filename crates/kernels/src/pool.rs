@@ -199,6 +199,37 @@ fn pool() -> &'static Mutex<Option<Pool>> {
     POOL.get_or_init(|| Mutex::new(None))
 }
 
+/// A raw base pointer that [`run`]'s tasks share to write disjoint parts
+/// of one buffer (output rows, per-head state, per-task scratch).
+///
+/// Constructing one is safe; using it is not: each task must touch only
+/// elements no other task touches, and the buffer must outlive the call.
+pub struct SharedMut<T>(*mut T);
+
+impl<T> SharedMut<T> {
+    pub fn new(buf: &mut [T]) -> Self {
+        SharedMut(buf.as_mut_ptr())
+    }
+
+    /// Element `i`'s address (a method, so closures capture the whole
+    /// wrapper rather than its raw field).
+    pub fn at(self, i: usize) -> *mut T {
+        self.0.wrapping_add(i)
+    }
+}
+
+impl<T> Clone for SharedMut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedMut<T> {}
+// SAFETY: the wrapper only carries the address; every dereference is an
+// `unsafe` block in a task that owns disjoint elements (see the type doc),
+// and `run` returns only after all tasks have finished.
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
+
 /// Starts the workers for the current [`crate::threads::get`] setting now
 /// rather than at the first parallel call (thread creation allocates; a
 /// model load calls this so decoding never does).

@@ -10,6 +10,7 @@
 
 use super::Level;
 use crate::attention::AttnShape;
+use crate::pool::SharedMut;
 use crate::vecops::{axpy, dot};
 
 /// Same contract as [`crate::attention::attend`]; `scores` is grow-only
@@ -40,7 +41,7 @@ pub fn attend_parallel(
     if scores.len() < groups * per_group {
         scores.resize(groups * per_group, 0.0);
     }
-    let (sp, op) = (Ptr(scores.as_mut_ptr()), Ptr(out.as_mut_ptr()));
+    let (sp, op) = (SharedMut::new(scores), SharedMut::new(out));
     let task = |gi: usize| {
         // SAFETY: group `gi` alone uses scores `[gi * per_group, +per_group)`
         // and units `u ≡ gi (mod groups)`, whose output rows (query token
@@ -115,25 +116,5 @@ fn unit(u: &Unit, scores: &mut [f32], out: &mut [f32]) {
         for j in 0..u.r {
             axpy(scores[j * n + p], vp, &mut out[j * hd..][..hd]);
         }
-    }
-}
-
-/// Shared base pointer for tasks that touch disjoint ranges.
-struct Ptr(*mut f32);
-
-impl Clone for Ptr {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl Copy for Ptr {}
-// SAFETY: see the task in `attend_parallel`: ranges are disjoint per group,
-// and `pool::run` returns only after every task has finished.
-unsafe impl Send for Ptr {}
-unsafe impl Sync for Ptr {}
-
-impl Ptr {
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
     }
 }

@@ -12,27 +12,7 @@
 
 use super::Level;
 use crate::gdn::{chunk_head, GdnScratch, GdnShape, HeadMap};
-
-/// Shared mutable base pointer; tasks touch disjoint heads.
-struct Ptr<T>(*mut T);
-
-impl<T> Clone for Ptr<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T> Copy for Ptr<T> {}
-// SAFETY: every task writes only the state rows, output columns and scratch
-// of its own heads / task index; `pool::run` returns after all tasks end.
-unsafe impl<T> Send for Ptr<T> {}
-unsafe impl<T> Sync for Ptr<T> {}
-
-impl<T> Ptr<T> {
-    /// Element `i` (a method, so closures capture the whole `Ptr`).
-    fn at(self, i: usize) -> *mut T {
-        self.0.wrapping_add(i)
-    }
-}
+use crate::pool::SharedMut;
 
 /// [`crate::gdn::gdn_chunked`] with value heads split over the pool: one
 /// scratch per task (`scratches.len()` tasks, each taking heads
@@ -63,10 +43,10 @@ pub fn gdn_chunked_parallel(
         assert!(s.shape() == shape && s.chunk() >= chunk, "gdn_chunked_parallel: scratch built for another shape");
     }
     let n_tasks = scratches.len().min(hv);
-    let (sp, stp, op) = (Ptr(scratches.as_mut_ptr()), Ptr(state.as_mut_ptr()), Ptr(out.as_mut_ptr()));
+    let (sp, stp, op) = (SharedMut::new(scratches), SharedMut::new(state), SharedMut::new(out));
     let task = |i: usize| {
         // SAFETY: task `i` alone uses scratch `i`, and heads `h ≡ i (mod
-        // n_tasks)` alone: their state rows and output columns (see `Ptr`).
+        // n_tasks)` alone: their state rows and output columns.
         let scratch = unsafe { &mut *sp.at(i) };
         for h in (i..hv).step_by(n_tasks) {
             let s0 = unsafe { std::slice::from_raw_parts_mut(stp.at(h * dk * dv), dk * dv) };
@@ -150,7 +130,7 @@ pub fn gdn_recurrent_parallel(
     assert!(state.len() == hv * dk * dv && out.len() == n_tokens * hv * dv, "gdn_recurrent_parallel: buffer lengths");
     assert!(q.len() == k.len() && q.len() == n_tokens * hk * dk && v.len() == n_tokens * hv * dv);
     assert!(g.len() == beta.len());
-    let (stp, op) = (Ptr(state.as_mut_ptr()), Ptr(out.as_mut_ptr()));
+    let (stp, op) = (SharedMut::new(state), SharedMut::new(out));
     let task = |h: usize| {
         let kh = map.key_head(h, shape);
         // SAFETY: task `h` alone touches head `h`'s state and output rows.

@@ -20,6 +20,7 @@ use qmoe_core::{DType, GgmlType};
 use super::act::{quantize_q8k, quantize_q8x32, BlockQ8K, BlockQ8x32};
 use super::{ActKind, Level};
 use crate::linear::{Encoding, MatRef};
+use crate::pool::SharedMut;
 
 /// Weight bytes per task for a single token. Measured on the synthetic
 /// 35B-A3B shape (2 threads, decode tok/s, Q4_K_M / MLX 4-bit): 32 KiB
@@ -141,7 +142,8 @@ impl Prepared {
 struct Scratch {
     prepared: Vec<Prepared>,
     plans: Vec<Plan>,
-    outs: Vec<OutPtr>,
+    /// Each product's output (tasks write disjoint row ranges of it).
+    outs: Vec<SharedMut<f32>>,
 }
 
 /// Which kernel runs a product's rows.
@@ -167,14 +169,6 @@ struct Plan {
     rows_per_task: usize,
     first_task: usize,
 }
-
-/// Raw output pointer shared by tasks that write disjoint rows.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint row ranges of each output, and the pool call
-// returns only after every task has finished.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
 
 /// Runs every product, sharing the pool call and the activation
 /// quantization of inputs that are the same slice.
@@ -225,7 +219,7 @@ pub fn matmul_many(products: &mut [Product]) {
             n_tasks += p.w.rows.div_ceil(rows_per_task);
             total_bytes += p.w.storage_bytes() * p.n_tokens;
         }
-        outs.extend(products.iter_mut().map(|p| OutPtr(p.y.as_mut_ptr())));
+        outs.extend(products.iter_mut().map(|p| SharedMut::new(p.y)));
         let (prepared, plans, outs) = (&*prepared, &*plans, &*outs);
         let task = |i: usize| {
             let j = plans.partition_point(|pl| pl.first_task <= i) - 1;
@@ -271,17 +265,17 @@ fn has_multi(enc: &Encoding) -> bool {
 }
 
 /// One task: rows `rows` of product `p` for every token.
-fn run_rows(level: Level, p: &Product, plan: &Plan, prep: &Prepared, out: OutPtr, rows: Range<usize>) {
+fn run_rows(level: Level, p: &Product, plan: &Plan, prep: &Prepared, out: SharedMut<f32>, rows: Range<usize>) {
     let (n_rows, cols) = (p.w.rows, p.w.cols);
     let kind = match plan.route {
         Route::Tile => {
             // SAFETY: `out` is this product's `[T, rows]` output and this task
-            // alone writes rows `rows` (see `OutPtr`).
-            unsafe { super::tile::rows_many_tokens(level, &p.w, rows, p.x, p.n_tokens, out.0) };
+            // alone writes rows `rows` (see `SharedMut`).
+            unsafe { super::tile::rows_many_tokens(level, &p.w, rows, p.x, p.n_tokens, out.at(0)) };
             return;
         }
         Route::Reference => {
-            crate::linear::reference_rows(&p.w, p.x, out.0, p.n_tokens, rows);
+            crate::linear::reference_rows(&p.w, p.x, out.at(0), p.n_tokens, rows);
             return;
         }
         Route::Multi(kind) => {
@@ -293,8 +287,8 @@ fn run_rows(level: Level, p: &Product, plan: &Plan, prep: &Prepared, out: OutPtr
     for t in 0..p.n_tokens {
         // SAFETY: `t < n_tokens` and `rows` lies inside `0..n_rows`, so the
         // slice is inside this product's `[T, rows]` output; no other task
-        // writes these rows (see `OutPtr`).
-        let y = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * n_rows + rows.start), rows.len()) };
+        // writes these rows (see `SharedMut`).
+        let y = unsafe { std::slice::from_raw_parts_mut(out.at(t * n_rows + rows.start), rows.len()) };
         let x = match kind {
             ActKind::F32 => ActRef::F32(&p.x[t * cols..(t + 1) * cols]),
             ActKind::Q8K => {
@@ -312,12 +306,12 @@ fn run_rows(level: Level, p: &Product, plan: &Plan, prep: &Prepared, out: OutPtr
 
 /// Rows `rows` of a quantized product for every token with the many-token
 /// int8 kernel (activations prepared for all tokens).
-fn run_multi(level: Level, p: &Product, kind: ActKind, prep: &Prepared, out: OutPtr, rows: Range<usize>) {
+fn run_multi(level: Level, p: &Product, kind: ActKind, prep: &Prepared, out: SharedMut<f32>, rows: Range<usize>) {
     let (n_rows, n_tokens) = (p.w.rows, p.n_tokens);
     // SAFETY: `out` is this product's `[T, n_rows]` output; offset to the
     // task's first row, element `t * n_rows + i` for `i < rows.len()` is row
-    // `rows.start + i` of token `t`, which this task alone writes (`OutPtr`).
-    let y = unsafe { out.0.add(rows.start) };
+    // `rows.start + i` of token `t`, which this task alone writes (`SharedMut`).
+    let y = out.at(rows.start);
     match (p.w.enc, kind) {
         (Encoding::Ggml(ty), _) => {
             let rb = p.w.bytes.len() / n_rows.max(1);
