@@ -24,7 +24,15 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     for (l, (x, y)) in ar.iter().zip(br).enumerate() {
         acc[l] += x * y;
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+    fold8(acc)
+}
+
+/// The sum of eight lane partials in the order every eight-lane kernel here
+/// uses (`dot`, the prefill tile, the activation block sums), so scalar and
+/// vector versions agree bit for bit: `((l0+l4)+(l1+l5)) + ((l2+l6)+(l3+l7))`.
+#[inline(always)]
+pub fn fold8(l: [f32; 8]) -> f32 {
+    ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))
 }
 
 /// `y <- y + alpha x`.

@@ -113,7 +113,7 @@ fn q8x32_block(xb: &[f32; 32], b: &mut BlockQ8x32) {
         *lane = ((xb[l] + xb[8 + l]) + xb[16 + l]) + xb[24 + l];
     }
     b.d = d;
-    b.sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    b.sum = crate::vecops::fold8(lanes);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -213,7 +213,7 @@ mod avx2 {
             let mut lanes = [0.0f32; 8];
             _mm256_storeu_ps(lanes.as_mut_ptr(), lanes_v);
             b.d = d;
-            b.sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+            b.sum = crate::vecops::fold8(lanes);
         }
     }
 }

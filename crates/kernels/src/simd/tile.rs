@@ -11,6 +11,7 @@ use std::ops::Range;
 
 use super::Level;
 use crate::linear::MatRef;
+use crate::vecops::fold8;
 
 thread_local! {
     /// One widened weight row (grow-only; each pool worker has its own).
@@ -96,10 +97,8 @@ unsafe fn widen16_avx2(bytes: &[u8], out: &mut [f32], bf16: bool) {
         }
         c += 8;
     }
-    for c in body..n {
-        let b = u16::from_le_bytes([bytes[2 * c], bytes[2 * c + 1]]);
-        out[c] = if bf16 { f32::from_bits((b as u32) << 16) } else { half::f16::from_bits(b).to_f32() };
-    }
+    let dt = if bf16 { qmoe_core::DType::BF16 } else { qmoe_core::DType::F16 };
+    qmoe_core::dtype::to_f32(dt, &bytes[2 * body..], &mut out[body..]);
 }
 
 fn dot4_at(level: Level, w: &[f32], xs: [&[f32]; 4]) -> [f32; 4] {
@@ -139,7 +138,7 @@ unsafe fn dot4_avx2(w: &[f32], xs: [&[f32]; 4]) -> [f32; 4] {
         for c in body..n {
             lanes[c - body] += w[c] * xs[i][c];
         }
-        out[i] = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+        out[i] = fold8(lanes);
     }
     out
 }
@@ -166,5 +165,5 @@ fn dot4(w: &[f32], xs: [&[f32]; 4]) -> [f32; 4] {
             a[c - body] += w[c] * x[c];
         }
     }
-    acc.map(|a| ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])))
+    acc.map(fold8)
 }
