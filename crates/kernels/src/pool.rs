@@ -239,10 +239,16 @@ pub fn start() {
         return;
     }
     let mut guard = pool().lock().unwrap_or_else(|e| e.into_inner());
-    if guard.as_ref().is_none_or(|p| p.workers.len() + 1 != threads) {
-        *guard = None;
-        *guard = Some(Pool::new(threads - 1));
+    sized(&mut guard, threads);
+}
+
+/// The pool in `slot`, (re)built for `threads` threads (the caller + workers).
+fn sized(slot: &mut Option<Pool>, threads: usize) -> &Pool {
+    if slot.as_ref().is_none_or(|p| p.workers.len() + 1 != threads) {
+        *slot = None; // joins the old workers first
+        *slot = Some(Pool::new(threads - 1));
     }
+    slot.as_ref().expect("pool just built")
 }
 
 /// Runs `task(i)` for every `i` in `0..n_tasks` on the calling thread and
@@ -262,11 +268,7 @@ pub fn run(n_tasks: usize, task: &(dyn Fn(usize) + Sync)) {
         (0..n_tasks).for_each(task);
         return;
     };
-    if guard.as_ref().is_none_or(|p| p.workers.len() + 1 != threads) {
-        *guard = None; // joins the old workers first
-        *guard = Some(Pool::new(threads - 1));
-    }
-    guard.as_ref().expect("pool just built").run(n_tasks, task);
+    sized(&mut guard, threads).run(n_tasks, task);
 }
 
 #[cfg(test)]
