@@ -231,7 +231,7 @@ fn parallel_version_matches_f64_reference() {
                 let v = rng.vec(n_ctx * s.kv_row_len(), 1.0);
                 let mut scores = Vec::new();
                 let mut out = vec![f32::NAN; t * s.q_row_len()];
-                attend_parallel(level, &q, &k, &v, start, t, s, scale, &mut scores, &mut out);
+                attend_parallel(level, &q, &k, &v, start, t, s, scale, 0, &mut scores, &mut out);
                 let d = max_abs_diff(&out, &attend_f64(&q, &k, &v, start, t, s, scale));
                 worst = worst.max(d);
                 assert!(d < 2e-6, "{level:?} {s:?} start {start} T {t}: max diff {d}");

@@ -14,7 +14,9 @@ use crate::pool::SharedMut;
 use crate::vecops::{axpy, dot};
 
 /// Same contract as [`crate::attention::attend`]; `scores` is grow-only
-/// scratch owned by the caller (resized here as needed).
+/// scratch owned by the caller, sized here for `max(n_ctx, ctx_capacity)`
+/// positions, so a caller passing its KV cache's capacity sees it grow
+/// with the cache, not token by token.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_parallel(
     level: Level,
@@ -25,6 +27,7 @@ pub fn attend_parallel(
     n_tokens: usize,
     shape: AttnShape,
     scale: f32,
+    ctx_capacity: usize,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
@@ -38,8 +41,9 @@ pub fn attend_parallel(
     let units = n_tokens * n_kv_heads;
     let groups = crate::threads::get().min(units).max(1);
     let per_group = r * n_ctx;
-    if scores.len() < groups * per_group {
-        scores.resize(groups * per_group, 0.0);
+    let want = crate::threads::get().max(groups) * r * n_ctx.max(ctx_capacity);
+    if scores.len() < want {
+        scores.resize(want, 0.0);
     }
     let (sp, op) = (SharedMut::new(scores), SharedMut::new(out));
     let task = |gi: usize| {

@@ -63,16 +63,10 @@ pub fn forward(
 
     let out = take(&mut s.out, t * nh * hd);
     let shape = AttnShape { n_heads: nh, n_kv_heads: nkv, head_dim: hd };
-    // Probability rows for every position the cache has room for, so the
-    // scratch grows with the cache's capacity, not token by token.
-    let room = k_cache.capacity() / (nkv * hd);
-    let want = qmoe_kernels::threads::get() * (nh / nkv) * room;
-    if s.scores.len() < want {
-        s.scores.resize(want, 0.0);
-    }
     let level = qmoe_kernels::simd::level();
     let scale = 1.0 / (hd as f32).sqrt();
-    attend_parallel(level, q, k_cache, v_cache, start_pos, t, shape, scale, &mut s.scores, out);
+    let room = k_cache.capacity() / (nkv * hd);
+    attend_parallel(level, q, k_cache, v_cache, start_pos, t, shape, scale, room, &mut s.scores, out);
 
     for (o, &g) in out.iter_mut().zip(gate.iter()) {
         *o *= sigmoid(g);
