@@ -22,6 +22,8 @@
 //! integer sums times `d_b · scale_g` into 8 row lanes, and the bias term as
 //! one dot product of the row's biases with the group sums. The integer
 //! block sums are exact at both levels, so they differ by f32 rounding only.
+//! The NEON level (4 and 8 bits; other widths run the twin) keeps the
+//! twin's order exactly, so it returns the twin's bits (`simd/neon/affine.rs`).
 
 use std::ops::Range;
 
@@ -66,9 +68,7 @@ pub fn gemv_affine(level: Level, w: &MatRef, rows: Range<usize>, x: &[BlockQ8x32
                 *yi = scalar_row(&m, r, x);
             }
         }
-        // Any x86 level above scalar includes AVX2 + FMA + F16C.
-        #[allow(unreachable_patterns)]
-        _ => {
+        Level::Avx2 => {
             #[cfg(target_arch = "x86_64")]
             {
                 use crate::simd::float_dot::x86 as fx;
@@ -81,23 +81,35 @@ pub fn gemv_affine(level: Level, w: &MatRef, rows: Range<usize>, x: &[BlockQ8x32
             #[cfg(not(target_arch = "x86_64"))]
             gemv_affine(Level::Scalar, w, rows, x, y)
         }
+        Level::Neon => {
+            #[cfg(target_arch = "aarch64")]
+            if super::neon::affine::supports(bits) {
+                assert!(super::neon::available(), "gemv_affine: NEON level on a CPU without it");
+                // SAFETY: the CPU runs NEON (checked just above); shapes as
+                // in the AVX2 arm; `bits` is one the kernel supports.
+                unsafe { super::neon::affine::gemv(&m, rows, x, y) };
+                return;
+            }
+            // Other widths (and other architectures): the scalar twin.
+            gemv_affine(Level::Scalar, w, rows, x, y)
+        }
     }
 }
 
 /// The parts of a checked affine matrix.
-struct AffineMat<'a> {
+pub(crate) struct AffineMat<'a> {
     /// `[rows, row_bytes]` packed words.
-    words: &'a [u8],
-    row_bytes: usize,
+    pub(crate) words: &'a [u8],
+    pub(crate) row_bytes: usize,
     /// `[rows, groups]` each, of `scale_dtype`.
-    scales: &'a [u8],
-    biases: &'a [u8],
-    scale_dtype: DType,
+    pub(crate) scales: &'a [u8],
+    pub(crate) biases: &'a [u8],
+    pub(crate) scale_dtype: DType,
     /// Bytes of one row of scales (or biases).
-    scale_row: usize,
-    bits: u32,
-    groups: usize,
-    group_size: usize,
+    pub(crate) scale_row: usize,
+    pub(crate) bits: u32,
+    pub(crate) groups: usize,
+    pub(crate) group_size: usize,
 }
 
 /// Element `i` of a little-endian F32 / F16 / BF16 array.

@@ -4,10 +4,11 @@
 //! widening them in registers: BF16 by moving the 16 bits to the top of a
 //! u32 (exact), F16 by `vcvtph2ps` (exact), F32 as is.
 //!
-//! Summation order (shared by both levels, so the twins agree up to FMA
-//! rounding): four 8-lane partial sums over steps of 32 columns, then steps
-//! of 8 into the first, the 8 lanes folded as `(l + h)` halves (4, 2, 1),
-//! then the remaining `cols % 8` columns added one by one.
+//! Summation order (shared by every level, so the twins agree up to FMA
+//! rounding; the NEON level is in `simd/neon/float.rs`): four 8-lane
+//! partial sums over steps of 32 columns, then steps of 8 into the first,
+//! the 8 lanes folded as `(l + h)` halves (4, 2, 1), then the remaining
+//! `cols % 8` columns added one by one.
 
 use std::ops::Range;
 
@@ -36,9 +37,7 @@ pub fn gemv_float(level: Level, w: &MatRef, rows: Range<usize>, x: &[f32], y: &m
                 y.fill(0.0);
             }
         }
-        // Any x86 level above scalar includes AVX2 + FMA + F16C.
-        #[allow(unreachable_patterns)]
-        _ => {
+        Level::Avx2 => {
             #[cfg(target_arch = "x86_64")]
             {
                 assert!(x86::available(), "gemv_float: AVX2/FMA/F16C level on a CPU without them");
@@ -50,12 +49,23 @@ pub fn gemv_float(level: Level, w: &MatRef, rows: Range<usize>, x: &[f32], y: &m
             #[cfg(not(target_arch = "x86_64"))]
             gemv_float(Level::Scalar, w, rows, x, y)
         }
+        Level::Neon => {
+            #[cfg(target_arch = "aarch64")]
+            {
+                assert!(super::neon::available(), "gemv_float: NEON level on a CPU without it");
+                // SAFETY: the CPU runs NEON (checked just above); shapes as
+                // in the AVX2 arm.
+                unsafe { super::neon::float::gemv(dt, bytes, w.cols, x, y) }
+            }
+            #[cfg(not(target_arch = "aarch64"))]
+            gemv_float(Level::Scalar, w, rows, x, y)
+        }
     }
 }
 
 /// Element `i` of a float row, widened to f32.
 #[inline]
-fn elem(dt: DType, row: &[u8], i: usize) -> f32 {
+pub(crate) fn elem(dt: DType, row: &[u8], i: usize) -> f32 {
     match dt {
         DType::F32 => f32::from_le_bytes([row[4 * i], row[4 * i + 1], row[4 * i + 2], row[4 * i + 3]]),
         DType::F16 => half::f16::from_bits(u16::from_le_bytes([row[2 * i], row[2 * i + 1]])).to_f32(),

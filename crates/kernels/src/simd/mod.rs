@@ -9,6 +9,10 @@
 //! activations quantized to int8 once per matmul ([`act`]), so the inner
 //! loops are integer dot products on the stored bytes, as llama.cpp does;
 //! float and FP8 weights keep f32 activations.
+//!
+//! Levels: [`Level::Avx2`] on x86-64, [`Level::Neon`] on AArch64 (its code
+//! lives in `neon/` and `ggml_dot/neon.rs`, compiled only for AArch64, and
+//! is tested under qemu by `tools/test-aarch64.sh`).
 
 pub mod act;
 pub mod affine_dot;
@@ -19,6 +23,8 @@ pub mod attention;
 pub mod gdn;
 pub mod gemm;
 pub mod ggml_dot;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod tile;
 
 use std::sync::OnceLock;
@@ -41,6 +47,10 @@ pub enum Level {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C (Haswell / Zen and later).
     Avx2,
+    /// AArch64 baseline NEON (every ARMv8-A core): int8 gemv for the common
+    /// ggml and MLX affine types, float gemv, the activation quantizers; the
+    /// other kernels run their scalar twin at this level.
+    Neon,
 }
 
 /// The best level this CPU runs, detected once. `QMOE_SIMD=scalar` forces
@@ -65,5 +75,35 @@ pub fn available() -> Vec<Level> {
     {
         v.push(Level::Avx2);
     }
+    #[cfg(target_arch = "aarch64")]
+    if neon::available() {
+        v.push(Level::Neon);
+    }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel tests iterate over [`available`]: on AArch64 it must hold
+    /// the NEON level, or those tests would check nothing but the twin.
+    #[test]
+    #[cfg(target_arch = "aarch64")]
+    fn neon_is_available_on_aarch64() {
+        assert_eq!(available(), vec![Level::Scalar, Level::Neon]);
+    }
+
+    #[test]
+    fn scalar_comes_first_and_levels_are_of_this_architecture() {
+        let v = available();
+        assert_eq!(v[0], Level::Scalar);
+        for l in &v[1..] {
+            match l {
+                Level::Scalar => panic!("scalar listed twice"),
+                Level::Avx2 => assert!(cfg!(target_arch = "x86_64")),
+                Level::Neon => assert!(cfg!(target_arch = "aarch64")),
+            }
+        }
+    }
 }

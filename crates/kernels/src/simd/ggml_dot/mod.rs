@@ -18,7 +18,9 @@
 //!   are multiplied unsigned and the offset subtracted through `bsums`.
 //!
 //! Every level computes the same integer sums per (sub-)block; only the f32
-//! accumulation order differs, so levels agree to float rounding.
+//! accumulation order differs, so levels agree to float rounding (the NEON
+//! level keeps the twin's order and returns its bits; it runs Q2_K and Q3_K
+//! as the twin).
 //!
 //! Invariant the SIMD code relies on: activation codes lie in `-127..=127`
 //! (both quantizers in [`crate::simd::act`] guarantee it), so `|w| ≤ 128`
@@ -27,6 +29,8 @@
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 pub mod multi;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod scalar;
 
 use qmoe_core::GgmlType;
@@ -67,6 +71,15 @@ pub fn gemv_q8k(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f
         };
         return;
     }
+    if neon_usable(level) {
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: the CPU has NEON (checked just above), and `w` holds
+        // exactly `y.len()` rows of `x.len()` blocks of `ty`.
+        unsafe {
+            neon::gemv_q8k(ty, w, x, y)
+        };
+        return;
+    }
     scalar::gemv_q8k(ty, w, x, y);
 }
 
@@ -87,6 +100,14 @@ pub fn gemv_q8x32(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mu
         // SAFETY: as in `gemv_q8k`.
         unsafe {
             avx2::gemv_q8x32(ty, w, x, y)
+        };
+        return;
+    }
+    if neon_usable(level) {
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        unsafe {
+            neon::gemv_q8x32(ty, w, x, y)
         };
         return;
     }
@@ -116,6 +137,18 @@ fn avx2_usable(level: Level) -> bool {
                 && std::arch::is_x86_feature_detected!("f16c"),
             "Level::Avx2 requested on a CPU without AVX2/FMA/F16C"
         );
+        return true;
+    }
+    let _ = level;
+    false
+}
+
+/// Whether `level` asks for NEON and this CPU really runs it (on other
+/// architectures `Level::Neon` runs the scalar twin).
+fn neon_usable(level: Level) -> bool {
+    #[cfg(target_arch = "aarch64")]
+    if level == Level::Neon {
+        assert!(crate::simd::neon::available(), "Level::Neon requested on a CPU without NEON");
         return true;
     }
     let _ = level;

@@ -6,7 +6,8 @@
 //! block once per group of tokens ([`avx2::multi`](super::avx2)) instead of
 //! once per token, and reads a run of rows from memory once for all tokens.
 //!
-//! The scalar twin runs the single-token scalar kernel per token: the same
+//! The scalar twin runs the single-token scalar kernel per token (the NEON
+//! level likewise runs the single-token NEON kernel per token): the same
 //! integer sums per (sub-)block, so the levels agree to float rounding, and
 //! the AVX2 level agrees with [`super::gemv_q8k`] / [`super::gemv_q8x32`]
 //! per token to float rounding (bit for bit for the 256-wide types, which
@@ -14,7 +15,7 @@
 
 use qmoe_core::GgmlType;
 
-use super::{act_kind, avx2_usable, check_bytes, scalar};
+use super::{act_kind, avx2_usable, check_bytes};
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
 use crate::simd::{ActKind, Level};
 
@@ -95,10 +96,11 @@ pub(crate) unsafe fn gemm_q8k_raw(
         };
         return;
     }
+    // Other levels (scalar, NEON): the single-token kernel per token.
     for t in 0..n_tokens {
         // SAFETY: the caller's contract covers `t * y_stride + 0 .. n_rows`.
         let yt = unsafe { std::slice::from_raw_parts_mut(y.add(t * y_stride), n_rows) };
-        scalar::gemv_q8k(ty, w, &x[t * nb..(t + 1) * nb], yt);
+        super::gemv_q8k(level, ty, w, &x[t * nb..(t + 1) * nb], yt);
     }
 }
 
@@ -134,7 +136,7 @@ pub(crate) unsafe fn gemm_q8x32_raw(
     for t in 0..n_tokens {
         // SAFETY: the caller's contract covers `t * y_stride + 0 .. n_rows`.
         let yt = unsafe { std::slice::from_raw_parts_mut(y.add(t * y_stride), n_rows) };
-        scalar::gemv_q8x32(ty, w, &x[t * nb..(t + 1) * nb], yt);
+        super::gemv_q8x32(level, ty, w, &x[t * nb..(t + 1) * nb], yt);
     }
 }
 
