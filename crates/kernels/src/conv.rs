@@ -75,7 +75,13 @@ pub fn causal_conv1d_silu(
         }
     }
 
-    // New state = last `hist` rows of [state; x].
+    advance_state(x, state, n_tokens, channels, kernel);
+}
+
+/// Sets `state` (`[kernel - 1, channels]`) to the last `kernel - 1` rows of
+/// `[state; x]`, for any number of new rows, fewer than `kernel - 1` included.
+pub(crate) fn advance_state(x: &[f32], state: &mut [f32], n_tokens: usize, channels: usize, kernel: usize) {
+    let hist = kernel - 1;
     if hist == 0 {
         return;
     }
@@ -91,6 +97,6 @@ pub fn causal_conv1d_silu(
 
 /// `x * sigmoid(x)`, written so that large negative `x` gives -0, not NaN.
 #[inline]
-fn silu(x: f32) -> f32 {
+pub(crate) fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }

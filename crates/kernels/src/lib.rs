@@ -9,6 +9,7 @@ pub mod act;
 pub mod attention;
 pub mod conv;
 pub mod gdn;
+pub mod gdn_prep;
 pub mod ggml;
 pub mod linear;
 pub mod norm;

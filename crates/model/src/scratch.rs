@@ -44,8 +44,6 @@ pub struct GdnBuffers {
     pub ba: Vec<f32>,
     /// `[T, conv_dim]` pre-conv mix `[q | k | v]`.
     pub mixed: Vec<f32>,
-    /// `[T, conv_dim]` after conv + SiLU.
-    pub conv_out: Vec<f32>,
     /// `[T, Hv * Dv]`.
     pub z: Vec<f32>,
     /// `[T, Hv]`.

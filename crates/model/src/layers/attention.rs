@@ -7,6 +7,7 @@ use qmoe_kernels::attention::AttnShape;
 use qmoe_kernels::linear::matmul;
 use qmoe_kernels::norm::rms_norm_inplace;
 use qmoe_kernels::rope::RopeTable;
+use qmoe_kernels::simd::gemm::{matmul_many, Product};
 use qmoe_kernels::simd::attention::attend_parallel;
 
 use crate::config::Config;
@@ -31,12 +32,15 @@ pub fn forward(
     let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
     let t = n_tokens;
 
+    // q (with gate), k and v in one kernel call sharing the quantized input.
     let qg = take(&mut s.qg, t * nh * 2 * hd);
-    matmul(&w.q_proj.view(), x, qg, t);
     let k = take(&mut s.k, t * nkv * hd);
-    matmul(&w.k_proj.view(), x, k, t);
     let v = take(&mut s.v, t * nkv * hd);
-    matmul(&w.v_proj.view(), x, v, t);
+    matmul_many(&mut [
+        Product { w: w.q_proj.view(), x, y: &mut *qg, n_tokens: t },
+        Product { w: w.k_proj.view(), x, y: &mut *k, n_tokens: t },
+        Product { w: w.v_proj.view(), x, y: &mut *v, n_tokens: t },
+    ]);
 
     // Split each head's [query | gate] block (shape [T, nh, 2*hd]).
     let q = take(&mut s.q, t * nh * hd);

@@ -5,16 +5,16 @@
 //! A call with several tokens runs the chunked algorithm (prefill); a single
 //! token runs the recurrence (decode). Both continue from the cached state.
 
-use qmoe_kernels::act::{sigmoid, softplus};
-use qmoe_kernels::conv::causal_conv1d_silu;
-use qmoe_kernels::gdn::{l2_normalize, GdnScratch, GdnShape};
+use qmoe_kernels::gdn::{GdnScratch, GdnShape};
+use qmoe_kernels::gdn_prep::{gdn_prep, PrepOut, PrepWeights};
 use qmoe_kernels::simd::gdn::{gdn_chunked_parallel, gdn_recurrent_parallel};
 use qmoe_kernels::linear::matmul;
+use qmoe_kernels::simd::gemm::{matmul_many, Product};
 use qmoe_kernels::norm::rms_norm_gated_inplace;
 
 use crate::config::Config;
 use crate::scratch::{take, GdnBuffers};
-use crate::weights::{Gdn, GdnProj};
+use crate::weights::{Gdn, GdnProj, Mat};
 
 /// Tokens per chunk in the chunked prefill (HF and llama.cpp use 64).
 pub const CHUNK: usize = 64;
@@ -45,66 +45,47 @@ pub fn forward(
     let z = take(&mut s.z, t * vd);
     let b = take(&mut s.b, t * hv);
     let a = take(&mut s.a, t * hv);
+    // All input projections of the layer in one kernel call: one activation
+    // quantization and one pool dispatch instead of one per matrix.
+    fn product<'a>(m: &'a Mat, x: &'a [f32], y: &'a mut [f32], t: usize) -> Product<'a> {
+        Product { w: m.view(), x, y, n_tokens: t }
+    }
     match &w.proj {
         GdnProj::Separate { qkv, z: wz, b: wb, a: wa } => {
-            matmul(&qkv.view(), x, mixed, t);
-            matmul(&wz.view(), x, z, t);
-            matmul(&wb.view(), x, b, t);
-            matmul(&wa.view(), x, a, t);
+            matmul_many(&mut [product(qkv, x, mixed, t), product(wz, x, z, t), product(wb, x, b, t), product(wa, x, a, t)]);
         }
         GdnProj::FusedGrouped { qkvz, ba } => {
             let fused = take(&mut s.fused, t * (2 * kd + 2 * vd));
-            matmul(&qkvz.view(), x, fused, t);
             let bab = take(&mut s.ba, t * 2 * hv);
-            matmul(&ba.view(), x, bab, t);
+            matmul_many(&mut [product(qkvz, x, fused, t), product(ba, x, bab, t)]);
             ungroup_qkvz(cfg, fused, t, mixed, z);
             ungroup_ba(cfg, bab, t, b, a);
         }
         GdnProj::SplitGroupedBa { qkv, z: wz, ba } => {
-            matmul(&qkv.view(), x, mixed, t);
-            matmul(&wz.view(), x, z, t);
             let bab = take(&mut s.ba, t * 2 * hv);
-            matmul(&ba.view(), x, bab, t);
+            matmul_many(&mut [product(qkv, x, mixed, t), product(wz, x, z, t), product(ba, x, bab, t)]);
             ungroup_ba(cfg, bab, t, b, a);
         }
     }
 
-    let conv_out = take(&mut s.conv_out, t * cd);
-    causal_conv1d_silu(mixed, &w.conv, conv_state, t, cd, cfg.linear_conv_kernel_dim, conv_out);
-
-    // Split [T, q|k|v] into contiguous per-token head tensors.
+    // Conv + SiLU, per-head q/k/v with l2-normed q and k, and the gates, in
+    // one pass over the projections.
+    let shape = GdnShape { n_k_heads: hk, n_v_heads: hv, head_k_dim: dk, head_v_dim: dv };
     let q = take(&mut s.q, t * kd);
     let k = take(&mut s.k, t * kd);
     let v = take(&mut s.v, t * vd);
-    for ti in 0..t {
-        let row = &conv_out[ti * cd..(ti + 1) * cd];
-        q[ti * kd..(ti + 1) * kd].copy_from_slice(&row[..kd]);
-        k[ti * kd..(ti + 1) * kd].copy_from_slice(&row[kd..2 * kd]);
-        v[ti * vd..(ti + 1) * vd].copy_from_slice(&row[2 * kd..]);
-    }
-    let q_scale = 1.0 / (dk as f32).sqrt();
-    for head in q.chunks_exact_mut(dk) {
-        l2_normalize(head, 1e-6);
-        head.iter_mut().for_each(|e| *e *= q_scale);
-    }
-    for head in k.chunks_exact_mut(dk) {
-        l2_normalize(head, 1e-6);
-    }
-
-    // beta = sigmoid(b); g = -exp(A_log) * softplus(a + dt_bias), in f32.
     let beta = take(&mut s.beta, t * hv);
     let g = take(&mut s.g, t * hv);
-    for ti in 0..t {
-        for h in 0..hv {
-            let i = ti * hv + h;
-            beta[i] = sigmoid(b[i]);
-            g[i] = w.a_neg_exp[h] * softplus(a[i] + w.dt_bias[h]);
-        }
-    }
-
-    let shape = GdnShape { n_k_heads: hk, n_v_heads: hv, head_k_dim: dk, head_v_dim: dv };
-    let out = take(&mut s.out, t * vd);
     let level = qmoe_kernels::simd::level();
+    let prep = PrepWeights {
+        conv: &w.conv,
+        kernel: cfg.linear_conv_kernel_dim,
+        a_neg_exp: &w.a_neg_exp,
+        dt_bias: &w.dt_bias,
+    };
+    gdn_prep(level, prep, shape, mixed, b, a, conv_state, t, PrepOut { q: &mut *q, k: &mut *k, v: &mut *v, beta: &mut *beta, g: &mut *g });
+
+    let out = take(&mut s.out, t * vd);
     if t == 1 {
         gdn_recurrent_parallel(level, q, k, v, beta, g, ssm_state, shape, w.head_map, out);
     } else {
