@@ -1,7 +1,7 @@
 //! The many-token int8 kernels (`simd::ggml_dot::multi`, `simd::affine_multi`)
 //! against the single-token kernels run once per token, at every level this
-//! CPU runs, over a grid: rows 1, 3, 17; tokens 1..=9 (across the group of
-//! four, with every remainder); 1, 2, 7 blocks (affine: groups of 32, 64,
+//! CPU runs, over a grid: rows 1, 3, 17; tokens 1..=9 and 17 (across the
+//! groups of four and eight, with every remainder); 1, 2, 7 blocks (affine: groups of 32, 64,
 //! 128); a row range that does not start at 0 (affine) and an output stride
 //! wider than the rows, whose gaps must stay untouched.
 //!
@@ -26,7 +26,8 @@ use qmoe_kernels::simd::{available, ActKind, Level};
 
 const ROWS: [usize; 3] = [1, 3, 17];
 const BLOCKS: [usize; 3] = [1, 2, 7];
-const MAX_TOKENS: usize = 9;
+/// Token counts: every count up to two groups of four, and 17 = 2 x 8 + 1.
+const TOKENS: [usize; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 17];
 
 /// Random blocks (every bit pattern) with sane f16 scales.
 fn ggml_weights(ty: GgmlType, rows: usize, blocks: usize, rng: &mut Rng) -> Vec<u8> {
@@ -118,7 +119,7 @@ fn ggml_multi_equals_per_token_gemv() {
                         v
                     })
                     .collect();
-                for n_tokens in 1..=MAX_TOKENS {
+                for n_tokens in TOKENS {
                     for full in [false, true] {
                         let stride = rows + 2;
                         let what = format!("{ty} rows {rows} blocks {blocks} tokens {n_tokens} full {full}");
@@ -198,7 +199,7 @@ fn affine_multi_equals_per_token_gemv() {
                         .collect();
                     let range = rows / 3..rows;
                     let n = range.len();
-                    for n_tokens in 1..=MAX_TOKENS {
+                    for n_tokens in TOKENS {
                         let full = n_tokens % 2 == 0;
                         let x = q8x32(cols, n_tokens, full, &mut rng);
                         let nb = cols / 32;
