@@ -19,8 +19,7 @@
 //!
 //! Every level computes the same integer sums per (sub-)block; only the f32
 //! accumulation order differs, so levels agree to float rounding (the NEON
-//! level keeps the twin's order and returns its bits; it runs Q2_K and Q3_K
-//! as the twin).
+//! level keeps the twin's order and returns its bits).
 //!
 //! Invariant the SIMD code relies on: activation codes lie in `-127..=127`
 //! (both quantizers in [`crate::simd::act`] guarantee it), so `|w| ≤ 128`

@@ -8,13 +8,12 @@
 //! in the twin's order: the integer sums being exact, this level returns the
 //! twin's bits. (A horizontal add per block is the price; it is small next
 //! to the unpacking.)
-//!
-//! Q2_K and Q3_K run the scalar twin at this level.
 
 use std::arch::aarch64::*;
 
 use qmoe_core::GgmlType;
 
+use super::scalar::q3_k_scales;
 use super::scales_mins_k4;
 use crate::ggml::IQ4_LEVELS;
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
@@ -39,11 +38,13 @@ macro_rules! rows {
 pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f32]) {
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
+        GgmlType::Q2K => rows!(w, x, y, 84, dot_q2_k),
+        GgmlType::Q3K => rows!(w, x, y, 110, dot_q3_k),
         GgmlType::Q4K => rows!(w, x, y, 144, dot_q4_k),
         GgmlType::Q5K => rows!(w, x, y, 176, dot_q5_k),
         GgmlType::Q6K => rows!(w, x, y, 210, dot_q6_k),
         GgmlType::IQ4XS => rows!(w, x, y, 136, dot_iq4_xs),
-        _ => super::scalar::gemv_q8k(ty, w, x, y),
+        _ => unreachable!("gemv_q8k: {ty} (checked by the caller)"),
     }
 }
 
@@ -59,7 +60,7 @@ pub(super) unsafe fn gemv_q8x32(ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mu
         GgmlType::Q5_0 => rows!(w, x, y, 22, dot_q5_0),
         GgmlType::Q5_1 => rows!(w, x, y, 24, dot_q5_1),
         GgmlType::IQ4NL => rows!(w, x, y, 18, dot_iq4_nl),
-        _ => super::scalar::gemv_q8x32(ty, w, x, y),
+        _ => unreachable!("gemv_q8x32: {ty} (checked by the caller)"),
     }
 }
 
@@ -276,6 +277,84 @@ unsafe fn dot_q4_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
 #[target_feature(enable = "neon")]
 unsafe fn dot_q5_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
     dot_q45_k::<true>(row, x)
+}
+
+/// `v >> shift` per byte, `shift` known at run time only (`ushl` by a
+/// negative count).
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn shr(v: uint8x16_t, shift: usize) -> uint8x16_t {
+    vshlq_u8(v, vdupq_n_s8(-(shift as i8)))
+}
+
+/// Q2_K: 16-value group `g = 8n + 2k + half` is bit pair `k` of the 16
+/// bytes of `qs` at `32n + 16 half`; scale byte `g` holds the group's scale
+/// (low nibble) and min (high nibble).
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn dot_q2_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
+    let m3 = vdupq_n_u8(3);
+    let mut acc = 0.0f32;
+    for (i, xb) in x.iter().enumerate() {
+        let b = row.add(i * 84);
+        let xq = xb.qs.as_ptr();
+        let raw = vld1q_u8(b);
+        let sc = *(b as *const [u8; 16]);
+        let mins = vshrq_n_u8::<4>(raw);
+        let mins = (vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(mins))), vreinterpretq_s16_u16(vmovl_high_u8(mins)));
+        let summ = dot_bsums(mins.0, mins.1, xb);
+        let mut sumi = vdupq_n_s32(0);
+        for n in 0..2 {
+            for half in 0..2 {
+                let q = vld1q_u8(b.add(16 + 32 * n + 16 * half));
+                for k in 0..4 {
+                    let g = 8 * n + 2 * k + half;
+                    let codes = s8(vandq_u8(shr(q, 2 * k), m3));
+                    let s = dot16(vdupq_n_s32(0), codes, vld1q_s8(xq.add(16 * g)));
+                    sumi = vmlaq_n_s32(sumi, s, (sc[g] & 0xF) as i32);
+                }
+            }
+        }
+        let sumi = vaddvq_s32(sumi);
+        acc += f16_at(b.add(80)) * xb.d * sumi as f32;
+        acc -= f16_at(b.add(82)) * xb.d * summ as f32;
+    }
+    acc
+}
+
+/// Q3_K: Q2_K's code layout plus a third bit per value from `hmask` (bit
+/// `4n + k` of the 16 bytes at `16 half` for group `8n + 2k + half`): codes
+/// 0..8 multiplied as they are, the `- 4` taken off through the group sums.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn dot_q3_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
+    let m3 = vdupq_n_u8(3);
+    let four = vdupq_n_u8(4);
+    let mut acc = 0.0f32;
+    for (i, xb) in x.iter().enumerate() {
+        let b = row.add(i * 110);
+        let xq = xb.qs.as_ptr();
+        let scales = q3_k_scales(std::slice::from_raw_parts(b.add(96), 12));
+        let sc = vld1q_s8(scales.as_ptr());
+        let offs = dot_bsums(vmovl_s8(vget_low_s8(sc)), vmovl_high_s8(sc), xb);
+        let hm = [vld1q_u8(b), vld1q_u8(b.add(16))];
+        let mut sumi = vdupq_n_s32(0);
+        for n in 0..2 {
+            for half in 0..2 {
+                let q = vld1q_u8(b.add(32 + 32 * n + 16 * half));
+                for k in 0..4 {
+                    let g = 8 * n + 2 * k + half;
+                    let low = vandq_u8(shr(q, 2 * k), m3);
+                    let high = vandq_u8(vtstq_u8(hm[half], vdupq_n_u8(1 << (4 * n + k))), four);
+                    let s = dot16(vdupq_n_s32(0), s8(vorrq_u8(low, high)), vld1q_s8(xq.add(16 * g)));
+                    sumi = vmlaq_n_s32(sumi, s, scales[g] as i32);
+                }
+            }
+        }
+        let sumi = vaddvq_s32(sumi);
+        acc += f16_at(b.add(108)) * xb.d * (sumi - 4 * offs) as f32;
+    }
+    acc
 }
 
 /// Q6_K: 16-value group `g = 8n + 2 part + half` takes the low or high
