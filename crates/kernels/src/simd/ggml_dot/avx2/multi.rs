@@ -107,7 +107,7 @@ pub(crate) unsafe fn gemm_q8k(ty: GgmlType, w: &[u8], n_rows: usize, x: &[BlockQ
 pub(crate) unsafe fn gemm_q8x32(ty: GgmlType, w: &[u8], n_rows: usize, x: &[BlockQ8x32], n_tokens: usize, y: *mut f32, y_stride: usize) {
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
-        GgmlType::Q8_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, 34, dot_q8_0),
+        GgmlType::Q8_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, 34, dot_q8_0, 8),
         GgmlType::Q4_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, 18, dot_q4_0),
         GgmlType::Q4_1 => groups!(w, n_rows, x, n_tokens, y, y_stride, 20, dot_q4_1),
         GgmlType::Q5_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, 22, dot_q5_0),
