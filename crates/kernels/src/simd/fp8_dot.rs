@@ -55,9 +55,7 @@ pub fn gemv_fp8(level: Level, w: &MatRef, rows: Range<usize>, x: &[f32], y: &mut
                 *yi = scalar_row(&m, r, x);
             }
         }
-        // Any x86 level above scalar includes AVX2 + FMA + F16C.
-        #[allow(unreachable_patterns)]
-        _ => {
+        Level::Avx2 => {
             #[cfg(target_arch = "x86_64")]
             {
                 use crate::simd::float_dot::x86 as fx;
@@ -70,6 +68,8 @@ pub fn gemv_fp8(level: Level, w: &MatRef, rows: Range<usize>, x: &[f32], y: &mut
             #[cfg(not(target_arch = "x86_64"))]
             gemv_fp8(Level::Scalar, w, rows, x, y)
         }
+        // No NEON kernel for FP8 yet: the scalar twin.
+        Level::Neon => gemv_fp8(Level::Scalar, w, rows, x, y),
     }
 }
 
