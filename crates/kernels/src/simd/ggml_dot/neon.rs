@@ -340,12 +340,12 @@ unsafe fn dot_q3_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
         let hm = [vld1q_u8(b), vld1q_u8(b.add(16))];
         let mut sumi = vdupq_n_s32(0);
         for n in 0..2 {
-            for half in 0..2 {
+            for (half, &hm) in hm.iter().enumerate() {
                 let q = vld1q_u8(b.add(32 + 32 * n + 16 * half));
                 for k in 0..4 {
                     let g = 8 * n + 2 * k + half;
                     let low = vandq_u8(shr(q, 2 * k), m3);
-                    let high = vandq_u8(vtstq_u8(hm[half], vdupq_n_u8(1 << (4 * n + k))), four);
+                    let high = vandq_u8(vtstq_u8(hm, vdupq_n_u8(1 << (4 * n + k))), four);
                     let s = dot16(vdupq_n_s32(0), s8(vorrq_u8(low, high)), vld1q_s8(xq.add(16 * g)));
                     sumi = vmlaq_n_s32(sumi, s, scales[g] as i32);
                 }

@@ -65,8 +65,7 @@ unsafe fn row<const B: usize>(m: &AffineMat, r: usize, x: &[BlockQ8x32]) -> f32 
     let (mut scaled, mut biased) = (0.0f32, 0.0f32);
     for g in 0..m.groups {
         let (mut fsum, mut xsum) = (0.0f32, 0.0f32);
-        for k in g * per_group..(g + 1) * per_group {
-            let xb = &x[k];
+        for (k, xb) in x.iter().enumerate().skip(g * per_group).take(per_group) {
             let isum = if B == 4 { block4(words.add(16 * k), xb) } else { block8(words.add(32 * k), xb) };
             fsum += xb.d * isum as f32;
             xsum += xb.sum;
