@@ -88,11 +88,12 @@ fn format(name: &str) -> Format {
 fn main() {
     let mut names = vec![];
     let (mut tokens, mut iters) = (64usize, 9usize);
-    let (mut compare_rounds, mut token_list) = (0usize, vec![]);
+    let (mut compare_rounds, mut token_list, mut task_kib) = (0usize, vec![], 96usize);
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--compare" => compare_rounds = it.next().unwrap().parse().unwrap(),
+            "--task-kib" => task_kib = it.next().unwrap().parse().unwrap(),
             "--token-list" => token_list = it.next().unwrap().split(',').map(|t| t.parse().unwrap()).collect(),
             "--tokens" => tokens = it.next().unwrap().parse().unwrap(),
             "--iters" => iters = it.next().unwrap().parse().unwrap(),
@@ -108,7 +109,7 @@ fn main() {
         if token_list.is_empty() {
             token_list = vec![tokens];
         }
-        compare(&names, &token_list, iters, compare_rounds);
+        compare(&names, &token_list, iters, compare_rounds, task_kib << 10);
         return;
     }
     println!(
@@ -213,10 +214,9 @@ fn main() {
 /// `PREFILL_TASK_BYTES` (96 KiB, so they stay in L2), every token over each
 /// run. `rounds` alternations of old then new, each the median of `iters`;
 /// the best of each side is reported.
-fn compare(names: &[String], token_list: &[usize], iters: usize, rounds: usize) {
-    const TASK_BYTES: usize = 96 << 10;
+fn compare(names: &[String], token_list: &[usize], iters: usize, rounds: usize, task_bytes: usize) {
     let level = simd::level();
-    println!("compare: cpu {}; best single run of {rounds} alternating rounds of {iters} runs; row runs of 96 KiB", cpu_name());
+    println!("compare: cpu {}; best single run of {rounds} alternating rounds of {iters} runs; row runs of {} KiB", cpu_name(), task_bytes >> 10);
     let mut s = 0x2545_F491_4F6C_DD1Du64;
     for name in names {
         let Format::Ggml(ty) = format(name) else { panic!("compare: ggml types only") };
@@ -231,7 +231,7 @@ fn compare(names: &[String], token_list: &[usize], iters: usize, rounds: usize) 
                         blk[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
                     }
                 }
-                let per = (TASK_BYTES / rb).clamp(1, rows);
+                let per = (task_bytes / rb).clamp(1, rows);
                 let mut y_old = vec![0.0f32; tokens * rows];
                 let mut y_new = vec![0.0f32; tokens * rows];
                 let flops = 2.0 * (rows * cols * tokens) as f64;

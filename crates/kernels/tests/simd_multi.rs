@@ -6,8 +6,9 @@
 //! wider than the rows, whose gaps must stay untouched.
 //!
 //! Both compute the same integer block sums; the 256-wide ggml types keep
-//! the single-token summation order and must agree bit for bit, the others
-//! within 1e-5 of `Σ |w| |x̂|` (f32 rounding of a few operations per block).
+//! the single-token summation order and must agree bit for bit, except
+//! those in [`REGROUPED`]; the others within 1e-5 of `Σ |w| |x̂|` (f32
+//! rounding of a few operations per block).
 
 mod common;
 
@@ -25,6 +26,11 @@ use qmoe_kernels::simd::ggml_dot::{act_kind, gemv_q8k, gemv_q8x32};
 use qmoe_kernels::simd::{available, ActKind, Level};
 
 const ROWS: [usize; 3] = [1, 3, 17];
+/// 256-wide types whose AVX2 many-token kernel spreads each block's integer
+/// sum over the eight i32 lanes differently from the single-token kernel
+/// (transposed sub-blocks): the same integer sum per (block, token), other
+/// f32 rounding, so they are held to the tolerance.
+const REGROUPED: [GgmlType; 1] = [GgmlType::Q4K];
 const BLOCKS: [usize; 3] = [1, 2, 7];
 /// Token counts: every count up to two groups of four, and 17 = 2 x 8 + 1.
 const TOKENS: [usize; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 17];
@@ -140,7 +146,8 @@ fn ggml_multi_equals_per_token_gemv() {
                                     }
                                     let mut y = vec![f32::NAN; (n_tokens - 1) * stride + rows];
                                     gemm_q8k(level, ty, &w, rows, &x, n_tokens, &mut y, stride);
-                                    compare(&format!("{level:?} {what}"), &y, stride, rows, &want, &nrm, true);
+                                    let exact = level == Level::Scalar || !REGROUPED.contains(&ty);
+                                    compare(&format!("{level:?} {what}"), &y, stride, rows, &want, &nrm, exact);
                                 }
                             }
                             _ => {

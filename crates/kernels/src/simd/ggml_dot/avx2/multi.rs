@@ -10,7 +10,9 @@
 //! Per (block, token) the integer sums are those of the single-token kernels
 //! in [`super`], and so is the f32 scaling of each block; only the 32-wide
 //! types keep one accumulator per token where the single-token kernel
-//! alternates two, so results agree with it to float rounding.
+//! alternates two, and Q4_K ([`kquants`]) spreads each block's sum over the
+//! eight lanes differently, so for those results agree with it to float
+//! rounding (the other 256-wide types: bit for bit).
 
 use std::arch::x86_64::*;
 
@@ -21,6 +23,10 @@ use super::{
     pair_i8, q3_k_scales, q5_codes, scales_mins_k4, split_nibbles, top2, PREFETCH_BYTES,
 };
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
+
+mod kquants;
+
+use kquants::{dot_q4_k_t, transposed};
 
 /// Tokens multiplied per weight-block unpacking: 4 tokens' integer and f32
 /// accumulators (8 registers) plus the codes and scales fit AVX2's 16.
@@ -34,37 +40,45 @@ pub(crate) const GROUP: usize = 4;
 /// The group loop, expanded inside each `#[target_feature]` function so the
 /// per-type dot (`#[inline]`, same features, const `N` tokens) is inlined.
 /// `$dot::<N>(row, xs, nb) -> [f32; N]`: one row against `N` tokens' blocks.
+/// `$prep(x, t0, n, nb, scratch)` gives the group's activations, `n` tokens
+/// of `nb` blocks from token `t0`: [`as_is`], or a rearranged copy in
+/// `scratch` (once per group, for every row of the run).
 macro_rules! groups {
     ($w:expr, $n_rows:expr, $x:expr, $n_tokens:expr, $y:expr, $stride:expr, $ts:expr, $dot:ident) => {
-        groups!($w, $n_rows, $x, $n_tokens, $y, $stride, $ts, $dot, GROUP)
+        groups!($w, $n_rows, $x, $n_tokens, $y, $stride, $ts, $dot, GROUP, as_is)
     };
-    ($w:expr, $n_rows:expr, $x:expr, $n_tokens:expr, $y:expr, $stride:expr, $ts:expr, $dot:ident, $max:expr) => {{
+    ($w:expr, $n_rows:expr, $x:expr, $n_tokens:expr, $y:expr, $stride:expr, $ts:expr, $dot:ident, $max:expr) => {
+        groups!($w, $n_rows, $x, $n_tokens, $y, $stride, $ts, $dot, $max, as_is)
+    };
+    ($w:expr, $n_rows:expr, $x:expr, $n_tokens:expr, $y:expr, $stride:expr, $ts:expr, $dot:ident, $max:expr, $prep:ident) => {{
         let (w, n_rows, x, n_tokens, y, stride): (&[u8], usize, &[_], usize, *mut f32, usize) =
             ($w, $n_rows, $x, $n_tokens, $y, $stride);
         let nb = x.len() / n_tokens;
         let row_bytes = nb * $ts;
         let base = w.as_ptr();
+        let mut scratch = Vec::new();
         let mut t0 = 0;
         while t0 < n_tokens {
             // Groups of `$max`, the rest in groups of at most 4 (fewer
             // instances of the kernel than one per remainder).
             let left = n_tokens - t0;
             let n = if left >= $max { $max } else { left.min(4) };
+            let xg = $prep(x, t0, n, nb, &mut scratch);
             // Only the first group reads the rows from memory: prefetch for it.
             let prefetch = t0 == 0;
             match n {
-                8 => groups!(@run 8, base, n_rows, row_bytes, x, nb, t0, y, stride, prefetch, w.len(), $dot),
-                4 => groups!(@run 4, base, n_rows, row_bytes, x, nb, t0, y, stride, prefetch, w.len(), $dot),
-                3 => groups!(@run 3, base, n_rows, row_bytes, x, nb, t0, y, stride, prefetch, w.len(), $dot),
-                2 => groups!(@run 2, base, n_rows, row_bytes, x, nb, t0, y, stride, prefetch, w.len(), $dot),
-                _ => groups!(@run 1, base, n_rows, row_bytes, x, nb, t0, y, stride, prefetch, w.len(), $dot),
+                8 => groups!(@run 8, base, n_rows, row_bytes, xg, nb, t0, y, stride, prefetch, w.len(), $dot),
+                4 => groups!(@run 4, base, n_rows, row_bytes, xg, nb, t0, y, stride, prefetch, w.len(), $dot),
+                3 => groups!(@run 3, base, n_rows, row_bytes, xg, nb, t0, y, stride, prefetch, w.len(), $dot),
+                2 => groups!(@run 2, base, n_rows, row_bytes, xg, nb, t0, y, stride, prefetch, w.len(), $dot),
+                _ => groups!(@run 1, base, n_rows, row_bytes, xg, nb, t0, y, stride, prefetch, w.len(), $dot),
             }
             t0 += n;
         }
     }};
-    (@run $n:literal, $base:expr, $n_rows:expr, $row_bytes:expr, $x:expr, $nb:expr, $t0:expr, $y:expr,
+    (@run $n:literal, $base:expr, $n_rows:expr, $row_bytes:expr, $xg:expr, $nb:expr, $t0:expr, $y:expr,
      $stride:expr, $prefetch:expr, $len:expr, $dot:ident) => {{
-        let xs: [*const _; $n] = std::array::from_fn(|t| $x.as_ptr().add(($t0 + t) * $nb));
+        let xs: [*const _; $n] = std::array::from_fn(|t| $xg.add(t * $nb));
         let mut fetched = 0;
         for r in 0..$n_rows {
             if $prefetch {
@@ -82,6 +96,12 @@ macro_rules! groups {
     }};
 }
 
+/// The group's activations as they are.
+#[inline(always)]
+fn as_is<B>(x: &[B], t0: usize, _n: usize, nb: usize, _scratch: &mut Vec<B>) -> *const B {
+    x[t0 * nb..].as_ptr()
+}
+
 /// # Safety
 /// The CPU runs AVX2, FMA and F16C; `ty` takes Q8K activations; `x` holds
 /// `n_tokens >= 1` rows of `nb` blocks; `w` is exactly `n_rows` rows of `nb`
@@ -93,7 +113,7 @@ pub(crate) unsafe fn gemm_q8k(ty: GgmlType, w: &[u8], n_rows: usize, x: &[BlockQ
     match ty {
         GgmlType::Q2K => groups!(w, n_rows, x, n_tokens, y, y_stride, 84, dot_q2_k),
         GgmlType::Q3K => groups!(w, n_rows, x, n_tokens, y, y_stride, 110, dot_q3_k),
-        GgmlType::Q4K => groups!(w, n_rows, x, n_tokens, y, y_stride, 144, dot_q4_k, 8),
+        GgmlType::Q4K => groups!(w, n_rows, x, n_tokens, y, y_stride, 144, dot_q4_k_t, 8, transposed),
         GgmlType::Q5K => groups!(w, n_rows, x, n_tokens, y, y_stride, 176, dot_q5_k, 8),
         GgmlType::Q6K => groups!(w, n_rows, x, n_tokens, y, y_stride, 210, dot_q6_k, 8),
         GgmlType::IQ4XS => groups!(w, n_rows, x, n_tokens, y, y_stride, 136, dot_iq4_xs),
@@ -193,8 +213,9 @@ unsafe fn dot_iq4_nl<const N: usize>(row: *const u8, xs: [*const BlockQ8x32; N],
 
 // ---- 256-value super-blocks (Q8K activations) -----------------------------------
 
-/// Q4_K / Q5_K: the codes of each pair of sub-blocks unpacked once, then
-/// every token's 64 activations against them.
+/// Q5_K (`FIVE`; Q4_K runs on transposed sub-blocks, [`kquants`]): the
+/// codes of each pair of sub-blocks unpacked once, then every token's 64
+/// activations against them.
 ///
 /// The pair loop is kept rolled (its trip count hidden from the optimizer):
 /// fully unrolled, LLVM hoists all eight code and scale vectors of a block
@@ -255,12 +276,6 @@ unsafe fn dot_q45_k<const FIVE: bool, const N: usize>(row: *const u8, xs: [*cons
         }
     }
     acc.map(|a| hsum(a))
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q4_k<const N: usize>(row: *const u8, xs: [*const BlockQ8K; N], nb: usize) -> [f32; N] {
-    dot_q45_k::<false, N>(row, xs, nb)
 }
 
 #[inline]

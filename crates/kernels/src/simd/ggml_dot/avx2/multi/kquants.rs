@@ -1,0 +1,141 @@
+//! Q4_K many-token kernel on transposed sub-blocks: one scale multiply per
+//! (block, token) instead of one per sub-block.
+//!
+//! The plain layout multiplies each 32-value sub-block in its own register
+//! (`vpmaddubsw`), so every register has its own scale and needs its own
+//! `vpmaddwd` before the registers can be summed: 16 multiplies per block
+//! and token, and the multiply ports were the limit. Here the weight codes
+//! and the activations are both transposed in 4-byte columns: register `i`
+//! holds values `4i..4i + 4` of all eight sub-blocks (one per u32 lane, in
+//! [`ORDER`]), so every register has the same lane-to-sub-block map and the
+//! eight `vpmaddubsw` results add up as i16 (|pair| <= 2 * 15 * 127 = 3810,
+//! eight of them 30480 < 2^15), then one `vpmaddwd` against the lane scales.
+//!
+//! The weights are transposed per block (shared by the group's tokens), the
+//! activations once per group into a copy (shared by every row of the run).
+//! The integer sum of each (block, token) is the single-token kernel's; its
+//! split over the 8 i32 lanes differs, so the f32 result agrees with it to
+//! rounding, not bit for bit.
+
+use std::arch::x86_64::*;
+
+use super::super::{bsums, f16_at, hsum, load256, madd, mul_u8, scales_mins_k4};
+use crate::simd::act::BlockQ8K;
+
+/// The sub-block in u32 lane `k` of a transposed register: the nibble split
+/// of four 32-byte rows of Q4_K codes gives sub-blocks 0, 2, 4, 6 (low
+/// nibbles), then 1, 3, 5, 7 (high).
+const ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
+
+/// One activation block as [`dot_q4_k_t`] reads it: the codes transposed
+/// (see [`transpose`]), the group sums and scale, 32-byte aligned so that
+/// no load of the token loop straddles a cache line (a `BlockQ8K`'s codes
+/// sit at offset 4 of 292 bytes: half of their 32-byte loads do).
+#[repr(C, align(32))]
+pub(super) struct TBlock {
+    qs: [__m256i; 8],
+    bsums: __m256i,
+    d: f32,
+}
+
+/// The group's activation blocks (tokens `t0..t0 + n`) as [`TBlock`]s in
+/// `scratch`.
+///
+/// # Safety
+/// The CPU runs AVX2; `x` holds tokens `t0..t0 + n` of `nb` blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn transposed(x: &[BlockQ8K], t0: usize, n: usize, nb: usize, scratch: &mut Vec<TBlock>) -> *const TBlock {
+    scratch.clear();
+    scratch.extend(x[t0 * nb..(t0 + n) * nb].iter().map(|b| TBlock {
+        qs: transpose(&b.qs),
+        bsums: bsums(b),
+        d: b.d,
+    }));
+    scratch.as_ptr()
+}
+
+/// 256 codes as eight rows (sub-blocks, in [`ORDER`]) of eight u32 columns,
+/// column by column: 32-byte register `i` = bytes `4i..4i + 4` of each
+/// sub-block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn transpose(qs: &[i8; 256]) -> [__m256i; 8] {
+    let p = qs.as_ptr() as *const u8;
+    let r: [__m256i; 8] = std::array::from_fn(|k| load256(p.add(32 * ORDER[k])));
+    let (c04, c15, c26, c37) = transpose4(r[0], r[1], r[2], r[3]);
+    let (d04, d15, d26, d37) = transpose4(r[4], r[5], r[6], r[7]);
+    [
+        _mm256_permute2x128_si256::<0x20>(c04, d04),
+        _mm256_permute2x128_si256::<0x20>(c15, d15),
+        _mm256_permute2x128_si256::<0x20>(c26, d26),
+        _mm256_permute2x128_si256::<0x20>(c37, d37),
+        _mm256_permute2x128_si256::<0x31>(c04, d04),
+        _mm256_permute2x128_si256::<0x31>(c15, d15),
+        _mm256_permute2x128_si256::<0x31>(c26, d26),
+        _mm256_permute2x128_si256::<0x31>(c37, d37),
+    ]
+}
+
+/// Four rows of eight u32 `a`, `b`, `c`, `d` to columns: `(c04, c15, c26,
+/// c37)` where `cij` holds column `i` (`[a_i, b_i, c_i, d_i]`) in its low
+/// 128 bits and column `j` in its high.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn transpose4(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> (__m256i, __m256i, __m256i, __m256i) {
+    let ab_lo = _mm256_unpacklo_epi32(a, b);
+    let ab_hi = _mm256_unpackhi_epi32(a, b);
+    let cd_lo = _mm256_unpacklo_epi32(c, d);
+    let cd_hi = _mm256_unpackhi_epi32(c, d);
+    (
+        _mm256_unpacklo_epi64(ab_lo, cd_lo),
+        _mm256_unpackhi_epi64(ab_lo, cd_lo),
+        _mm256_unpacklo_epi64(ab_hi, cd_hi),
+        _mm256_unpackhi_epi64(ab_hi, cd_hi),
+    )
+}
+
+/// Q4_K against activations from [`transposed`].
+///
+/// # Safety
+/// `row` points at `nb` Q4_K blocks, each `xs[t]` at `nb` transposed
+/// activation blocks; the CPU runs AVX2 + FMA + F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q4_k_t<const N: usize>(row: *const u8, xs: [*const TBlock; N], nb: usize) -> [f32; N] {
+    let m4 = _mm256_set1_epi8(0x0F);
+    // Bytes of the scale of lane pair m's sub-block, ORDER[m], twice.
+    let pick = _mm_setr_epi8(0, 0, 2, 2, 4, 4, 6, 6, 1, 1, 3, 3, 5, 5, 7, 7);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for i in 0..nb {
+        let b = row.add(i * 144);
+        let (d, dmin) = (f16_at(b), f16_at(b.add(2)));
+        let (sc, m) = scales_mins_k4(&*(b.add(4) as *const [u8; 12]));
+        let scales = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_cvtsi64_si128(sc as i64), pick));
+        // Rows p = 0..4 of 32 code bytes (low nibble sub-block 2p, high 2p + 1)
+        // to columns, then split: low 128 bits sub-blocks 0, 2, 4, 6, high 1, 3, 5, 7.
+        let q: [__m256i; 4] = std::array::from_fn(|p| load256(b.add(16 + 32 * p)));
+        let (c04, c15, c26, c37) = transpose4(q[0], q[1], q[2], q[3]);
+        let mut w = [_mm256_setzero_si256(); 8];
+        for (k, c) in [c04, c15, c26, c37].into_iter().enumerate() {
+            let lo = _mm256_and_si256(c, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(c), m4);
+            w[k] = _mm256_permute2x128_si256::<0x20>(lo, hi);
+            w[k + 4] = _mm256_permute2x128_si256::<0x31>(lo, hi);
+        }
+        // Mins: [m0, m0, m1, m1, ..] as i16 against the 16 group sums.
+        let m8 = _mm_cvtsi64_si128(m as i64);
+        let mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
+        for t in 0..N {
+            let xb = &*xs[t].add(i);
+            let mut s = mul_u8(w[0], xb.qs[0]);
+            for k in 1..8 {
+                s = _mm256_add_epi16(s, mul_u8(w[k], xb.qs[k]));
+            }
+            let sumi = madd(s, scales);
+            let summ = madd(mins, xb.bsums);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(sumi), acc[t]);
+            acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * xb.d), _mm256_cvtepi32_ps(summ), acc[t]);
+        }
+    }
+    acc.map(|a| hsum(a))
+}
