@@ -10,9 +10,9 @@
 //! Per (block, token) the integer sums are those of the single-token kernels
 //! in [`super`], and so is the f32 scaling of each block; only the 32-wide
 //! types keep one accumulator per token where the single-token kernel
-//! alternates two, and Q4_K ([`kquants`]) spreads each block's sum over the
-//! eight lanes differently, so for those results agree with it to float
-//! rounding (the other 256-wide types: bit for bit).
+//! alternates two, and Q4_K / Q5_K ([`kquants`]) spread each block's sum
+//! over the eight lanes differently, so for those results agree with it to
+//! float rounding (the other 256-wide types: bit for bit).
 
 use std::arch::x86_64::*;
 
@@ -20,13 +20,13 @@ use qmoe_core::GgmlType;
 
 use super::{
     bsums, f16_at, hsum, iq4_table, iq4_xs_scales, load128, load256, madd, mul_u8,
-    pair_i8, q3_k_scales, q5_codes, scales_mins_k4, split_nibbles, top2, PREFETCH_BYTES,
+    pair_i8, q3_k_scales, q5_codes, split_nibbles, top2, PREFETCH_BYTES,
 };
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
 
 mod kquants;
 
-use kquants::{dot_q4_k_t, transposed};
+use kquants::{dot_q4_k_t, dot_q5_k_t, transposed};
 
 /// Tokens multiplied per weight-block unpacking: 4 tokens' integer and f32
 /// accumulators (8 registers) plus the codes and scales fit AVX2's 16.
@@ -114,7 +114,7 @@ pub(crate) unsafe fn gemm_q8k(ty: GgmlType, w: &[u8], n_rows: usize, x: &[BlockQ
         GgmlType::Q2K => groups!(w, n_rows, x, n_tokens, y, y_stride, 84, dot_q2_k),
         GgmlType::Q3K => groups!(w, n_rows, x, n_tokens, y, y_stride, 110, dot_q3_k),
         GgmlType::Q4K => groups!(w, n_rows, x, n_tokens, y, y_stride, 144, dot_q4_k_t, 8, transposed),
-        GgmlType::Q5K => groups!(w, n_rows, x, n_tokens, y, y_stride, 176, dot_q5_k, 8),
+        GgmlType::Q5K => groups!(w, n_rows, x, n_tokens, y, y_stride, 176, dot_q5_k_t, 8, transposed),
         GgmlType::Q6K => groups!(w, n_rows, x, n_tokens, y, y_stride, 210, dot_q6_k, 8),
         GgmlType::IQ4XS => groups!(w, n_rows, x, n_tokens, y, y_stride, 136, dot_iq4_xs),
         _ => unreachable!("gemm_q8k: {ty} (checked by the caller)"),
@@ -213,80 +213,13 @@ unsafe fn dot_iq4_nl<const N: usize>(row: *const u8, xs: [*const BlockQ8x32; N],
 
 // ---- 256-value super-blocks (Q8K activations) -----------------------------------
 
-/// Q5_K (`FIVE`; Q4_K runs on transposed sub-blocks, [`kquants`]): the
-/// codes of each pair of sub-blocks unpacked once, then every token's 64
-/// activations against them.
+/// Q6_K: each 32-value run of 6-bit codes assembled once, then every
+/// token's activations against it; the `- 32` through the group sums.
 ///
-/// The pair loop is kept rolled (its trip count hidden from the optimizer):
+/// The step loop is kept rolled (its trip count hidden from the optimizer):
 /// fully unrolled, LLVM hoists all eight code and scale vectors of a block
 /// ahead of the token loop and spills them, and the reloads then compete
 /// with the activation loads, the kernel's real stream.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q45_k<const FIVE: bool, const N: usize>(row: *const u8, xs: [*const BlockQ8K; N], nb: usize) -> [f32; N] {
-    let (ts, qs_at) = if FIVE { (176, 48) } else { (144, 16) };
-    let m4 = _mm256_set1_epi8(0x0F);
-    let one = _mm256_set1_epi8(1);
-    let pairs = std::hint::black_box(4usize);
-    // vpshufb indices broadcasting i16 scale 2p (low) / 2p + 1 (high); + 4 per pair.
-    let pick0 = _mm256_set1_epi16(0x0100);
-    let step = _mm256_set1_epi16(0x0404);
-    let next = _mm256_set1_epi16(0x0202);
-    let mut acc = [_mm256_setzero_ps(); N];
-    for i in 0..nb {
-        let b = row.add(i * ts);
-        let (d, dmin) = (f16_at(b), f16_at(b.add(2)));
-        let (sc, m) = scales_mins_k4(&*(b.add(4) as *const [u8; 12]));
-        let sc16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64));
-        let sc = _mm256_set_m128i(sc16, sc16);
-        let qh = if FIVE { load256(b.add(16)) } else { _mm256_setzero_si256() };
-        let mut sumi = [_mm256_setzero_si256(); N];
-        let mut pick = pick0;
-        let mut p = 0;
-        while p < pairs {
-            let q = load256(b.add(qs_at + 32 * p));
-            let mut lo = _mm256_and_si256(q, m4);
-            let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
-            if FIVE {
-                // Bit 2p of qh[l] tops value l of sub-block 2p, bit 2p + 1 of 2p + 1.
-                let hl = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * p as i32)), one);
-                let hh = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * p as i32 + 1)), one);
-                lo = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hl));
-                hi = _mm256_or_si256(hi, _mm256_slli_epi16::<4>(hh));
-            }
-            let s_lo = _mm256_shuffle_epi8(sc, pick);
-            let s_hi = _mm256_shuffle_epi8(sc, _mm256_add_epi16(pick, next));
-            for t in 0..N {
-                let xq = (*xs[t].add(i)).qs.as_ptr() as *const u8;
-                let plo = mul_u8(lo, load256(xq.add(64 * p)));
-                let phi = mul_u8(hi, load256(xq.add(64 * p + 32)));
-                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(madd(plo, s_lo), madd(phi, s_hi)));
-            }
-            pick = _mm256_add_epi16(pick, step);
-            p += 1;
-        }
-        // Mins: [m0, m0, m1, m1, ..] as i16 against the 16 group sums.
-        let m8 = _mm_cvtsi64_si128(m as i64);
-        let mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
-        for t in 0..N {
-            let xb = &*xs[t].add(i);
-            let summ = madd(mins, bsums(xb));
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
-            acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * xb.d), _mm256_cvtepi32_ps(summ), acc[t]);
-        }
-    }
-    acc.map(|a| hsum(a))
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q5_k<const N: usize>(row: *const u8, xs: [*const BlockQ8K; N], nb: usize) -> [f32; N] {
-    dot_q45_k::<true, N>(row, xs, nb)
-}
-
-/// Q6_K: each 32-value run of 6-bit codes assembled once, then every
-/// token's activations against it; the `- 32` through the group sums. The
-/// run loop is kept rolled, as in [`dot_q45_k`].
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q6_k<const N: usize>(row: *const u8, xs: [*const BlockQ8K; N], nb: usize) -> [f32; N] {

@@ -1,5 +1,5 @@
-//! Q4_K many-token kernel on transposed sub-blocks: one scale multiply per
-//! (block, token) instead of one per sub-block.
+//! Q4_K / Q5_K many-token kernels on transposed sub-blocks: one or two
+//! scale multiplies per (block, token) instead of one per sub-block.
 //!
 //! The plain layout multiplies each 32-value sub-block in its own register
 //! (`vpmaddubsw`), so every register has its own scale and needs its own
@@ -94,26 +94,32 @@ unsafe fn transpose4(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> (__m256i
     )
 }
 
-/// Q4_K against activations from [`transposed`].
+/// Q4_K (`FIVE` false) / Q5_K against activations from [`transposed`].
+/// Q5_K's codes reach 31, so its i16 sums take four registers at a time
+/// (4 * 2 * 31 * 127 = 31496 < 2^15) and two `vpmaddwd`.
 ///
 /// # Safety
-/// `row` points at `nb` Q4_K blocks, each `xs[t]` at `nb` transposed
+/// `row` points at `nb` blocks of the type, each `xs[t]` at `nb` transposed
 /// activation blocks; the CPU runs AVX2 + FMA + F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q4_k_t<const N: usize>(row: *const u8, xs: [*const TBlock; N], nb: usize) -> [f32; N] {
+pub(super) unsafe fn dot_q45_k_t<const FIVE: bool, const N: usize>(row: *const u8, xs: [*const TBlock; N], nb: usize) -> [f32; N] {
+    let (ts, qs_at) = if FIVE { (176, 48) } else { (144, 16) };
     let m4 = _mm256_set1_epi8(0x0F);
+    let one = _mm256_set1_epi8(1);
     // Bytes of the scale of lane pair m's sub-block, ORDER[m], twice.
     let pick = _mm_setr_epi8(0, 0, 2, 2, 4, 4, 6, 6, 1, 1, 3, 3, 5, 5, 7, 7);
+    // Q5_K: lane k's fifth bit is bit ORDER[k] of each byte of qh.
+    let order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
     let mut acc = [_mm256_setzero_ps(); N];
     for i in 0..nb {
-        let b = row.add(i * 144);
+        let b = row.add(i * ts);
         let (d, dmin) = (f16_at(b), f16_at(b.add(2)));
         let (sc, m) = scales_mins_k4(&*(b.add(4) as *const [u8; 12]));
         let scales = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_cvtsi64_si128(sc as i64), pick));
         // Rows p = 0..4 of 32 code bytes (low nibble sub-block 2p, high 2p + 1)
         // to columns, then split: low 128 bits sub-blocks 0, 2, 4, 6, high 1, 3, 5, 7.
-        let q: [__m256i; 4] = std::array::from_fn(|p| load256(b.add(16 + 32 * p)));
+        let q: [__m256i; 4] = std::array::from_fn(|p| load256(b.add(qs_at + 32 * p)));
         let (c04, c15, c26, c37) = transpose4(q[0], q[1], q[2], q[3]);
         let mut w = [_mm256_setzero_si256(); 8];
         for (k, c) in [c04, c15, c26, c37].into_iter().enumerate() {
@@ -122,20 +128,56 @@ pub(super) unsafe fn dot_q4_k_t<const N: usize>(row: *const u8, xs: [*const TBlo
             w[k] = _mm256_permute2x128_si256::<0x20>(lo, hi);
             w[k + 4] = _mm256_permute2x128_si256::<0x31>(lo, hi);
         }
+        if FIVE {
+            // Column i's qh bytes are u32 lane i of qh: broadcast it, shift
+            // each lane's bit down to bit 0 of every byte, move it to bit 4.
+            let qh = load256(b.add(16));
+            for (k, wk) in w.iter_mut().enumerate() {
+                let h = _mm256_permutevar8x32_epi32(qh, _mm256_set1_epi32(k as i32));
+                let h = _mm256_and_si256(_mm256_srlv_epi32(h, order), one);
+                *wk = _mm256_or_si256(*wk, _mm256_slli_epi16::<4>(h));
+            }
+        }
         // Mins: [m0, m0, m1, m1, ..] as i16 against the 16 group sums.
         let m8 = _mm_cvtsi64_si128(m as i64);
         let mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
         for t in 0..N {
             let xb = &*xs[t].add(i);
-            let mut s = mul_u8(w[0], xb.qs[0]);
-            for k in 1..8 {
-                s = _mm256_add_epi16(s, mul_u8(w[k], xb.qs[k]));
-            }
-            let sumi = madd(s, scales);
+            let sumi = if FIVE {
+                let mut lo = mul_u8(w[0], xb.qs[0]);
+                let mut hi = mul_u8(w[4], xb.qs[4]);
+                for k in 1..4 {
+                    lo = _mm256_add_epi16(lo, mul_u8(w[k], xb.qs[k]));
+                    hi = _mm256_add_epi16(hi, mul_u8(w[k + 4], xb.qs[k + 4]));
+                }
+                _mm256_add_epi32(madd(lo, scales), madd(hi, scales))
+            } else {
+                let mut s = mul_u8(w[0], xb.qs[0]);
+                for k in 1..8 {
+                    s = _mm256_add_epi16(s, mul_u8(w[k], xb.qs[k]));
+                }
+                madd(s, scales)
+            };
             let summ = madd(mins, xb.bsums);
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(sumi), acc[t]);
             acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * xb.d), _mm256_cvtepi32_ps(summ), acc[t]);
         }
     }
     acc.map(|a| hsum(a))
+}
+
+/// # Safety
+/// As [`dot_q45_k_t`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q4_k_t<const N: usize>(row: *const u8, xs: [*const TBlock; N], nb: usize) -> [f32; N] {
+    dot_q45_k_t::<false, N>(row, xs, nb)
+}
+
+/// # Safety
+/// As [`dot_q45_k_t`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q5_k_t<const N: usize>(row: *const u8, xs: [*const TBlock; N], nb: usize) -> [f32; N] {
+    dot_q45_k_t::<true, N>(row, xs, nb)
 }
