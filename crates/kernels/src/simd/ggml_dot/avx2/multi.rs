@@ -10,9 +10,9 @@
 //! Per (block, token) the integer sums are those of the single-token kernels
 //! in [`super`], and so is the f32 scaling of each block; only the 32-wide
 //! types keep one accumulator per token where the single-token kernel
-//! alternates two, and Q4_K / Q5_K ([`kquants`]) spread each block's sum
-//! over the eight lanes differently, so for those results agree with it to
-//! float rounding (the other 256-wide types: bit for bit).
+//! alternates two, and Q4_K / Q5_K / Q6_K ([`kquants`]) spread each block's
+//! sum over the eight lanes differently, so for those results agree with it
+//! to float rounding (the other 256-wide types: bit for bit).
 
 use std::arch::x86_64::*;
 
@@ -20,21 +20,21 @@ use qmoe_core::GgmlType;
 
 use super::{
     bsums, f16_at, hsum, iq4_table, iq4_xs_scales, load128, load256, madd, mul_u8,
-    pair_i8, q3_k_scales, q5_codes, split_nibbles, top2, PREFETCH_BYTES,
+    pair_i8, q3_k_scales, q5_codes, split_nibbles, PREFETCH_BYTES,
 };
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
 
 mod kquants;
 
-use kquants::{dot_q4_k_t, dot_q5_k_t, transposed};
+use kquants::{dot_q4_k_t, dot_q5_k_t, dot_q6_k_t, transposed};
 
 /// Tokens multiplied per weight-block unpacking: 4 tokens' integer and f32
 /// accumulators (8 registers) plus the codes and scales fit AVX2's 16.
-/// Q4_K, Q5_K and Q6_K take 8 (`groups!`'s last argument): their integer
-/// accumulators (8) and one step's codes and scales (4) fit, the f32
-/// accumulators are touched once per block and may live in memory, and the
+/// Q4_K, Q5_K, Q6_K ([`kquants`]) and Q8_0 take 8 (`groups!`'s `$max`):
+/// their token loop keeps one accumulator per token live at a time (the
+/// rest may sit in memory, touched once per block), and the block's
 /// unpacking is shared by twice the tokens (measured on Zen 3: 1.1-1.2x
-/// over groups of 4).
+/// over groups of 4 for the k-quants, 1.02-1.05x for Q8_0).
 pub(crate) const GROUP: usize = 4;
 
 /// The group loop, expanded inside each `#[target_feature]` function so the
@@ -115,7 +115,7 @@ pub(crate) unsafe fn gemm_q8k(ty: GgmlType, w: &[u8], n_rows: usize, x: &[BlockQ
         GgmlType::Q3K => groups!(w, n_rows, x, n_tokens, y, y_stride, 110, dot_q3_k),
         GgmlType::Q4K => groups!(w, n_rows, x, n_tokens, y, y_stride, 144, dot_q4_k_t, 8, transposed),
         GgmlType::Q5K => groups!(w, n_rows, x, n_tokens, y, y_stride, 176, dot_q5_k_t, 8, transposed),
-        GgmlType::Q6K => groups!(w, n_rows, x, n_tokens, y, y_stride, 210, dot_q6_k, 8),
+        GgmlType::Q6K => groups!(w, n_rows, x, n_tokens, y, y_stride, 210, dot_q6_k_t, 8, transposed),
         GgmlType::IQ4XS => groups!(w, n_rows, x, n_tokens, y, y_stride, 136, dot_iq4_xs),
         _ => unreachable!("gemm_q8k: {ty} (checked by the caller)"),
     }
@@ -212,63 +212,6 @@ unsafe fn dot_iq4_nl<const N: usize>(row: *const u8, xs: [*const BlockQ8x32; N],
 }
 
 // ---- 256-value super-blocks (Q8K activations) -----------------------------------
-
-/// Q6_K: each 32-value run of 6-bit codes assembled once, then every
-/// token's activations against it; the `- 32` through the group sums.
-///
-/// The step loop is kept rolled (its trip count hidden from the optimizer):
-/// fully unrolled, LLVM hoists all eight code and scale vectors of a block
-/// ahead of the token loop and spills them, and the reloads then compete
-/// with the activation loads, the kernel's real stream.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q6_k<const N: usize>(row: *const u8, xs: [*const BlockQ8K; N], nb: usize) -> [f32; N] {
-    let m4 = _mm256_set1_epi8(0x0F);
-    let steps = std::hint::black_box(4usize);
-    // Bytes [g; 8] ++ [g + 1; 8]: the i8 scales of a run's two 16-value
-    // groups g, g + 1; the two runs of a step are 2 groups apart, steps 4.
-    let pick0 = _mm_set_epi64x(0x0101_0101_0101_0101, 0);
-    let (two, four) = (_mm_set1_epi8(2), _mm_set1_epi8(4));
-    let mut acc = [_mm256_setzero_ps(); N];
-    for i in 0..nb {
-        let b = row.add(i * 210);
-        let d = f16_at(b.add(208));
-        let sc = load128(b.add(192));
-        let mut sumi = [_mm256_setzero_si256(); N];
-        let mut pick = pick0;
-        let mut j = 0;
-        while j < steps {
-            // Step j = 2n + h of half n: runs 2h and 2h + 1, the low (h = 0)
-            // or high (h = 1) nibbles of ql bytes 64n.. and 64n + 32.., topped
-            // by bit pairs 2h and 2h + 1 of qh bytes 32n...
-            let (n, h) = (j >> 1, j & 1);
-            let shift = _mm_cvtsi32_si128(4 * h as i32);
-            let ql0 = _mm256_srl_epi16(load256(b.add(64 * n)), shift);
-            let ql1 = _mm256_srl_epi16(load256(b.add(64 * n + 32)), shift);
-            let qh = _mm256_srl_epi16(load256(b.add(128 + 32 * n)), shift);
-            let qa = _mm256_or_si256(_mm256_and_si256(ql0, m4), top2(qh));
-            let qb = _mm256_or_si256(_mm256_and_si256(ql1, m4), top2(_mm256_srli_epi16::<2>(qh)));
-            let sa = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, pick));
-            let sb = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, _mm_add_epi8(pick, two)));
-            for t in 0..N {
-                let xq = ((*xs[t].add(i)).qs.as_ptr() as *const u8).add(64 * j);
-                let pa = madd(mul_u8(qa, load256(xq)), sa);
-                let pb = madd(mul_u8(qb, load256(xq.add(32))), sb);
-                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(pa, pb));
-            }
-            pick = _mm_add_epi8(pick, four);
-            j += 1;
-        }
-        let sc16 = _mm256_cvtepi8_epi16(sc);
-        for t in 0..N {
-            let xb = &*xs[t].add(i);
-            let offs = madd(sc16, bsums(xb));
-            let s = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32::<5>(offs));
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(s), acc[t]);
-        }
-    }
-    acc.map(|a| hsum(a))
-}
 
 /// Q2_K: the four 2-bit runs of each half cut once per block.
 #[inline]

@@ -1,5 +1,5 @@
-//! Q4_K / Q5_K many-token kernels on transposed sub-blocks: one or two
-//! scale multiplies per (block, token) instead of one per sub-block.
+//! Q4_K / Q5_K / Q6_K many-token kernels on transposed sub-blocks: one,
+//! two or four scale multiplies per (block, token) instead of eight.
 //!
 //! The plain layout multiplies each 32-value sub-block in its own register
 //! (`vpmaddubsw`), so every register has its own scale and needs its own
@@ -19,7 +19,7 @@
 
 use std::arch::x86_64::*;
 
-use super::super::{bsums, f16_at, hsum, load256, madd, mul_u8, scales_mins_k4};
+use super::super::{bsums, f16_at, hsum, load128, load256, madd, mul_u8, scales_mins_k4, top2};
 use crate::simd::act::BlockQ8K;
 
 /// The sub-block in u32 lane `k` of a transposed register: the nibble split
@@ -61,7 +61,14 @@ pub(super) unsafe fn transposed(x: &[BlockQ8K], t0: usize, n: usize, nb: usize, 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn transpose(qs: &[i8; 256]) -> [__m256i; 8] {
     let p = qs.as_ptr() as *const u8;
-    let r: [__m256i; 8] = std::array::from_fn(|k| load256(p.add(32 * ORDER[k])));
+    transpose8(ORDER.map(|j| load256(p.add(32 * j))))
+}
+
+/// Eight rows of eight u32 to columns: register `i` of the result holds
+/// element `i` of every row, row `k` in lane `k`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn transpose8(r: [__m256i; 8]) -> [__m256i; 8] {
     let (c04, c15, c26, c37) = transpose4(r[0], r[1], r[2], r[3]);
     let (d04, d15, d26, d37) = transpose4(r[4], r[5], r[6], r[7]);
     [
@@ -180,4 +187,62 @@ pub(super) unsafe fn dot_q4_k_t<const N: usize>(row: *const u8, xs: [*const TBlo
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_q5_k_t<const N: usize>(row: *const u8, xs: [*const TBlock; N], nb: usize) -> [f32; N] {
     dot_q45_k_t::<true, N>(row, xs, nb)
+}
+
+/// Q6_K against activations from [`transposed`]: each block's eight 32-value
+/// runs of 6-bit codes assembled as in the plain kernel, then transposed.
+/// Lane k of column i holds values 4i..4i + 4 of sub-block ORDER[k]: its
+/// 16-value group is 2 ORDER[k] for columns 0..4 and 2 ORDER[k] + 1 for
+/// 4..8. Codes reach 63, so the i16 sums take two registers at a time
+/// (2 * 2 * 63 * 127 = 32004 < 2^15): four `vpmaddwd` per (block, token)
+/// instead of eight; the `- 32` through the group sums as before.
+///
+/// # Safety
+/// `row` points at `nb` Q6_K blocks, each `xs[t]` at `nb` transposed
+/// activation blocks; the CPU runs AVX2 + FMA + F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q6_k_t<const N: usize>(row: *const u8, xs: [*const TBlock; N], nb: usize) -> [f32; N] {
+    let m4 = _mm256_set1_epi8(0x0F);
+    // Bytes of group 2 ORDER[k] (columns 0..4) and 2 ORDER[k] + 1, twice each.
+    let pick_lo = _mm_setr_epi8(0, 0, 4, 4, 8, 8, 12, 12, 2, 2, 6, 6, 10, 10, 14, 14);
+    let pick_hi = _mm_add_epi8(pick_lo, _mm_set1_epi8(1));
+    let mut acc = [_mm256_setzero_ps(); N];
+    for i in 0..nb {
+        let b = row.add(i * 210);
+        let d = f16_at(b.add(208));
+        let sc = load128(b.add(192));
+        let sc_lo = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, pick_lo));
+        let sc_hi = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, pick_hi));
+        let sc16 = _mm256_cvtepi8_epi16(sc);
+        // Run 4n + k of half n: low (k < 2) or high nibbles of ql bytes
+        // 64n + 32 (k % 2).., topped by bit pair k of qh bytes 32n...
+        let mut runs = [_mm256_setzero_si256(); 8];
+        for n in 0..2 {
+            let ql0 = load256(b.add(64 * n));
+            let ql1 = load256(b.add(64 * n + 32));
+            let qh = load256(b.add(128 + 32 * n));
+            runs[4 * n] = _mm256_or_si256(_mm256_and_si256(ql0, m4), top2(qh));
+            runs[4 * n + 1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), top2(_mm256_srli_epi16::<2>(qh)));
+            runs[4 * n + 2] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                top2(_mm256_srli_epi16::<4>(qh)),
+            );
+            runs[4 * n + 3] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                top2(_mm256_srli_epi16::<6>(qh)),
+            );
+        }
+        let w = transpose8(ORDER.map(|j| runs[j]));
+        for t in 0..N {
+            let xb = &*xs[t].add(i);
+            let pair = |k: usize| _mm256_add_epi16(mul_u8(w[k], xb.qs[k]), mul_u8(w[k + 1], xb.qs[k + 1]));
+            let lo = _mm256_add_epi32(madd(pair(0), sc_lo), madd(pair(2), sc_lo));
+            let hi = _mm256_add_epi32(madd(pair(4), sc_hi), madd(pair(6), sc_hi));
+            let offs = madd(sc16, xb.bsums);
+            let s = _mm256_sub_epi32(_mm256_add_epi32(lo, hi), _mm256_slli_epi32::<5>(offs));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(s), acc[t]);
+        }
+    }
+    acc.map(|a| hsum(a))
 }
