@@ -56,7 +56,8 @@ macro_rules! groups {
         let nb = x.len() / n_tokens;
         let row_bytes = nb * $ts;
         let base = w.as_ptr();
-        let mut scratch = Vec::new();
+        // `$prep`'s buffer for the call (the type its last argument names).
+        let mut scratch = Default::default();
         let mut t0 = 0;
         while t0 < n_tokens {
             // Groups of `$max`, the rest in groups of at most 4 (fewer
@@ -98,7 +99,7 @@ macro_rules! groups {
 
 /// The group's activations as they are.
 #[inline(always)]
-fn as_is<B>(x: &[B], t0: usize, _n: usize, nb: usize, _scratch: &mut Vec<B>) -> *const B {
+fn as_is<B>(x: &[B], t0: usize, _n: usize, nb: usize, _scratch: &mut ()) -> *const B {
     x[t0 * nb..].as_ptr()
 }
 

@@ -38,20 +38,42 @@ pub(super) struct TBlock {
     d: f32,
 }
 
+/// The [`TBlock`]s of one call, borrowed from a per-thread buffer that only
+/// grows (steady decoding must not allocate) and handed back on drop.
+pub(super) struct Scratch(Vec<TBlock>);
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Vec<TBlock>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch(SCRATCH.with(|s| s.take()))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        SCRATCH.with(|s| s.set(v));
+    }
+}
+
 /// The group's activation blocks (tokens `t0..t0 + n`) as [`TBlock`]s in
 /// `scratch`.
 ///
 /// # Safety
 /// The CPU runs AVX2; `x` holds tokens `t0..t0 + n` of `nb` blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn transposed(x: &[BlockQ8K], t0: usize, n: usize, nb: usize, scratch: &mut Vec<TBlock>) -> *const TBlock {
-    scratch.clear();
-    scratch.extend(x[t0 * nb..(t0 + n) * nb].iter().map(|b| TBlock {
+pub(super) unsafe fn transposed(x: &[BlockQ8K], t0: usize, n: usize, nb: usize, scratch: &mut Scratch) -> *const TBlock {
+    let v = &mut scratch.0;
+    v.clear();
+    v.extend(x[t0 * nb..(t0 + n) * nb].iter().map(|b| TBlock {
         qs: transpose(&b.qs),
         bsums: bsums(b),
         d: b.d,
     }));
-    scratch.as_ptr()
+    v.as_ptr()
 }
 
 /// 256 codes as eight rows (sub-blocks, in [`ORDER`]) of eight u32 columns,
