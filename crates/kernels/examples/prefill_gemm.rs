@@ -17,9 +17,6 @@
 
 use std::time::Instant;
 
-#[path = "prefill_gemm/baseline.rs"]
-mod baseline;
-
 use half::f16;
 use qmoe_core::dtype::DType;
 use qmoe_core::GgmlType;
@@ -88,13 +85,9 @@ fn format(name: &str) -> Format {
 fn main() {
     let mut names = vec![];
     let (mut tokens, mut iters) = (64usize, 9usize);
-    let (mut compare_rounds, mut token_list, mut task_kib) = (0usize, vec![], 96usize);
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--compare" => compare_rounds = it.next().unwrap().parse().unwrap(),
-            "--task-kib" => task_kib = it.next().unwrap().parse().unwrap(),
-            "--token-list" => token_list = it.next().unwrap().split(',').map(|t| t.parse().unwrap()).collect(),
             "--tokens" => tokens = it.next().unwrap().parse().unwrap(),
             "--iters" => iters = it.next().unwrap().parse().unwrap(),
             n => names.push(n.to_string()),
@@ -105,13 +98,6 @@ fn main() {
     }
     qmoe_kernels::threads::set(1);
     let level = simd::level();
-    if compare_rounds > 0 {
-        if token_list.is_empty() {
-            token_list = vec![tokens];
-        }
-        compare(&names, &token_list, iters, compare_rounds, task_kib << 10);
-        return;
-    }
     println!(
         "cpu: {}; level {level:?}; 1 thread; {tokens} tokens; median of {iters}; commit {}",
         cpu_name(),
@@ -206,84 +192,6 @@ fn main() {
                 gf(t_gemv),
                 100.0 * t_quant / t_matmul
             );
-        }
-    }
-}
-
-/// Old (baseline) vs new many-token kernel, driver-style: row runs of
-/// `PREFILL_TASK_BYTES` (96 KiB, so they stay in L2), every token over each
-/// run. `rounds` alternations of old then new, each the median of `iters`;
-/// the best of each side is reported.
-fn compare(names: &[String], token_list: &[usize], iters: usize, rounds: usize, task_bytes: usize) {
-    let level = simd::level();
-    println!("compare: cpu {}; best single run of {rounds} alternating rounds of {iters} runs; row runs of {} KiB", cpu_name(), task_bytes >> 10);
-    let mut s = 0x2545_F491_4F6C_DD1Du64;
-    for name in names {
-        let Format::Ggml(ty) = format(name) else { panic!("compare: ggml types only") };
-        for &tokens in token_list {
-            for (rows, cols) in [(512usize, 2048usize), (2048, 512)] {
-                let x: Vec<f32> = (0..tokens * cols).map(|_| (rng(&mut s) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0).collect();
-                let rb = ty.row_bytes(cols).unwrap();
-                let mut w: Vec<u8> = (0..rows * rb).map(|_| rng(&mut s) as u8).collect();
-                for blk in w.chunks_exact_mut(ty.type_size()) {
-                    for &at in f16_fields(ty) {
-                        let v = ((rng(&mut s) >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.02;
-                        blk[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
-                    }
-                }
-                let per = (task_bytes / rb).clamp(1, rows);
-                let mut y_old = vec![0.0f32; tokens * rows];
-                let mut y_new = vec![0.0f32; tokens * rows];
-                let flops = 2.0 * (rows * cols * tokens) as f64;
-                let (mut best_old, mut best_new) = (f64::MAX, f64::MAX);
-                let q8k = ggml_dot::act_kind(ty) == Some(ActKind::Q8K);
-                let mut xk = vec![BlockQ8K::default(); tokens * cols / 256];
-                let mut x32 = vec![BlockQ8x32::default(); tokens * cols / 32];
-                if q8k {
-                    quantize_q8k(&x, &mut xk);
-                } else {
-                    quantize_q8x32(&x, &mut x32);
-                }
-                let run = |old: bool, y: &mut [f32]| {
-                    for r0 in (0..rows).step_by(per) {
-                        let n = per.min(rows - r0);
-                        let wr = &w[r0 * rb..(r0 + n) * rb];
-                        let yp = y[r0..].as_mut_ptr();
-                        // SAFETY: AVX2 level (checked by `simd::level`); shapes as the driver's.
-                        unsafe {
-                            match (old, q8k) {
-                                (true, true) => baseline::gemm_q8k(ty, wr, n, &xk, tokens, yp, rows),
-                                (true, false) => baseline::gemm_q8x32(ty, wr, n, &x32, tokens, yp, rows),
-                                (false, true) => {
-                                    let ys = std::slice::from_raw_parts_mut(yp, (tokens - 1) * rows + n);
-                                    ggml_dot::multi::gemm_q8k(level, ty, wr, n, &xk, tokens, ys, rows)
-                                }
-                                (false, false) => {
-                                    let ys = std::slice::from_raw_parts_mut(yp, (tokens - 1) * rows + n);
-                                    ggml_dot::multi::gemm_q8x32(level, ty, wr, n, &x32, tokens, ys, rows)
-                                }
-                            }
-                        }
-                    }
-                };
-                // Best single run: on a shared machine the minimum is the
-                // least disturbed estimate of either kernel's speed.
-                let best = |iters: usize, f: &mut dyn FnMut()| {
-                    f();
-                    (0..iters).map(|_| { let t = Instant::now(); f(); t.elapsed().as_secs_f64() }).fold(f64::MAX, f64::min)
-                };
-                for _ in 0..rounds {
-                    best_old = best_old.min(best(iters, &mut || run(true, &mut y_old)));
-                    best_new = best_new.min(best(iters, &mut || run(false, &mut y_new)));
-                }
-                let err = y_old.iter().zip(&y_new).map(|(a, b)| (a - b).abs() / (a.abs() + 1e-3)).fold(0.0f32, f32::max);
-                println!(
-                    "{name:>5} T={tokens:<4} [{rows:>4} x {cols:>4}]: old {:6.1}  new {:6.1} GFLOP/s  new/old {:.3}  (max rel diff {err:.1e})",
-                    flops / best_old / 1e9,
-                    flops / best_new / 1e9,
-                    best_old / best_new
-                );
-            }
         }
     }
 }

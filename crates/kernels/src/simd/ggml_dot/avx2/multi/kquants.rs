@@ -130,6 +130,10 @@ unsafe fn transpose4(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> (__m256i
 /// # Safety
 /// `row` points at `nb` blocks of the type, each `xs[t]` at `nb` transposed
 /// activation blocks; the CPU runs AVX2 + FMA + F16C.
+// Indexed loops over the code registers on purpose: the iterator form
+// (`w.iter().zip(&xb.qs).skip(1)`) made Q4_K 5x slower (LLVM no longer
+// kept the eight code registers in place).
+#[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_q45_k_t<const FIVE: bool, const N: usize>(row: *const u8, xs: [*const TBlock; N], nb: usize) -> [f32; N] {
