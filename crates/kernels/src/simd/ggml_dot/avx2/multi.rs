@@ -31,10 +31,10 @@ use kquants::{dot_q4_k_t, dot_q5_k_t, dot_q6_k_t, transposed};
 /// Tokens multiplied per weight-block unpacking: 4 tokens' integer and f32
 /// accumulators (8 registers) plus the codes and scales fit AVX2's 16.
 /// Q4_K, Q5_K, Q6_K ([`kquants`]) and Q8_0 take 8 (`groups!`'s `$max`):
-/// their token loop keeps one accumulator per token live at a time (the
-/// rest may sit in memory, touched once per block), and the block's
-/// unpacking is shared by twice the tokens (measured on Zen 3: 1.1-1.2x
-/// over groups of 4 for the k-quants, 1.02-1.05x for Q8_0).
+/// each block's unpacking is then shared by twice the tokens, and their
+/// f32 accumulators may sit in memory (touched once per block). Measured on
+/// Zen 3 before the k-quants moved to transposed sub-blocks: 1.1-1.2x over
+/// groups of 4 for them, 1.02-1.05x for Q8_0.
 pub(crate) const GROUP: usize = 4;
 
 /// The group loop, expanded inside each `#[target_feature]` function so the
