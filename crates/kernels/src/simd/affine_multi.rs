@@ -24,12 +24,15 @@
 
 use std::ops::Range;
 
-use crate::linear::{Encoding, MatRef};
+#[cfg(target_arch = "x86_64")]
+use crate::linear::Encoding;
+use crate::linear::MatRef;
 use crate::simd::act::BlockQ8x32;
 use crate::simd::affine_dot::{gemv_affine, supports_affine};
 use crate::simd::Level;
 
 /// Tokens per weight-block unpacking (as the ggml kernels).
+#[cfg(target_arch = "x86_64")]
 const GROUP: usize = 4;
 
 /// Whether the many-token kernel is worth taking for `bits`-bit weights in

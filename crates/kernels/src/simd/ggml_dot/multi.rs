@@ -10,8 +10,9 @@
 //! level likewise runs the single-token NEON kernel per token): the same
 //! integer sums per (sub-)block, so the levels agree to float rounding, and
 //! the AVX2 level agrees with [`super::gemv_q8k`] / [`super::gemv_q8x32`]
-//! per token to float rounding (bit for bit for the 256-wide types, which
-//! keep its summation order).
+//! per token to float rounding (bit for bit for Q2_K, Q3_K and IQ4_XS,
+//! which keep its summation order; Q4_K/Q5_K/Q6_K add sub-block sums in a
+//! transposed order, see `avx2/multi/kquants.rs`).
 
 use qmoe_core::GgmlType;
 
