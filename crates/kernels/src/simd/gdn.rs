@@ -14,10 +14,23 @@ use super::Level;
 use crate::gdn::{chunk_head, GdnScratch, GdnShape, HeadMap};
 use crate::pool::SharedMut;
 
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// Each worker's buffers for the blocked AVX2 chunk kernel, kept between
+    /// calls (rebuilt only for another shape or a longer chunk) so that a
+    /// prefill layer does not allocate.
+    static BLOCKED_SCRATCH: std::cell::RefCell<Option<super::gdn_chunk::ChunkScratch>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// [`crate::gdn::gdn_chunked`] with value heads split over the pool: one
 /// scratch per task (`scratches.len()` tasks, each taking heads
 /// `i, i + n, ...`). Same arguments and results as the reference, bit for
-/// bit at [`Level::Scalar`].
+/// bit at [`Level::Scalar`]. At [`Level::Avx2`], shapes whose `Dk` and `Dv`
+/// are multiples of 8 run the blocked kernel of [`super::gdn_chunk`]
+/// (equal to the reference up to f32 summation order) on per-thread buffers
+/// of its own, and `scratches` only sets the number of tasks; other shapes
+/// run the reference's arithmetic, bit for bit.
 #[allow(clippy::too_many_arguments)]
 pub fn gdn_chunked_parallel(
     level: Level,
@@ -43,6 +56,38 @@ pub fn gdn_chunked_parallel(
         assert!(s.shape() == shape && s.chunk() >= chunk, "gdn_chunked_parallel: scratch built for another shape");
     }
     let n_tasks = scratches.len().min(hv);
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx2 && n_tokens > 0 && super::gdn_chunk::blocked(shape) {
+        let chunk = chunk.min(n_tokens);
+        let (stp, op) = (SharedMut::new(state), SharedMut::new(out));
+        let task = |i: usize| {
+            BLOCKED_SCRATCH.with(|cell| {
+                let mut cell = cell.borrow_mut();
+                if !cell.as_ref().is_some_and(|s| s.fits(shape, chunk)) {
+                    *cell = Some(super::gdn_chunk::ChunkScratch::new(shape, chunk));
+                }
+                let scratch = cell.as_mut().unwrap();
+                for h in (i..hv).step_by(n_tasks) {
+                    // SAFETY: task `i` alone uses heads `h ≡ i (mod n_tasks)`:
+                    // their state rows and output columns; the lengths were
+                    // checked above and the level promises AVX2 + FMA.
+                    let s0 = unsafe { std::slice::from_raw_parts_mut(stp.at(h * dk * dv), dk * dv) };
+                    let mut start = 0;
+                    while start < n_tokens {
+                        let n = chunk.min(n_tokens - start);
+                        unsafe {
+                            super::gdn_chunk::chunk_head_avx2(
+                                q, k, v, beta, g, s0, shape, map, start, n, h, scratch, op.at(0),
+                            )
+                        };
+                        start += n;
+                    }
+                }
+            })
+        };
+        crate::pool::run(n_tasks, &task);
+        return;
+    }
     let (sp, stp, op) = (SharedMut::new(scratches), SharedMut::new(state), SharedMut::new(out));
     let task = |i: usize| {
         // SAFETY: task `i` alone uses scratch `i`, and heads `h ≡ i (mod

@@ -21,6 +21,8 @@ pub mod float_dot;
 pub mod fp8_dot;
 pub mod attention;
 pub mod gdn;
+#[cfg(target_arch = "x86_64")]
+mod gdn_chunk;
 pub mod gemm;
 pub mod ggml_dot;
 #[cfg(target_arch = "aarch64")]
