@@ -79,6 +79,8 @@ pub(crate) fn blocked(shape: GdnShape) -> bool {
 /// `B` at `b + p ldb`, row `i` of `C` at `c + i ldc`; `rs_i = *rs.add(i rs_stride)`.
 /// With `cscale == 0` `C` is not read. `tri`: row `i` only needs `p <= i`
 /// (the rest of `A` is zero), so each row block stops its reduction there.
+/// `lower`: only `C[i][j]` with `j <= i` is wanted, so blocks wholly above
+/// the diagonal are skipped (left as they were).
 #[derive(Clone, Copy)]
 struct Gemm {
     m: usize,
@@ -94,6 +96,7 @@ struct Gemm {
     rs: *const f32,
     rs_stride: usize,
     tri: bool,
+    lower: bool,
 }
 
 /// Rows per block when there are several: 6 rows x 16 columns is 12
@@ -117,29 +120,34 @@ unsafe fn gemm(g: Gemm) {
         }
         return;
     }
-    let mut i = 0;
-    while i < g.m {
-        match g.m - i {
-            1 => cols::<1>(g, i),
-            2 => cols::<2>(g, i),
-            3 => cols::<3>(g, i),
-            4 => cols::<4>(g, i),
-            5 => cols::<5>(g, i),
-            _ => cols::<MR>(g, i),
-        }
-        i += MR;
-    }
-}
-
-#[inline(always)]
-unsafe fn cols<const R: usize>(g: Gemm, i0: usize) {
+    // Column strips outside, row blocks inside: a 16-column strip of `B`
+    // (8 KiB for 128 rows) stays in L1 while every row block passes over it.
     let mut j = 0;
-    while j + 16 <= g.nn {
-        block::<R, 2>(g, i0, j);
-        j += 16;
-    }
-    if j < g.nn {
-        block::<R, 1>(g, i0, j);
+    while j < g.nn {
+        let wide = g.nn - j >= 16;
+        let mut i = 0;
+        if g.lower {
+            i = (j + 1).saturating_sub(MR); // first block with a row i >= j
+            i -= i % MR;
+        }
+        while i < g.m {
+            match (g.m - i, wide) {
+                (1, true) => block::<1, 2>(g, i, j),
+                (2, true) => block::<2, 2>(g, i, j),
+                (3, true) => block::<3, 2>(g, i, j),
+                (4, true) => block::<4, 2>(g, i, j),
+                (5, true) => block::<5, 2>(g, i, j),
+                (_, true) => block::<MR, 2>(g, i, j),
+                (1, false) => block::<1, 1>(g, i, j),
+                (2, false) => block::<2, 1>(g, i, j),
+                (3, false) => block::<3, 1>(g, i, j),
+                (4, false) => block::<4, 1>(g, i, j),
+                (5, false) => block::<5, 1>(g, i, j),
+                (_, false) => block::<MR, 1>(g, i, j),
+            }
+            i += MR;
+        }
+        j += if wide { 16 } else { 8 };
     }
 }
 
@@ -148,7 +156,8 @@ unsafe fn cols<const R: usize>(g: Gemm, i0: usize) {
 unsafe fn block<const R: usize, const NV: usize>(g: Gemm, i0: usize, j0: usize) {
     let kk = if g.tri { g.kk.min(i0 + R) } else { g.kk };
     let mut acc = [[_mm256_setzero_ps(); NV]; R];
-    let a0 = g.a.add(i0 * g.lda);
+    // One base pointer per row, so each broadcast is a single indexed load.
+    let ar: [*const f32; R] = std::array::from_fn(|r| g.a.add((i0 + r) * g.lda));
     let mut bp = g.b.add(j0);
     for p in 0..kk {
         let mut bv = [_mm256_setzero_ps(); NV];
@@ -156,9 +165,9 @@ unsafe fn block<const R: usize, const NV: usize>(g: Gemm, i0: usize, j0: usize) 
             *x = _mm256_loadu_ps(bp.add(8 * v));
         }
         for (r, acc_r) in acc.iter_mut().enumerate() {
-            let ar = _mm256_broadcast_ss(&*a0.add(r * g.lda + p));
+            let a_rp = _mm256_broadcast_ss(&*ar[r].add(p));
             for v in 0..NV {
-                acc_r[v] = _mm256_fmadd_ps(ar, bv[v], acc_r[v]);
+                acc_r[v] = _mm256_fmadd_ps(a_rp, bv[v], acc_r[v]);
             }
         }
         bp = bp.add(g.ldb);
@@ -263,6 +272,7 @@ pub(crate) unsafe fn chunk_head_avx2(
         rs,
         rs_stride,
         tri: false,
+        lower: true,
     };
     gemm(square(q.as_ptr().add(qk_at), sc.a.as_mut_ptr(), &one, 0));
     gemm(square(k.as_ptr().add(qk_at), sc.l.as_mut_ptr(), beta.as_ptr().add(bh_at), hv));
@@ -296,7 +306,7 @@ pub(crate) unsafe fn chunk_head_avx2(
             #[rustfmt::skip]
             gemm(Gemm {
                 m: 1, nn: d, kk: i, a: l_i, lda: 0, b: base, ldb: d, c: base.add(i * d), ldc: 0,
-                cscale: 1.0, rs: &minus_one, rs_stride: 0, tri: false,
+                cscale: 1.0, rs: &minus_one, rs_stride: 0, tri: false, lower: false,
             });
         }
     }
@@ -305,7 +315,7 @@ pub(crate) unsafe fn chunk_head_avx2(
     #[rustfmt::skip]
     gemm(Gemm {
         m: n, nn: dv, kk: dk, a: sc.w.as_ptr(), lda: dk, b: s0.as_ptr(), ldb: dv,
-        c: sc.u.as_mut_ptr(), ldc: dv, cscale: 1.0, rs: &minus_one, rs_stride: 0, tri: false,
+        c: sc.u.as_mut_ptr(), ldc: dv, cscale: 1.0, rs: &minus_one, rs_stride: 0, tri: false, lower: false,
     });
 
     // O = diag(e^G) (Q S0) + A Vnew, written to the output rows directly.
@@ -313,12 +323,12 @@ pub(crate) unsafe fn chunk_head_avx2(
     #[rustfmt::skip]
     gemm(Gemm {
         m: n, nn: dv, kk: dk, a: q.as_ptr().add(qk_at), lda: qk_stride, b: s0.as_ptr(), ldb: dv,
-        c: o, ldc: hv * dv, cscale: 0.0, rs: sc.decay_in.as_ptr(), rs_stride: 1, tri: false,
+        c: o, ldc: hv * dv, cscale: 0.0, rs: sc.decay_in.as_ptr(), rs_stride: 1, tri: false, lower: false,
     });
     #[rustfmt::skip]
     gemm(Gemm {
         m: n, nn: dv, kk: n, a: sc.a.as_ptr(), lda: cp, b: sc.u.as_ptr(), ldb: dv,
-        c: o, ldc: hv * dv, cscale: 1.0, rs: &one, rs_stride: 0, tri: true,
+        c: o, ldc: hv * dv, cscale: 1.0, rs: &one, rs_stride: 0, tri: true, lower: false,
     });
 
     // S <- e^(G_n) S0 + (K^T diag(e^(G_n - G_j))) Vnew, last: the products
@@ -326,6 +336,6 @@ pub(crate) unsafe fn chunk_head_avx2(
     #[rustfmt::skip]
     gemm(Gemm {
         m: dk, nn: dv, kk: n, a: sc.ktd.as_ptr(), lda: cp, b: sc.u.as_ptr(), ldb: dv,
-        c: s0.as_mut_ptr(), ldc: dv, cscale: sc.decay_in[n - 1], rs: &one, rs_stride: 0, tri: false,
+        c: s0.as_mut_ptr(), ldc: dv, cscale: sc.decay_in[n - 1], rs: &one, rs_stride: 0, tri: false, lower: false,
     });
 }
