@@ -240,3 +240,165 @@ fn parallel_version_matches_f64_reference() {
     }
     eprintln!("pooled attention vs f64: max abs diff {worst:.3e}");
 }
+
+/// Shapes for the blocked AVX2 route: GQA ratios 1, 2, 3 and 8, head dims
+/// 8 (one-vector column tiles only), 16, 24 (16-wide tiles plus an 8-wide
+/// tail), 64, 128 and 256.
+const BLOCKED_SHAPES: [AttnShape; 7] = [
+    AttnShape { n_heads: 4, n_kv_heads: 4, head_dim: 64 },
+    AttnShape { n_heads: 4, n_kv_heads: 2, head_dim: 128 },
+    AttnShape { n_heads: 16, n_kv_heads: 2, head_dim: 256 },
+    AttnShape { n_heads: 8, n_kv_heads: 1, head_dim: 24 },
+    AttnShape { n_heads: 6, n_kv_heads: 2, head_dim: 16 },
+    AttnShape { n_heads: 3, n_kv_heads: 1, head_dim: 8 },
+    AttnShape { n_heads: 2, n_kv_heads: 2, head_dim: 64 },
+];
+
+/// (start_pos, n_tokens): decode at several horizons (tails of 1..8 past
+/// whole vectors), prefill from 0, continued prefill, and more tokens than
+/// one block and than the 16-position steps of the V sum.
+const SPANS: [(usize, usize); 9] = [(0, 1), (6, 1), (40, 1), (0, 9), (0, 17), (5, 4), (13, 7), (30, 11), (3, 40)];
+
+/// The blocked route with 1..=9 query tokens per unit against the f64
+/// reference, with peaked softmaxes (queries of amplitude 3).
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn blocked_route_matches_f64_reference() {
+    use qmoe_kernels::simd::attention::{attend_parallel_via, Route};
+    use qmoe_kernels::simd::Level;
+    if !qmoe_kernels::simd::available().contains(&Level::Avx2) {
+        eprintln!("no AVX2: blocked route not tested");
+        return;
+    }
+    let mut rng = Rng(21);
+    let mut worst = 0.0f64;
+    for s in BLOCKED_SHAPES {
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        for (start, t) in SPANS {
+            let n_ctx = start + t;
+            let q = rng.vec(t * s.q_row_len(), 3.0);
+            let k = rng.vec(n_ctx * s.kv_row_len(), 1.0);
+            let v = rng.vec(n_ctx * s.kv_row_len(), 1.0);
+            let want = attend_f64(&q, &k, &v, start, t, s, scale);
+            for tokens in 1..=9 {
+                // Stale scratch may hold anything, NaN included.
+                let mut scores = vec![f32::NAN; 4096];
+                let mut out = vec![f32::NAN; t * s.q_row_len()];
+                let route = Route::Blocked { tokens };
+                attend_parallel_via(route, Level::Avx2, &q, &k, &v, start, t, s, scale, 0, &mut scores, &mut out);
+                let d = max_abs_diff(&out, &want);
+                worst = worst.max(d);
+                assert!(d < 2e-6, "{s:?} start {start} T {t} block {tokens}: max diff {d}");
+            }
+        }
+    }
+    eprintln!("blocked attention vs f64: max abs diff {worst:.3e}");
+}
+
+/// `attend_parallel` at every level (blocked where AVX2 allows, per token
+/// otherwise, including head dims that are not a multiple of 8) against
+/// the f64 reference and against the scalar twin.
+#[test]
+fn every_level_matches_f64_and_the_scalar_twin() {
+    use qmoe_kernels::simd::attention::attend_parallel;
+    use qmoe_kernels::simd::Level;
+    let odd = [AttnShape { n_heads: 16, n_kv_heads: 2, head_dim: 20 }, AttnShape { n_heads: 4, n_kv_heads: 1, head_dim: 7 }];
+    let mut rng = Rng(22);
+    for s in BLOCKED_SHAPES.into_iter().chain(odd) {
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        for (start, t) in SPANS {
+            let n_ctx = start + t;
+            let q = rng.vec(t * s.q_row_len(), 3.0);
+            let k = rng.vec(n_ctx * s.kv_row_len(), 1.0);
+            let v = rng.vec(n_ctx * s.kv_row_len(), 1.0);
+            let want = attend_f64(&q, &k, &v, start, t, s, scale);
+            let mut twin = vec![f32::NAN; t * s.q_row_len()];
+            attend_parallel(Level::Scalar, &q, &k, &v, start, t, s, scale, 0, &mut Vec::new(), &mut twin);
+            for level in qmoe_kernels::simd::available() {
+                let mut out = vec![f32::NAN; t * s.q_row_len()];
+                attend_parallel(level, &q, &k, &v, start, t, s, scale, 0, &mut Vec::new(), &mut out);
+                let d = max_abs_diff(&out, &want);
+                assert!(d < 2e-6, "{level:?} {s:?} start {start} T {t}: max diff {d}");
+                let dt = out.iter().zip(&twin).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                assert!(dt < 2e-6, "{level:?} {s:?} start {start} T {t}: {dt} from the scalar twin");
+            }
+        }
+    }
+}
+
+/// Prefill and decode agree bit for bit on the pooled kernel too: one call
+/// with T tokens equals T one-token calls at every level (on the blocked
+/// route, whatever the block size), the cache past each step's horizon NaN.
+#[test]
+fn pooled_one_call_equals_token_by_token() {
+    use qmoe_kernels::simd::attention::attend_parallel;
+    let mut rng = Rng(23);
+    for s in BLOCKED_SHAPES {
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        let (start, t) = (5usize, 21usize);
+        let n_ctx = start + t;
+        let row = s.q_row_len();
+        let q = rng.vec(t * row, 3.0);
+        let k = rng.vec(n_ctx * s.kv_row_len(), 1.0);
+        let v = rng.vec(n_ctx * s.kv_row_len(), 1.0);
+        for level in qmoe_kernels::simd::available() {
+            let mut single = vec![0.0f32; t * row];
+            let mut scores = Vec::new();
+            for i in 0..t {
+                let n = start + i + 1;
+                let (mut kn, mut vn) = (k.clone(), v.clone());
+                kn[n * s.kv_row_len()..].fill(f32::NAN);
+                vn[n * s.kv_row_len()..].fill(f32::NAN);
+                let o = &mut single[i * row..][..row];
+                attend_parallel(level, &q[i * row..][..row], &kn, &vn, start + i, 1, s, scale, n_ctx, &mut scores, o);
+            }
+            assert!(single.iter().all(|x| x.is_finite()), "{level:?} {s:?}: read past the horizon");
+            let mut batched = vec![0.0f32; t * row];
+            attend_parallel(level, &q, &k, &v, start, t, s, scale, 0, &mut scores, &mut batched);
+            assert_eq!(batched, single, "{level:?} {s:?}");
+            #[cfg(target_arch = "x86_64")]
+            if level == qmoe_kernels::simd::Level::Avx2 {
+                use qmoe_kernels::simd::attention::{attend_parallel_via, Route};
+                for tokens in [1, 2, 3, 5, 8] {
+                    let mut blk = vec![0.0f32; t * row];
+                    let route = Route::Blocked { tokens };
+                    attend_parallel_via(route, level, &q, &k, &v, start, t, s, scale, 0, &mut scores, &mut blk);
+                    assert_eq!(blk, single, "{s:?} block {tokens}");
+                }
+            }
+        }
+    }
+}
+
+/// Scores around 1e4 (which would overflow `exp` without the max
+/// subtraction, and sit far below the fast `exp`'s clamp) stay finite and
+/// convex combinations of V on every route.
+#[test]
+fn pooled_large_scores_stay_finite() {
+    use qmoe_kernels::simd::attention::attend_parallel;
+    let mut rng = Rng(24);
+    let s = AttnShape { n_heads: 16, n_kv_heads: 2, head_dim: 64 };
+    let (start, t) = (9usize, 6usize);
+    let q: Vec<f32> = rng.vec(t * s.q_row_len(), 100.0);
+    let k: Vec<f32> = rng.vec((start + t) * s.kv_row_len(), 100.0);
+    let v = rng.vec((start + t) * s.kv_row_len(), 1.0);
+    let want = attend_f64(&q, &k, &v, start, t, s, 1.0);
+    for level in qmoe_kernels::simd::available() {
+        let mut out = vec![f32::NAN; t * s.q_row_len()];
+        attend_parallel(level, &q, &k, &v, start, t, s, 1.0, 0, &mut Vec::new(), &mut out);
+        assert!(out.iter().all(|x| x.is_finite() && x.abs() <= 1.0 + 1e-6), "{level:?}");
+        assert!(max_abs_diff(&out, &want) < 2e-6, "{level:?}");
+    }
+}
+
+/// The blocked route is AVX2-only and needs whole vectors per head.
+#[test]
+#[should_panic(expected = "blocked route")]
+fn blocked_route_off_avx2_is_a_contract_violation() {
+    use qmoe_kernels::simd::attention::{attend_parallel_via, Route};
+    let s = AttnShape { n_heads: 2, n_kv_heads: 1, head_dim: 8 };
+    let mut out = vec![0.0f32; 16];
+    let route = Route::Blocked { tokens: 2 };
+    let level = qmoe_kernels::simd::Level::Scalar;
+    attend_parallel_via(route, level, &[0.0; 16], &[0.0; 16], &[0.0; 16], 0, 1, s, 1.0, 0, &mut Vec::new(), &mut out);
+}

@@ -20,6 +20,7 @@ pub mod affine_multi;
 pub mod float_dot;
 pub mod fp8_dot;
 pub mod attention;
+pub(crate) mod expf;
 pub mod gdn;
 #[cfg(target_arch = "x86_64")]
 mod gdn_chunk;
