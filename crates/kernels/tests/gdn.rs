@@ -168,7 +168,7 @@ const MAPS: [HeadMap; 2] = [HeadMap::Grouped, HeadMap::Tiled];
 /// Whether the AVX2 chunk kernel blocks this shape (else the driver runs
 /// the reference's arithmetic at every level).
 fn blocked(s: GdnShape) -> bool {
-    s.head_k_dim % 8 == 0 && s.head_v_dim % 8 == 0
+    s.head_k_dim.is_multiple_of(8) && s.head_v_dim.is_multiple_of(8)
 }
 
 /// Blocked AVX2 chunk kernel vs its scalar twin: relative to the larger of 1

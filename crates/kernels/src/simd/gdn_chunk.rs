@@ -40,6 +40,8 @@ pub(crate) struct ChunkScratch {
     u: Vec<f32>,
     /// `[chunk, Dk]`: `W`.
     w: Vec<f32>,
+    /// The `A` operand of the current product, repacked by [`gemm`].
+    pack: Vec<f32>,
 }
 
 impl ChunkScratch {
@@ -60,6 +62,7 @@ impl ChunkScratch {
             l: vec![0.0; chunk * cp],
             u: vec![0.0; chunk * dv],
             w: vec![0.0; chunk * dk],
+            pack: vec![0.0; chunk.max(dk).div_ceil(MR) * MR * chunk.max(dk)],
         }
     }
 
@@ -71,7 +74,7 @@ impl ChunkScratch {
 
 /// Whether [`chunk_head_avx2`] handles this shape (rows of whole vectors).
 pub(crate) fn blocked(shape: GdnShape) -> bool {
-    shape.head_k_dim % 8 == 0 && shape.head_v_dim % 8 == 0
+    shape.head_k_dim.is_multiple_of(8) && shape.head_v_dim.is_multiple_of(8)
 }
 
 /// `C <- cscale C + rs_i (A B)` for rows `0..m`, columns `0..nn` (a multiple
@@ -97,6 +100,8 @@ struct Gemm {
     rs_stride: usize,
     tri: bool,
     lower: bool,
+    /// Room for `A` repacked: `m` rounded up to [`MR`] times `kk` floats.
+    pack: *mut f32,
 }
 
 /// Rows per block when there are several: 6 rows x 16 columns is 12
@@ -105,20 +110,31 @@ const MR: usize = 6;
 
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gemm(g: Gemm) {
-    debug_assert!(g.nn % 8 == 0);
+    debug_assert!(g.nn.is_multiple_of(8));
     if g.m == 1 {
         // One row (the forward substitution): 64-column blocks give eight
         // independent FMA chains, enough to hide the FMA latency.
         let mut j = 0;
         while j + 64 <= g.nn {
-            block::<1, 8>(g, 0, j);
+            block::<1, 8>(g, g.a, 1, 0, j);
             j += 64;
         }
         while j < g.nn {
-            block::<1, 1>(g, 0, j);
+            block::<1, 1>(g, g.a, 1, 0, j);
             j += 8;
         }
         return;
+    }
+    // A in panels of MR rows, each stored column by column, so that a
+    // block's broadcasts are fixed offsets from one pointer that advances by
+    // MR per step of the reduction.
+    for i0 in (0..g.m).step_by(MR) {
+        let panel = g.pack.add(i0 * g.kk);
+        for p in 0..g.kk {
+            for r in 0..MR {
+                *panel.add(p * MR + r) = if i0 + r < g.m { *g.a.add((i0 + r) * g.lda + p) } else { 0.0 };
+            }
+        }
     }
     // Column strips outside, row blocks inside: a 16-column strip of `B`
     // (8 KiB for 128 rows) stays in L1 while every row block passes over it.
@@ -132,18 +148,18 @@ unsafe fn gemm(g: Gemm) {
         }
         while i < g.m {
             match (g.m - i, wide) {
-                (1, true) => block::<1, 2>(g, i, j),
-                (2, true) => block::<2, 2>(g, i, j),
-                (3, true) => block::<3, 2>(g, i, j),
-                (4, true) => block::<4, 2>(g, i, j),
-                (5, true) => block::<5, 2>(g, i, j),
-                (_, true) => block::<MR, 2>(g, i, j),
-                (1, false) => block::<1, 1>(g, i, j),
-                (2, false) => block::<2, 1>(g, i, j),
-                (3, false) => block::<3, 1>(g, i, j),
-                (4, false) => block::<4, 1>(g, i, j),
-                (5, false) => block::<5, 1>(g, i, j),
-                (_, false) => block::<MR, 1>(g, i, j),
+                (1, true) => block::<1, 2>(g, g.pack.add(i * g.kk), MR, i, j),
+                (2, true) => block::<2, 2>(g, g.pack.add(i * g.kk), MR, i, j),
+                (3, true) => block::<3, 2>(g, g.pack.add(i * g.kk), MR, i, j),
+                (4, true) => block::<4, 2>(g, g.pack.add(i * g.kk), MR, i, j),
+                (5, true) => block::<5, 2>(g, g.pack.add(i * g.kk), MR, i, j),
+                (_, true) => block::<MR, 2>(g, g.pack.add(i * g.kk), MR, i, j),
+                (1, false) => block::<1, 1>(g, g.pack.add(i * g.kk), MR, i, j),
+                (2, false) => block::<2, 1>(g, g.pack.add(i * g.kk), MR, i, j),
+                (3, false) => block::<3, 1>(g, g.pack.add(i * g.kk), MR, i, j),
+                (4, false) => block::<4, 1>(g, g.pack.add(i * g.kk), MR, i, j),
+                (5, false) => block::<5, 1>(g, g.pack.add(i * g.kk), MR, i, j),
+                (_, false) => block::<MR, 1>(g, g.pack.add(i * g.kk), MR, i, j),
             }
             i += MR;
         }
@@ -151,26 +167,27 @@ unsafe fn gemm(g: Gemm) {
     }
 }
 
-/// One `R x 8NV` block of [`gemm`] at row `i0`, column `j0`.
+/// One `R x 8NV` block of [`gemm`] at row `i0`, column `j0`; `A[i0 + r][p]`
+/// is read at `ap + p step + r`.
 #[inline(always)]
-unsafe fn block<const R: usize, const NV: usize>(g: Gemm, i0: usize, j0: usize) {
+unsafe fn block<const R: usize, const NV: usize>(g: Gemm, ap: *const f32, step: usize, i0: usize, j0: usize) {
     let kk = if g.tri { g.kk.min(i0 + R) } else { g.kk };
     let mut acc = [[_mm256_setzero_ps(); NV]; R];
-    // One base pointer per row, so each broadcast is a single indexed load.
-    let ar: [*const f32; R] = std::array::from_fn(|r| g.a.add((i0 + r) * g.lda));
+    let mut ap = ap;
     let mut bp = g.b.add(j0);
-    for p in 0..kk {
+    for _ in 0..kk {
         let mut bv = [_mm256_setzero_ps(); NV];
         for (v, x) in bv.iter_mut().enumerate() {
             *x = _mm256_loadu_ps(bp.add(8 * v));
         }
         for (r, acc_r) in acc.iter_mut().enumerate() {
-            let a_rp = _mm256_broadcast_ss(&*ar[r].add(p));
+            let a_rp = _mm256_broadcast_ss(&*ap.add(r));
             for v in 0..NV {
                 acc_r[v] = _mm256_fmadd_ps(a_rp, bv[v], acc_r[v]);
             }
         }
         bp = bp.add(g.ldb);
+        ap = ap.add(step);
     }
     let cs = _mm256_set1_ps(g.cscale);
     for (r, acc_r) in acc.iter().enumerate() {
@@ -225,6 +242,7 @@ pub(crate) unsafe fn chunk_head_avx2(
     let k_row = |i: usize| &k[qk_at + i * qk_stride..][..dk];
     let one = 1.0f32;
     let minus_one = -1.0f32;
+    let pack = sc.pack.as_mut_ptr();
 
     // Decays exactly as the reference forms them.
     let mut acc = 0.0f64;
@@ -273,6 +291,7 @@ pub(crate) unsafe fn chunk_head_avx2(
         rs_stride,
         tri: false,
         lower: true,
+        pack,
     };
     gemm(square(q.as_ptr().add(qk_at), sc.a.as_mut_ptr(), &one, 0));
     gemm(square(k.as_ptr().add(qk_at), sc.l.as_mut_ptr(), beta.as_ptr().add(bh_at), hv));
@@ -306,7 +325,7 @@ pub(crate) unsafe fn chunk_head_avx2(
             #[rustfmt::skip]
             gemm(Gemm {
                 m: 1, nn: d, kk: i, a: l_i, lda: 0, b: base, ldb: d, c: base.add(i * d), ldc: 0,
-                cscale: 1.0, rs: &minus_one, rs_stride: 0, tri: false, lower: false,
+                cscale: 1.0, rs: &minus_one, rs_stride: 0, tri: false, lower: false, pack,
             });
         }
     }
@@ -315,7 +334,7 @@ pub(crate) unsafe fn chunk_head_avx2(
     #[rustfmt::skip]
     gemm(Gemm {
         m: n, nn: dv, kk: dk, a: sc.w.as_ptr(), lda: dk, b: s0.as_ptr(), ldb: dv,
-        c: sc.u.as_mut_ptr(), ldc: dv, cscale: 1.0, rs: &minus_one, rs_stride: 0, tri: false, lower: false,
+        c: sc.u.as_mut_ptr(), ldc: dv, cscale: 1.0, rs: &minus_one, rs_stride: 0, tri: false, lower: false, pack,
     });
 
     // O = diag(e^G) (Q S0) + A Vnew, written to the output rows directly.
@@ -323,12 +342,12 @@ pub(crate) unsafe fn chunk_head_avx2(
     #[rustfmt::skip]
     gemm(Gemm {
         m: n, nn: dv, kk: dk, a: q.as_ptr().add(qk_at), lda: qk_stride, b: s0.as_ptr(), ldb: dv,
-        c: o, ldc: hv * dv, cscale: 0.0, rs: sc.decay_in.as_ptr(), rs_stride: 1, tri: false, lower: false,
+        c: o, ldc: hv * dv, cscale: 0.0, rs: sc.decay_in.as_ptr(), rs_stride: 1, tri: false, lower: false, pack,
     });
     #[rustfmt::skip]
     gemm(Gemm {
         m: n, nn: dv, kk: n, a: sc.a.as_ptr(), lda: cp, b: sc.u.as_ptr(), ldb: dv,
-        c: o, ldc: hv * dv, cscale: 1.0, rs: &one, rs_stride: 0, tri: true, lower: false,
+        c: o, ldc: hv * dv, cscale: 1.0, rs: &one, rs_stride: 0, tri: true, lower: false, pack,
     });
 
     // S <- e^(G_n) S0 + (K^T diag(e^(G_n - G_j))) Vnew, last: the products
@@ -336,6 +355,6 @@ pub(crate) unsafe fn chunk_head_avx2(
     #[rustfmt::skip]
     gemm(Gemm {
         m: dk, nn: dv, kk: n, a: sc.ktd.as_ptr(), lda: cp, b: sc.u.as_ptr(), ldb: dv,
-        c: s0.as_mut_ptr(), ldc: dv, cscale: sc.decay_in[n - 1], rs: &one, rs_stride: 0, tri: false, lower: false,
+        c: s0.as_mut_ptr(), ldc: dv, cscale: sc.decay_in[n - 1], rs: &one, rs_stride: 0, tri: false, lower: false, pack,
     });
 }
