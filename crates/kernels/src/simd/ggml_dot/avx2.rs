@@ -54,15 +54,7 @@ macro_rules! rows {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f32]) {
     // SAFETY (each arm): the caller's contract, passed on unchanged.
-    match ty {
-        GgmlType::Q2K => rows!(w, x, y, 84, dot_q2_k),
-        GgmlType::Q3K => rows!(w, x, y, 110, dot_q3_k),
-        GgmlType::Q4K => rows!(w, x, y, 144, dot_q4_k),
-        GgmlType::Q5K => rows!(w, x, y, 176, dot_q5_k),
-        GgmlType::Q6K => rows!(w, x, y, 210, dot_q6_k),
-        GgmlType::IQ4XS => rows!(w, x, y, 136, dot_iq4_xs),
-        _ => unreachable!("gemv_q8k: {ty} (checked by the caller)"),
-    }
+    gemv_table!(q8k: ty, w, x, y)
 }
 
 /// # Safety
@@ -70,15 +62,7 @@ pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn gemv_q8x32(ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mut [f32]) {
     // SAFETY (each arm): the caller's contract, passed on unchanged.
-    match ty {
-        GgmlType::Q8_0 => rows!(w, x, y, 34, dot_q8_0),
-        GgmlType::Q4_0 => rows!(w, x, y, 18, dot_q4_0),
-        GgmlType::Q4_1 => rows!(w, x, y, 20, dot_q4_1),
-        GgmlType::Q5_0 => rows!(w, x, y, 22, dot_q5_0),
-        GgmlType::Q5_1 => rows!(w, x, y, 24, dot_q5_1),
-        GgmlType::IQ4NL => rows!(w, x, y, 18, dot_iq4_nl),
-        _ => unreachable!("gemv_q8x32: {ty} (checked by the caller)"),
-    }
+    gemv_table!(q8x32: ty, w, x, y)
 }
 
 // ---- helpers ------------------------------------------------------------------

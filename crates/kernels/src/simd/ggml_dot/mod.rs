@@ -25,6 +25,35 @@
 //! (both quantizers in [`crate::simd::act`] guarantee it), so `|w| ≤ 128`
 //! times `|x| ≤ 127`, summed in pairs, never saturates `maddubs`' i16.
 
+/// The type -> (block bytes, dot kernel) tables of the single-token gemv,
+/// expanded inside each SIMD level's `#[target_feature]` function so that
+/// its row loop and dot kernels inline there. Item names resolve where the
+/// macro is expanded: each level supplies its own `rows!` and `dot_*`.
+macro_rules! gemv_table {
+    (q8k: $ty:expr, $w:expr, $x:expr, $y:expr) => {
+        match $ty {
+            GgmlType::Q2K => rows!($w, $x, $y, 84, dot_q2_k),
+            GgmlType::Q3K => rows!($w, $x, $y, 110, dot_q3_k),
+            GgmlType::Q4K => rows!($w, $x, $y, 144, dot_q4_k),
+            GgmlType::Q5K => rows!($w, $x, $y, 176, dot_q5_k),
+            GgmlType::Q6K => rows!($w, $x, $y, 210, dot_q6_k),
+            GgmlType::IQ4XS => rows!($w, $x, $y, 136, dot_iq4_xs),
+            ty => unreachable!("gemv_q8k: {ty} (checked by the caller)"),
+        }
+    };
+    (q8x32: $ty:expr, $w:expr, $x:expr, $y:expr) => {
+        match $ty {
+            GgmlType::Q8_0 => rows!($w, $x, $y, 34, dot_q8_0),
+            GgmlType::Q4_0 => rows!($w, $x, $y, 18, dot_q4_0),
+            GgmlType::Q4_1 => rows!($w, $x, $y, 20, dot_q4_1),
+            GgmlType::Q5_0 => rows!($w, $x, $y, 22, dot_q5_0),
+            GgmlType::Q5_1 => rows!($w, $x, $y, 24, dot_q5_1),
+            GgmlType::IQ4NL => rows!($w, $x, $y, 18, dot_iq4_nl),
+            ty => unreachable!("gemv_q8x32: {ty} (checked by the caller)"),
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 pub mod multi;
