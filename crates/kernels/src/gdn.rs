@@ -389,6 +389,37 @@ pub fn gdn_chunked(
     }
 }
 
+/// The decay factors of one chunk of `n` tokens of one head, from its
+/// log-decays `g[i * g_stride]`: the f64 cumulative log-decay `G_i`,
+/// `decay_in[i] = e^(G_i)`, `decay_out[i] = e^(G_last - G_i)` and
+/// `gamma[i * gamma_stride + j] = e^(G_i - G_j)` for `j <= i`. Every
+/// exponent is `<= 0`. Shared by the reference and the blocked AVX2 kernel
+/// so that both use the same decay values.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn chunk_decays(
+    g: &[f32],
+    g_stride: usize,
+    n: usize,
+    g_cum: &mut [f64],
+    decay_in: &mut [f32],
+    decay_out: &mut [f32],
+    gamma: &mut [f32],
+    gamma_stride: usize,
+) {
+    let mut acc = 0.0f64;
+    for i in 0..n {
+        acc += g[i * g_stride] as f64;
+        g_cum[i] = acc;
+    }
+    for i in 0..n {
+        decay_in[i] = g_cum[i].exp() as f32;
+        decay_out[i] = (g_cum[n - 1] - g_cum[i]).exp() as f32;
+        for j in 0..=i {
+            gamma[i * gamma_stride + j] = (g_cum[i] - g_cum[j]).exp() as f32;
+        }
+    }
+}
+
 /// One value head `h` over tokens `start..start + n` (`n <= scratch.chunk`):
 /// advances the head's state `s0` (`[Dk, Dv]`) and leaves the chunk's
 /// outputs in `scratch.o` (`[n, Dv]`). `q`, `k`, `v`, `beta`, `g` are the
@@ -437,20 +468,7 @@ pub(crate) fn chunk_head(
         ..
     } = scratch;
 
-    // Cumulative log-decay (f64) and every decay factor the chunk needs;
-    // each exponent is G_i - G_j with i >= j, or G_i itself, so it is <= 0.
-    let mut acc = 0.0f64;
-    for i in 0..n {
-        acc += g[(start + i) * hv + h] as f64;
-        g_cum[i] = acc;
-    }
-    for i in 0..n {
-        decay_in[i] = g_cum[i].exp() as f32;
-        decay_out[i] = (g_cum[n - 1] - g_cum[i]).exp() as f32;
-        for j in 0..=i {
-            decay[i * c + j] = (g_cum[i] - g_cum[j]).exp() as f32;
-        }
-    }
+    chunk_decays(&g[start * hv + h..], hv, n, g_cum, decay_in, decay_out, decay, c);
 
     // Strictly lower L[i][j] = beta_i (k_i . k_j) Gamma[i][j], j < i.
     for i in 0..n {

@@ -148,7 +148,7 @@ pub fn gdn_prep(
     for (be, &bv) in out.beta.iter_mut().zip(b) {
         *be = sigmoid(bv);
     }
-    for ((row_g, row_a), _) in out.g.chunks_exact_mut(hv).zip(a.chunks_exact(hv)).zip(0..t) {
+    for (row_g, row_a) in out.g.chunks_exact_mut(hv).zip(a.chunks_exact(hv)) {
         for h in 0..hv {
             row_g[h] = w.a_neg_exp[h] * softplus(row_a[h] + w.dt_bias[h]);
         }
@@ -162,7 +162,7 @@ pub fn gdn_prep(
 unsafe fn run_slice(level: Level, inp: &Inputs, s: Slice, dst: SharedMut<f32>) {
     match level {
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 if inp.kernel == 4 && s.width % 8 == 0 => {
+        Level::Avx2 if inp.kernel == 4 && s.width.is_multiple_of(8) => {
             // SAFETY: `Level::Avx2` is only reported when the CPU has AVX2 +
             // FMA; the destination contract is the caller's.
             unsafe { avx2::slice(inp, s, dst) }

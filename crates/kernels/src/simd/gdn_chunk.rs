@@ -244,20 +244,8 @@ pub(crate) unsafe fn chunk_head_avx2(
     let minus_one = -1.0f32;
     let pack = sc.pack.as_mut_ptr();
 
-    // Decays exactly as the reference forms them.
-    let mut acc = 0.0f64;
-    for i in 0..n {
-        acc += g[bh_at + i * hv] as f64;
-        sc.g_cum[i] = acc;
-    }
-    let g_cum = &sc.g_cum;
-    for i in 0..n {
-        sc.decay_in[i] = g_cum[i].exp() as f32;
-        sc.decay_out[i] = (g_cum[n - 1] - g_cum[i]).exp() as f32;
-        for j in 0..=i {
-            sc.gamma[i * cp + j] = (g_cum[i] - g_cum[j]).exp() as f32;
-        }
-    }
+    // Decays: the reference's own function, so only summation order differs.
+    crate::gdn::chunk_decays(&g[bh_at..], hv, n, &mut sc.g_cum, &mut sc.decay_in, &mut sc.decay_out, &mut sc.gamma, cp);
 
     // K^T, plain and scaled by the decay to the chunk's end; the padding
     // columns n..np are zeroed so the square products stay finite.
