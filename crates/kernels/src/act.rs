@@ -32,13 +32,19 @@ pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
 /// 2 ulp of libm's): a prefill's experts need millions of exponentials.
 pub fn swiglu_at(level: crate::simd::Level, gate: &[f32], up: &[f32], out: &mut [f32]) {
     assert!(gate.len() == up.len() && up.len() == out.len(), "swiglu: lengths");
-    let mut done = 0;
+    // How many leading values a SIMD level wrote; the scalar loop does the rest.
     #[cfg(target_arch = "x86_64")]
-    if level == crate::simd::Level::Avx2 {
+    let done = if level == crate::simd::Level::Avx2 {
         // SAFETY: `Level::Avx2` is only reported when the CPU has AVX2 + FMA.
-        done = unsafe { swiglu_avx2(gate, up, out) };
-    }
-    let _ = level;
+        unsafe { swiglu_avx2(gate, up, out) }
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = {
+        let _ = level;
+        0
+    };
     for ((o, &g), &u) in out[done..].iter_mut().zip(&gate[done..]).zip(&up[done..]) {
         *o = silu(g) * u;
     }
