@@ -34,7 +34,7 @@ pub fn swiglu_at(level: crate::simd::Level, gate: &[f32], up: &[f32], out: &mut 
     assert!(gate.len() == up.len() && up.len() == out.len(), "swiglu: lengths");
     // How many leading values a SIMD level wrote; the scalar loop does the rest.
     #[cfg(target_arch = "x86_64")]
-    let done = if level == crate::simd::Level::Avx2 {
+    let done = if level.runs_avx2() {
         // SAFETY: `Level::Avx2` is only reported when the CPU has AVX2 + FMA.
         unsafe { swiglu_avx2(gate, up, out) }
     } else {

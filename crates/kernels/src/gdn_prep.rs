@@ -162,7 +162,7 @@ pub fn gdn_prep(
 unsafe fn run_slice(level: Level, inp: &Inputs, s: Slice, dst: SharedMut<f32>) {
     match level {
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 if inp.kernel == 4 && s.width.is_multiple_of(8) => {
+        Level::Avx2 | Level::Avx512 if inp.kernel == 4 && s.width.is_multiple_of(8) => {
             // SAFETY: `Level::Avx2` is only reported when the CPU has AVX2 +
             // FMA; the destination contract is the caller's.
             unsafe { avx2::slice(inp, s, dst) }
@@ -297,7 +297,7 @@ mod avx2 {
 pub fn exp8(level: Level, x: [f32; 8]) -> [f32; 8] {
     match level {
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => {
+        Level::Avx2 | Level::Avx512 => {
             let mut out = [0.0f32; 8];
             // SAFETY: `Level::Avx2` is only reported when the CPU has AVX2 + FMA.
             unsafe { exp8_avx2(&x, &mut out) };

@@ -51,7 +51,7 @@ pub fn quantize_q8k_at(level: super::Level, x: &[f32], out: &mut [BlockQ8K]) {
         match level {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Level::Avx2` is only reported when the CPU has AVX2.
-            super::Level::Avx2 => unsafe { avx2::q8k_block(xb, b) },
+            super::Level::Avx2 | super::Level::Avx512 => unsafe { avx2::q8k_block(xb, b) },
             #[cfg(target_arch = "aarch64")]
             // SAFETY: `Level::Neon` is only reported when the CPU has NEON.
             super::Level::Neon => unsafe { super::neon::act::q8k_block(xb, b) },
@@ -98,7 +98,7 @@ pub fn quantize_q8x32_at(level: super::Level, x: &[f32], out: &mut [BlockQ8x32])
         match level {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Level::Avx2` is only reported when the CPU has AVX2.
-            super::Level::Avx2 => unsafe { avx2::q8x32_block(xb, b) },
+            super::Level::Avx2 | super::Level::Avx512 => unsafe { avx2::q8x32_block(xb, b) },
             #[cfg(target_arch = "aarch64")]
             // SAFETY: `Level::Neon` is only reported when the CPU has NEON.
             super::Level::Neon => unsafe { super::neon::act::q8x32_block(xb, b) },

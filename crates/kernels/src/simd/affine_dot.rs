@@ -68,7 +68,7 @@ pub fn gemv_affine(level: Level, w: &MatRef, rows: Range<usize>, x: &[BlockQ8x32
                 *yi = scalar_row(&m, r, x);
             }
         }
-        Level::Avx2 => {
+        Level::Avx2 | Level::Avx512 => {
             #[cfg(target_arch = "x86_64")]
             {
                 use crate::simd::float_dot::x86 as fx;

@@ -63,7 +63,7 @@ pub fn attend_parallel(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let route = if level == Level::Avx2 && shape.head_dim.is_multiple_of(8) && shape.head_dim > 0 {
+    let route = if level.runs_avx2() && shape.head_dim.is_multiple_of(8) && shape.head_dim > 0 {
         Route::Blocked { tokens: BLOCK_TOKENS }
     } else {
         Route::PerToken
@@ -102,7 +102,7 @@ pub fn attend_parallel_via(
         Route::PerToken => 1,
         Route::Blocked { tokens } => {
             assert!(
-                level == Level::Avx2 && head_dim.is_multiple_of(8) && tokens > 0,
+                level.runs_avx2() && head_dim.is_multiple_of(8) && tokens > 0,
                 "attend: the blocked route needs AVX2, head_dim % 8 == 0 and tokens > 0"
             );
             tokens
@@ -144,7 +144,7 @@ pub fn attend_parallel_via(
                     match level {
                         #[cfg(target_arch = "x86_64")]
                         // SAFETY: `Level::Avx2` is only reported when the CPU has AVX2 + FMA.
-                        Level::Avx2 => unsafe { unit_avx2(&args, sc, os) },
+                        Level::Avx2 | Level::Avx512 => unsafe { unit_avx2(&args, sc, os) },
                         _ => unit(&args, sc, os),
                     }
                 }

@@ -37,7 +37,7 @@ pub fn gemv_float(level: Level, w: &MatRef, rows: Range<usize>, x: &[f32], y: &m
                 y.fill(0.0);
             }
         }
-        Level::Avx2 => {
+        Level::Avx2 | Level::Avx512 => {
             #[cfg(target_arch = "x86_64")]
             {
                 assert!(x86::available(), "gemv_float: AVX2/FMA/F16C level on a CPU without them");

@@ -55,7 +55,7 @@ pub fn gemv_fp8(level: Level, w: &MatRef, rows: Range<usize>, x: &[f32], y: &mut
                 *yi = scalar_row(&m, r, x);
             }
         }
-        Level::Avx2 => {
+        Level::Avx2 | Level::Avx512 => {
             #[cfg(target_arch = "x86_64")]
             {
                 use crate::simd::float_dot::x86 as fx;

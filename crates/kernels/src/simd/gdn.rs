@@ -59,7 +59,7 @@ pub fn gdn_chunked_parallel(
     }
     let n_tasks = scratches.len().min(hv);
     #[cfg(target_arch = "x86_64")]
-    if level == Level::Avx2 && n_tokens > 0 && super::gdn_chunk::blocked(shape) {
+    if level.runs_avx2() && n_tokens > 0 && super::gdn_chunk::blocked(shape) {
         let chunk = chunk.min(n_tokens);
         let (stp, op) = (SharedMut::new(state), SharedMut::new(out));
         let task = |i: usize| {
@@ -131,7 +131,7 @@ fn chunk_head_at(
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Level::Avx2` is only reported when the CPU has AVX2 + FMA.
-        Level::Avx2 => unsafe { chunk_head_avx2(q, k, v, beta, g, s0, shape, map, start, n, h, scratch) },
+        Level::Avx2 | Level::Avx512 => unsafe { chunk_head_avx2(q, k, v, beta, g, s0, shape, map, start, n, h, scratch) },
         _ => chunk_head(q, k, v, beta, g, s0, shape, map, start, n, h, scratch),
     }
 }
@@ -191,7 +191,7 @@ pub fn gdn_recurrent_parallel(
             match level {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `Level::Avx2` is only reported when the CPU has AVX2 + FMA.
-                Level::Avx2 => unsafe { recurrent_head_avx2(qt, kt, vt, b, alpha, s, o) },
+                Level::Avx2 | Level::Avx512 => unsafe { recurrent_head_avx2(qt, kt, vt, b, alpha, s, o) },
                 _ => recurrent_head(qt, kt, vt, b, alpha, s, o),
             }
         }

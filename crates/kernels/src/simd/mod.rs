@@ -10,9 +10,11 @@
 //! loops are integer dot products on the stored bytes, as llama.cpp does;
 //! float and FP8 weights keep f32 activations.
 //!
-//! Levels: [`Level::Avx2`] on x86-64, [`Level::Neon`] on AArch64 (its code
-//! lives in `neon/` and `ggml_dot/neon.rs`, compiled only for AArch64, and
-//! is tested under qemu by `tools/test-aarch64.sh`).
+//! Levels: [`Level::Avx2`] and [`Level::Avx512`] on x86-64, [`Level::Neon`]
+//! on AArch64 (its code lives in `neon/` and `ggml_dot/neon.rs`, compiled
+//! only for AArch64, and is tested under qemu by `tools/test-aarch64.sh`).
+//! The AVX-512 kernels are tested under an emulated CPU by
+//! `tools/test-avx512.sh`, since no machine here has AVX-512.
 
 pub mod act;
 pub mod affine_dot;
@@ -50,10 +52,22 @@ pub enum Level {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C (Haswell / Zen and later).
     Avx2,
+    /// x86-64 AVX-512 F/BW/VL with VNNI, on top of [`Level::Avx2`] (Ice
+    /// Lake, Sapphire Rapids, Zen 4 and later): the int8 kernels use
+    /// `vpdpbusd`; every kernel without an AVX-512 form runs its AVX2 one.
+    Avx512,
     /// AArch64 baseline NEON (every ARMv8-A core): int8 gemv for the common
     /// ggml and MLX affine types, float gemv, the activation quantizers; the
     /// other kernels run their scalar twin at this level.
     Neon,
+}
+
+impl Level {
+    /// Whether this level's CPU runs the AVX2 kernels (AVX-512 CPUs do: a
+    /// kernel with no AVX-512 form runs its AVX2 form there).
+    pub fn runs_avx2(self) -> bool {
+        matches!(self, Level::Avx2 | Level::Avx512)
+    }
 }
 
 /// The best level this CPU runs, detected once. `QMOE_SIMD=scalar` forces
@@ -77,12 +91,25 @@ pub fn available() -> Vec<Level> {
         && std::arch::is_x86_feature_detected!("f16c")
     {
         v.push(Level::Avx2);
+        if avx512_detected() {
+            v.push(Level::Avx512);
+        }
     }
     #[cfg(target_arch = "aarch64")]
     if neon::available() {
         v.push(Level::Neon);
     }
     v
+}
+
+/// AVX-512 F/BW/VL + VNNI, the set [`Level::Avx512`] kernels are compiled
+/// for (checked only once AVX2/FMA/F16C are known present).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512_detected() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("avx512vnni")
 }
 
 #[cfg(test)]
@@ -104,7 +131,7 @@ mod tests {
         for l in &v[1..] {
             match l {
                 Level::Scalar => panic!("scalar listed twice"),
-                Level::Avx2 => assert_eq!(std::env::consts::ARCH, "x86_64"),
+                Level::Avx2 | Level::Avx512 => assert_eq!(std::env::consts::ARCH, "x86_64"),
                 Level::Neon => assert_eq!(std::env::consts::ARCH, "aarch64"),
             }
         }

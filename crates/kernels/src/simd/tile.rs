@@ -65,7 +65,7 @@ fn widen_row(level: Level, w: &MatRef, r: usize, out: &mut [f32]) {
     };
     match (level, half) {
         #[cfg(target_arch = "x86_64")]
-        (Level::Avx2, Some(bf16)) => {
+        (Level::Avx2 | Level::Avx512, Some(bf16)) => {
             let bytes = &w.bytes[r * w.cols * 2..(r + 1) * w.cols * 2];
             // SAFETY: `Level::Avx2` is only reported when the CPU has AVX2 +
             // F16C; `bytes` holds exactly `out.len()` 16-bit values.
@@ -105,7 +105,7 @@ fn dot4_at(level: Level, w: &[f32], xs: [&[f32]; 4]) -> [f32; 4] {
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Level::Avx2` is only reported when the CPU has AVX2 + FMA.
-        Level::Avx2 => unsafe { dot4_avx2(w, xs) },
+        Level::Avx2 | Level::Avx512 => unsafe { dot4_avx2(w, xs) },
         _ => dot4(w, xs),
     }
 }

@@ -154,11 +154,12 @@ fn check_bytes(ty: GgmlType, got: usize, blocks: usize, rows: usize) {
     );
 }
 
-/// Whether `level` asks for AVX2 and this CPU really runs it (a caller may
-/// pass any level; running AVX2 code on a CPU without it would be unsound).
+/// Whether `level` asks for AVX2 (or AVX-512, whose CPUs run the AVX2
+/// kernels) and this CPU really runs it (a caller may pass any level;
+/// running AVX2 code on a CPU without it would be unsound).
 fn avx2_usable(level: Level) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if level == Level::Avx2 {
+    if level.runs_avx2() {
         assert!(
             std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
