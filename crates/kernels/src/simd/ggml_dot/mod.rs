@@ -172,6 +172,22 @@ fn avx2_usable(level: Level) -> bool {
     false
 }
 
+/// Whether `level` asks for AVX-512 and this CPU really runs it (the
+/// AVX-512 kernels are compiled for F/BW/VL + VNNI, besides AVX2/FMA/F16C).
+#[allow(dead_code)] // used once the AVX-512 kernels are routed here
+fn avx512_usable(level: Level) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx512 {
+        assert!(
+            avx2_usable(level) && crate::simd::avx512_detected(),
+            "Level::Avx512 requested on a CPU without AVX-512 F/BW/VL + VNNI"
+        );
+        return true;
+    }
+    let _ = level;
+    false
+}
+
 /// Whether `level` asks for NEON and this CPU really runs it (on other
 /// architectures `Level::Neon` runs the scalar twin).
 fn neon_usable(level: Level) -> bool {
