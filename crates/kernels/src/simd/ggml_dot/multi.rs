@@ -6,19 +6,42 @@
 //! block once per group of tokens ([`avx2::multi`](super::avx2)) instead of
 //! once per token, and reads a run of rows from memory once for all tokens.
 //!
+//! The AVX-512 level (F/BW/VL + VNNI, `multi/avx512.rs`) has its own
+//! kernels for Q8_0, Q4_K, Q5_K and Q6_K, with the same structure: one
+//! `vpdpbusd` does 64 int8 multiply-adds straight into i32 lanes where AVX2
+//! needs `vpmaddubsw` + `vpmaddwd` per 32. At that level the other types run
+//! the AVX2 many-token kernels.
+//!
 //! The scalar twin runs the single-token scalar kernel per token (the NEON
 //! level likewise runs the single-token NEON kernel per token): the same
 //! integer sums per (sub-)block, so the levels agree to float rounding, and
 //! the AVX2 level agrees with [`super::gemv_q8k`] / [`super::gemv_q8x32`]
 //! per token to float rounding (bit for bit for Q2_K, Q3_K and IQ4_XS,
 //! which keep its summation order; Q4_K/Q5_K/Q6_K add sub-block sums in a
-//! transposed order, see `avx2/multi/kquants.rs`).
+//! transposed order, see `avx2/multi/kquants.rs`). The AVX-512 kernels
+//! scale each group's exact integer sum per lane in f32: they too agree to
+//! float rounding.
 
 use qmoe_core::GgmlType;
 
-use super::{act_kind, avx2_usable, check_bytes};
+use super::{act_kind, avx2_usable, avx512_usable, check_bytes};
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
 use crate::simd::{ActKind, Level};
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+/// Whether `ty` has an AVX-512 many-token kernel (the others run their AVX2
+/// one at [`Level::Avx512`]).
+fn has_avx512(ty: GgmlType) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return avx512::handles(ty);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = ty;
+        false
+    }
+}
 
 /// Whether `ty` has a many-token int8 kernel (every quantized ggml type).
 pub fn has_multi(ty: GgmlType) -> bool {
@@ -87,6 +110,17 @@ pub(crate) unsafe fn gemm_q8k_raw(
     if n_rows == 0 || n_tokens == 0 {
         return;
     }
+    if avx512_usable(level) && has_avx512(ty) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512 F/BW/VL + VNNI, AVX2, FMA and F16C
+        // (checked just above) and `ty` has a kernel there; `w` is exactly
+        // `n_rows` rows of `nb` blocks, `x` `n_tokens` rows of `nb`; `y` is
+        // the caller's contract.
+        unsafe {
+            avx512::gemm_q8k(ty, w, n_rows, x, n_tokens, y, y_stride)
+        };
+        return;
+    }
     if avx2_usable(level) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2, FMA and F16C (checked just above); `w`
@@ -124,6 +158,14 @@ pub(crate) unsafe fn gemm_q8x32_raw(
     let nb = blocks_per_row(x.len(), n_tokens);
     check_bytes(ty, w.len(), nb, n_rows);
     if n_rows == 0 || n_tokens == 0 {
+        return;
+    }
+    if avx512_usable(level) && has_avx512(ty) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `gemm_q8k_raw`'s AVX-512 branch.
+        unsafe {
+            avx512::gemm_q8x32(ty, w, n_rows, x, n_tokens, y, y_stride)
+        };
         return;
     }
     if avx2_usable(level) {
