@@ -228,6 +228,20 @@ fn for_grid(mut f: impl FnMut(GgmlType, &str, &[u8], &Acts, usize)) {
     }
 }
 
+/// Under an emulated AVX-512 CPU (`tools/test-avx512.sh` sets
+/// `QMOE_EXPECT_AVX512=1`) the level must be detected, or the other tests
+/// would pass while checking only the AVX2 and scalar kernels.
+#[test]
+fn avx512_is_available_where_expected() {
+    if std::env::var("QMOE_EXPECT_AVX512").is_ok_and(|v| v == "1") {
+        assert!(
+            available().contains(&Level::Avx512),
+            "QMOE_EXPECT_AVX512=1 but the CPU runs only {:?}",
+            available()
+        );
+    }
+}
+
 #[test]
 fn every_level_matches_the_scalar_twin() {
     for_grid(|ty, what, w, acts, rows| {

@@ -21,6 +21,16 @@
 //! accumulation order differs, so levels agree to float rounding (the NEON
 //! level keeps the twin's order and returns its bits).
 //!
+//! Levels: the scalar twin (`scalar.rs`), AVX2 (`avx2.rs`, every type),
+//! AVX-512 (`avx512.rs`: Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, IQ4_XS with VNNI
+//! `vpdpbusd` on 512-bit registers; Q2_K, Q3_K, Q4_1, Q5_0, Q5_1, IQ4_NL run
+//! the AVX2 kernel at [`Level::Avx512`]), NEON (`neon.rs`). `vpdpbusd`
+//! multiplies unsigned weight bytes by signed activation codes, so the
+//! AVX-512 kernels store signed weights with an offset (Q8_0 `w + 128`,
+//! Q4_0 the raw nibble, IQ4_XS the level + 128) and subtract `offset · Σ x`
+//! (from `bsums`, or a second `vpdpbusd` for the 32-wide blocks, which
+//! carry no code sum): the same integer sums as the twin.
+//!
 //! Invariant the SIMD code relies on: activation codes lie in `-127..=127`
 //! (both quantizers in [`crate::simd::act`] guarantee it), so `|w| ≤ 128`
 //! times `|x| ≤ 127`, summed in pairs, never saturates `maddubs`' i16.
@@ -56,6 +66,8 @@ macro_rules! gemv_table {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 pub mod multi;
 #[cfg(target_arch = "aarch64")]
 mod neon;
@@ -90,6 +102,14 @@ pub fn gemv_q8k(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f
         "gemv_q8k: {ty} does not take Q8K activations"
     );
     check_bytes(ty, w.len(), x.len(), y.len());
+    #[cfg(target_arch = "x86_64")]
+    if avx512_usable(level) && avx512::has_kernel(ty) {
+        // SAFETY: the CPU has AVX-512 F/BW/VL + VNNI besides AVX2, FMA and
+        // F16C (checked just above), `ty` has a kernel there, and `w` holds
+        // exactly `y.len()` rows of `x.len()` blocks of `ty`.
+        unsafe { avx512::gemv_q8k(ty, w, x, y) };
+        return;
+    }
     if avx2_usable(level) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2, FMA and F16C (checked just above), and
@@ -123,6 +143,12 @@ pub fn gemv_q8x32(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mu
         "gemv_q8x32: {ty} does not take Q8x32 activations"
     );
     check_bytes(ty, w.len(), x.len(), y.len());
+    #[cfg(target_arch = "x86_64")]
+    if avx512_usable(level) && avx512::has_kernel(ty) {
+        // SAFETY: as in `gemv_q8k`.
+        unsafe { avx512::gemv_q8x32(ty, w, x, y) };
+        return;
+    }
     if avx2_usable(level) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `gemv_q8k`.
@@ -174,7 +200,7 @@ fn avx2_usable(level: Level) -> bool {
 
 /// Whether `level` asks for AVX-512 and this CPU really runs it (the
 /// AVX-512 kernels are compiled for F/BW/VL + VNNI, besides AVX2/FMA/F16C).
-#[allow(dead_code)] // used once the AVX-512 kernels are routed here
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // x86-64 only
 fn avx512_usable(level: Level) -> bool {
     #[cfg(target_arch = "x86_64")]
     if level == Level::Avx512 {

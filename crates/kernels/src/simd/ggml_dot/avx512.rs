@@ -1,0 +1,476 @@
+//! AVX-512 F/BW/VL + VNNI kernels (Ice Lake, Sapphire Rapids, Zen 4 and
+//! later) for Q8_0, Q4_0, Q4_K, Q5_K, Q6_K and IQ4_XS; every other type runs
+//! its AVX2 kernel at [`Level::Avx512`](crate::simd::Level::Avx512)
+//! ([`has_kernel`] tells the caller which).
+//!
+//! The integer core is `vpdpbusd`: unsigned weight bytes times signed
+//! activation codes, four adjacent products summed into each i32 lane and
+//! added to an accumulator, in one instruction where AVX2 needs
+//! `vpmaddubsw` + `vpmaddwd`. Its u8 × s8 asymmetry is met by making the
+//! weight codes unsigned with an offset and taking the offset back through
+//! a sum of activation codes, so the integer sums equal the scalar twin's:
+//! * Q8_0 (`w + 128`) and Q4_0 (nibble `q`, value `q - 8`): the Q8x32 blocks
+//!   carry only the f32 sum of the original inputs, not the code sum, so
+//!   `off · Σ x` comes from a second `vpdpbusd` against the constant `off`;
+//! * IQ4_XS looks its nibbles up in the level table plus 128 (1..=241) and
+//!   takes `128 Σ_j ls_j B_j` off through `bsums`;
+//! * Q4_K / Q5_K codes are unsigned already; Q6_K's codes are multiplied
+//!   unsigned (0..64) and the `- 32` comes off through `bsums`, as at the
+//!   other levels.
+//!
+//! 512-bit registers hold 64 values: two 32-value blocks (Q8_0, Q4_0: each
+//! half scaled in f32 by its own block's `d_w d_x`) or a quarter of a
+//! 256-value super-block. The k-quants' per-(sub-)block integer scales are
+//! applied with `vpdpwssd`: the four-product sums of a `vpdpbusd` on
+//! Q4_K / Q5_K / Q6_K codes fit in i16 (at most `4 · 63 · 127 = 32004`), so
+//! a lane times an i32 scale whose high i16 is zero is one i16 product, and
+//! `vpdpwssd` multiplies and accumulates it. IQ4_XS's sums do not fit i16
+//! (`4 · 241 · 127`), so its scales go through `vpmulld`.
+//!
+//! Rows are streamed in order with software prefetch, as the AVX2 level does.
+
+use std::arch::x86_64::*;
+
+use qmoe_core::GgmlType;
+
+use super::scales_mins_k4;
+use crate::ggml::IQ4_LEVELS;
+use crate::simd::act::{BlockQ8K, BlockQ8x32};
+
+/// How far ahead of the row being multiplied the row loop keeps software
+/// prefetches: the lead `avx2.rs` measured best (`PREFETCH_BYTES` there);
+/// not re-measured on an AVX-512 machine (none is at hand).
+const PREFETCH_BYTES: usize = 4096;
+
+/// Whether `ty` has a kernel here (the others run their AVX2 kernel).
+pub(super) fn has_kernel(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(ty, Q8_0 | Q4_0 | Q4K | Q5K | Q6K | IQ4XS)
+}
+
+/// The row loop, expanded inside each `#[target_feature]` function so the
+/// per-type dot inlines into it. Before row `r` it prefetches, a cache line
+/// at a time, the weight bytes up to [`PREFETCH_BYTES`] past the row's end
+/// (never past the matrix).
+macro_rules! rows {
+    ($w:expr, $x:expr, $y:expr, $ts:expr, $dot:ident) => {{
+        let (w, x, y): (&[u8], _, &mut [f32]) = ($w, $x, $y);
+        let row_bytes = x.len() * $ts;
+        let base = w.as_ptr();
+        let mut fetched = 0;
+        for (r, yr) in y.iter_mut().enumerate() {
+            let until = ((r + 1) * row_bytes + PREFETCH_BYTES).min(w.len());
+            while fetched < until {
+                _mm_prefetch::<_MM_HINT_T0>(base.add(fetched) as *const i8);
+                fetched += 64;
+            }
+            *yr = $dot(base.add(r * row_bytes), x);
+        }
+    }};
+}
+
+/// # Safety
+/// The CPU runs AVX-512 F/BW/VL + VNNI, AVX2, FMA and F16C; `ty` is one of
+/// Q4_K, Q5_K, Q6_K, IQ4_XS; `w` is exactly `y.len()` rows of `x.len()`
+/// blocks of `ty`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f32]) {
+    // SAFETY (each arm): the caller's contract, passed on unchanged.
+    match ty {
+        GgmlType::Q4K => rows!(w, x, y, 144, dot_q4_k),
+        GgmlType::Q5K => rows!(w, x, y, 176, dot_q5_k),
+        GgmlType::Q6K => rows!(w, x, y, 210, dot_q6_k),
+        GgmlType::IQ4XS => rows!(w, x, y, 136, dot_iq4_xs),
+        ty => unreachable!("avx512::gemv_q8k: {ty} has no kernel here (checked by the caller)"),
+    }
+}
+
+/// # Safety
+/// As [`gemv_q8k`], for Q8_0 or Q4_0.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn gemv_q8x32(ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mut [f32]) {
+    // SAFETY (each arm): the caller's contract, passed on unchanged.
+    match ty {
+        GgmlType::Q8_0 => rows!(w, x, y, 34, dot_q8_0),
+        GgmlType::Q4_0 => rows!(w, x, y, 18, dot_q4_0),
+        ty => unreachable!("avx512::gemv_q8x32: {ty} has no kernel here (checked by the caller)"),
+    }
+}
+
+// ---- helpers ------------------------------------------------------------------
+// Each function below: # Safety: the CPU runs the features it is compiled
+// for, and every pointer it reads through points at enough readable bytes.
+
+/// The little-endian f16 at `p`, widened exactly.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    let bits = (p as *const u16).read_unaligned();
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn load128(p: *const u8) -> __m128i {
+    _mm_loadu_si128(p as *const __m128i)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn load256(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn load512(p: *const u8) -> __m512i {
+    _mm512_loadu_si512(p as *const __m512i)
+}
+
+/// 32 bytes at `lo` in the low half, 32 at `hi` in the high half.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn load_2x256(lo: *const u8, hi: *const u8) -> __m512i {
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(load256(lo)), load256(hi))
+}
+
+/// The 32 bytes at `p` in both 256-bit halves.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn bcast256(p: *const u8) -> __m512i {
+    _mm512_broadcast_i64x4(load256(p))
+}
+
+/// Unsigned bytes `c` times signed bytes `x`, each group of four summed
+/// into its i32 lane (`vpdpbusd` on a zero accumulator).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn dot4(c: __m512i, x: __m512i) -> __m512i {
+    _mm512_dpbusd_epi32(_mm512_setzero_si512(), c, x)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn dot4_256(c: __m256i, x: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), c, x)
+}
+
+/// Lanes `[v[2p] × 8, v[2p + 1] × 8]` of `v`: the values of the two
+/// 32-value sub-blocks that 64-value chunk `p` of a super-block covers.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn pair_lanes(v: __m512i, p: usize) -> __m512i {
+    let idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    _mm512_permutexvar_epi32(_mm512_add_epi32(idx, _mm512_set1_epi32(2 * p as i32)), v)
+}
+
+/// Lanes `[v[4c] × 4, .., v[4c + 3] × 4]` of `v`: the values of the four
+/// 16-value groups that 64-value chunk `c` of a super-block covers.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn quad_lanes(v: __m512i, c: usize) -> __m512i {
+    let idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    _mm512_permutexvar_epi32(_mm512_add_epi32(idx, _mm512_set1_epi32(4 * c as i32)), v)
+}
+
+/// The 16 activation code sums of 16-value groups, as i16.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn bsums(xb: &BlockQ8K) -> __m256i {
+    _mm256_loadu_si256(xb.bsums.as_ptr() as *const __m256i)
+}
+
+/// An i32 vector of 8 lanes widened to 16, the upper 8 zero.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn widen(v: __m256i) -> __m512i {
+    _mm512_zextsi256_si512(v)
+}
+
+// ---- 32-value blocks (Q8x32 activations) --------------------------------------
+
+/// Q8_0 (`CODE = Q8`, 34-byte blocks: f16 `d`, 32 i8) or Q4_0 (18 bytes:
+/// f16 `d`, 16 bytes of nibbles, value `j` low and `j + 16` high, minus 8).
+const Q8: bool = false;
+const Q4: bool = true;
+
+/// The block bytes and the offset its unsigned codes carry.
+#[inline(always)]
+const fn block32(q4: bool) -> (usize, i32) {
+    if q4 {
+        (18, 8)
+    } else {
+        (34, 128)
+    }
+}
+
+/// Two blocks' unsigned weight codes (value + offset): the block at `b` in
+/// the low half, the next one in the high half.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn codes_2x32<const CODE: bool>(b: *const u8) -> __m512i {
+    let (ts, _) = block32(CODE);
+    if CODE == Q4 {
+        // 128-bit lanes [qs0, qs0, qs1, qs1]; lanes 1 and 3 shifted down a
+        // nibble: the low nibbles (values 0..16) then the high (16..32).
+        let q = _mm512_inserti64x4::<1>(
+            _mm512_castsi256_si512(_mm256_broadcastsi128_si256(load128(b.add(2)))),
+            _mm256_broadcastsi128_si256(load128(b.add(ts + 2))),
+        );
+        let q = _mm512_mask_srli_epi16::<4>(q, 0xFF00_FF00, q);
+        _mm512_and_si512(q, _mm512_set1_epi8(0x0F))
+    } else {
+        // w + 128 as an unsigned byte is w with its top bit flipped.
+        let w = load_2x256(b.add(2), b.add(ts + 2));
+        _mm512_xor_si512(w, _mm512_set1_epi8(i8::MIN))
+    }
+}
+
+/// One block's unsigned weight codes, as [`codes_2x32`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn codes_32<const CODE: bool>(b: *const u8) -> __m256i {
+    if CODE == Q4 {
+        let q = _mm256_broadcastsi128_si256(load128(b.add(2)));
+        let q = _mm256_mask_srli_epi16::<4>(q, 0xFF00, q);
+        _mm256_and_si256(q, _mm256_set1_epi8(0x0F))
+    } else {
+        _mm256_xor_si256(load256(b.add(2)), _mm256_set1_epi8(i8::MIN))
+    }
+}
+
+/// Blocks `x[0]`, `x[1]` (weights at `b`) into `acc`: per lane the code dot
+/// of four values, `Σ (q + off) x - off Σ x`, scaled by its block's
+/// `d_w d_x`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn step_2x32<const CODE: bool>(b: *const u8, x: &[BlockQ8x32], acc: __m512) -> __m512 {
+    let (ts, off) = block32(CODE);
+    let (x0, x1) = (&x[0], &x[1]);
+    let xv = load_2x256(x0.qs.as_ptr() as *const u8, x1.qs.as_ptr() as *const u8);
+    let s = _mm512_sub_epi32(
+        dot4(codes_2x32::<CODE>(b), xv),
+        dot4(_mm512_set1_epi8(off as u8 as i8), xv),
+    );
+    let scale = _mm512_mask_mov_ps(
+        _mm512_set1_ps(f16_at(b) * x0.d),
+        0xFF00,
+        _mm512_set1_ps(f16_at(b.add(ts)) * x1.d),
+    );
+    _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc)
+}
+
+/// The shared block loop: four blocks a step into two accumulators
+/// (independent FMA chains), then a pair, then a single block in 256 bits.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn dot32<const CODE: bool>(row: *const u8, x: &[BlockQ8x32]) -> f32 {
+    let (ts, off) = block32(CODE);
+    let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let mut i = 0;
+    while i + 4 <= x.len() {
+        acc0 = step_2x32::<CODE>(row.add(i * ts), &x[i..i + 2], acc0);
+        acc1 = step_2x32::<CODE>(row.add((i + 2) * ts), &x[i + 2..i + 4], acc1);
+        i += 4;
+    }
+    if i + 2 <= x.len() {
+        acc0 = step_2x32::<CODE>(row.add(i * ts), &x[i..i + 2], acc0);
+        i += 2;
+    }
+    let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    if i < x.len() {
+        let (b, xb) = (row.add(i * ts), &x[i]);
+        let xv = load256(xb.qs.as_ptr() as *const u8);
+        let s = _mm256_sub_epi32(
+            dot4_256(codes_32::<CODE>(b), xv),
+            dot4_256(_mm256_set1_epi8(off as u8 as i8), xv),
+        );
+        // The block's exact integer sum, scaled once (as the scalar twin).
+        sum += f16_at(b) * xb.d * _mm512_reduce_add_epi32(widen(s)) as f32;
+    }
+    sum
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn dot_q8_0(row: *const u8, x: &[BlockQ8x32]) -> f32 {
+    dot32::<Q8>(row, x)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn dot_q4_0(row: *const u8, x: &[BlockQ8x32]) -> f32 {
+    dot32::<Q4>(row, x)
+}
+
+// ---- 256-value super-blocks (Q8K activations) -----------------------------------
+
+/// Q4_K / Q5_K: 64-value chunk `p` is sub-blocks `2p` (low nibbles of the 32
+/// bytes `qs[32p..]`) and `2p + 1` (their high nibbles), whose activations
+/// are contiguous: the 32 bytes go to both halves, the high half shifted a
+/// nibble down. Q5_K's fifth bit of value `l` of sub-block `j` is bit `j`
+/// of `qh[l]`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn dot_q45_k<const FIVE: bool>(row: *const u8, x: &[BlockQ8K]) -> f32 {
+    let (ts, qs_at) = if FIVE { (176, 48) } else { (144, 16) };
+    let m4 = _mm512_set1_epi8(0x0F);
+    let mut acc = _mm512_setzero_ps();
+    for (i, xb) in x.iter().enumerate() {
+        let b = row.add(i * ts);
+        let xq = xb.qs.as_ptr() as *const u8;
+        let d = f16_at(b) * xb.d;
+        let dmin = f16_at(b.add(2)) * xb.d;
+        let (sc, m) = scales_mins_k4(&*(b.add(4) as *const [u8; 12]));
+        // Σ_j m_j B_j: mins [m0, m0, m1, m1, ..] as i16 against the 16 group sums.
+        let m8 = _mm_cvtsi64_si128(m as i64);
+        let summ = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)), bsums(xb));
+        // Scale j (0..64) in lane j, its high i16 zero (for vpdpwssd).
+        let scales = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128(sc as i64));
+        let qh = if FIVE {
+            bcast256(b.add(16))
+        } else {
+            _mm512_setzero_si512()
+        };
+        let mut sumi = _mm512_setzero_si512();
+        for p in 0..4 {
+            let q = bcast256(b.add(qs_at + 32 * p));
+            let mut c = _mm512_and_si512(_mm512_mask_srli_epi16::<4>(q, 0xFFFF_0000, q), m4);
+            if FIVE {
+                // Bit 2p of qh (low half, sub-block 2p) or 2p + 1 (high half) adds 16.
+                let bit = _mm512_mask_blend_epi64(
+                    0xF0,
+                    _mm512_set1_epi8((1u8 << (2 * p)) as i8),
+                    _mm512_set1_epi8((1u8 << (2 * p + 1)) as i8),
+                );
+                let set = _mm512_test_epi8_mask(qh, bit);
+                c = _mm512_mask_add_epi8(c, set, c, _mm512_set1_epi8(16));
+            }
+            // Four-code sums ≤ 4 · 31 · 127: one i16 each, times the scale.
+            let s = dot4(c, load512(xq.add(64 * p)));
+            sumi = _mm512_dpwssd_epi32(sumi, s, pair_lanes(scales, p));
+        }
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+        acc = _mm512_fnmadd_ps(_mm512_set1_ps(dmin), _mm512_cvtepi32_ps(widen(summ)), acc);
+    }
+    _mm512_reduce_add_ps(acc)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn dot_q4_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
+    dot_q45_k::<false>(row, x)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn dot_q5_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
+    dot_q45_k::<true>(row, x)
+}
+
+/// Q6_K: per 128-value half `n`, the 64 bytes `ql[64n..]` hold the low
+/// nibbles of runs 0 (low 32 bytes) and 1 (high 32), their high nibbles
+/// runs 2 and 3; the 32 bytes `qh[32n..]` hold bit pair `k` of run `k`. So
+/// one 512-bit load of `ql` makes the chunk of runs 0 + 1 and the chunk of
+/// runs 2 + 3, with `qh` in both halves, the high half shifted down a pair.
+/// Codes 0..64 are multiplied unsigned; `- 32` comes off through `bsums`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn dot_q6_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
+    let m4 = _mm512_set1_epi8(0x0F);
+    let m30 = _mm512_set1_epi8(0x30);
+    let mut acc = _mm512_setzero_ps();
+    for (i, xb) in x.iter().enumerate() {
+        let b = row.add(i * 210);
+        let xq = xb.qs.as_ptr() as *const u8;
+        let d = f16_at(b.add(208)) * xb.d;
+        let sc = load128(b.add(192));
+        // Σ_g sc_g B_g, for the offset.
+        let offs = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc), bsums(xb));
+        // Scale g as i16 in lane g, high i16 zero (for vpdpwssd).
+        let scales = _mm512_and_si512(_mm512_cvtepi8_epi32(sc), _mm512_set1_epi32(0xFFFF));
+        let mut sumi = _mm512_setzero_si512();
+        for n in 0..2 {
+            let ql = load512(b.add(64 * n));
+            let qh = bcast256(b.add(128 + 32 * n));
+            // Low half: pairs 0 and 2 at bits 0-1 and 4-5; high half: pairs 1 and 3.
+            let qh = _mm512_mask_srli_epi16::<2>(qh, 0xFFFF_0000, qh);
+            let chunks = [
+                _mm512_or_si512(
+                    _mm512_and_si512(ql, m4),
+                    _mm512_and_si512(_mm512_slli_epi16::<4>(qh), m30),
+                ),
+                _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
+                    _mm512_and_si512(qh, m30),
+                ),
+            ];
+            for (t, c) in chunks.into_iter().enumerate() {
+                // Chunk 2n + t: groups 4(2n + t)..; four-code sums ≤ 4 · 63 · 127 < 2^15.
+                let k = 2 * n + t;
+                let s = dot4(c, load512(xq.add(64 * k)));
+                sumi = _mm512_dpwssd_epi32(sumi, s, quad_lanes(scales, k));
+            }
+        }
+        let sumi = _mm512_sub_epi32(sumi, widen(_mm256_slli_epi32::<5>(offs)));
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+    }
+    _mm512_reduce_add_ps(acc)
+}
+
+/// IQ4_XS's eight sub-block scales `ls_j - 32` as i32: `ls_j` is nibble `j`
+/// of the u32 `scales_l` (bytes 4..8) topped by bit pair `j` of the u16
+/// `scales_h` (bytes 2..4).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn iq4_xs_scales(b: *const u8) -> __m256i {
+    let h = (b.add(2) as *const u16).read_unaligned() as i32;
+    let l = (b.add(4) as *const u32).read_unaligned() as i32;
+    let j = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let low = _mm256_srlv_epi32(_mm256_set1_epi32(l), _mm256_slli_epi32::<2>(j));
+    let top = _mm256_srlv_epi32(_mm256_set1_epi32(h), _mm256_add_epi32(j, j));
+    let ls = _mm256_or_si256(
+        _mm256_and_si256(low, _mm256_set1_epi32(0xF)),
+        _mm256_slli_epi32::<4>(_mm256_and_si256(top, _mm256_set1_epi32(3))),
+    );
+    _mm256_sub_epi32(ls, _mm256_set1_epi32(32))
+}
+
+/// IQ4_XS: sub-block `j`'s 16 bytes hold values 0..16 (low nibbles) and
+/// 16..32 (high); 64-value chunk `k` is sub-blocks `2k`, `2k + 1`, i.e. the
+/// 32 bytes `qs[32k..]` as 128-bit lanes `[A, A, B, B]`, lanes 1 and 3
+/// shifted a nibble down. Levels + 128 come from the table, the offset
+/// `128 Σ_j ls_j B_j` off through `bsums`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn dot_iq4_xs(row: *const u8, x: &[BlockQ8K]) -> f32 {
+    let m4 = _mm512_set1_epi8(0x0F);
+    let levels = load128(IQ4_LEVELS.as_ptr() as *const u8);
+    let table = _mm512_broadcast_i32x4(_mm_xor_si128(levels, _mm_set1_epi8(i8::MIN)));
+    let mut acc = _mm512_setzero_ps();
+    for (i, xb) in x.iter().enumerate() {
+        let b = row.add(i * 136);
+        let xq = xb.qs.as_ptr() as *const u8;
+        let d = f16_at(b) * xb.d;
+        let ls = iq4_xs_scales(b);
+        // [ls0, ls0, ls1, ls1, ..] as i16 against the 16 group sums: Σ_j ls_j B_j.
+        let ls_twice = _mm256_or_si256(
+            _mm256_and_si256(ls, _mm256_set1_epi32(0xFFFF)),
+            _mm256_slli_epi32::<16>(ls),
+        );
+        let offs = _mm256_madd_epi16(ls_twice, bsums(xb));
+        let ls = widen(ls);
+        let mut sumi = _mm512_setzero_si512();
+        for k in 0..4 {
+            let q = _mm512_castsi256_si512(load256(b.add(8 + 32 * k)));
+            let q = _mm512_shuffle_i64x2::<0b01_01_00_00>(q, q);
+            let q = _mm512_and_si512(_mm512_mask_srli_epi16::<4>(q, 0xFF00_FF00, q), m4);
+            let s = dot4(_mm512_shuffle_epi8(table, q), load512(xq.add(64 * k)));
+            // Four-code sums reach 4 · 241 · 127 (past i16): scaled in i32.
+            sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(s, pair_lanes(ls, k)));
+        }
+        let sumi = _mm512_sub_epi32(sumi, widen(_mm256_slli_epi32::<7>(offs)));
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+    }
+    _mm512_reduce_add_ps(acc)
+}
