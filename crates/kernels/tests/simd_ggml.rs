@@ -201,15 +201,25 @@ fn check_close(what: &str, got: &[f32], want: &[f64], norms: &[f64], rel: f64) {
 }
 
 /// Every (type, weights kind, activations kind, shape) of the grid.
-fn for_grid(mut f: impl FnMut(GgmlType, &str, &[u8], &Acts, usize)) {
-    let mut rng = Rng(0x5EED_66D0);
-    for ty in types() {
+fn for_grid(f: impl FnMut(GgmlType, &str, &[u8], &Acts, usize)) {
+    for_grid_of(types(), &ROWS, &BLOCKS, Rng(0x5EED_66D0), f);
+}
+
+/// [`for_grid`] over the given types and shapes.
+fn for_grid_of(
+    tys: impl IntoIterator<Item = GgmlType>,
+    row_counts: &[usize],
+    block_counts: &[usize],
+    mut rng: Rng,
+    mut f: impl FnMut(GgmlType, &str, &[u8], &Acts, usize),
+) {
+    for ty in tys {
         for how in [Weights::Quantized, Weights::RawBytes] {
             if how == Weights::Quantized && quantizer(ty).is_none() {
                 continue;
             }
-            for rows in ROWS {
-                for blocks in BLOCKS {
+            for &rows in row_counts {
+                for &blocks in block_counts {
                     let w = weights(ty, how, rows, blocks, &mut rng);
                     let cols = blocks * ty.block_size();
                     for full in [false, true] {
@@ -242,19 +252,39 @@ fn avx512_is_available_where_expected() {
     }
 }
 
+/// Every level this CPU runs gives the scalar twin's products.
+fn levels_match_the_twin(ty: GgmlType, what: &str, w: &[u8], acts: &Acts, rows: usize) {
+    let want: Vec<f64> = run(Level::Scalar, ty, w, acts, rows)
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
+    let norms: Vec<f64> = reference(ty, w, rows, acts).iter().map(|r| r.1).collect();
+    for level in available() {
+        let got = run(level, ty, w, acts, rows);
+        check_close(&format!("{level:?} {what}"), &got, &want, &norms, 1e-5);
+    }
+}
+
 #[test]
 fn every_level_matches_the_scalar_twin() {
-    for_grid(|ty, what, w, acts, rows| {
-        let want: Vec<f64> = run(Level::Scalar, ty, w, acts, rows)
-            .iter()
-            .map(|&v| v as f64)
-            .collect();
-        let norms: Vec<f64> = reference(ty, w, rows, acts).iter().map(|r| r.1).collect();
-        for level in available() {
-            let got = run(level, ty, w, acts, rows);
-            check_close(&format!("{level:?} {what}"), &got, &want, &norms, 1e-5);
-        }
-    });
+    for_grid(levels_match_the_twin);
+}
+
+/// The types with AVX-512 kernels (`ggml_dot/avx512.rs`) on a smaller
+/// grid, for `tools/test-avx512.sh`, which runs under an emulated CPU where
+/// the full grid of every type takes long. 7 blocks take every path of the
+/// 32-wide loop (four blocks a step, a pair, a single block).
+#[test]
+fn vnni_types_match_the_scalar_twin() {
+    use GgmlType::*;
+    let tys = [Q8_0, Q4_0, Q4K, Q5K, Q6K, IQ4XS];
+    for_grid_of(
+        tys,
+        &[1, 3],
+        &[1, 2, 7],
+        Rng(0xA5_12),
+        levels_match_the_twin,
+    );
 }
 
 #[test]
