@@ -55,6 +55,10 @@ done
 work="${QMOE_AVX512_WORK:-$PWD/target/avx512-bochs}"
 mkdir -p "$work"
 work="$(cd "$work" && pwd)"
+# One run at a time per work directory (they share the kernel, the ISO and
+# the serial log); a second run waits here.
+exec 9>"$work/lock"
+flock 9
 
 # 1. Test binaries, linked statically (the initramfs has no libc).
 export CARGO_TARGET_DIR="$work/cargo"
