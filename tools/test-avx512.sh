@@ -9,11 +9,15 @@
 # binary under QMOE_EXPECT_AVX512=1 (tests then fail if the level is not
 # detected), and reads the results from the emulated serial port.
 #
-# Usage: tools/test-avx512.sh TEST [TEST ...] [-- ARGS...]
-#   TEST  a kernel integration test name (`simd_ggml`, `simd_multi`, ...) or
-#         `lib` for the library's unit tests;
-#   ARGS  passed to every test binary (a name filter, `--exact`, ...).
+# Usage: tools/test-avx512.sh [-p PACKAGE] TEST [TEST ...] [-- ARGS...]
+#   PACKAGE  the crate whose tests run (default qmoe-kernels; e.g.
+#            qmoe-model, whose tests read tests/fixtures: that folder is
+#            copied into the guest at the same path);
+#   TEST     an integration test name (`simd_ggml`, `simd_multi`, `gguf`,
+#            ...) or `lib` for the library's unit tests;
+#   ARGS     passed to every test binary (a name filter, `--exact`, ...).
 # Example: tools/test-avx512.sh simd_ggml simd_multi -- q4_k
+#          tools/test-avx512.sh -p qmoe-model gguf
 #
 # Needs (Debian): apt-get install bochs bochsbios vgabios busybox-static
 #   isolinux syslinux-common xorriso cpio
@@ -36,6 +40,11 @@ cd "$(dirname "$0")/.."
 
 tests=()
 args=()
+package=qmoe-kernels
+if [[ ${1:-} == -p ]]; then
+    package="${2:?-p needs a package name}"
+    shift 2
+fi
 while (($#)); do
     if [[ $1 == -- ]]; then
         shift
@@ -66,7 +75,7 @@ build_args=()
 for t in "${tests[@]}"; do
     if [[ $t == lib ]]; then build_args+=(--lib); else build_args+=(--test "$t"); fi
 done
-RUSTFLAGS="-C target-feature=+crt-static" cargo test -p qmoe-kernels --release \
+RUSTFLAGS="-C target-feature=+crt-static" cargo test -p "$package" --release \
     --target x86_64-unknown-linux-gnu --no-run --message-format=json "${build_args[@]}" \
     >"$work/build.json"
 mapfile -t bins < <(python3 -c '
@@ -99,7 +108,14 @@ for b in "${bins[@]}"; do
     cp "$b" "$root/tests/$name"
     names+=("$name")
 done
-quoted_args="$(printf ' %q' "${args[@]}")"
+if [[ $package != qmoe-kernels ]]; then
+    # Tests find their fixtures through CARGO_MANIFEST_DIR/../../tests.
+    mkdir -p "$root$PWD/crates" "$root$PWD/tests"
+    mkdir -p "$root$PWD/crates/${package#qmoe-}"
+    cp -r "$PWD/tests/fixtures" "$root$PWD/tests/"
+fi
+quoted_args=""
+((${#args[@]})) && quoted_args="$(printf ' %q' "${args[@]}")"
 {
     echo '#!/bin/sh'
     echo 'mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev'
