@@ -28,6 +28,10 @@
 //! (`4 · 241 · 127`), so its scales go through `vpmulld`.
 //!
 //! Rows are streamed in order with software prefetch, as the AVX2 level does.
+//!
+//! No machine here has AVX-512: `tests/simd_ggml.rs` checks these kernels
+//! against the scalar twin under an emulated Tiger Lake CPU, run by
+//! `tools/test-avx512.sh simd_ggml`.
 
 use std::arch::x86_64::*;
 
