@@ -1,6 +1,6 @@
 //! The many-token int8 kernels (`simd::ggml_dot::multi`, `simd::affine_multi`)
 //! against the single-token kernels run once per token, at every level this
-//! CPU runs, over a grid: rows 1, 3, 17; tokens 1..=9 and 17 (across the
+//! CPU runs (ggml: also against the scalar twin's per-token result), over a grid: rows 1, 3, 17; tokens 1..=9 and 17 (across the
 //! groups of four and eight, with every remainder); 1, 2, 7 blocks (affine: groups of 32, 64,
 //! 128); a row range that does not start at 0 (affine) and an output stride
 //! wider than the rows, whose gaps must stay untouched.
@@ -170,6 +170,7 @@ fn check_ggml(ty: GgmlType, row_counts: &[usize], block_counts: &[usize], token_
                                     norms(&rows_f32, &xh, &[])
                                 })
                                 .collect();
+                            let mut twin = None;
                             for level in available() {
                                 let mut want = vec![0.0; n_tokens * rows];
                                 for (xt, yt) in x.chunks_exact(blocks).zip(want.chunks_exact_mut(rows)) {
@@ -177,6 +178,10 @@ fn check_ggml(ty: GgmlType, row_counts: &[usize], block_counts: &[usize], token_
                                 }
                                 let mut y = vec![f32::NAN; (n_tokens - 1) * stride + rows];
                                 gemm_q8k(level, ty, &w, rows, &x, n_tokens, &mut y, stride);
+                                // And against the scalar twin (the first level), so that a
+                                // fault shared with this level's per-token kernel shows too.
+                                let twin: &Vec<f32> = twin.get_or_insert_with(|| want.clone());
+                                compare(&format!("{level:?} vs scalar {what}"), &y, stride, rows, twin, &nrm, false);
                                 compare(&format!("{level:?} {what}"), &y, stride, rows, &want, &nrm, exact(level, ty));
                             }
                         }
@@ -190,6 +195,7 @@ fn check_ggml(ty: GgmlType, row_counts: &[usize], block_counts: &[usize], token_
                                     norms(&rows_f32, &xh, &sums)
                                 })
                                 .collect();
+                            let mut twin = None;
                             for level in available() {
                                 let mut want = vec![0.0; n_tokens * rows];
                                 for (xt, yt) in x.chunks_exact(blocks).zip(want.chunks_exact_mut(rows)) {
@@ -197,6 +203,10 @@ fn check_ggml(ty: GgmlType, row_counts: &[usize], block_counts: &[usize], token_
                                 }
                                 let mut y = vec![f32::NAN; (n_tokens - 1) * stride + rows];
                                 gemm_q8x32(level, ty, &w, rows, &x, n_tokens, &mut y, stride);
+                                // And against the scalar twin (the first level), so that a
+                                // fault shared with this level's per-token kernel shows too.
+                                let twin: &Vec<f32> = twin.get_or_insert_with(|| want.clone());
+                                compare(&format!("{level:?} vs scalar {what}"), &y, stride, rows, twin, &nrm, false);
                                 compare(&format!("{level:?} {what}"), &y, stride, rows, &want, &nrm, false);
                             }
                         }
