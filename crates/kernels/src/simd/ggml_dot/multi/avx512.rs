@@ -45,6 +45,7 @@ use std::cell::Cell;
 
 use qmoe_core::GgmlType;
 
+use super::super::avx512::{f16_at, load256, load512};
 use super::super::scales_mins_k4;
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
 
@@ -231,26 +232,6 @@ unsafe fn rows<K: Kernel, const N: usize>(
 }
 
 // ---- helpers ------------------------------------------------------------------
-
-/// The little-endian f16 at `p`, widened exactly.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn f16_at(p: *const u8) -> f32 {
-    let bits = (p as *const u16).read_unaligned();
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn load512(p: *const u8) -> __m512i {
-    _mm512_loadu_si512(p as *const __m512i)
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn load256(p: *const u8) -> __m256i {
-    _mm256_loadu_si256(p as *const __m256i)
-}
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
