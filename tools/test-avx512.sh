@@ -11,8 +11,8 @@
 #
 # Usage: tools/test-avx512.sh [-p PACKAGE] TEST [TEST ...] [-- ARGS...]
 #   PACKAGE  the crate whose tests run (default qmoe-kernels; e.g.
-#            qmoe-model, whose tests read tests/fixtures: that folder is
-#            copied into the guest at the same path);
+#            qmoe-model, whose tests read tests/fixtures and models/demo:
+#            those folders are copied into the guest at the same paths);
 #   TEST     an integration test name (`simd_ggml`, `simd_multi`, `gguf`,
 #            ...) or `lib` for the library's unit tests;
 #   ARGS     passed to every test binary (a name filter, `--exact`, ...).
@@ -113,6 +113,8 @@ if [[ $package != qmoe-kernels ]]; then
     mkdir -p "$root$PWD/crates" "$root$PWD/tests"
     mkdir -p "$root$PWD/crates/${package#qmoe-}"
     cp -r "$PWD/tests/fixtures" "$root$PWD/tests/"
+    mkdir -p "$root$PWD/models"
+    cp -r "$PWD/models/demo" "$root$PWD/models/"
 fi
 quoted_args=""
 ((${#args[@]})) && quoted_args="$(printf ' %q' "${args[@]}")"
