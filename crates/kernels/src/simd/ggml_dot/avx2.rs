@@ -24,8 +24,9 @@ use crate::simd::act::{BlockQ8K, BlockQ8x32};
 /// short rows such as a down projection's get the same lead as long ones).
 /// Measured with `examples/gemv_ggml.rs` (256 MB, 1 thread, quiet 16-core
 /// Xeon host): no lead 7-9 GB/s, 1-2 KB 10-12, 4-8 KB 12-14 (at or above a
-/// plain streaming read), 16 KB no better.
-const PREFETCH_BYTES: usize = 4096;
+/// plain streaming read), 16 KB no better. The AVX-512 kernels stream the
+/// same rows and use the same lead (not re-measured: no such machine here).
+pub(super) const PREFETCH_BYTES: usize = 4096;
 
 /// The row loop, expanded inside each `#[target_feature]` function so the
 /// per-type dot (`#[inline]`, same features) is inlined into it. Before row

@@ -41,10 +41,9 @@ use super::scales_mins_k4;
 use crate::ggml::IQ4_LEVELS;
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
 
-/// How far ahead of the row being multiplied the row loop keeps software
-/// prefetches: the lead `avx2.rs` measured best (`PREFETCH_BYTES` there);
-/// not re-measured on an AVX-512 machine (none is at hand).
-const PREFETCH_BYTES: usize = 4096;
+// How far ahead of the row being multiplied the row loop keeps software
+// prefetches: the lead `avx2.rs` measured best.
+use super::avx2::PREFETCH_BYTES;
 
 /// Whether `ty` has a kernel here (the others run their AVX2 kernel).
 pub(super) fn has_kernel(ty: GgmlType) -> bool {

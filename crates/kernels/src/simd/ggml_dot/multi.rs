@@ -24,24 +24,14 @@
 
 use qmoe_core::GgmlType;
 
-use super::{act_kind, avx2_usable, avx512_usable, check_bytes};
+#[cfg(target_arch = "x86_64")]
+use super::avx512_usable;
+use super::{act_kind, avx2_usable, check_bytes};
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
 use crate::simd::{ActKind, Level};
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
-
-/// Whether `ty` has an AVX-512 many-token kernel (the others run their AVX2
-/// one at [`Level::Avx512`]).
-fn has_avx512(ty: GgmlType) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return avx512::handles(ty);
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = ty;
-        false
-    }
-}
 
 /// Whether `ty` has a many-token int8 kernel (every quantized ggml type).
 pub fn has_multi(ty: GgmlType) -> bool {
@@ -110,15 +100,13 @@ pub(crate) unsafe fn gemm_q8k_raw(
     if n_rows == 0 || n_tokens == 0 {
         return;
     }
-    if avx512_usable(level) && has_avx512(ty) {
-        #[cfg(target_arch = "x86_64")]
+    #[cfg(target_arch = "x86_64")]
+    if avx512_usable(level) && avx512::has_kernel(ty) {
         // SAFETY: the CPU has AVX-512 F/BW/VL + VNNI, AVX2, FMA and F16C
         // (checked just above) and `ty` has a kernel there; `w` is exactly
         // `n_rows` rows of `nb` blocks, `x` `n_tokens` rows of `nb`; `y` is
         // the caller's contract.
-        unsafe {
-            avx512::gemm_q8k(ty, w, n_rows, x, n_tokens, y, y_stride)
-        };
+        unsafe { avx512::gemm_q8k(ty, w, n_rows, x, n_tokens, y, y_stride) };
         return;
     }
     if avx2_usable(level) {
@@ -160,12 +148,10 @@ pub(crate) unsafe fn gemm_q8x32_raw(
     if n_rows == 0 || n_tokens == 0 {
         return;
     }
-    if avx512_usable(level) && has_avx512(ty) {
-        #[cfg(target_arch = "x86_64")]
+    #[cfg(target_arch = "x86_64")]
+    if avx512_usable(level) && avx512::has_kernel(ty) {
         // SAFETY: as in `gemm_q8k_raw`'s AVX-512 branch.
-        unsafe {
-            avx512::gemm_q8x32(ty, w, n_rows, x, n_tokens, y, y_stride)
-        };
+        unsafe { avx512::gemm_q8x32(ty, w, n_rows, x, n_tokens, y, y_stride) };
         return;
     }
     if avx2_usable(level) {

@@ -55,12 +55,12 @@ use crate::simd::act::{BlockQ8K, BlockQ8x32};
 /// as better than 4 for these types).
 const GROUP: usize = 8;
 
-/// Software prefetch lead of the first group's row stream (the AVX2 level's
-/// measured value: the row stream is the same).
-const PREFETCH_BYTES: usize = 4096;
+// Software prefetch lead of the first group's row stream (the AVX2 level's
+// measured value: the row stream is the same).
+use super::super::avx2::PREFETCH_BYTES;
 
 /// Whether `ty` has a kernel here.
-pub(super) fn handles(ty: GgmlType) -> bool {
+pub(super) fn has_kernel(ty: GgmlType) -> bool {
     matches!(ty, GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K)
 }
 
