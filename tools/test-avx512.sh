@@ -110,10 +110,8 @@ for b in "${bins[@]}"; do
 done
 if [[ $package != qmoe-kernels ]]; then
     # Tests find their fixtures through CARGO_MANIFEST_DIR/../../tests.
-    mkdir -p "$root$PWD/crates" "$root$PWD/tests"
-    mkdir -p "$root$PWD/crates/${package#qmoe-}"
+    mkdir -p "$root$PWD/crates/${package#qmoe-}" "$root$PWD/tests" "$root$PWD/models"
     cp -r "$PWD/tests/fixtures" "$root$PWD/tests/"
-    mkdir -p "$root$PWD/models"
     cp -r "$PWD/models/demo" "$root$PWD/models/"
 fi
 quoted_args=""
