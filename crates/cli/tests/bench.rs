@@ -26,12 +26,38 @@ fn tmp(name: &str) -> PathBuf {
     p
 }
 
-const REQUIRED: [&str; 11] =
-    ["prefill_tok_s", "decode_tok_s", "bytes_per_token", "achieved_gbs", "stream_gbs", "peak_rss_bytes", "load_s", "threads", "model", "quant", "commit"];
+const REQUIRED: [&str; 11] = [
+    "prefill_tok_s",
+    "decode_tok_s",
+    "bytes_per_token",
+    "achieved_gbs",
+    "stream_gbs",
+    "peak_rss_bytes",
+    "load_s",
+    "threads",
+    "model",
+    "quant",
+    "commit",
+];
 
 /// Runs `bench --json` and returns the parsed object after the common checks.
 fn bench_json(model: &str, extra: &[&str]) -> Value {
-    let mut args = vec!["bench", "--model", model, "-p", "12", "-n", "3", "--reps", "2", "--threads", "1", "--stream-mib", "16", "--json"];
+    let mut args = vec![
+        "bench",
+        "--model",
+        model,
+        "-p",
+        "12",
+        "-n",
+        "3",
+        "--reps",
+        "2",
+        "--threads",
+        "1",
+        "--stream-mib",
+        "16",
+        "--json",
+    ];
     args.extend_from_slice(extra);
     let o = qmoe(&args);
     assert!(o.status.success(), "{}", text(&o.stderr));
@@ -73,7 +99,18 @@ fn bench_report_names_machine_model_quant_and_commit() {
     let o = qmoe(&["bench", "--model", "models/demo", "-p", "4", "-n", "2", "--reps", "1", "--stream-mib", "16"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let s = text(&o.stdout);
-    for needle in ["machine", "threads", "model      models/demo", "quant      BF16", "commit", "prefill", "decode", "tok/s", "GB/s", "peak RSS"] {
+    for needle in [
+        "machine",
+        "threads",
+        "model      models/demo",
+        "quant      BF16",
+        "commit",
+        "prefill",
+        "decode",
+        "tok/s",
+        "GB/s",
+        "peak RSS",
+    ] {
         assert!(s.contains(needle), "missing `{needle}` in:\n{s}");
     }
 }
@@ -87,7 +124,10 @@ fn synth_loads_and_benches(format: &str, quant: &str) {
     let err = text(&o.stderr);
     assert!(o.status.success(), "{format}: {err}");
     assert!(err.contains("logits finite"), "{format}: {err}");
-    assert!(out.join("tokenizer.json").is_file() && out.join("chat_template.jinja").is_file(), "{format}: tokenizer files");
+    assert!(
+        out.join("tokenizer.json").is_file() && out.join("chat_template.jinja").is_file(),
+        "{format}: tokenizer files"
+    );
     let v = bench_json(dir, &[]);
     assert_eq!(v["quant"], quant, "{format}");
     // Writing again without --force is refused.
@@ -138,13 +178,37 @@ fn synth_gguf_carries_the_tokenizer_so_run_works() {
     // Full vocabulary (the tokenizer must fit), everything else tiny.
     let out = tmp("gguf-run");
     let dir = out.to_str().unwrap();
-    let o = qmoe(&["synth", "--out", dir, "--format", "gguf-q8_0", "--layers", "4", "--experts", "4", "--hidden", "256", "--no-check"]);
+    let o = qmoe(&[
+        "synth",
+        "--out",
+        dir,
+        "--format",
+        "gguf-q8_0",
+        "--layers",
+        "4",
+        "--experts",
+        "4",
+        "--hidden",
+        "256",
+        "--no-check",
+    ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(!text(&o.stderr).contains("no tokenizer"), "{}", text(&o.stderr));
     // The .gguf alone (no tokenizer.json beside it) runs.
     let alone = tmp("gguf-alone.gguf");
     std::fs::rename(out.join("model.gguf"), &alone).unwrap();
-    let r = qmoe(&["run", "--model", alone.to_str().unwrap(), "--prompt", "Hello", "--chat", "--max-tokens", "3", "--seed", "1"]);
+    let r = qmoe(&[
+        "run",
+        "--model",
+        alone.to_str().unwrap(),
+        "--prompt",
+        "Hello",
+        "--chat",
+        "--max-tokens",
+        "3",
+        "--seed",
+        "1",
+    ]);
     assert!(r.status.success(), "{}", text(&r.stderr));
     assert!(text(&r.stderr).contains("tok/s"), "{}", text(&r.stderr));
     std::fs::remove_dir_all(&out).unwrap();

@@ -24,14 +24,25 @@ fn tmp(name: &str) -> PathBuf {
 #[test]
 fn logits_matches_golden_in_every_mode() {
     let fixture = root().join("tests/fixtures/moe_fused");
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture.join("golden.json")).unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("golden.json")).unwrap()).unwrap();
     let ids: Vec<String> = meta["ids"].as_array().unwrap().iter().map(|v| v.to_string()).collect();
     let ids = ids.join(",");
     let (_, want) = qmoe_formats::read_npy_f32(&fixture.join("logits.npy")).unwrap();
     let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     for mode in ["prefill", "decode", "chunked:5"] {
         let out = tmp(&format!("logits-{}.npy", mode.replace(':', "_")));
-        let o = qmoe(&["logits", "--model", "tests/fixtures/moe_fused", "--ids", &ids, "--mode", mode, "--out", out.to_str().unwrap()]);
+        let o = qmoe(&[
+            "logits",
+            "--model",
+            "tests/fixtures/moe_fused",
+            "--ids",
+            &ids,
+            "--mode",
+            mode,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
         assert!(o.status.success(), "{mode}: {}", text(&o.stderr));
         let (shape, got) = qmoe_formats::read_npy_f32(&out).unwrap();
         assert_eq!(shape, vec![80, 512]);
@@ -49,7 +60,8 @@ fn run_streams_text_and_reports_speed() {
     assert!(err.contains("load") && err.contains("prompt") && err.contains("decode") && err.contains("tok/s"), "{err}");
     assert!(!text(&o.stdout).trim().is_empty());
     // Same seed, same text.
-    let again = qmoe(&["run", "--model", "models/demo", "--prompt", "Hello", "--chat", "--max-tokens", "6", "--seed", "3"]);
+    let again =
+        qmoe(&["run", "--model", "models/demo", "--prompt", "Hello", "--chat", "--max-tokens", "6", "--seed", "3"]);
     assert_eq!(o.stdout, again.stdout);
 }
 
@@ -58,7 +70,14 @@ fn inspect_explains_the_checkpoint() {
     let o = qmoe(&["inspect", "tests/fixtures/next"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let s = text(&o.stdout);
-    for needle in ["qwen3_next", "HF safetensors (raw)", "per-expert", "in_proj_qkvz", "tensor gate  OK", "model.layers.0.linear_attn.in_proj_qkvz.weight"] {
+    for needle in [
+        "qwen3_next",
+        "HF safetensors (raw)",
+        "per-expert",
+        "in_proj_qkvz",
+        "tensor gate  OK",
+        "model.layers.0.linear_attn.in_proj_qkvz.weight",
+    ] {
         assert!(s.contains(needle), "missing `{needle}` in:\n{s}");
     }
 }
@@ -76,9 +95,25 @@ fn every_command_has_help() {
 fn errors_are_one_line_with_nonzero_exit() {
     let cases: [(&[&str], &str); 4] = [
         (&["run", "--model", "no/such/dir", "--prompt", "x"], "config.json"),
-        (&["logits", "--model", "tests/fixtures/moe_fused", "--ids", "1,99999", "--out", "/tmp/qmoe-never.npy"], "99999"),
+        (
+            &["logits", "--model", "tests/fixtures/moe_fused", "--ids", "1,99999", "--out", "/tmp/qmoe-never.npy"],
+            "99999",
+        ),
         (&["logits", "--model", "tests/fixtures/moe_fused", "--ids", "1,x", "--out", "/tmp/qmoe-never.npy"], "`x`"),
-        (&["logits", "--model", "tests/fixtures/moe_fused", "--ids", "1", "--mode", "chunked:0", "--out", "/tmp/qmoe-never.npy"], "chunked:N"),
+        (
+            &[
+                "logits",
+                "--model",
+                "tests/fixtures/moe_fused",
+                "--ids",
+                "1",
+                "--mode",
+                "chunked:0",
+                "--out",
+                "/tmp/qmoe-never.npy",
+            ],
+            "chunked:N",
+        ),
     ];
     for (args, needle) in cases {
         let o = qmoe(args);
@@ -96,7 +131,12 @@ fn inspect_json_reports_storage_and_gate() {
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["gate"]["ok"], true);
     assert_eq!(r["dialect"]["name"], "MLX affine-quantized (sanitized)");
-    let router = r["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "language_model.model.layers.0.mlp.gate.weight").unwrap();
+    let router = r["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "language_model.model.layers.0.mlp.gate.weight")
+        .unwrap();
     assert_eq!(router["use"]["storage"], "MLX affine 8-bit, group 64");
     assert!(r["bytes_by_category"]["routed experts"].as_u64().unwrap() > 0);
 
@@ -152,7 +192,17 @@ fn convert_to_gguf_then_run_inspect_and_logits() {
         assert!(s.contains(needle), "missing `{needle}` in:\n{s}");
     }
     let npy = tmp("convert.npy");
-    let o = qmoe(&["logits", "--model", out.to_str().unwrap(), "--ids", "1,2,3,4", "--mode", "decode", "--out", npy.to_str().unwrap()]);
+    let o = qmoe(&[
+        "logits",
+        "--model",
+        out.to_str().unwrap(),
+        "--ids",
+        "1,2,3,4",
+        "--mode",
+        "decode",
+        "--out",
+        npy.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let (shape, _) = qmoe_formats::read_npy_f32(&npy).unwrap();
     assert_eq!(shape, vec![4, 384]);

@@ -17,8 +17,8 @@
 use std::time::Instant;
 
 use qmoe_kernels::attention::AttnShape;
-use qmoe_kernels::simd::attention::{attend_parallel, attend_parallel_via, Route};
 use qmoe_kernels::simd;
+use qmoe_kernels::simd::attention::{attend_parallel, attend_parallel_via, Route};
 
 fn rng_vec(state: &mut u64, n: usize) -> Vec<f32> {
     (0..n)
@@ -94,7 +94,18 @@ fn main() {
             for _ in 0..case.reps {
                 match routes[ri].1 {
                     Some(route) => attend_parallel_via(
-                        route, level, &q, &k, &v, case.start, case.tokens, shape, scale, 0, scores, out,
+                        route,
+                        level,
+                        &q,
+                        &k,
+                        &v,
+                        case.start,
+                        case.tokens,
+                        shape,
+                        scale,
+                        0,
+                        scores,
+                        out,
                     ),
                     None => attend_parallel(level, &q, &k, &v, case.start, case.tokens, shape, scale, 0, scores, out),
                 }

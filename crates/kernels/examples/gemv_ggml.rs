@@ -20,15 +20,11 @@ const COLS: usize = 2048;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mb: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(256);
-    let names: Vec<&String> = args
-        .iter()
-        .filter(|a| a.parse::<usize>().is_err())
-        .collect();
+    let names: Vec<&String> = args.iter().filter(|a| a.parse::<usize>().is_err()).collect();
     let types: Vec<GgmlType> = GgmlType::ALL
         .into_iter()
         .filter(|&t| {
-            act_kind(t).is_some()
-                && (names.is_empty() || names.iter().any(|n| n.eq_ignore_ascii_case(t.name())))
+            act_kind(t).is_some() && (names.is_empty() || names.iter().any(|n| n.eq_ignore_ascii_case(t.name())))
         })
         .collect();
 
@@ -47,9 +43,7 @@ fn main() {
         let v = next().to_le_bytes();
         c.copy_from_slice(&v[..c.len()]);
     }
-    let x: Vec<f32> = (0..COLS)
-        .map(|i| ((i * 7919 % 2003) as f32 - 1000.0) * 1e-3)
-        .collect();
+    let x: Vec<f32> = (0..COLS).map(|i| ((i * 7919 % 2003) as f32 - 1000.0) * 1e-3).collect();
     let mut xk = vec![BlockQ8K::default(); COLS / 256];
     quantize_q8k(&x, &mut xk);
     let mut x32 = vec![BlockQ8x32::default(); COLS / 32];
@@ -77,13 +71,7 @@ fn main() {
                 black_box(&y);
             }
             let gbs = w.len() as f64 / best / 1e9;
-            println!(
-                "{:<7} {:<7?} {:>7.2} GB/s  ({rows} rows, {:.1} ms)",
-                ty.name(),
-                level,
-                gbs,
-                best * 1e3
-            );
+            println!("{:<7} {:<7?} {:>7.2} GB/s  ({rows} rows, {:.1} ms)", ty.name(), level, gbs, best * 1e3);
         }
     }
 }

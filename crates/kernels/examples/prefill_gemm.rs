@@ -98,15 +98,12 @@ fn main() {
     }
     qmoe_kernels::threads::set(1);
     let level = simd::level();
-    println!(
-        "cpu: {}; level {level:?}; 1 thread; {tokens} tokens; median of {iters}; commit {}",
-        cpu_name(),
-        commit()
-    );
+    println!("cpu: {}; level {level:?}; 1 thread; {tokens} tokens; median of {iters}; commit {}", cpu_name(), commit());
     let mut s = 0x2545_F491_4F6C_DD1Du64;
     for name in &names {
         for (rows, cols) in [(512usize, 2048usize), (2048, 512)] {
-            let x: Vec<f32> = (0..tokens * cols).map(|_| (rng(&mut s) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0).collect();
+            let x: Vec<f32> =
+                (0..tokens * cols).map(|_| (rng(&mut s) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0).collect();
             let flops = 2.0 * (rows * cols * tokens) as f64;
             let gf = |sec: f64| flops / sec / 1e9;
             let mut y = vec![0.0f32; tokens * rows];
@@ -126,8 +123,10 @@ fn main() {
                 Format::Affine(bits) => {
                     bytes = (0..rows * cols * bits as usize / 8).map(|_| rng(&mut s) as u8).collect::<Vec<u8>>();
                     let g = rows * cols / 64;
-                    scales = (0..g).flat_map(|i| f16::from_f32(0.001 * (i % 7) as f32).to_le_bytes()).collect::<Vec<u8>>();
-                    biases = (0..g).flat_map(|i| f16::from_f32(-0.002 * (i % 5) as f32).to_le_bytes()).collect::<Vec<u8>>();
+                    scales =
+                        (0..g).flat_map(|i| f16::from_f32(0.001 * (i % 7) as f32).to_le_bytes()).collect::<Vec<u8>>();
+                    biases =
+                        (0..g).flat_map(|i| f16::from_f32(-0.002 * (i % 5) as f32).to_le_bytes()).collect::<Vec<u8>>();
                     MatRef::affine(rows, cols, &bytes, bits, 64, &scales, &biases, DType::F16).unwrap()
                 }
             };
@@ -137,7 +136,8 @@ fn main() {
                     let mut xq = vec![BlockQ8K::default(); tokens * cols / 256];
                     quantize_q8k(&x, &mut xq);
                     let nb = cols / 256;
-                    let m = time(iters, || ggml_dot::multi::gemm_q8k(level, ty, w.bytes, rows, &xq, tokens, &mut y, rows));
+                    let m =
+                        time(iters, || ggml_dot::multi::gemm_q8k(level, ty, w.bytes, rows, &xq, tokens, &mut y, rows));
                     let g = time(iters, || {
                         for (xt, yt) in xq.chunks_exact(nb).zip(y.chunks_exact_mut(rows)) {
                             ggml_dot::gemv_q8k(level, ty, w.bytes, xt, yt);
@@ -151,7 +151,9 @@ fn main() {
                     let nb = cols / 32;
                     match f {
                         Format::Ggml(ty) => {
-                            let m = time(iters, || ggml_dot::multi::gemm_q8x32(level, ty, w.bytes, rows, &xq, tokens, &mut y, rows));
+                            let m = time(iters, || {
+                                ggml_dot::multi::gemm_q8x32(level, ty, w.bytes, rows, &xq, tokens, &mut y, rows)
+                            });
                             let g = time(iters, || {
                                 for (xt, yt) in xq.chunks_exact(nb).zip(y.chunks_exact_mut(rows)) {
                                     ggml_dot::gemv_q8x32(level, ty, w.bytes, xt, yt);
@@ -160,7 +162,9 @@ fn main() {
                             (m, g)
                         }
                         Format::Affine(_) => {
-                            let m = time(iters, || affine_multi::gemm_affine(level, &w, 0..rows, &xq, tokens, &mut y, rows));
+                            let m = time(iters, || {
+                                affine_multi::gemm_affine(level, &w, 0..rows, &xq, tokens, &mut y, rows)
+                            });
                             let g = time(iters, || {
                                 for (xt, yt) in xq.chunks_exact(nb).zip(y.chunks_exact_mut(rows)) {
                                     affine_dot::gemv_affine(level, &w, 0..rows, xt, yt);
@@ -199,7 +203,11 @@ fn main() {
 fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into())
 }
 

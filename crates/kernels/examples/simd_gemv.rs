@@ -83,7 +83,13 @@ fn time(name: &str, bytes: usize, iters: usize, mut f: impl FnMut()) {
     let best = t.iter().cloned().fold(f64::INFINITY, f64::min);
     let s = median(t);
     let gbs = |s: f64| bytes as f64 / s / 1e9;
-    println!("{name:>8}: {:8.2} GB/s median, {:8.2} best  ({:.2} ms for {:.1} MB)", gbs(s), gbs(best), s * 1e3, bytes as f64 / 1e6);
+    println!(
+        "{name:>8}: {:8.2} GB/s median, {:8.2} best  ({:.2} ms for {:.1} MB)",
+        gbs(s),
+        gbs(best),
+        s * 1e3,
+        bytes as f64 / 1e6
+    );
 }
 
 /// Sum of all 64-bit words with four AVX2 accumulators: the read ceiling.

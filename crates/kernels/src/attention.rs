@@ -77,11 +77,7 @@ pub fn attend(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let AttnShape {
-        n_heads,
-        n_kv_heads,
-        head_dim,
-    } = shape;
+    let AttnShape { n_heads, n_kv_heads, head_dim } = shape;
     assert!(
         n_kv_heads > 0 && n_heads % n_kv_heads == 0,
         "attend: n_kv_heads ({n_kv_heads}) must divide n_heads ({n_heads})"
@@ -95,10 +91,7 @@ pub fn attend(
         k_cache.len() >= n_ctx * kv_row && v_cache.len() >= n_ctx * kv_row,
         "attend: cache holds fewer than start_pos + n_tokens positions"
     );
-    assert!(
-        scores.len() >= n_ctx,
-        "attend: scores scratch shorter than n_ctx"
-    );
+    assert!(scores.len() >= n_ctx, "attend: scores scratch shorter than n_ctx");
 
     for i in 0..n_tokens {
         // Query i may look at positions 0..n_seen (inclusive of itself).

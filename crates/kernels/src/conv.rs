@@ -38,22 +38,10 @@ pub fn causal_conv1d_silu(
 ) {
     assert!(kernel > 0, "causal_conv1d_silu: kernel must be > 0");
     let hist = kernel - 1;
-    assert!(
-        x.len() == n_tokens * channels,
-        "causal_conv1d_silu: x length"
-    );
-    assert!(
-        out.len() == n_tokens * channels,
-        "causal_conv1d_silu: out length"
-    );
-    assert!(
-        weight.len() == channels * kernel,
-        "causal_conv1d_silu: weight length"
-    );
-    assert!(
-        state.len() == hist * channels,
-        "causal_conv1d_silu: state length"
-    );
+    assert!(x.len() == n_tokens * channels, "causal_conv1d_silu: x length");
+    assert!(out.len() == n_tokens * channels, "causal_conv1d_silu: out length");
+    assert!(weight.len() == channels * kernel, "causal_conv1d_silu: weight length");
+    assert!(state.len() == hist * channels, "causal_conv1d_silu: state length");
 
     for t in 0..n_tokens {
         let out_row = &mut out[t * channels..][..channels];

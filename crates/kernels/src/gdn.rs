@@ -57,15 +57,12 @@ impl GdnShape {
     /// Caller contract on the geometry itself.
     fn check(&self) {
         assert!(
-            self.n_k_heads > 0 && self.n_v_heads % self.n_k_heads == 0,
+            self.n_k_heads > 0 && self.n_v_heads.is_multiple_of(self.n_k_heads),
             "GdnShape: n_v_heads ({}) must be a non-zero multiple of n_k_heads ({})",
             self.n_v_heads,
             self.n_k_heads
         );
-        assert!(
-            self.head_k_dim > 0 && self.head_v_dim > 0,
-            "GdnShape: zero head width"
-        );
+        assert!(self.head_k_dim > 0 && self.head_v_dim > 0, "GdnShape: zero head width");
     }
 }
 
@@ -109,24 +106,11 @@ pub fn l2_normalize(x: &mut [f32], eps: f32) {
 ///
 /// # Panics
 /// If `a_log` is empty, lengths differ, or `a` is not a whole number of rows.
-pub fn gates(
-    a: &[f32],
-    b: &[f32],
-    a_log: &[f32],
-    dt_bias: &[f32],
-    beta_out: &mut [f32],
-    g_out: &mut [f32],
-) {
+pub fn gates(a: &[f32], b: &[f32], a_log: &[f32], dt_bias: &[f32], beta_out: &mut [f32], g_out: &mut [f32]) {
     let hv = a_log.len();
+    assert!(hv > 0 && dt_bias.len() == hv, "gates: a_log / dt_bias length");
     assert!(
-        hv > 0 && dt_bias.len() == hv,
-        "gates: a_log / dt_bias length"
-    );
-    assert!(
-        a.len() % hv == 0
-            && b.len() == a.len()
-            && beta_out.len() == a.len()
-            && g_out.len() == a.len(),
+        a.len().is_multiple_of(hv) && b.len() == a.len() && beta_out.len() == a.len() && g_out.len() == a.len(),
         "gates: lengths"
     );
     for (bv, be) in b.iter().zip(beta_out.iter_mut()) {
@@ -171,21 +155,12 @@ fn check_args(
 ) -> usize {
     shape.check();
     let n_tokens = beta.len() / shape.n_v_heads;
-    assert!(
-        beta.len() == n_tokens * shape.n_v_heads,
-        "{fn_name}: beta length"
-    );
+    assert!(beta.len() == n_tokens * shape.n_v_heads, "{fn_name}: beta length");
     assert!(g.len() == beta.len(), "{fn_name}: g length");
     assert!(q.len() == n_tokens * shape.key_dim(), "{fn_name}: q length");
     assert!(k.len() == n_tokens * shape.key_dim(), "{fn_name}: k length");
-    assert!(
-        v.len() == n_tokens * shape.value_dim(),
-        "{fn_name}: v length"
-    );
-    assert!(
-        out.len() == n_tokens * shape.value_dim(),
-        "{fn_name}: out length"
-    );
+    assert!(v.len() == n_tokens * shape.value_dim(), "{fn_name}: v length");
+    assert!(out.len() == n_tokens * shape.value_dim(), "{fn_name}: out length");
     assert!(state.len() == shape.state_len(), "{fn_name}: state length");
     n_tokens
 }
@@ -219,12 +194,7 @@ pub fn gdn_recurrent(
     out: &mut [f32],
 ) {
     let n_tokens = check_args("gdn_recurrent", q, k, v, beta, g, state, shape, out);
-    let GdnShape {
-        n_k_heads: hk,
-        n_v_heads: hv,
-        head_k_dim: dk,
-        head_v_dim: dv,
-    } = shape;
+    let GdnShape { n_k_heads: hk, n_v_heads: hv, head_k_dim: dk, head_v_dim: dv } = shape;
 
     for t in 0..n_tokens {
         for h in 0..hv {
@@ -441,12 +411,7 @@ pub(crate) fn chunk_head(
     h: usize,
     scratch: &mut GdnScratch,
 ) {
-    let GdnShape {
-        n_k_heads: hk,
-        n_v_heads: hv,
-        head_k_dim: dk,
-        head_v_dim: dv,
-    } = shape;
+    let GdnShape { n_k_heads: hk, n_v_heads: hv, head_k_dim: dk, head_v_dim: dv } = shape;
     let c = scratch.chunk; // row stride of the [chunk, chunk] matrices
     let kh = map.key_head(h, shape);
     // Rows of chunk-local token i (absolute token start + i).
@@ -456,17 +421,7 @@ pub(crate) fn chunk_head(
     let beta_at = |i: usize| beta[(start + i) * hv + h];
     debug_assert_eq!(s0.len(), dk * dv);
 
-    let GdnScratch {
-        g_cum,
-        decay,
-        decay_in,
-        decay_out,
-        l,
-        u,
-        w,
-        o,
-        ..
-    } = scratch;
+    let GdnScratch { g_cum, decay, decay_in, decay_out, l, u, w, o, .. } = scratch;
 
     chunk_decays(&g[start * hv + h..], hv, n, g_cum, decay_in, decay_out, decay, c);
 

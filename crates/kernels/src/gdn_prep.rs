@@ -133,7 +133,13 @@ pub fn gdn_prep(
     let (q, k, v) = (SharedMut::new(out.q), SharedMut::new(out.k), SharedMut::new(out.v));
     let task = |i: usize| {
         let s = slice(i);
-        let dst = if i < hk { q } else if i < 2 * hk { k } else { v };
+        let dst = if i < hk {
+            q
+        } else if i < 2 * hk {
+            k
+        } else {
+            v
+        };
         // SAFETY: slice `i` writes only columns `dst_col..dst_col + width`
         // of its destination's rows; no two slices share columns.
         unsafe { run_slice(level, &inputs, s, dst) };

@@ -38,7 +38,7 @@ pub(crate) const IQ4_LEVELS: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -1
 pub fn decode_blocks(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
     let (bs, ts) = (ty.block_size(), ty.type_size());
     assert!(
-        out.len() % bs == 0 && bytes.len() == out.len() / bs * ts,
+        out.len().is_multiple_of(bs) && bytes.len() == out.len() / bs * ts,
         "decode_blocks: {} bytes do not hold {} {ty} values",
         bytes.len(),
         out.len()
@@ -284,7 +284,7 @@ pub fn quantizer(ty: GgmlType) -> Option<Quantizer> {
 fn blocks_of(ty: GgmlType, x: &[f32], out: &[u8]) -> usize {
     let (bs, ts) = (ty.block_size(), ty.type_size());
     assert!(
-        x.len() % bs == 0 && out.len() == x.len() / bs * ts,
+        x.len().is_multiple_of(bs) && out.len() == x.len() / bs * ts,
         "quantize {ty}: {} values into {} bytes",
         x.len(),
         out.len()
@@ -484,7 +484,8 @@ pub fn quantize_q4_k(x: &[f32], out: &mut [u8]) {
             for (w, v) in weights.iter_mut().zip(xs) {
                 *w = av_x + v.abs();
             }
-            let (scale, min) = make_qkx2_quants(xs, &weights, 15, &mut l[32 * j..32 * j + 32], &mut laux, -1.0, 0.1, 20);
+            let (scale, min) =
+                make_qkx2_quants(xs, &weights, 15, &mut l[32 * j..32 * j + 32], &mut laux, -1.0, 0.1, 20);
             (scales[j], mins[j]) = (scale, min);
             if scale > max_scale {
                 max_scale = scale;

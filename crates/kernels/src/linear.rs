@@ -14,8 +14,8 @@
 use qmoe_core::dtype::{to_f32, DType};
 use qmoe_core::GgmlType;
 
-use crate::quant::{array_bytes, AffineRow, Fp8Row, AFFINE_BITS};
 pub use crate::quant::QuantError;
+use crate::quant::{array_bytes, AffineRow, Fp8Row, AFFINE_BITS};
 
 /// Columns widened per step; fits comfortably on the stack. A multiple of 32,
 /// so every affine block starts on a uint32 word boundary whatever the bits,
@@ -145,7 +145,7 @@ impl<'a> MatRef<'a> {
         if !scale_dtype.is_float() {
             return Err(QuantError::ScaleDType(scale_dtype));
         }
-        if group_size == 0 || cols % group_size != 0 {
+        if group_size == 0 || !cols.is_multiple_of(group_size) {
             return Err(QuantError::GroupSize { group_size, cols });
         }
         let row_bits = cols.checked_mul(bits as usize).ok_or(QuantError::TooLarge { rows, cols })?;
@@ -165,14 +165,20 @@ impl<'a> MatRef<'a> {
     /// blocks and `bytes` exactly `rows * ty.row_bytes(cols)`.
     pub fn ggml(ty: GgmlType, rows: usize, cols: usize, bytes: &'a [u8]) -> Result<Self, QuantError> {
         let block_size = ty.block_size();
-        if cols % block_size != 0 {
+        if !cols.is_multiple_of(block_size) {
             return Err(QuantError::GgmlBlock { ty, block_size, cols });
         }
         let blocks = cols / block_size;
         let expected = array_bytes(rows, blocks, ty.type_size()).ok_or(QuantError::TooLarge { rows, cols })?;
         if expected != bytes.len() {
             let got = bytes.len();
-            return Err(QuantError::ByteCount { what: "ggml weight", shape: [rows, cols], elem: ty.name(), expected, got });
+            return Err(QuantError::ByteCount {
+                what: "ggml weight",
+                shape: [rows, cols],
+                elem: ty.name(),
+                expected,
+                got,
+            });
         }
         Ok(MatRef { enc: Encoding::Ggml(ty), rows, cols, bytes })
     }
@@ -339,9 +345,7 @@ mod tests {
                 matmul(&m, &x, &mut y, t);
                 for tt in 0..t {
                     for r in 0..rows {
-                        let want: f64 = (0..cols)
-                            .map(|c| wq[r * cols + c] as f64 * x[tt * cols + c] as f64)
-                            .sum();
+                        let want: f64 = (0..cols).map(|c| wq[r * cols + c] as f64 * x[tt * cols + c] as f64).sum();
                         let got = y[tt * rows + r] as f64;
                         assert!((got - want).abs() < 1e-4, "{dt} {rows}x{cols} t{tt} r{r}: {got} vs {want}");
                     }
@@ -365,7 +369,8 @@ mod thread_tests {
     #[test]
     fn threaded_matmul_equals_single_thread() {
         let (rows, cols, t) = (1031, 1100, 2);
-        let w: Vec<u8> = (0..rows * cols).flat_map(|i| (((i * 7919) % 1000) as f32 / 1000.0 - 0.5).to_le_bytes()).collect();
+        let w: Vec<u8> =
+            (0..rows * cols).flat_map(|i| (((i * 7919) % 1000) as f32 / 1000.0 - 0.5).to_le_bytes()).collect();
         let x: Vec<f32> = (0..t * cols).map(|i| ((i * 31) % 17) as f32 / 17.0 - 0.5).collect();
         let m = MatRef::new(DType::F32, rows, cols, &w);
         let mut y1 = vec![0.0; t * rows];

@@ -8,7 +8,7 @@
 /// `x`, `out`: `[n_rows, dim]`.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let dim = weight.len();
-    assert!(x.len() == out.len() && x.len() % dim == 0, "rms_norm: lengths");
+    assert!(x.len() == out.len() && x.len().is_multiple_of(dim), "rms_norm: lengths");
     for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
         let inv = inv_rms(xr, eps);
         for ((o, &v), &w) in or.iter_mut().zip(xr).zip(weight) {
@@ -20,7 +20,7 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 /// In-place variant of [`rms_norm`].
 pub fn rms_norm_inplace(x: &mut [f32], weight: &[f32], eps: f32) {
     let dim = weight.len();
-    assert!(x.len() % dim == 0, "rms_norm_inplace: lengths");
+    assert!(x.len().is_multiple_of(dim), "rms_norm_inplace: lengths");
     for xr in x.chunks_exact_mut(dim) {
         let inv = inv_rms(xr, eps);
         for (v, &w) in xr.iter_mut().zip(weight) {
@@ -33,7 +33,7 @@ pub fn rms_norm_inplace(x: &mut [f32], weight: &[f32], eps: f32) {
 /// (the weight is plain, not zero-centred). `x`, `z`: `[n_rows, dim]`.
 pub fn rms_norm_gated_inplace(x: &mut [f32], z: &[f32], weight: &[f32], eps: f32) {
     let dim = weight.len();
-    assert!(x.len() == z.len() && x.len() % dim == 0, "rms_norm_gated: lengths");
+    assert!(x.len() == z.len() && x.len().is_multiple_of(dim), "rms_norm_gated: lengths");
     for (xr, zr) in x.chunks_exact_mut(dim).zip(z.chunks_exact(dim)) {
         let inv = inv_rms(xr, eps);
         for ((v, &w), &g) in xr.iter_mut().zip(weight).zip(zr) {

@@ -89,8 +89,7 @@ impl Pool {
         // SAFETY (lifetime erasure): the pointer is dereferenced only by
         // workers that joined this generation, and we wait for all of them
         // to leave before returning, so `task` outlives every use.
-        let task: *const Task =
-            unsafe { std::mem::transmute::<&'a (dyn Fn(usize) + Sync + 'a), &'static Task>(task) };
+        let task: *const Task = unsafe { std::mem::transmute::<&'a (dyn Fn(usize) + Sync + 'a), &'static Task>(task) };
         let job = Job { task, n_tasks, next: AtomicUsize::new(0) };
         s.job.store(&job as *const Job as *mut Job, SeqCst);
         s.left.store(0, SeqCst);
@@ -105,7 +104,7 @@ impl Pool {
         let mut spins = 0u32;
         while s.left.load(Acquire) < joined {
             spins += 1;
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
@@ -154,7 +153,7 @@ fn worker(s: &Shared) {
             }
             spins += 1;
             if spins < SPIN_ROUNDS {
-                if spins % 64 == 0 {
+                if spins.is_multiple_of(64) {
                     std::thread::yield_now();
                 } else {
                     std::hint::spin_loop();

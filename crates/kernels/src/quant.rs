@@ -226,7 +226,8 @@ mod tests {
         }
         let one = 1.0f32.to_le_bytes();
         let zero = 0.0f32.to_le_bytes();
-        let row = AffineRow { words: &stream, scales: &one, biases: &zero, scale_dtype: DType::F32, bits: 3, group_size: 32 };
+        let row =
+            AffineRow { words: &stream, scales: &one, biases: &zero, scale_dtype: DType::F32, bits: 3, group_size: 32 };
         let mut out = [0.0; 32];
         row.decode(0, &mut out);
         let want: Vec<f32> = q.iter().map(|&v| v as f32).collect();

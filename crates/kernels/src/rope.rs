@@ -35,20 +35,13 @@ impl RopeTable {
     /// (caller contract: these come from a validated config).
     pub fn new(rotary_dims: usize, theta: f64) -> Self {
         assert!(
-            rotary_dims > 0 && rotary_dims % 2 == 0,
+            rotary_dims > 0 && rotary_dims.is_multiple_of(2),
             "RopeTable: rotary_dims must be even and > 0, got {rotary_dims}"
         );
-        assert!(
-            theta.is_finite() && theta > 0.0,
-            "RopeTable: theta must be > 0, got {theta}"
-        );
-        let inv_freq = (0..rotary_dims / 2)
-            .map(|i| theta.powf(-((2 * i) as f64) / rotary_dims as f64) as f32)
-            .collect();
-        Self {
-            rotary_dims,
-            inv_freq,
-        }
+        assert!(theta.is_finite() && theta > 0.0, "RopeTable: theta must be > 0, got {theta}");
+        let inv_freq =
+            (0..rotary_dims / 2).map(|i| theta.powf(-((2 * i) as f64) / rotary_dims as f64) as f32).collect();
+        Self { rotary_dims, inv_freq }
     }
 
     /// Number of leading entries of a head that rotate.
@@ -77,10 +70,7 @@ impl RopeTable {
     /// If `cos` or `sin` does not have exactly `rotary_dims / 2` entries.
     pub fn fill_cos_sin(&self, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
         let half = self.rotary_dims / 2;
-        assert!(
-            cos.len() == half && sin.len() == half,
-            "fill_cos_sin: lengths"
-        );
+        assert!(cos.len() == half && sin.len() == half, "fill_cos_sin: lengths");
         for i in 0..half {
             let (c, s) = self.cos_sin(i, pos);
             cos[i] = c;
@@ -97,10 +87,7 @@ impl RopeTable {
     /// If `head` is shorter than `rotary_dims`.
     pub fn apply_neox(&self, head: &mut [f32], pos: usize) {
         let half = self.rotary_dims / 2;
-        assert!(
-            head.len() >= self.rotary_dims,
-            "apply_neox: head shorter than rotary_dims"
-        );
+        assert!(head.len() >= self.rotary_dims, "apply_neox: head shorter than rotary_dims");
         let (lo, hi) = head[..self.rotary_dims].split_at_mut(half);
         for i in 0..half {
             let (c, s) = self.cos_sin(i, pos);
@@ -117,10 +104,7 @@ impl RopeTable {
 /// If `cos` and `sin` differ in length or `head` is shorter than `2 * cos.len()`.
 pub fn rotate_neox(head: &mut [f32], cos: &[f32], sin: &[f32]) {
     let half = cos.len();
-    assert!(
-        sin.len() == half && head.len() >= 2 * half,
-        "rotate_neox: lengths"
-    );
+    assert!(sin.len() == half && head.len() >= 2 * half, "rotate_neox: lengths");
     let (lo, hi) = head[..2 * half].split_at_mut(half);
     for i in 0..half {
         rotate_pair(&mut lo[i], &mut hi[i], cos[i], sin[i]);

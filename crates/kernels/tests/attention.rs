@@ -8,31 +8,11 @@ mod common;
 use common::Rng;
 
 const SHAPES: [AttnShape; 5] = [
-    AttnShape {
-        n_heads: 4,
-        n_kv_heads: 4,
-        head_dim: 8,
-    },
-    AttnShape {
-        n_heads: 4,
-        n_kv_heads: 2,
-        head_dim: 16,
-    },
-    AttnShape {
-        n_heads: 6,
-        n_kv_heads: 2,
-        head_dim: 12,
-    },
-    AttnShape {
-        n_heads: 3,
-        n_kv_heads: 1,
-        head_dim: 5,
-    },
-    AttnShape {
-        n_heads: 16,
-        n_kv_heads: 2,
-        head_dim: 256,
-    },
+    AttnShape { n_heads: 4, n_kv_heads: 4, head_dim: 8 },
+    AttnShape { n_heads: 4, n_kv_heads: 2, head_dim: 16 },
+    AttnShape { n_heads: 6, n_kv_heads: 2, head_dim: 12 },
+    AttnShape { n_heads: 3, n_kv_heads: 1, head_dim: 5 },
+    AttnShape { n_heads: 16, n_kv_heads: 2, head_dim: 256 },
 ];
 
 /// Straightforward f64 attention: every score, softmax and sum in f64.
@@ -55,8 +35,7 @@ fn attend_f64(
             for (p, x) in sc.iter_mut().enumerate() {
                 let mut d = 0.0f64;
                 for e in 0..hd {
-                    d += q[(i * s.n_heads + h) * hd + e] as f64
-                        * k[(p * s.n_kv_heads + kvh) * hd + e] as f64;
+                    d += q[(i * s.n_heads + h) * hd + e] as f64 * k[(p * s.n_kv_heads + kvh) * hd + e] as f64;
                 }
                 *x = d * scale as f64;
             }
@@ -65,8 +44,7 @@ fn attend_f64(
             for (p, x) in sc.iter().enumerate() {
                 let w = (x - m).exp() / z;
                 for e in 0..hd {
-                    out[(i * s.n_heads + h) * hd + e] +=
-                        w * v[(p * s.n_kv_heads + kvh) * hd + e] as f64;
+                    out[(i * s.n_heads + h) * hd + e] += w * v[(p * s.n_kv_heads + kvh) * hd + e] as f64;
                 }
             }
         }
@@ -75,10 +53,7 @@ fn attend_f64(
 }
 
 fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - y).abs())
-        .fold(0.0, f64::max)
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max)
 }
 
 #[test]
@@ -144,11 +119,7 @@ fn one_call_equals_token_by_token() {
 fn never_reads_past_the_causal_horizon() {
     // Positions beyond n_ctx are NaN: a preallocated cache may hold anything there.
     let mut rng = Rng(13);
-    let s = AttnShape {
-        n_heads: 6,
-        n_kv_heads: 2,
-        head_dim: 12,
-    };
+    let s = AttnShape { n_heads: 6, n_kv_heads: 2, head_dim: 12 };
     let (start, t, cap) = (4usize, 3usize, 20usize);
     let n_ctx = start + t;
     let q = rng.vec(t * s.q_row_len(), 1.0);
@@ -168,22 +139,10 @@ fn never_reads_past_the_causal_horizon() {
 fn large_scores_stay_finite() {
     // Scores around 1e4 would overflow exp() without the max subtraction.
     let mut rng = Rng(14);
-    let s = AttnShape {
-        n_heads: 4,
-        n_kv_heads: 2,
-        head_dim: 16,
-    };
+    let s = AttnShape { n_heads: 4, n_kv_heads: 2, head_dim: 16 };
     let (start, t) = (7usize, 2usize);
-    let q: Vec<f32> = rng
-        .vec(t * s.q_row_len(), 1.0)
-        .iter()
-        .map(|x| x * 100.0)
-        .collect();
-    let k: Vec<f32> = rng
-        .vec((start + t) * s.kv_row_len(), 1.0)
-        .iter()
-        .map(|x| x * 100.0)
-        .collect();
+    let q: Vec<f32> = rng.vec(t * s.q_row_len(), 1.0).iter().map(|x| x * 100.0).collect();
+    let k: Vec<f32> = rng.vec((start + t) * s.kv_row_len(), 1.0).iter().map(|x| x * 100.0).collect();
     let v = rng.vec((start + t) * s.kv_row_len(), 1.0);
     let mut scores = vec![0.0f32; start + t];
     let mut out = vec![0.0f32; t * s.q_row_len()];
@@ -194,24 +153,10 @@ fn large_scores_stay_finite() {
 #[test]
 #[should_panic(expected = "scores")]
 fn short_scratch_is_a_contract_violation() {
-    let s = AttnShape {
-        n_heads: 2,
-        n_kv_heads: 1,
-        head_dim: 4,
-    };
+    let s = AttnShape { n_heads: 2, n_kv_heads: 1, head_dim: 4 };
     let mut scores = vec![0.0f32; 2];
     let mut out = vec![0.0f32; 8];
-    attend(
-        &[0.0; 8],
-        &[0.0; 12],
-        &[0.0; 12],
-        2,
-        1,
-        s,
-        1.0,
-        &mut scores,
-        &mut out,
-    );
+    attend(&[0.0; 8], &[0.0; 12], &[0.0; 12], 2, 1, s, 1.0, &mut scores, &mut out);
 }
 
 /// The GQA-shared pooled version against the f64 reference at every SIMD
@@ -302,7 +247,8 @@ fn blocked_route_matches_f64_reference() {
 fn every_level_matches_f64_and_the_scalar_twin() {
     use qmoe_kernels::simd::attention::attend_parallel;
     use qmoe_kernels::simd::Level;
-    let odd = [AttnShape { n_heads: 16, n_kv_heads: 2, head_dim: 20 }, AttnShape { n_heads: 4, n_kv_heads: 1, head_dim: 7 }];
+    let odd =
+        [AttnShape { n_heads: 16, n_kv_heads: 2, head_dim: 20 }, AttnShape { n_heads: 4, n_kv_heads: 1, head_dim: 7 }];
     let mut rng = Rng(22);
     for s in BLOCKED_SHAPES.into_iter().chain(odd) {
         let scale = 1.0 / (s.head_dim as f32).sqrt();

@@ -8,14 +8,7 @@ mod common;
 use common::Rng;
 
 /// f64 reference: returns (out [T, C], new state [K-1, C]).
-fn conv_f64(
-    x: &[f32],
-    w: &[f32],
-    state: &[f32],
-    t: usize,
-    c: usize,
-    k: usize,
-) -> (Vec<f64>, Vec<f32>) {
+fn conv_f64(x: &[f32], w: &[f32], state: &[f32], t: usize, c: usize, k: usize) -> (Vec<f64>, Vec<f32>) {
     let hist = k - 1;
     // The full input sequence [state; x]: `hist + t` rows.
     let seq: Vec<f32> = state.iter().chain(x).cloned().collect();
@@ -45,20 +38,12 @@ fn matches_f64_reference() {
                 for zero_state in [true, false] {
                     let x = rng.vec(t * c, 2.0);
                     let w = rng.vec(c * k, 2.0);
-                    let state0 = if zero_state {
-                        vec![0.0; (k - 1) * c]
-                    } else {
-                        rng.vec((k - 1) * c, 2.0)
-                    };
+                    let state0 = if zero_state { vec![0.0; (k - 1) * c] } else { rng.vec((k - 1) * c, 2.0) };
                     let (expected, expected_state) = conv_f64(&x, &w, &state0, t, c, k);
                     let mut state = state0.clone();
                     let mut out = vec![f32::NAN; t * c];
                     causal_conv1d_silu(&x, &w, &mut state, t, c, k, &mut out);
-                    let d = out
-                        .iter()
-                        .zip(&expected)
-                        .map(|(a, b)| (*a as f64 - b).abs())
-                        .fold(0.0, f64::max);
+                    let d = out.iter().zip(&expected).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
                     worst = worst.max(d);
                     assert!(d < 3e-6, "C {c} K {k} T {t}: max diff {d}");
                     assert_eq!(state, expected_state, "C {c} K {k} T {t}: state");
@@ -70,28 +55,13 @@ fn matches_f64_reference() {
 }
 
 /// Runs `x` through the kernel in pieces of the given sizes, carrying state.
-fn run_in_pieces(
-    x: &[f32],
-    w: &[f32],
-    state0: &[f32],
-    c: usize,
-    k: usize,
-    pieces: &[usize],
-) -> (Vec<f32>, Vec<f32>) {
+fn run_in_pieces(x: &[f32], w: &[f32], state0: &[f32], c: usize, k: usize, pieces: &[usize]) -> (Vec<f32>, Vec<f32>) {
     let t: usize = pieces.iter().sum();
     let mut state = state0.to_vec();
     let mut out = vec![0.0f32; t * c];
     let mut at = 0;
     for &n in pieces {
-        causal_conv1d_silu(
-            &x[at * c..(at + n) * c],
-            w,
-            &mut state,
-            n,
-            c,
-            k,
-            &mut out[at * c..(at + n) * c],
-        );
+        causal_conv1d_silu(&x[at * c..(at + n) * c], w, &mut state, n, c, k, &mut out[at * c..(at + n) * c]);
         at += n;
     }
     (out, state)
@@ -108,13 +78,7 @@ fn one_call_equals_single_tokens_and_chunks() {
         let whole = run_in_pieces(&x, &w, &state0, c, k, &[t]);
         let singles = run_in_pieces(&x, &w, &state0, c, k, &[1; 17]);
         assert_eq!(whole, singles, "K {k}: single tokens");
-        for pieces in [
-            &[3usize, 1, 2, 5, 6][..],
-            &[2, 2, 2, 11],
-            &[16, 1],
-            &[1, 15, 1],
-            &[0, 4, 0, 13],
-        ] {
+        for pieces in [&[3usize, 1, 2, 5, 6][..], &[2, 2, 2, 11], &[16, 1], &[1, 15, 1], &[0, 4, 0, 13]] {
             let chunked = run_in_pieces(&x, &w, &state0, c, k, pieces);
             assert_eq!(whole, chunked, "K {k}: pieces {pieces:?}");
         }

@@ -9,9 +9,7 @@
 //! * several consecutive chunked calls == one call;
 //! * the gate and l2-norm helpers against their formulas.
 
-use qmoe_kernels::gdn::{
-    gates, gdn_chunked, gdn_recurrent, l2_normalize, GdnScratch, GdnShape, HeadMap,
-};
+use qmoe_kernels::gdn::{gates, gdn_chunked, gdn_recurrent, l2_normalize, GdnScratch, GdnShape, HeadMap};
 
 mod common;
 use common::Rng;
@@ -132,19 +130,7 @@ fn run_recurrent(x: &Inputs, state: &mut [f32], s: GdnShape, map: HeadMap) -> Ve
 fn run_chunked(x: &Inputs, state: &mut [f32], s: GdnShape, map: HeadMap, chunk: usize) -> Vec<f32> {
     let mut scratch = GdnScratch::new(s, chunk);
     let mut out = vec![f32::NAN; x.v.len()];
-    gdn_chunked(
-        &x.q,
-        &x.k,
-        &x.v,
-        &x.beta,
-        &x.g,
-        state,
-        s,
-        map,
-        chunk,
-        &mut scratch,
-        &mut out,
-    );
+    gdn_chunked(&x.q, &x.k, &x.v, &x.beta, &x.g, state, s, map, chunk, &mut scratch, &mut out);
     out
 }
 
@@ -154,10 +140,7 @@ fn max_abs(a: &[f32]) -> f64 {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - *y as f64).abs())
-        .fold(0.0, f64::max)
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max)
 }
 
 const HEADS: [(usize, usize); 4] = [(1, 1), (2, 4), (2, 6), (3, 3)];
@@ -207,12 +190,7 @@ fn recurrent_matches_f64() {
     let mut worst = 0.0f64;
     for (hk, hv) in HEADS {
         for (dk, dv) in DIMS {
-            let s = GdnShape {
-                n_k_heads: hk,
-                n_v_heads: hv,
-                head_k_dim: dk,
-                head_v_dim: dv,
-            };
+            let s = GdnShape { n_k_heads: hk, n_v_heads: hv, head_k_dim: dk, head_v_dim: dv };
             for map in MAPS {
                 for decay in [Decay::Gates, Decay::Mixed] {
                     let x = make_inputs(&mut rng, s, 70, decay);
@@ -222,16 +200,8 @@ fn recurrent_matches_f64() {
                     let out = run_recurrent(&x, &mut st32, s, map);
                     let expected = recurrent_f64(&x, &mut st64, s, map);
                     let scale = expected.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-                    let d_out = out
-                        .iter()
-                        .zip(&expected)
-                        .map(|(a, b)| (*a as f64 - b).abs())
-                        .fold(0.0, f64::max);
-                    let d_st = st32
-                        .iter()
-                        .zip(&st64)
-                        .map(|(a, b)| (*a as f64 - b).abs())
-                        .fold(0.0, f64::max);
+                    let d_out = out.iter().zip(&expected).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+                    let d_st = st32.iter().zip(&st64).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
                     worst = worst.max(d_out / scale).max(d_st);
                     assert!(
                         d_out <= TOL * scale && d_st <= TOL,
@@ -251,22 +221,14 @@ fn chunked_matches_recurrent_grid() {
     let (mut out_mag, mut state_mag) = (0.0f64, 0.0f64);
     for (hk, hv) in HEADS {
         for (dk, dv) in DIMS {
-            let s = GdnShape {
-                n_k_heads: hk,
-                n_v_heads: hv,
-                head_k_dim: dk,
-                head_v_dim: dv,
-            };
+            let s = GdnShape { n_k_heads: hk, n_v_heads: hv, head_k_dim: dk, head_v_dim: dv };
             for t in LENGTHS {
                 for chunk in [16usize, 64] {
                     for map in MAPS {
                         for zero_state in [true, false] {
                             let x = make_inputs(&mut rng, s, t, Decay::Gates);
-                            let state0 = if zero_state {
-                                vec![0.0; s.state_len()]
-                            } else {
-                                rng.vec(s.state_len(), 0.5)
-                            };
+                            let state0 =
+                                if zero_state { vec![0.0; s.state_len()] } else { rng.vec(s.state_len(), 0.5) };
                             let (mut st_r, mut st_c) = (state0.clone(), state0.clone());
                             let out_r = run_recurrent(&x, &mut st_r, s, map);
                             let out_c = run_chunked(&x, &mut st_c, s, map, chunk);
@@ -299,12 +261,7 @@ fn extreme_decays_stay_finite_and_agree() {
     let mut worst = 0.0f64;
     for decay in [Decay::Strong, Decay::None, Decay::Mixed] {
         for (hk, hv) in [(2usize, 4usize), (3, 3)] {
-            let s = GdnShape {
-                n_k_heads: hk,
-                n_v_heads: hv,
-                head_k_dim: 16,
-                head_v_dim: 24,
-            };
+            let s = GdnShape { n_k_heads: hk, n_v_heads: hv, head_k_dim: 16, head_v_dim: 24 };
             for chunk in [16usize, 64] {
                 for t in [1usize, 65, 200] {
                     let x = make_inputs(&mut rng, s, t, decay);
@@ -312,15 +269,7 @@ fn extreme_decays_stay_finite_and_agree() {
                     let (mut st_r, mut st_c) = (state0.clone(), state0.clone());
                     let out_r = run_recurrent(&x, &mut st_r, s, HeadMap::Grouped);
                     let out_c = run_chunked(&x, &mut st_c, s, HeadMap::Grouped, chunk);
-                    assert!(
-                        out_r
-                            .iter()
-                            .chain(&out_c)
-                            .chain(&st_r)
-                            .chain(&st_c)
-                            .all(|v| v.is_finite()),
-                        "{decay:?}"
-                    );
+                    assert!(out_r.iter().chain(&out_c).chain(&st_r).chain(&st_c).all(|v| v.is_finite()), "{decay:?}");
                     let d = (max_diff(&out_r, &out_c) / max_abs(&out_r).max(1.0))
                         .max(max_diff(&st_r, &st_c) / max_abs(&st_r).max(1.0));
                     worst = worst.max(d);
@@ -337,12 +286,7 @@ fn strong_decay_forgets_the_incoming_state() {
     // With g = -30 the old state is scaled by ~1e-13: outputs are those of a
     // fresh start up to that factor.
     let mut rng = Rng(34);
-    let s = GdnShape {
-        n_k_heads: 2,
-        n_v_heads: 4,
-        head_k_dim: 16,
-        head_v_dim: 16,
-    };
+    let s = GdnShape { n_k_heads: 2, n_v_heads: 4, head_k_dim: 16, head_v_dim: 16 };
     let x = make_inputs(&mut rng, s, 20, Decay::Strong);
     let mut st_warm = rng.vec(s.state_len(), 0.5);
     let mut st_cold = vec![0.0; s.state_len()];
@@ -356,10 +300,7 @@ fn strong_decay_forgets_the_incoming_state() {
 fn grouped_to_tiled(data: &[f32], s: GdnShape, width: usize) -> Vec<f32> {
     let (hk, hv, r) = (s.n_k_heads, s.n_v_heads, s.ratio());
     let mut out = vec![0.0; data.len()];
-    for (src, dst) in data
-        .chunks_exact(hv * width)
-        .zip(out.chunks_exact_mut(hv * width))
-    {
+    for (src, dst) in data.chunks_exact(hv * width).zip(out.chunks_exact_mut(hv * width)) {
         for g in 0..hk {
             for j in 0..r {
                 let (h, n) = (g * r + j, j * hk + g);
@@ -374,12 +315,7 @@ fn grouped_to_tiled(data: &[f32], s: GdnShape, width: usize) -> Vec<f32> {
 fn tiled_on_permuted_heads_equals_grouped() {
     let mut rng = Rng(35);
     for (hk, hv) in [(2usize, 4usize), (2, 6), (3, 6), (3, 3)] {
-        let s = GdnShape {
-            n_k_heads: hk,
-            n_v_heads: hv,
-            head_k_dim: 16,
-            head_v_dim: 24,
-        };
+        let s = GdnShape { n_k_heads: hk, n_v_heads: hv, head_k_dim: 16, head_v_dim: 24 };
         let (dk, dv) = (s.head_k_dim, s.head_v_dim);
         let x = make_inputs(&mut rng, s, 70, Decay::Gates);
         let state0 = rng.vec(s.state_len(), 0.5);
@@ -397,11 +333,7 @@ fn tiled_on_permuted_heads_equals_grouped() {
         let og = run_recurrent(&x, &mut sg, s, HeadMap::Grouped);
         let ot = run_recurrent(&xt, &mut st, s, HeadMap::Tiled);
         assert_eq!(grouped_to_tiled(&og, s, dv), ot, "recurrent {s:?}");
-        assert_eq!(
-            grouped_to_tiled(&sg, s, dk * dv),
-            st,
-            "recurrent state {s:?}"
-        );
+        assert_eq!(grouped_to_tiled(&sg, s, dk * dv), st, "recurrent state {s:?}");
 
         let (mut sg, mut st) = (state0.clone(), state0_t.clone());
         let og = run_chunked(&x, &mut sg, s, HeadMap::Grouped, 16);
@@ -415,12 +347,7 @@ fn tiled_on_permuted_heads_equals_grouped() {
 fn head_maps_differ_when_ratio_above_one() {
     // Guard against a HeadMap that silently ignores its variant.
     let mut rng = Rng(36);
-    let s = GdnShape {
-        n_k_heads: 2,
-        n_v_heads: 4,
-        head_k_dim: 8,
-        head_v_dim: 8,
-    };
+    let s = GdnShape { n_k_heads: 2, n_v_heads: 4, head_k_dim: 8, head_v_dim: 8 };
     let x = make_inputs(&mut rng, s, 3, Decay::Gates);
     let a = run_recurrent(&x, &mut vec![0.0; s.state_len()], s, HeadMap::Grouped);
     let b = run_recurrent(&x, &mut vec![0.0; s.state_len()], s, HeadMap::Tiled);
@@ -442,12 +369,7 @@ fn token_range(x: &Inputs, s: GdnShape, from: usize, to: usize) -> Inputs {
 #[test]
 fn consecutive_chunked_calls_equal_one_call() {
     let mut rng = Rng(37);
-    let s = GdnShape {
-        n_k_heads: 2,
-        n_v_heads: 6,
-        head_k_dim: 16,
-        head_v_dim: 24,
-    };
+    let s = GdnShape { n_k_heads: 2, n_v_heads: 6, head_k_dim: 16, head_v_dim: 24 };
     let t = 200;
     let x = make_inputs(&mut rng, s, t, Decay::Gates);
     let state0 = rng.vec(s.state_len(), 0.5);
@@ -457,11 +379,7 @@ fn consecutive_chunked_calls_equal_one_call() {
 
     // Splits on chunk boundaries do the very same arithmetic: bit-identical.
     // Other splits move the chunk boundaries: equal to rounding.
-    for (splits, exact) in [
-        (&[64usize, 16, 120][..], true),
-        (&[1, 37, 100, 62][..], false),
-        (&[5; 40][..], false),
-    ] {
+    for (splits, exact) in [(&[64usize, 16, 120][..], true), (&[1, 37, 100, 62][..], false), (&[5; 40][..], false)] {
         let mut scratch = GdnScratch::new(s, chunk);
         let mut st = state0.clone();
         let mut out = vec![0.0f32; x.v.len()];
@@ -500,70 +418,26 @@ fn consecutive_chunked_calls_equal_one_call() {
 #[test]
 fn scratch_for_a_larger_chunk_serves_a_smaller_one() {
     let mut rng = Rng(38);
-    let s = GdnShape {
-        n_k_heads: 1,
-        n_v_heads: 2,
-        head_k_dim: 8,
-        head_v_dim: 12,
-    };
+    let s = GdnShape { n_k_heads: 1, n_v_heads: 2, head_k_dim: 8, head_v_dim: 12 };
     let x = make_inputs(&mut rng, s, 50, Decay::Gates);
     let mut st_a = vec![0.0; s.state_len()];
     let a = run_chunked(&x, &mut st_a, s, HeadMap::Grouped, 16);
     let mut scratch = GdnScratch::new(s, 64);
     let mut st_b = vec![0.0; s.state_len()];
     let mut b = vec![0.0; x.v.len()];
-    gdn_chunked(
-        &x.q,
-        &x.k,
-        &x.v,
-        &x.beta,
-        &x.g,
-        &mut st_b,
-        s,
-        HeadMap::Grouped,
-        16,
-        &mut scratch,
-        &mut b,
-    );
+    gdn_chunked(&x.q, &x.k, &x.v, &x.beta, &x.g, &mut st_b, s, HeadMap::Grouped, 16, &mut scratch, &mut b);
     assert_eq!(a, b);
     assert_eq!(st_a, st_b);
 }
 
 #[test]
 fn zero_tokens_is_a_no_op() {
-    let s = GdnShape {
-        n_k_heads: 2,
-        n_v_heads: 4,
-        head_k_dim: 8,
-        head_v_dim: 8,
-    };
+    let s = GdnShape { n_k_heads: 2, n_v_heads: 4, head_k_dim: 8, head_v_dim: 8 };
     let state0: Vec<f32> = (0..s.state_len()).map(|i| i as f32).collect();
     let mut st = state0.clone();
-    gdn_recurrent(
-        &[],
-        &[],
-        &[],
-        &[],
-        &[],
-        &mut st,
-        s,
-        HeadMap::Grouped,
-        &mut [],
-    );
+    gdn_recurrent(&[], &[], &[], &[], &[], &mut st, s, HeadMap::Grouped, &mut []);
     let mut scratch = GdnScratch::new(s, 16);
-    gdn_chunked(
-        &[],
-        &[],
-        &[],
-        &[],
-        &[],
-        &mut st,
-        s,
-        HeadMap::Grouped,
-        16,
-        &mut scratch,
-        &mut [],
-    );
+    gdn_chunked(&[], &[], &[], &[], &[], &mut st, s, HeadMap::Grouped, 16, &mut scratch, &mut []);
     assert_eq!(st, state0);
 }
 
@@ -589,11 +463,7 @@ fn gates_follow_the_formula() {
         let g_ref = -(a_log[h] as f64).exp() * sp;
         let beta_ref = 1.0 / (1.0 + (-(b[i] as f64)).exp());
         assert!(g[i].is_finite() && g[i] <= 0.0);
-        assert!(
-            (g[i] as f64 - g_ref).abs() <= 1e-6 * g_ref.abs().max(1e-30) * 4.0,
-            "g[{i}] {} vs {g_ref}",
-            g[i]
-        );
+        assert!((g[i] as f64 - g_ref).abs() <= 1e-6 * g_ref.abs().max(1e-30) * 4.0, "g[{i}] {} vs {g_ref}", g[i]);
         assert!((beta[i] as f64 - beta_ref).abs() <= 1e-7, "beta[{i}]");
     }
     // Above the threshold softplus is the identity.
@@ -650,7 +520,18 @@ fn parallel_drivers_match_the_reference_kernels() {
                             let mut st = state0.clone();
                             let mut out = vec![f32::NAN; x.v.len()];
                             gdn_chunked_parallel(
-                                level, &x.q, &x.k, &x.v, &x.beta, &x.g, &mut st, s, map, 16, &mut scratches, &mut out,
+                                level,
+                                &x.q,
+                                &x.k,
+                                &x.v,
+                                &x.beta,
+                                &x.g,
+                                &mut st,
+                                s,
+                                map,
+                                16,
+                                &mut scratches,
+                                &mut out,
                             );
                             let what = format!("{level:?} {s:?} {map:?} t{t} scratches {n_scratch}");
                             assert_twin(level, s, &out, &out_ref, &st, &st_ref, &what);
@@ -665,7 +546,10 @@ fn parallel_drivers_match_the_reference_kernels() {
                         let d_out = out.iter().zip(&expected).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
                         let d_st = st.iter().zip(&st64).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
                         worst = worst.max(d_out / scale).max(d_st);
-                        assert!(d_out <= TOL * scale && d_st <= TOL, "{level:?} {s:?} {map:?} t{t}: out {d_out:e} state {d_st:e}");
+                        assert!(
+                            d_out <= TOL * scale && d_st <= TOL,
+                            "{level:?} {s:?} {map:?} t{t}: out {d_out:e} state {d_st:e}"
+                        );
                     }
                 }
             }
@@ -705,8 +589,18 @@ fn blocked_chunk_kernel_matches_the_twin() {
                             for (from, to) in [(0, cut), (cut, t)] {
                                 let xs = token_range(&x, s, from, to);
                                 gdn_chunked_parallel(
-                                    level, &xs.q, &xs.k, &xs.v, &xs.beta, &xs.g, &mut st, s, map, chunk,
-                                    &mut scratches, &mut out[from * hv * dv..to * hv * dv],
+                                    level,
+                                    &xs.q,
+                                    &xs.k,
+                                    &xs.v,
+                                    &xs.beta,
+                                    &xs.g,
+                                    &mut st,
+                                    s,
+                                    map,
+                                    chunk,
+                                    &mut scratches,
+                                    &mut out[from * hv * dv..to * hv * dv],
                                 );
                             }
                             // The split reference: the twin over the same two calls.

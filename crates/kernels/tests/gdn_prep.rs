@@ -166,7 +166,15 @@ fn one_call_or_many_gives_identical_results_at_every_level() {
             let mut pieces: Vec<Prepared> = Vec::new();
             for (lo, hi) in [(0, 1), (1, 4), (4, 5), (5, 11)] {
                 let n = hi - lo;
-                pieces.push(fused(level, &c, &m[lo * cd..hi * cd], &b[lo * hv..hi * hv], &a[lo * hv..hi * hv], &mut s_one, n));
+                pieces.push(fused(
+                    level,
+                    &c,
+                    &m[lo * cd..hi * cd],
+                    &b[lo * hv..hi * hv],
+                    &a[lo * hv..hi * hv],
+                    &mut s_one,
+                    n,
+                ));
             }
             for (i, whole) in all.0.iter().enumerate() {
                 let joined: Vec<f32> = pieces.iter().flat_map(|p| p.0[i].iter().copied()).collect();

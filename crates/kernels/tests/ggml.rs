@@ -267,10 +267,7 @@ fn ggml_matref_rejects_bad_shapes() {
         QuantError::ByteCount { what: "ggml weight", shape: [3, 256], elem: "Q4_K", expected: 432, got: 288 }
     );
     assert!(matches!(MatRef::ggml(GgmlType::Q8_0, 2, 48, &bytes), Err(QuantError::GgmlBlock { block_size: 32, .. })));
-    assert!(matches!(
-        MatRef::ggml(GgmlType::Q8_0, usize::MAX / 2, 64, &bytes),
-        Err(QuantError::TooLarge { .. })
-    ));
+    assert!(matches!(MatRef::ggml(GgmlType::Q8_0, usize::MAX / 2, 64, &bytes), Err(QuantError::TooLarge { .. })));
     // The messages name the type and the sizes.
     let msg = MatRef::ggml(GgmlType::Q4K, 2, 300, &bytes).unwrap_err().to_string();
     assert!(msg.contains("Q4_K") && msg.contains("256") && msg.contains("300"), "{msg}");
@@ -293,7 +290,8 @@ fn quantizers_match_their_reference_byte_for_byte() {
         let mut got = vec![0u8; want.len()];
         quantizer(ty).unwrap_or_else(|| panic!("{ty}: golden but no quantizer"))(&x, &mut got);
         let ts = ty.type_size();
-        let bad: Vec<usize> = (0..want.len() / ts).filter(|&b| got[b * ts..(b + 1) * ts] != want[b * ts..(b + 1) * ts]).collect();
+        let bad: Vec<usize> =
+            (0..want.len() / ts).filter(|&b| got[b * ts..(b + 1) * ts] != want[b * ts..(b + 1) * ts]).collect();
         assert!(
             bad.is_empty(),
             "{ty}: {} of {} blocks differ from {}; first block {}:\n ours {:?}\n want {:?}",
@@ -456,7 +454,16 @@ fn quantize_then_decode_round_trips() {
         eprintln!("{ty}: relative rmse {e:.5}");
         assert!(e <= bound, "{ty}: relative rmse {e} > {bound}");
     }
-    for ty in [GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q2K, GgmlType::Q3K, GgmlType::Q5K, GgmlType::IQ4NL, GgmlType::IQ4XS] {
+    for ty in [
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q2K,
+        GgmlType::Q3K,
+        GgmlType::Q5K,
+        GgmlType::IQ4NL,
+        GgmlType::IQ4XS,
+    ] {
         assert!(quantizer(ty).is_none(), "{ty}");
     }
 }

@@ -167,7 +167,9 @@ fn fp8_matmul_matches_dequantised_reference() {
             let case = fp8_case(&mut rng, rows, cols, br, bc, sdt);
             let m = MatRef::fp8(rows, cols, &case.codes, &case.scales, sdt, br, bc).unwrap();
             assert_eq!(m.storage_bytes(), case.codes.len() + case.scales.len());
-            assert!(matches!(m.enc, Encoding::Fp8Block { block_rows, block_cols, .. } if block_rows == br && block_cols == bc));
+            assert!(
+                matches!(m.enc, Encoding::Fp8Block { block_rows, block_cols, .. } if block_rows == br && block_cols == bc)
+            );
             let label = format!("fp8 {rows}x{cols} block {br}x{bc} {sdt}");
             check_mat(&m, &case.w, 3, &mut rng, &label);
         }

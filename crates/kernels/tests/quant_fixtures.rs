@@ -46,7 +46,8 @@ fn load(dir: &str) -> BTreeMap<String, Tensor> {
             "U32" => DType::U32,
             other => panic!("{name}: unexpected dtype {other}"),
         };
-        let shape: Vec<usize> = info["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+        let shape: Vec<usize> =
+            info["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
         let off = info["data_offsets"].as_array().unwrap();
         let (a, b) = (off[0].as_u64().unwrap() as usize, off[1].as_u64().unwrap() as usize);
         out.insert(name.clone(), Tensor { dtype, shape, bytes: data[a..b].to_vec() });
@@ -108,7 +109,8 @@ fn check_mlx(dir: &str, want_bits: &[usize], want_tensors: usize) {
                 // scale and bias to bf16 (relative 2^-9, times q up to
                 // 2^bits - 1). A wrong bit order misses by many steps.
                 let err = (row[c] - ov[r * cols + c]).abs();
-                let tol = sv[gi].abs() * 1.05 + (bv[gi].abs() + sv[gi].abs() * ((1 << bits) - 1) as f32) * 2f32.powi(-8);
+                let tol =
+                    sv[gi].abs() * 1.05 + (bv[gi].abs() + sv[gi].abs() * ((1 << bits) - 1) as f32) * 2f32.powi(-8);
                 assert!(err <= tol, "{name} [{r}, {c}]: {} vs bf16 {} (scale {})", row[c], ov[r * cols + c], sv[gi]);
             }
         }

@@ -33,10 +33,7 @@ fn inv_freq_is_theta_power_rounded_once() {
         for (i, &f) in table.inv_freq().iter().enumerate() {
             let exact = theta.powf(-(2.0 * i as f64) / rd as f64);
             // One rounding to f32: relative error <= 2^-24.
-            assert!(
-                ((f as f64 - exact) / exact).abs() <= 6.0e-8,
-                "rd {rd} theta {theta} i {i}"
-            );
+            assert!(((f as f64 - exact) / exact).abs() <= 6.0e-8, "rd {rd} theta {theta} i {i}");
         }
     }
 }
@@ -44,12 +41,7 @@ fn inv_freq_is_theta_power_rounded_once() {
 #[test]
 fn matches_direct_formula() {
     let mut rng = Rng(1);
-    for &(rd, hd, theta) in &[
-        (64usize, 256usize, 1e7f64),
-        (64, 64, 1e7),
-        (8, 12, 1e4),
-        (16, 16, 5e6),
-    ] {
+    for &(rd, hd, theta) in &[(64usize, 256usize, 1e7f64), (64, 64, 1e7), (8, 12, 1e4), (16, 16, 5e6)] {
         let table = RopeTable::new(rd, theta);
         for &pos in &POSITIONS {
             let head = rng.vec(hd, 1.0);
@@ -58,10 +50,7 @@ fn matches_direct_formula() {
             table.apply_neox(&mut got, pos);
             for (d, (&g, &e)) in got.iter().zip(&expected).enumerate() {
                 // f32 rounding of cos/sin and of two products and a sum.
-                assert!(
-                    (g as f64 - e).abs() <= 4e-7,
-                    "rd {rd} hd {hd} pos {pos} dim {d}: {g} vs {e}"
-                );
+                assert!((g as f64 - e).abs() <= 4e-7, "rd {rd} hd {hd} pos {pos} dim {d}: {g} vs {e}");
             }
         }
     }
@@ -149,12 +138,7 @@ fn dot_product_depends_only_on_offset_even_far_out() {
     let table = RopeTable::new(64, 1e7);
     let q = rng.vec(64, 1.0);
     let k = rng.vec(64, 1.0);
-    let dot = |a: &[f32], b: &[f32]| {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| *x as f64 * *y as f64)
-            .sum::<f64>()
-    };
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>();
     for d in [0usize, 1, 5, 100] {
         let (mut q0, mut k0) = (q.clone(), k.clone());
         table.apply_neox(&mut q0, d);

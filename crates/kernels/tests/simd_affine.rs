@@ -72,8 +72,17 @@ impl Case {
     }
 
     fn mat(&self) -> MatRef<'_> {
-        MatRef::affine(self.rows, self.cols, &self.words, self.bits, self.group, &self.scale_bytes, &self.bias_bytes, self.dt)
-            .unwrap()
+        MatRef::affine(
+            self.rows,
+            self.cols,
+            &self.words,
+            self.bits,
+            self.group,
+            &self.scale_bytes,
+            &self.bias_bytes,
+            self.dt,
+        )
+        .unwrap()
     }
 
     /// `Σ_g |scale_g| Σ_i |q_i x_i| + |bias_g| Σ_i |x_i|` per row: the size
@@ -99,7 +108,11 @@ impl Case {
         (0..self.rows)
             .map(|r| {
                 (0..self.cols)
-                    .map(|c| (self.scales[r * gpr + c / self.group] * self.q[r * self.cols + c] as f32).abs() * xq[c / 32].d * 0.5)
+                    .map(|c| {
+                        (self.scales[r * gpr + c / self.group] * self.q[r * self.cols + c] as f32).abs()
+                            * xq[c / 32].d
+                            * 0.5
+                    })
                     .sum()
             })
             .collect()
@@ -209,7 +222,11 @@ fn error_vs_unquantized_activations_is_within_the_int8_bound() {
                 gemv_affine(level, &w, 0..rows, &xq, &mut y);
                 for r in 0..rows {
                     let err = (y[r] - exact[r]).abs();
-                    assert!(err <= bound[r] + 1e-5 * mag[r], "{level:?} {bits}-bit g{group} r{r}: err {err} bound {}", bound[r]);
+                    assert!(
+                        err <= bound[r] + 1e-5 * mag[r],
+                        "{level:?} {bits}-bit g{group} r{r}: err {err} bound {}",
+                        bound[r]
+                    );
                 }
             }
         }

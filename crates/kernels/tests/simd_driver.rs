@@ -41,7 +41,12 @@ fn check(name: &str, w: &MatRef, rng: &mut Rng, tol: f32) {
             let mut got = vec![f32::NAN; t * w.rows];
             matmul(w, &x, &mut got, t);
             for i in 0..got.len() {
-                assert!((got[i] - want[i]).abs() <= tol * mag[i] + 1e-6, "{name} t{t} threads {threads} [{i}]: {} vs {}", got[i], want[i]);
+                assert!(
+                    (got[i] - want[i]).abs() <= tol * mag[i] + 1e-6,
+                    "{name} t{t} threads {threads} [{i}]: {} vs {}",
+                    got[i],
+                    want[i]
+                );
             }
             let mut exact = vec![f32::NAN; t * w.rows];
             with_f32_activations(|| matmul(w, &x, &mut exact, t));
@@ -74,7 +79,8 @@ fn float_and_ggml_types() {
     let (rows, cols) = (41, 512);
     let f: Vec<u8> = rng.vec(rows * cols, 1.0).iter().flat_map(|v| v.to_le_bytes()).collect();
     check("f32", &MatRef::new(DType::F32, rows, cols, &f), &mut rng, 1e-5);
-    for ty in [qmoe_core::GgmlType::Q8_0, qmoe_core::GgmlType::Q4K, qmoe_core::GgmlType::Q6K, qmoe_core::GgmlType::Q4_0] {
+    for ty in [qmoe_core::GgmlType::Q8_0, qmoe_core::GgmlType::Q4K, qmoe_core::GgmlType::Q6K, qmoe_core::GgmlType::Q4_0]
+    {
         let Some(quantize) = qmoe_kernels::ggml::quantizer(ty) else { continue };
         let vals = rng.vec(rows * cols, 1.0);
         let mut bytes = vec![0u8; rows * ty.row_bytes(cols).unwrap()];

@@ -56,13 +56,23 @@ fn every_level_matches_scalar_twin_and_twin_matches_reference() {
                 let mut twin = vec![0.0; rows];
                 gemv_float(Level::Scalar, &w, 0..rows, &x, &mut twin);
                 for r in 0..rows {
-                    assert!(close(twin[r], want[r], mag[r]), "{dt} {rows}x{cols} r{r}: twin {} ref {}", twin[r], want[r]);
+                    assert!(
+                        close(twin[r], want[r], mag[r]),
+                        "{dt} {rows}x{cols} r{r}: twin {} ref {}",
+                        twin[r],
+                        want[r]
+                    );
                 }
                 for &level in &levels {
                     let mut y = vec![0.0; rows];
                     gemv_float(level, &w, 0..rows, &x, &mut y);
                     for r in 0..rows {
-                        assert!(close(y[r], twin[r], mag[r]), "{level:?} {dt} {rows}x{cols} r{r}: {} vs {}", y[r], twin[r]);
+                        assert!(
+                            close(y[r], twin[r], mag[r]),
+                            "{level:?} {dt} {rows}x{cols} r{r}: {} vs {}",
+                            y[r],
+                            twin[r]
+                        );
                     }
                     // A sub-range gives the same rows, bit for bit.
                     if rows > 1 {
@@ -124,7 +134,11 @@ fn widening_is_exact_for_every_f16_and_bf16_pattern() {
             for c in 0..cols {
                 let mut x = vec![0.0; cols];
                 x[c] = 1.0;
-                let want = if dt == DType::F16 { f16::from_bits(chunk[c]).to_f32() } else { bf16::from_bits(chunk[c]).to_f32() };
+                let want = if dt == DType::F16 {
+                    f16::from_bits(chunk[c]).to_f32()
+                } else {
+                    bf16::from_bits(chunk[c]).to_f32()
+                };
                 for level in simd::available() {
                     let mut y = [0.0];
                     gemv_float(level, &w, 0..1, &x, &mut y);

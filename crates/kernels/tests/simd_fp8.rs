@@ -67,8 +67,16 @@ impl Case {
     }
 
     fn mat(&self) -> MatRef<'_> {
-        MatRef::fp8(self.rows, self.cols, &self.codes, &self.scale_bytes, self.scale_dtype, self.block[0], self.block[1])
-            .unwrap()
+        MatRef::fp8(
+            self.rows,
+            self.cols,
+            &self.codes,
+            &self.scale_bytes,
+            self.scale_dtype,
+            self.block[0],
+            self.block[1],
+        )
+        .unwrap()
     }
 
     /// `Σ_c |w[r][c]| |x[c]|` per row (the size of the sum being rounded).

@@ -96,10 +96,7 @@ impl Acts {
             ActKind::Q8K => Acts::K(
                 (0..n / 256)
                     .map(|_| {
-                        let mut b = BlockQ8K {
-                            d: 0.01,
-                            ..Default::default()
-                        };
+                        let mut b = BlockQ8K { d: 0.01, ..Default::default() };
                         b.qs.iter_mut().for_each(|q| *q = code());
                         for (s, q) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
                             *s = q.iter().map(|&q| q as i16).sum();
@@ -111,10 +108,7 @@ impl Acts {
             _ => Acts::X(
                 (0..n / 32)
                     .map(|_| {
-                        let mut b = BlockQ8x32 {
-                            d: 0.01,
-                            ..Default::default()
-                        };
+                        let mut b = BlockQ8x32 { d: 0.01, ..Default::default() };
                         b.qs.iter_mut().for_each(|q| *q = code());
                         b.sum = b.qs.iter().map(|&q| q as f32 * 0.01).sum::<f32>() + 0.125;
                         b
@@ -135,14 +129,8 @@ impl Acts {
     /// the kernels' use of it), with its block's scale.
     fn dequant(&self) -> Vec<(f64, f64)> {
         match self {
-            Acts::K(x) => x
-                .iter()
-                .flat_map(|b| b.qs.iter().map(|&q| ((b.d * q as f32) as f64, b.d as f64)))
-                .collect(),
-            Acts::X(x) => x
-                .iter()
-                .flat_map(|b| b.qs.iter().map(|&q| ((b.d * q as f32) as f64, b.d as f64)))
-                .collect(),
+            Acts::K(x) => x.iter().flat_map(|b| b.qs.iter().map(|&q| ((b.d * q as f32) as f64, b.d as f64))).collect(),
+            Acts::X(x) => x.iter().flat_map(|b| b.qs.iter().map(|&q| ((b.d * q as f32) as f64, b.d as f64))).collect(),
         }
     }
 
@@ -223,13 +211,9 @@ fn for_grid_of(
                     let w = weights(ty, how, rows, blocks, &mut rng);
                     let cols = blocks * ty.block_size();
                     for full in [false, true] {
-                        let acts = if full {
-                            Acts::full_scale(ty, cols, &mut rng)
-                        } else {
-                            Acts::of(ty, &rng.vec(cols, 2.0))
-                        };
-                        let what =
-                            format!("{ty} {how:?} rows {rows} blocks {blocks} full-scale x {full}");
+                        let acts =
+                            if full { Acts::full_scale(ty, cols, &mut rng) } else { Acts::of(ty, &rng.vec(cols, 2.0)) };
+                        let what = format!("{ty} {how:?} rows {rows} blocks {blocks} full-scale x {full}");
                         f(ty, &what, &w, &acts, rows);
                     }
                 }
@@ -244,20 +228,13 @@ fn for_grid_of(
 #[test]
 fn avx512_is_available_where_expected() {
     if std::env::var("QMOE_EXPECT_AVX512").is_ok_and(|v| v == "1") {
-        assert!(
-            available().contains(&Level::Avx512),
-            "QMOE_EXPECT_AVX512=1 but the CPU runs only {:?}",
-            available()
-        );
+        assert!(available().contains(&Level::Avx512), "QMOE_EXPECT_AVX512=1 but the CPU runs only {:?}", available());
     }
 }
 
 /// Every level this CPU runs gives the scalar twin's products.
 fn levels_match_the_twin(ty: GgmlType, what: &str, w: &[u8], acts: &Acts, rows: usize) {
-    let want: Vec<f64> = run(Level::Scalar, ty, w, acts, rows)
-        .iter()
-        .map(|&v| v as f64)
-        .collect();
+    let want: Vec<f64> = run(Level::Scalar, ty, w, acts, rows).iter().map(|&v| v as f64).collect();
     let norms: Vec<f64> = reference(ty, w, rows, acts).iter().map(|r| r.1).collect();
     for level in available() {
         let got = run(level, ty, w, acts, rows);
@@ -278,13 +255,7 @@ fn every_level_matches_the_scalar_twin() {
 fn vnni_types_match_the_scalar_twin() {
     use GgmlType::*;
     let tys = [Q8_0, Q4_0, Q4K, Q5K, Q6K, IQ4XS];
-    for_grid_of(
-        tys,
-        &[1, 3],
-        &[1, 2, 7],
-        Rng(0xA5_12),
-        levels_match_the_twin,
-    );
+    for_grid_of(tys, &[1, 3], &[1, 2, 7], Rng(0xA5_12), levels_match_the_twin);
 }
 
 #[test]
@@ -292,13 +263,7 @@ fn scalar_twin_matches_decode_then_f64_dot() {
     for_grid(|ty, what, w, acts, rows| {
         let r = reference(ty, w, rows, acts);
         let (want, norms): (Vec<f64>, Vec<f64>) = r.into_iter().unzip();
-        check_close(
-            what,
-            &run(Level::Scalar, ty, w, acts, rows),
-            &want,
-            &norms,
-            1e-5,
-        );
+        check_close(what, &run(Level::Scalar, ty, w, acts, rows), &want, &norms, 1e-5);
     });
 }
 
@@ -328,15 +293,14 @@ fn error_against_f32_activations_is_within_the_int8_bound() {
                     }
                     let tol = bound + 1e-5 * norm;
                     let err = (y[r] as f64 - exact).abs();
-                    assert!(err <= tol, "{level:?} {ty} {rows}x{blocks} row {r}: {} vs exact {exact}, err {err:e} > {tol:e}", y[r]);
+                    assert!(
+                        err <= tol,
+                        "{level:?} {ty} {rows}x{blocks} row {r}: {} vs exact {exact}, err {err:e} > {tol:e}",
+                        y[r]
+                    );
                     // The bound is not vacuous: it is a small part of the row's size.
                     assert!(
-                        bound
-                            < 0.1
-                                * wf.iter()
-                                    .zip(&x)
-                                    .map(|(a, b)| (a * b).abs() as f64)
-                                    .sum::<f64>(),
+                        bound < 0.1 * wf.iter().zip(&x).map(|(a, b)| (a * b).abs() as f64).sum::<f64>(),
                         "{ty}: loose bound"
                     );
                 }
@@ -357,13 +321,7 @@ fn shapes_are_checked() {
         assert!(r.is_err(), "{ty}: a wrong byte count must panic");
     }
     let r = std::panic::catch_unwind(|| {
-        gemv_q8x32(
-            Level::Scalar,
-            GgmlType::Q4K,
-            &[0; 144],
-            &[BlockQ8x32::default(); 8],
-            &mut [0.0],
-        )
+        gemv_q8x32(Level::Scalar, GgmlType::Q4K, &[0; 144], &[BlockQ8x32::default(); 8], &mut [0.0])
     });
     assert!(r.is_err(), "Q4_K with Q8x32 activations must panic");
 }

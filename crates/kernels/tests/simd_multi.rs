@@ -99,7 +99,10 @@ fn compare(what: &str, y: &[f32], stride: usize, n_rows: usize, want: &[f32], no
                 assert_eq!(g.to_bits(), w.to_bits(), "{what}: token {t} row {i}: {g} vs per-token {w}");
             } else {
                 let tol = 1e-5 * norms[t][i];
-                assert!((g as f64 - w as f64).abs() <= tol, "{what}: token {t} row {i}: {g} vs per-token {w} (tol {tol:e})");
+                assert!(
+                    (g as f64 - w as f64).abs() <= tol,
+                    "{what}: token {t} row {i}: {g} vs per-token {w} (tol {tol:e})"
+                );
             }
         }
         for i in n_rows..stride.min(y.len() - t * stride) {
@@ -302,6 +305,8 @@ fn shapes_are_checked() {
     let x = vec![BlockQ8K::default(); 2];
     let r = std::panic::catch_unwind(|| gemm_q8k(Level::Scalar, ty, &w, 2, &x, 2, &mut [0.0; 5], 4));
     assert!(r.is_err(), "a short output must panic");
-    let r = std::panic::catch_unwind(|| gemm_q8x32(Level::Scalar, ty, &w, 2, &[BlockQ8x32::default(); 16], 2, &mut [0.0; 4], 2));
+    let r = std::panic::catch_unwind(|| {
+        gemm_q8x32(Level::Scalar, ty, &w, 2, &[BlockQ8x32::default(); 16], 2, &mut [0.0; 4], 2)
+    });
     assert!(r.is_err(), "Q4_K with Q8x32 activations must panic");
 }

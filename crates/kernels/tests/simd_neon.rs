@@ -84,7 +84,8 @@ fn affine_gemv_returns_the_twins_bits() {
                 let words: Vec<u8> = (0..rows * cols * b as usize / 8).map(|_| rng.next_u64() as u8).collect();
                 let n = rows * cols / group;
                 let s: Vec<f32> = (0..n).map(|_| 0.01 + 0.01 * rng.uniform()).collect();
-                let bias: Vec<f32> = s.iter().map(|&s| -s * (1 << (b - 1)) as f32 * (1.0 + 0.2 * rng.uniform())).collect();
+                let bias: Vec<f32> =
+                    s.iter().map(|&s| -s * (1 << (b - 1)) as f32 * (1.0 + 0.2 * rng.uniform())).collect();
                 let (sb, bb) = (store(dt, &s), store(dt, &bias));
                 let w = MatRef::affine(rows, cols, &words, b, group, &sb, &bb, dt).unwrap();
                 let mut xq = vec![BlockQ8x32::default(); cols / 32];

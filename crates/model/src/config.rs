@@ -325,7 +325,6 @@ fn rotary_dims(head_dim: usize, factor: f64) -> usize {
     (head_dim as f64 * factor).floor() as usize
 }
 
-
 /// A value shown in an error: short JSON text.
 fn show(v: &Value) -> String {
     let s = v.to_string();
@@ -491,12 +490,14 @@ fn parse(top: &Map<String, Value>, path: &Path) -> Result<Config> {
     let head_dim = match f.size_opt("head_dim")? {
         Some(hd) => hd,
         None if hidden_size % num_attention_heads == 0 => hidden_size / num_attention_heads,
-        None => return Err(f.invalid(
-            "head_dim",
-            format!(
+        None => {
+            return Err(f.invalid(
+                "head_dim",
+                format!(
                 "absent, and hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}"
             ),
-        )),
+            ))
+        }
     };
     if head_dim % 2 != 0 {
         return Err(f.invalid(

@@ -58,7 +58,8 @@ impl Model {
         if let Some(gguf) = gguf_path(path)? {
             return Self::load_gguf(&gguf);
         }
-        let dir: PathBuf = if path.is_file() { path.parent().unwrap_or(Path::new(".")).to_path_buf() } else { path.to_path_buf() };
+        let dir: PathBuf =
+            if path.is_file() { path.parent().unwrap_or(Path::new(".")).to_path_buf() } else { path.to_path_buf() };
         let config = Config::from_file(&dir.join("config.json"))?;
         let checkpoint = Checkpoint::open(&dir)?;
         Self::from_parts(config, checkpoint)
@@ -73,11 +74,17 @@ impl Model {
     pub fn load_gguf(path: &Path) -> Result<Model> {
         let file = GgufFile::open(path)?;
         let arch = file.architecture()?.to_string();
-        let vocab = file.tensor("token_embd.weight").map(|t| t.shape()).and_then(|s| s.first().copied()).ok_or_else(|| {
-            ModelError::MissingTensor { dir: path.to_path_buf(), name: "token_embd.weight".into(), what: "the token embeddings".into() }
-        })?;
+        let vocab =
+            file.tensor("token_embd.weight").map(|t| t.shape()).and_then(|s| s.first().copied()).ok_or_else(|| {
+                ModelError::MissingTensor {
+                    dir: path.to_path_buf(),
+                    name: "token_embd.weight".into(),
+                    what: "the token embeddings".into(),
+                }
+            })?;
         let config = config_from_gguf(path, &|k| file.get(k), &|n| file.tensor(n).is_some(), vocab)?;
-        let (weights, conventions) = load_gguf_weights(&file, &config, &arch).map_err(|g| ModelError::Gate(Box::new(g)))?;
+        let (weights, conventions) =
+            load_gguf_weights(&file, &config, &arch).map_err(|g| ModelError::Gate(Box::new(g)))?;
         let rope = RopeTable::new(config.rotary_dims(), config.rope_theta);
         Ok(Model { config, weights, source: Source::Gguf { file, conventions }, rope })
     }
@@ -98,7 +105,13 @@ impl Model {
     /// Runs `ids` (positions `cache.pos ..`) through the model, advancing the
     /// cache. Returns the requested logits, `[T, V]` or `[1, V]`, borrowed
     /// from `scratch`.
-    pub fn forward<'s>(&self, ids: &[u32], cache: &mut Cache, scratch: &'s mut Scratch, which: Logits) -> Result<&'s [f32]> {
+    pub fn forward<'s>(
+        &self,
+        ids: &[u32],
+        cache: &mut Cache,
+        scratch: &'s mut Scratch,
+        which: Logits,
+    ) -> Result<&'s [f32]> {
         let cfg = &self.config;
         let (t, h, v) = (ids.len(), cfg.hidden_size, cfg.vocab_size);
         if t == 0 {
@@ -165,11 +178,15 @@ pub fn gguf_path(path: &Path) -> Result<Option<PathBuf>> {
         return Ok(None);
     }
     let Ok(entries) = std::fs::read_dir(path) else { return Ok(None) };
-    let ggufs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "gguf")).collect();
+    let ggufs: Vec<PathBuf> =
+        entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "gguf")).collect();
     match ggufs.len() {
         0 => Ok(None),
         1 => Ok(ggufs.into_iter().next()),
-        n => Err(ModelError::Unsupported { dir: path.to_path_buf(), what: format!("{n} .gguf files and no config.json: name the file to load") }),
+        n => Err(ModelError::Unsupported {
+            dir: path.to_path_buf(),
+            what: format!("{n} .gguf files and no config.json: name the file to load"),
+        }),
     }
 }
 

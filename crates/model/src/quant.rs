@@ -47,11 +47,23 @@ impl QuantScheme {
                         let d = |v: &Value| v.as_u64().filter(|&x| x > 0).map(|x| x as usize);
                         match (d(&a[0]), d(&a[1])) {
                             (Some(r), Some(c)) => [r, c],
-                            _ => return Err(format!("quantization_config.weight_block_size must be two positive integers, found {}", obj["weight_block_size"])),
+                            _ => {
+                                return Err(format!(
+                                    "quantization_config.weight_block_size must be two positive integers, found {}",
+                                    obj["weight_block_size"]
+                                ))
+                            }
                         }
                     }
-                    Some(other) => return Err(format!("quantization_config.weight_block_size must be [rows, cols], found {other}")),
-                    None => return Err("quantization_config.weight_block_size is missing (per-tensor FP8 scales are not supported)".into()),
+                    Some(other) => {
+                        return Err(format!(
+                            "quantization_config.weight_block_size must be [rows, cols], found {other}"
+                        ))
+                    }
+                    None => return Err(
+                        "quantization_config.weight_block_size is missing (per-tensor FP8 scales are not supported)"
+                            .into(),
+                    ),
                 };
                 if let Some(f) = obj.get("fmt").and_then(Value::as_str) {
                     if f != "e4m3" {
@@ -80,7 +92,9 @@ impl QuantScheme {
                         Value::Object(o) => {
                             if let Some(mode) = o.get("mode").and_then(Value::as_str) {
                                 if mode != "affine" {
-                                    return Err(format!("quantization.{k}.mode `{mode}` is not supported (only affine)"));
+                                    return Err(format!(
+                                        "quantization.{k}.mode `{mode}` is not supported (only affine)"
+                                    ));
                                 }
                             }
                             match affine_params(o.get("bits"), o.get("group_size"), &format!("quantization.{k}"))? {
@@ -125,7 +139,9 @@ fn affine_params(bits: Option<&Value>, group: Option<&Value>, field: &str) -> Re
             let group = g.as_u64().filter(|g| *g > 0);
             match (bits, group) {
                 (Some(b), Some(g)) => Ok(Some(AffineParams { bits: b as u32, group: g as usize })),
-                _ => Err(format!("{field}: bits must be 2, 3, 4, 5, 6 or 8 and group_size positive, found bits {b}, group_size {g}")),
+                _ => Err(format!(
+                    "{field}: bits must be 2, 3, 4, 5, 6 or 8 and group_size positive, found bits {b}, group_size {g}"
+                )),
             }
         }
         _ => Err(format!("{field}: bits and group_size go together")),
@@ -143,9 +159,15 @@ mod tests {
             "language_model.model.layers.0.mlp.gate": {"group_size": 64, "bits": 8},
             "language_model.model.layers.0.mlp.shared_expert_gate": false});
         let s = QuantScheme::from_config(Some(&q)).unwrap();
-        assert_eq!(s.module("language_model.model.layers.0.mlp.gate"), ModuleQuant::Affine(AffineParams { bits: 8, group: 64 }));
+        assert_eq!(
+            s.module("language_model.model.layers.0.mlp.gate"),
+            ModuleQuant::Affine(AffineParams { bits: 8, group: 64 })
+        );
         assert_eq!(s.module("language_model.model.layers.0.mlp.shared_expert_gate"), ModuleQuant::Float);
-        assert_eq!(s.module("language_model.model.layers.0.mlp.switch_mlp.up_proj"), ModuleQuant::Affine(AffineParams { bits: 4, group: 32 }));
+        assert_eq!(
+            s.module("language_model.model.layers.0.mlp.switch_mlp.up_proj"),
+            ModuleQuant::Affine(AffineParams { bits: 4, group: 32 })
+        );
     }
 
     #[test]

@@ -16,9 +16,19 @@ use qmoe_kernels::linear::MatRef;
 pub enum Storage {
     Float(DType),
     /// FP8 E4M3 with `scales` `[ceil(rows/block[0]), ceil(cols/block[1])]`.
-    Fp8 { scales: TensorData, scale_dtype: DType, block: [usize; 2] },
+    Fp8 {
+        scales: TensorData,
+        scale_dtype: DType,
+        block: [usize; 2],
+    },
     /// MLX affine: packed u32 words, `scales`/`biases` `[rows, cols/group]`.
-    Affine { bits: u32, group: usize, scales: TensorData, biases: TensorData, scale_dtype: DType },
+    Affine {
+        bits: u32,
+        group: usize,
+        scales: TensorData,
+        biases: TensorData,
+        scale_dtype: DType,
+    },
     /// A GGUF block-quantized type (Q8_0, Q4_K, ...): scales live inside the blocks.
     Ggml(GgmlType),
 }
@@ -86,7 +96,9 @@ impl Mat {
     pub fn describe(&self) -> String {
         match &self.storage {
             Storage::Float(dt) => dt.name().to_string(),
-            Storage::Fp8 { block, scale_dtype, .. } => format!("FP8 E4M3, {}x{} blocks, {scale_dtype} scales", block[0], block[1]),
+            Storage::Fp8 { block, scale_dtype, .. } => {
+                format!("FP8 E4M3, {}x{} blocks, {scale_dtype} scales", block[0], block[1])
+            }
             Storage::Affine { bits, group, .. } => format!("MLX affine {bits}-bit, group {group}"),
             Storage::Ggml(ty) => format!("GGUF {ty}"),
         }
@@ -194,6 +206,9 @@ pub enum GdnProj {
     SplitGroupedBa { qkv: Mat, z: Mat, ba: Mat },
 }
 
+/// One per layer, read on every token: the size gap between the variants
+/// costs a few hundred bytes per layer, a `Box` would cost an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Mlp {
     Dense(SwiGlu),
@@ -214,7 +229,14 @@ pub struct SwiGlu {
 /// expert, its gate rows followed by its up rows (HF fused / GGUF
 /// `ffn_gate_up_exps`), unless `up` is a separate stack (MLX, GGUF
 /// `ffn_up_exps`); `down` is `[n * hidden, inter]`.
-pub fn split_experts(gate_up: &Mat, up: Option<&Mat>, down: &Mat, n: usize, inter: usize, hidden: usize) -> Result<Vec<SwiGlu>, String> {
+pub fn split_experts(
+    gate_up: &Mat,
+    up: Option<&Mat>,
+    down: &Mat,
+    n: usize,
+    inter: usize,
+    hidden: usize,
+) -> Result<Vec<SwiGlu>, String> {
     let per = if up.is_some() { inter } else { 2 * inter };
     (0..n)
         .map(|x| {

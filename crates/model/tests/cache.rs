@@ -42,10 +42,7 @@ fn state_only_where_needed() {
             }
             (LayerCache::Gdn { conv, ssm }, LayerKind::LinearAttention) => {
                 assert_eq!(conv.len(), (cfg.linear_conv_kernel_dim - 1) * cfg.conv_dim());
-                assert_eq!(
-                    ssm.len(),
-                    cfg.linear_num_value_heads * cfg.linear_key_head_dim * cfg.linear_value_head_dim
-                );
+                assert_eq!(ssm.len(), cfg.linear_num_value_heads * cfg.linear_key_head_dim * cfg.linear_value_head_dim);
             }
             _ => panic!("layer {i}: cache kind does not match the layer type"),
         }

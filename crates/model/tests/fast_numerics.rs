@@ -11,6 +11,7 @@
 //!   dequantised-F32 copy (both committed, produced by llama.cpp) move by
 //!   `d_llama`; ours, fast versus f32 activations, must move by at most
 //!   twice that.
+//!
 //! The exactness of the f32-activation path is what the golden tests check.
 
 mod common;
@@ -31,7 +32,13 @@ fn fast_vs_exact(name: &str, model: &Model, ids: &[u32], scale: f32) -> f32 {
 
 #[test]
 fn gguf_fast_path_moves_logits_no_more_than_llama_cpp_does() {
-    for name in ["gguf_moe_dv16_q8_0", "gguf_moe_dv16_q4_k_m", "gguf_nextmoe_q8_0", "gguf_nextmoe_q4_k_m", "gguf_dense_dv16_q8_0"] {
+    for name in [
+        "gguf_moe_dv16_q8_0",
+        "gguf_moe_dv16_q4_k_m",
+        "gguf_nextmoe_q8_0",
+        "gguf_nextmoe_q4_k_m",
+        "gguf_dense_dv16_q8_0",
+    ] {
         let dir = fixture(name);
         let model = Model::load(&dir.join("model.gguf")).unwrap();
         let g = golden(&dir);
@@ -40,7 +47,10 @@ fn gguf_fast_path_moves_logits_no_more_than_llama_cpp_does() {
         let d_llama = max_abs_diff(&g.logits, &dequant) / scale;
         let d_ours = fast_vs_exact(name, &model, &g.ids, scale);
         eprintln!("{name}: int8 activations move logits by {d_ours:.2e} of the scale (llama.cpp's own: {d_llama:.2e})");
-        assert!(d_ours <= 2.0 * d_llama, "{name}: fast path moved logits by {d_ours:e}, llama.cpp's activation quantization by {d_llama:e}");
+        assert!(
+            d_ours <= 2.0 * d_llama,
+            "{name}: fast path moved logits by {d_ours:e}, llama.cpp's activation quantization by {d_llama:e}"
+        );
     }
 }
 

@@ -28,10 +28,8 @@ fn rewrite(name: &str, tag: &str, edit: impl Fn(&str, &[usize]) -> Vec<(String, 
     let dir = scratch_dir(tag);
     std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
     let ckpt = Checkpoint::open(&src).unwrap();
-    let kept: Vec<(String, Vec<usize>, &qmoe_formats::TensorInfo)> = ckpt
-        .tensors()
-        .flat_map(|t| edit(&t.name, &t.shape).into_iter().map(move |(n, s)| (n, s, t)))
-        .collect();
+    let kept: Vec<(String, Vec<usize>, &qmoe_formats::TensorInfo)> =
+        ckpt.tensors().flat_map(|t| edit(&t.name, &t.shape).into_iter().map(move |(n, s)| (n, s, t))).collect();
     let bytes: Vec<Vec<u8>> = kept
         .iter()
         .map(|(_, shape, t)| {
@@ -99,7 +97,11 @@ fn unexpected_tensor_is_refused() {
 #[test]
 fn missing_expert_index_is_named() {
     let dir = rewrite("moe_per_expert", "expert", |n, s| {
-        if n.contains("layers.2.mlp.experts.5.up_proj") { vec![] } else { same(n, s) }
+        if n.contains("layers.2.mlp.experts.5.up_proj") {
+            vec![]
+        } else {
+            same(n, s)
+        }
     });
     let e = load_err(&dir);
     assert!(e.contains("layer 2") && e.contains("up_proj") && e.contains("[5]"), "{e}");
@@ -151,9 +153,15 @@ fn gate_reports_every_problem_in_one_pass() {
         if n == "model.language_model.layers.4.self_attn.o_proj.weight" {
             s[1] += 32;
         }
-        if n == Q_PROJ || n == k3 { vec![] } else { vec![(n.to_string(), s)] }
+        if n == Q_PROJ || n == k3 {
+            vec![]
+        } else {
+            vec![(n.to_string(), s)]
+        }
     });
-    let ModelError::Gate(g) = Model::load(&dir).err().expect("must not load") else { panic!("expected the gate report") };
+    let ModelError::Gate(g) = Model::load(&dir).err().expect("must not load") else {
+        panic!("expected the gate report")
+    };
     let text = g.to_string();
     assert_eq!((g.missing().count(), g.misshaped().count()), (2, 1), "{text}");
     assert!(text.contains(Q_PROJ) && text.contains(k3) && text.contains("layers.4.self_attn.o_proj"), "{text}");

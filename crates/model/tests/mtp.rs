@@ -32,8 +32,11 @@ fn rewrite(name: &str, tag: &str, edit: impl Fn(&str, &[usize]) -> Vec<(String, 
             b
         })
         .collect();
-    let list: Vec<TensorToWrite> =
-        kept.iter().zip(&bytes).map(|((n, s, t), b)| TensorToWrite { name: n, dtype: t.dtype, shape: s, bytes: b }).collect();
+    let list: Vec<TensorToWrite> = kept
+        .iter()
+        .zip(&bytes)
+        .map(|((n, s, t), b)| TensorToWrite { name: n, dtype: t.dtype, shape: s, bytes: b })
+        .collect();
     write_safetensors(&dir.join("model.safetensors"), &list, &BTreeMap::new()).unwrap();
     dir
 }

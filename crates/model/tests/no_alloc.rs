@@ -40,7 +40,9 @@ static GLOBAL: Counting = Counting;
 #[test]
 fn steady_decode_allocates_nothing() {
     qmoe_kernels::threads::set(2);
-    for path in [fixture("gguf_moe_dv16_q4_k_m").join("model.gguf"), fixture("mlx_q4"), fixture("next"), fixture("fp8_block")] {
+    for path in
+        [fixture("gguf_moe_dv16_q4_k_m").join("model.gguf"), fixture("mlx_q4"), fixture("next"), fixture("fp8_block")]
+    {
         let model = Model::load(&path).unwrap();
         qmoe_kernels::pool::start();
         let mut cache = model.new_cache(64);
@@ -51,7 +53,8 @@ fn steady_decode_allocates_nothing() {
                 COUNTING.store(true, Ordering::SeqCst);
             }
             let logits = model.forward(&[next], &mut cache, &mut scratch, Logits::Last).unwrap();
-            next = (logits.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 % 100) as u32;
+            next = (logits.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0
+                % 100) as u32;
         }
         COUNTING.store(false, Ordering::SeqCst);
         let n = ALLOCATIONS.swap(0, Ordering::SeqCst);

@@ -257,7 +257,9 @@ fn for_each_matrix(model: &Model, mut f: impl FnMut(&Mat, bool)) {
         match &layer.mlp {
             Mlp::Dense(d) => [&d.gate, &d.up, &d.down].into_iter().for_each(|m| f(m, false)),
             Mlp::Moe(m) => {
-                [&m.router, &m.shared.gate, &m.shared.up, &m.shared.down, &m.shared_gate].into_iter().for_each(|x| f(x, false));
+                [&m.router, &m.shared.gate, &m.shared.up, &m.shared.down, &m.shared_gate]
+                    .into_iter()
+                    .for_each(|x| f(x, false));
                 for e in &m.experts {
                     [&e.gate, &e.up, &e.down].into_iter().for_each(|x| f(x, true));
                 }

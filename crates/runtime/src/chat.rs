@@ -88,11 +88,8 @@ impl ChatTemplate {
         let jinja_path = dir.join("chat_template.jinja");
         let (source, origin) = if jinja_path.exists() {
             (read_text(&jinja_path)?, jinja_path)
-        } else if let Some(source) = config
-            .as_ref()
-            .map(|c| template_from_config(c, &config_path))
-            .transpose()?
-            .flatten()
+        } else if let Some(source) =
+            config.as_ref().map(|c| template_from_config(c, &config_path)).transpose()?.flatten()
         {
             (source, config_path)
         } else {
@@ -100,17 +97,9 @@ impl ChatTemplate {
             match read_json_if_exists(&json_path)? {
                 Some(json) => match template_from_config(&json, &json_path)? {
                     Some(source) => (source, json_path),
-                    None => {
-                        return Err(RuntimeError::MissingChatTemplate {
-                            dir: dir.to_path_buf(),
-                        })
-                    }
+                    None => return Err(RuntimeError::MissingChatTemplate { dir: dir.to_path_buf() }),
                 },
-                None => {
-                    return Err(RuntimeError::MissingChatTemplate {
-                        dir: dir.to_path_buf(),
-                    })
-                }
+                None => return Err(RuntimeError::MissingChatTemplate { dir: dir.to_path_buf() }),
             }
         };
         let mut template = ChatTemplate::from_source(source, origin.display().to_string())?;
@@ -125,38 +114,23 @@ impl ChatTemplate {
     }
 
     /// Compiles template text; `origin` labels it in errors (a path or any description).
-    pub fn from_source(
-        source: impl Into<String>,
-        origin: impl Into<String>,
-    ) -> Result<ChatTemplate> {
+    pub fn from_source(source: impl Into<String>, origin: impl Into<String>) -> Result<ChatTemplate> {
         let source = source.into();
         let origin = origin.into();
         let mut env = Environment::new();
         let mut syntax = minijinja::syntax::SyntaxConfig::builder();
         syntax.trim_blocks(true).lstrip_blocks(true);
         // Only fails for custom delimiters, which we do not set; map it anyway.
-        let syntax = syntax
-            .build()
-            .map_err(|source| RuntimeError::TemplateSyntax {
-                origin: origin.clone(),
-                source,
-            })?;
+        let syntax =
+            syntax.build().map_err(|source| RuntimeError::TemplateSyntax { origin: origin.clone(), source })?;
         env.set_syntax(syntax);
         env.set_auto_escape_callback(|_| AutoEscape::None);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", tojson);
         env.add_function("raise_exception", raise_exception);
         env.add_template_owned(TEMPLATE_NAME, source.clone())
-            .map_err(|source| RuntimeError::TemplateSyntax {
-                origin: origin.clone(),
-                source,
-            })?;
-        Ok(ChatTemplate {
-            env,
-            source,
-            origin,
-            special_tokens: Vec::new(),
-        })
+            .map_err(|source| RuntimeError::TemplateSyntax { origin: origin.clone(), source })?;
+        Ok(ChatTemplate { env, source, origin, special_tokens: Vec::new() })
     }
 
     /// The template text.
@@ -186,13 +160,8 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         extra: &Map<String, Json>,
     ) -> Result<String> {
-        if let Some(name) = RESERVED_KWARGS
-            .iter()
-            .find(|name| extra.contains_key(**name))
-        {
-            return Err(RuntimeError::ReservedTemplateKwarg {
-                name: name.to_string(),
-            });
+        if let Some(name) = RESERVED_KWARGS.iter().find(|name| extra.contains_key(**name)) {
+            return Err(RuntimeError::ReservedTemplateKwarg { name: name.to_string() });
         }
         let mut context: Vec<(String, Value)> = self.special_tokens.clone();
         for (name, value) in extra {
@@ -201,44 +170,27 @@ impl ChatTemplate {
                 None => context.push((name.clone(), json_to_value(value))),
             }
         }
-        context.push((
-            "messages".into(),
-            Value::from(messages.iter().map(json_to_value).collect::<Vec<_>>()),
-        ));
+        context.push(("messages".into(), Value::from(messages.iter().map(json_to_value).collect::<Vec<_>>())));
         let tools = match tools {
             Some(tools) => Value::from(tools.iter().map(json_to_value).collect::<Vec<_>>()),
             None => Value::from(()),
         };
         context.push(("tools".into(), tools));
-        context.push((
-            "add_generation_prompt".into(),
-            Value::from(add_generation_prompt),
-        ));
+        context.push(("add_generation_prompt".into(), Value::from(add_generation_prompt)));
 
-        let template = self
-            .env
-            .get_template(TEMPLATE_NAME)
-            .map_err(|source| self.render_error(source))?;
-        template
-            .render(Value::from_pairs(context))
-            .map_err(|source| self.render_error(source))
+        let template = self.env.get_template(TEMPLATE_NAME).map_err(|source| self.render_error(source))?;
+        template.render(Value::from_pairs(context)).map_err(|source| self.render_error(source))
     }
 
     fn render_error(&self, err: Error) -> RuntimeError {
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&err);
         while let Some(e) = cause {
             if let Some(raised) = e.downcast_ref::<Raised>() {
-                return RuntimeError::TemplateRaised {
-                    origin: self.origin.clone(),
-                    message: raised.0.clone(),
-                };
+                return RuntimeError::TemplateRaised { origin: self.origin.clone(), message: raised.0.clone() };
             }
             cause = e.source();
         }
-        RuntimeError::TemplateRender {
-            origin: self.origin.clone(),
-            source: err,
-        }
+        RuntimeError::TemplateRender { origin: self.origin.clone(), source: err }
     }
 }
 
@@ -260,10 +212,7 @@ fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, Error> {
         } else if let Some(s) = indent.as_str() {
             opts.indent = Some(s.to_string());
         } else if !indent.is_none() {
-            return Err(Error::new(
-                ErrorKind::InvalidOperation,
-                "tojson: indent must be an int or a string",
-            ));
+            return Err(Error::new(ErrorKind::InvalidOperation, "tojson: indent must be an int or a string"));
         }
         if opts.indent.is_some() {
             // Python's default separators once indent is set.
@@ -279,10 +228,7 @@ fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, Error> {
                     opts.key_separator = key.as_str().unwrap_or_default().to_string();
                 }
                 _ => {
-                    return Err(Error::new(
-                        ErrorKind::InvalidOperation,
-                        "tojson: separators must be a pair of strings",
-                    ))
+                    return Err(Error::new(ErrorKind::InvalidOperation, "tojson: separators must be a pair of strings"))
                 }
             }
         }
@@ -310,9 +256,7 @@ fn json_to_value(json: &Json) -> Value {
         }
         Json::String(s) => Value::from(s.as_str()),
         Json::Array(items) => Value::from(items.iter().map(json_to_value).collect::<Vec<_>>()),
-        Json::Object(map) => {
-            Value::from_pairs(map.iter().map(|(k, v)| (k.as_str(), json_to_value(v))))
-        }
+        Json::Object(map) => Value::from_pairs(map.iter().map(|(k, v)| (k.as_str(), json_to_value(v)))),
     }
 }
 
@@ -331,13 +275,9 @@ fn special_tokens_of(config: &Json) -> Vec<(String, Value)> {
     for field in SPECIAL_TOKEN_FIELDS {
         let Some(v) = config.get(field) else { continue };
         let value = match v {
-            Json::Array(items) => Some(Value::from(
-                items
-                    .iter()
-                    .filter_map(token_text)
-                    .map(Value::from)
-                    .collect::<Vec<_>>(),
-            )),
+            Json::Array(items) => {
+                Some(Value::from(items.iter().filter_map(token_text).map(Value::from).collect::<Vec<_>>()))
+            }
             v => token_text(v).map(Value::from),
         };
         if let Some(value) = value {
@@ -367,12 +307,8 @@ fn template_from_config(config: &Json, path: &Path) -> Result<Option<String>> {
                     };
                 }
             }
-            Err(problem(
-                "is a list of named templates without one named \"default\"",
-            ))
+            Err(problem("is a list of named templates without one named \"default\""))
         }
-        Some(_) => Err(problem(
-            "must be a string or a list of {name, template} objects",
-        )),
+        Some(_) => Err(problem("must be a string or a list of {name, template} objects")),
     }
 }

@@ -72,7 +72,14 @@ pub struct Session<'m> {
 impl<'m> Session<'m> {
     pub fn new(model: &'m Model, max_tokens: usize) -> Session<'m> {
         let vocab_limit = model.config.vocab_size;
-        Session { model, cache: model.new_cache(max_tokens), scratch: Scratch::default(), history: Vec::new(), snapshots: Vec::new(), vocab_limit }
+        Session {
+            model,
+            cache: model.new_cache(max_tokens),
+            scratch: Scratch::default(),
+            history: Vec::new(),
+            snapshots: Vec::new(),
+            vocab_limit,
+        }
     }
 
     /// Samples only ids below `n` (pass the tokenizer's vocabulary size).

@@ -27,11 +27,7 @@ pub enum RuntimeError {
 
     /// A JSON file parsed but a field has the wrong shape (e.g. `eos_token_id: "x"`).
     #[error("{path}: field `{field}` {problem}")]
-    ConfigField {
-        path: PathBuf,
-        field: String,
-        problem: String,
-    },
+    ConfigField { path: PathBuf, field: String, problem: String },
 
     /// `tokenizer.json` was read but the `tokenizers` crate rejected it.
     #[error("cannot load tokenizer {path}: {source}")]
@@ -59,11 +55,7 @@ pub enum RuntimeError {
 
     /// An id given to `decode` has no token (e.g. an embedding padding row above the vocabulary).
     #[error("tokenizer {path}: token id {id} is not in the vocabulary (size {vocab_size})")]
-    UnknownTokenId {
-        path: PathBuf,
-        id: u32,
-        vocab_size: usize,
-    },
+    UnknownTokenId { path: PathBuf, id: u32, vocab_size: usize },
 
     /// A token named in a config file (e.g. `eos_token`) is not in the tokenizer's vocabulary.
     #[error("{path}: token {token:?} is not in the tokenizer's vocabulary")]
@@ -103,21 +95,13 @@ pub enum RuntimeError {
 
     /// A sampler setting is out of range (see `SamplerConfig::validate`).
     #[error("sampler setting `{field}` = {value} is invalid: {problem}")]
-    SamplerConfig {
-        field: &'static str,
-        value: String,
-        problem: &'static str,
-    },
+    SamplerConfig { field: &'static str, value: String, problem: &'static str },
 
     /// GGUF tokenizer metadata that cannot become a tokenizer: an unsupported
     /// `tokenizer.ggml.model` or `tokenizer.ggml.pre`, arrays that disagree, merges naming
     /// unknown tokens, a special-token id with no token, ...
     #[error("{path}: GGUF key `{key}`: {problem}")]
-    GgufTokenizer {
-        path: PathBuf,
-        key: String,
-        problem: String,
-    },
+    GgufTokenizer { path: PathBuf, key: String, problem: String },
 
     /// The GGUF reader refused the file or a key (missing, wrong type).
     #[error(transparent)]
@@ -135,7 +119,6 @@ pub enum RuntimeError {
     #[error("export: {0}")]
     Export(String),
 }
-
 
 /// Result with [`RuntimeError`] as the default error.
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

@@ -96,7 +96,13 @@ pub struct ExportStats {
 /// Writes `model` as GGUF to `out`, MTP head included when present.
 /// `tokenizer_meta` is the `tokenizer.*` metadata (from the source's
 /// tokenizer files), written as given.
-pub fn export_gguf(model: &Model, ty: ExportType, tokenizer_meta: Vec<(String, GgufValue)>, name: &str, out: &Path) -> Result<ExportStats> {
+pub fn export_gguf(
+    model: &Model,
+    ty: ExportType,
+    tokenizer_meta: Vec<(String, GgufValue)>,
+    name: &str,
+    out: &Path,
+) -> Result<ExportStats> {
     export_gguf_with(model, &ExportOptions::new(ty), tokenizer_meta, name, out)
 }
 
@@ -226,16 +232,20 @@ fn metadata(model: &Model, arch: &str, ty: ExportType, n_mtp: usize, name: &str)
     if n_mtp > 0 {
         m.push((k("nextn_predict_layers"), (n_mtp as u32).into()));
     }
-    let recurrent: Vec<bool> =
-        c.layer_types.iter().map(|t| *t == LayerKind::LinearAttention).chain(std::iter::repeat_n(false, n_mtp)).collect();
+    let recurrent: Vec<bool> = c
+        .layer_types
+        .iter()
+        .map(|t| *t == LayerKind::LinearAttention)
+        .chain(std::iter::repeat_n(false, n_mtp))
+        .collect();
     m.push((k("attention.recurrent_layers"), recurrent.into()));
     let n = c.layer_types.iter().position(|t| *t == LayerKind::FullAttention).map(|i| i + 1);
     if let Some(n) = n {
-        let regular = c.layer_types.iter().enumerate().all(|(i, t)| (*t == LayerKind::FullAttention) == ((i + 1) % n == 0));
+        let regular =
+            c.layer_types.iter().enumerate().all(|(i, t)| (*t == LayerKind::FullAttention) == ((i + 1) % n == 0));
         if regular {
             m.push((k("full_attention_interval"), (n as u32).into()));
         }
     }
     m
 }
-

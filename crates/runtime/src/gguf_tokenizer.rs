@@ -88,7 +88,8 @@ pub const KEY_CHAT_TEMPLATES: &str = "tokenizer.chat_templates";
 pub const QWEN35_PRE_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// The Split regex of the Qwen2/Qwen3/Qwen3-Next `tokenizer.json` (llama.cpp pre-tokenizer
 /// `qwen2`).
-pub const QWEN2_PRE_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub const QWEN2_PRE_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// llama.cpp token types (`llama_token_type`, gguf-py `TokenType`).
 pub mod token_type {
@@ -109,32 +110,16 @@ struct PreTokenizer {
 }
 
 const PRE_TOKENIZERS: [PreTokenizer; 2] = [
-    PreTokenizer {
-        name: "qwen35",
-        regex: QWEN35_PRE_REGEX,
-        ignore_merges: true,
-    },
-    PreTokenizer {
-        name: "qwen2",
-        regex: QWEN2_PRE_REGEX,
-        ignore_merges: false,
-    },
+    PreTokenizer { name: "qwen35", regex: QWEN35_PRE_REGEX, ignore_merges: true },
+    PreTokenizer { name: "qwen2", regex: QWEN2_PRE_REGEX, ignore_merges: false },
 ];
 
 fn known_pre_names() -> String {
-    PRE_TOKENIZERS
-        .iter()
-        .map(|p| format!("\"{}\"", p.name))
-        .collect::<Vec<_>>()
-        .join(", ")
+    PRE_TOKENIZERS.iter().map(|p| format!("\"{}\"", p.name)).collect::<Vec<_>>().join(", ")
 }
 
 fn gguf_error(file: &GgufFile, key: &str, problem: impl Into<String>) -> RuntimeError {
-    RuntimeError::GgufTokenizer {
-        path: file.path().to_path_buf(),
-        key: key.to_string(),
-        problem: problem.into(),
-    }
+    RuntimeError::GgufTokenizer { path: file.path().to_path_buf(), key: key.to_string(), problem: problem.into() }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -156,30 +141,20 @@ struct GgufVocab<'a> {
 fn read_vocab(file: &GgufFile) -> Result<GgufVocab<'_>> {
     let model: &str = file.get_as(KEY_MODEL)?;
     if model != "gpt2" {
-        return Err(gguf_error(
-            file,
-            KEY_MODEL,
-            format!("is {model:?}; only \"gpt2\" (byte-level BPE) is supported"),
-        ));
+        return Err(gguf_error(file, KEY_MODEL, format!("is {model:?}; only \"gpt2\" (byte-level BPE) is supported")));
     }
     let Some(pre) = file.get_opt::<&str>(KEY_PRE)? else {
         return Err(gguf_error(
             file,
             KEY_PRE,
-            format!(
-                "is missing; the pre-tokenizer must be named (one of {})",
-                known_pre_names()
-            ),
+            format!("is missing; the pre-tokenizer must be named (one of {})", known_pre_names()),
         ));
     };
     let Some(pre) = PRE_TOKENIZERS.iter().find(|p| p.name == pre) else {
         return Err(gguf_error(
             file,
             KEY_PRE,
-            format!(
-                "is {pre:?}, which this engine cannot rebuild (known: {})",
-                known_pre_names()
-            ),
+            format!("is {pre:?}, which this engine cannot rebuild (known: {})", known_pre_names()),
         ));
     };
 
@@ -187,22 +162,12 @@ fn read_vocab(file: &GgufFile) -> Result<GgufVocab<'_>> {
     let types = file
         .get_array(KEY_TOKEN_TYPE)?
         .to_uint_vec()
-        .ok_or_else(|| {
-            gguf_error(
-                file,
-                KEY_TOKEN_TYPE,
-                "must be an array of non-negative integers",
-            )
-        })?;
+        .ok_or_else(|| gguf_error(file, KEY_TOKEN_TYPE, "must be an array of non-negative integers"))?;
     if types.len() != tokens.len() {
         return Err(gguf_error(
             file,
             KEY_TOKEN_TYPE,
-            format!(
-                "has {} entries but `{KEY_TOKENS}` has {}",
-                types.len(),
-                tokens.len()
-            ),
+            format!("has {} entries but `{KEY_TOKENS}` has {}", types.len(), tokens.len()),
         ));
     }
     if u32::try_from(tokens.len()).is_err() {
@@ -253,13 +218,7 @@ fn read_vocab(file: &GgufFile) -> Result<GgufVocab<'_>> {
             ));
         }
     }
-    Ok(GgufVocab {
-        pre,
-        tokens,
-        normal,
-        added,
-        merges,
-    })
+    Ok(GgufVocab { pre, tokens, normal, added, merges })
 }
 
 /// The checks that need lookups: no token twice, every merge `"left right"` over normal tokens
@@ -276,19 +235,13 @@ fn check_lookups(file: &GgufFile, v: &GgufVocab<'_>) -> Result<()> {
     for (id, is_normal) in all {
         let token = v.tokens[id as usize].as_str();
         if let Some((first, _)) = seen.insert(token, (id, is_normal)) {
-            return Err(gguf_error(
-                file,
-                KEY_TOKENS,
-                format!("token {id} {token:?} repeats token {first}"),
-            ));
+            return Err(gguf_error(file, KEY_TOKENS, format!("token {id} {token:?} repeats token {first}")));
         }
     }
     let is_normal = |token: &str| seen.get(token).is_some_and(|&(_, normal)| normal);
     let mut joined = String::new();
     for (i, merge) in v.merges.iter().enumerate() {
-        let bad = |problem: String| {
-            gguf_error(file, KEY_MERGES, format!("merge {i} {merge:?}: {problem}"))
-        };
+        let bad = |problem: String| gguf_error(file, KEY_MERGES, format!("merge {i} {merge:?}: {problem}"));
         let Some((left, right)) = merge.split_once(' ').filter(|(_, r)| !r.contains(' ')) else {
             return Err(bad("is not two tokens separated by one space".into()));
         };
@@ -301,9 +254,7 @@ fn check_lookups(file: &GgufFile, v: &GgufVocab<'_>) -> Result<()> {
         joined.push_str(left);
         joined.push_str(right);
         if !is_normal(&joined) {
-            return Err(bad(format!(
-                "the merged token {joined:?} is not a normal token"
-            )));
+            return Err(bad(format!("the merged token {joined:?} is not a normal token")));
         }
     }
     Ok(())
@@ -409,10 +360,8 @@ fn put<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
 pub fn gguf_tokenizer_json(file: &GgufFile) -> Result<Json> {
     let vocab = read_vocab(file)?;
     check_lookups(file, &vocab)?;
-    serde_json::from_slice(&tokenizer_json_text(&vocab)).map_err(|source| RuntimeError::Json {
-        path: file.path().to_path_buf(),
-        source,
-    })
+    serde_json::from_slice(&tokenizer_json_text(&vocab))
+        .map_err(|source| RuntimeError::Json { path: file.path().to_path_buf(), source })
 }
 
 /// The tokenizer of a GGUF, refusing what [`gguf_tokenizer_json`] refuses. Its
@@ -430,17 +379,10 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
     };
     // A repeated token shrinks the BPE vocabulary or gives an added token another id.
     let numbered_as_gguf = tokenizer.vocab_size() == vocab.normal.len() + vocab.added.len()
-        && vocab
-            .added
-            .iter()
-            .all(|&(id, content, _)| tokenizer.token_to_id(content) == Some(id));
+        && vocab.added.iter().all(|&(id, content, _)| tokenizer.token_to_id(content) == Some(id));
     if !numbered_as_gguf {
         check_lookups(file, &vocab)?;
-        return Err(gguf_error(
-            file,
-            KEY_TOKENS,
-            "the tokenizer built from these tokens numbers them differently",
-        ));
+        return Err(gguf_error(file, KEY_TOKENS, "the tokenizer built from these tokens numbers them differently"));
     }
     Ok(tokenizer)
 }
@@ -454,23 +396,10 @@ fn token_id(file: &GgufFile, key: &str) -> Result<Option<u32>> {
     let id = value
         .as_uint()
         .and_then(|id| u32::try_from(id).ok())
-        .ok_or_else(|| {
-            gguf_error(
-                file,
-                key,
-                format!("must be a token id, not {}", value.describe()),
-            )
-        })?;
+        .ok_or_else(|| gguf_error(file, key, format!("must be a token id, not {}", value.describe())))?;
     if let Some(tokens) = file.get_opt::<&[String]>(KEY_TOKENS)? {
         if id as usize >= tokens.len() {
-            return Err(gguf_error(
-                file,
-                key,
-                format!(
-                    "is {id}, but `{KEY_TOKENS}` has only {} tokens",
-                    tokens.len()
-                ),
-            ));
+            return Err(gguf_error(file, key, format!("is {id}, but `{KEY_TOKENS}` has only {} tokens", tokens.len())));
         }
     }
     Ok(Some(id))
@@ -523,11 +452,7 @@ pub fn stop_ids_from_gguf(file: &GgufFile, tokenizer: &Tokenizer) -> Result<Vec<
     for key in [KEY_EOS_ID, KEY_EOT_ID, KEY_EOM_ID] {
         if let Some(id) = token_id(file, key)? {
             if tokenizer.id_to_token(id).is_none() {
-                return Err(gguf_error(
-                    file,
-                    key,
-                    format!("is {id}, which is not a token of the tokenizer"),
-                ));
+                return Err(gguf_error(file, key, format!("is {id}, which is not a token of the tokenizer")));
             }
             if !ids.contains(&id) {
                 ids.push(id);
@@ -561,11 +486,7 @@ const SPECIAL_ROLES: [(&str, &str, Option<&str>); 7] = [
 ];
 
 fn field_error(path: &Path, field: &str, problem: impl Into<String>) -> RuntimeError {
-    RuntimeError::ConfigField {
-        path: path.to_path_buf(),
-        field: field.to_string(),
-        problem: problem.into(),
-    }
+    RuntimeError::ConfigField { path: path.to_path_buf(), field: field.to_string(), problem: problem.into() }
 }
 
 /// gguf-py / convert_hf_to_gguf.py `does_token_look_special`.
@@ -600,10 +521,7 @@ fn pre_name_of(tokenizer: &Json, path: &Path) -> Result<&'static str> {
     let [split, byte_level] = parts.as_slice() else {
         return Err(shape_problem());
     };
-    let regex = split
-        .get("pattern")
-        .and_then(|p| p.get("Regex"))
-        .and_then(Json::as_str);
+    let regex = split.get("pattern").and_then(|p| p.get("Regex")).and_then(Json::as_str);
     let (Some(regex), true, true, true) = (
         regex,
         split.get("type").and_then(Json::as_str) == Some("Split"),
@@ -615,20 +533,16 @@ fn pre_name_of(tokenizer: &Json, path: &Path) -> Result<&'static str> {
     if !byte_level_ok(byte_level) {
         return Err(shape_problem());
     }
-    PRE_TOKENIZERS
-        .iter()
-        .find(|p| p.regex == regex)
-        .map(|p| p.name)
-        .ok_or_else(|| {
-            field_error(
-                path,
-                "pre_tokenizer",
-                format!(
-                    "Split regex {regex:?} is neither the Qwen3.5 (`qwen35`) nor the Qwen2/3 \
+    PRE_TOKENIZERS.iter().find(|p| p.regex == regex).map(|p| p.name).ok_or_else(|| {
+        field_error(
+            path,
+            "pre_tokenizer",
+            format!(
+                "Split regex {regex:?} is neither the Qwen3.5 (`qwen35`) nor the Qwen2/3 \
                      (`qwen2`) one"
-                ),
-            )
-        })
+            ),
+        )
+    })
 }
 
 /// The id of a `{role}_token` entry of tokenizer_config.json (a string or `{"content": …}`),
@@ -639,10 +553,7 @@ fn config_token_id(entry: Option<&Json>, added: &[(u32, String, bool)]) -> Optio
         Json::Object(o) => o.get("content")?.as_str()?,
         _ => return None,
     };
-    added
-        .iter()
-        .find(|(_, c, _)| c == content)
-        .map(|(id, _, _)| *id)
+    added.iter().find(|(_, c, _)| c == content).map(|(id, _, _)| *id)
 }
 
 /// The chat templates of a model folder as `(name, source)`, "default" first; empty when
@@ -655,16 +566,11 @@ fn chat_templates_of(dir: &Path, config: Option<&Json>) -> Result<Vec<(String, S
         let mut out = vec![("default".to_string(), read_text(&jinja)?)];
         let extra_dir = dir.join("additional_chat_templates");
         if extra_dir.is_dir() {
-            let entries = std::fs::read_dir(&extra_dir).map_err(|source| RuntimeError::Io {
-                path: extra_dir.clone(),
-                source,
-            })?;
+            let entries =
+                std::fs::read_dir(&extra_dir).map_err(|source| RuntimeError::Io { path: extra_dir.clone(), source })?;
             let mut paths = Vec::new();
             for entry in entries {
-                let entry = entry.map_err(|source| RuntimeError::Io {
-                    path: extra_dir.clone(),
-                    source,
-                })?;
+                let entry = entry.map_err(|source| RuntimeError::Io { path: extra_dir.clone(), source })?;
                 let path = entry.path();
                 if path.extension().and_then(|e| e.to_str()) == Some("jinja") {
                     paths.push(path);
@@ -672,10 +578,7 @@ fn chat_templates_of(dir: &Path, config: Option<&Json>) -> Result<Vec<(String, S
             }
             paths.sort();
             for path in paths {
-                let name = path
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
+                let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                 out.push((name, read_text(&path)?));
             }
         }
@@ -688,13 +591,8 @@ fn chat_templates_of(dir: &Path, config: Option<&Json>) -> Result<Vec<(String, S
             Some(Json::Array(list)) => {
                 let mut out = Vec::new();
                 for entry in list {
-                    match (
-                        entry.get("name").and_then(Json::as_str),
-                        entry.get("template").and_then(Json::as_str),
-                    ) {
-                        (Some(name), Some(template)) => {
-                            out.push((name.to_string(), template.to_string()))
-                        }
+                    match (entry.get("name").and_then(Json::as_str), entry.get("template").and_then(Json::as_str)) {
+                        (Some(name), Some(template)) => out.push((name.to_string(), template.to_string())),
                         _ => {
                             return Err(field_error(
                                 path,
@@ -708,11 +606,9 @@ fn chat_templates_of(dir: &Path, config: Option<&Json>) -> Result<Vec<(String, S
                 out.sort_by_key(|(name, _)| name != "default");
                 Ok(out)
             }
-            Some(_) => Err(field_error(
-                path,
-                "chat_template",
-                "must be a string or a list of {name, template} objects",
-            )),
+            Some(_) => {
+                Err(field_error(path, "chat_template", "must be a string or a list of {name, template} objects"))
+            }
         }
     };
     if let Some(config) = config {
@@ -762,27 +658,17 @@ fn chat_templates_of(dir: &Path, config: Option<&Json>) -> Result<Vec<(String, S
 ///
 /// Errors name the file and field: missing/malformed `tokenizer.json`, a tokenizer that is not
 /// the Qwen byte-level BPE, a token id at or above `vocab_size`, two tokens with one id.
-pub fn gguf_tokenizer_metadata(
-    model_dir: &Path,
-    vocab_size: usize,
-) -> Result<Vec<(String, GgufValue)>> {
+pub fn gguf_tokenizer_metadata(model_dir: &Path, vocab_size: usize) -> Result<Vec<(String, GgufValue)>> {
     let tok_path = model_dir.join("tokenizer.json");
-    let tokenizer: Json =
-        serde_json::from_str(&read_text(&tok_path)?).map_err(|source| RuntimeError::Json {
-            path: tok_path.clone(),
-            source,
-        })?;
+    let tokenizer: Json = serde_json::from_str(&read_text(&tok_path)?)
+        .map_err(|source| RuntimeError::Json { path: tok_path.clone(), source })?;
 
     let model = &tokenizer["model"];
     if model.get("type").and_then(Json::as_str) != Some("BPE") {
         return Err(field_error(&tok_path, "model.type", "must be \"BPE\""));
     }
     if model.get("byte_fallback").and_then(Json::as_bool) == Some(true) {
-        return Err(field_error(
-            &tok_path,
-            "model.byte_fallback",
-            "must be false for a byte-level (gpt2) vocabulary",
-        ));
+        return Err(field_error(&tok_path, "model.byte_fallback", "must be false for a byte-level (gpt2) vocabulary"));
     }
     if tokenizer["decoder"].get("type").and_then(Json::as_str) != Some("ByteLevel") {
         return Err(field_error(&tok_path, "decoder", "must be ByteLevel"));
@@ -803,30 +689,20 @@ pub fn gguf_tokenizer_metadata(
         .and_then(Json::as_object)
         .ok_or_else(|| field_error(&tok_path, "model.vocab", "must be an object"))?;
     for (text, id) in vocab {
-        let id = id.as_u64().ok_or_else(|| {
-            field_error(
-                &tok_path,
-                "model.vocab",
-                format!("{text:?} has no integer id"),
-            )
-        })?;
+        let id =
+            id.as_u64().ok_or_else(|| field_error(&tok_path, "model.vocab", format!("{text:?} has no integer id")))?;
         let slot = slot_of(&mut by_id, id, text, &tok_path, "model.vocab")?;
         if let Some((other, _)) = slot {
-            return Err(field_error(
-                &tok_path,
-                "model.vocab",
-                format!("id {id} is both {other:?} and {text:?}"),
-            ));
+            return Err(field_error(&tok_path, "model.vocab", format!("id {id} is both {other:?} and {text:?}")));
         }
         *slot = Some((text.clone(), token_type::NORMAL));
     }
     let mut added: Vec<(u32, String, bool)> = Vec::new();
     if let Some(list) = tokenizer.get("added_tokens").and_then(Json::as_array) {
         for entry in list {
-            let (Some(id), Some(content)) = (
-                entry.get("id").and_then(Json::as_u64),
-                entry.get("content").and_then(Json::as_str),
-            ) else {
+            let (Some(id), Some(content)) =
+                (entry.get("id").and_then(Json::as_u64), entry.get("content").and_then(Json::as_str))
+            else {
                 return Err(field_error(
                     &tok_path,
                     "added_tokens",
@@ -880,22 +756,16 @@ pub fn gguf_tokenizer_metadata(
                 // transformers >= 4.45 pair form; spaces inside a part are written as U+0120,
                 // as the converter does.
                 Json::Array(pair) => match pair.as_slice() {
-                    [Json::String(a), Json::String(b)] => Some(format!(
-                        "{} {}",
-                        a.replace(' ', "\u{120}"),
-                        b.replace(' ', "\u{120}")
-                    )),
+                    [Json::String(a), Json::String(b)] => {
+                        Some(format!("{} {}", a.replace(' ', "\u{120}"), b.replace(' ', "\u{120}")))
+                    }
                     _ => None,
                 },
                 _ => None,
             })
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| {
-                field_error(
-                    &tok_path,
-                    "model.merges",
-                    "must be \"left right\" strings or [left, right] pairs",
-                )
+                field_error(&tok_path, "model.merges", "must be \"left right\" strings or [left, right] pairs")
             })?,
     };
 
@@ -919,16 +789,13 @@ pub fn gguf_tokenizer_metadata(
         if special_ids.iter().any(|(r, _)| *r == role) {
             return Ok(());
         }
-        let id = u32::try_from(id)
-            .ok()
-            .filter(|&id| (id as usize) < vocab_size)
-            .ok_or_else(|| {
-                field_error(
-                    from,
-                    &format!("{role}_token"),
-                    format!("token id {id} is not below the vocabulary size {vocab_size}"),
-                )
-            })?;
+        let id = u32::try_from(id).ok().filter(|&id| (id as usize) < vocab_size).ok_or_else(|| {
+            field_error(
+                from,
+                &format!("{role}_token"),
+                format!("token id {id} is not below the vocabulary size {vocab_size}"),
+            )
+        })?;
         special_ids.push((role, id));
         Ok(())
     };
@@ -936,9 +803,7 @@ pub fn gguf_tokenizer_metadata(
         // bos falls back to cls, eos to sep (gguf-py).
         let entry = |role: &str| -> Option<&Json> {
             let own = config.get(format!("{role}_token"));
-            let truthy = |v: Option<&Json>| {
-                v.is_some_and(|v| !v.is_null() && v != &json!("") && v != &json!(false))
-            };
+            let truthy = |v: Option<&Json>| v.is_some_and(|v| !v.is_null() && v != &json!("") && v != &json!(false));
             match role {
                 "bos" if !truthy(own) && truthy(config.get("cls_token")) => config.get("cls_token"),
                 "eos" if !truthy(own) && truthy(config.get("sep_token")) => config.get("sep_token"),
@@ -946,12 +811,7 @@ pub fn gguf_tokenizer_metadata(
             }
         };
         for (role, _, add_key) in SPECIAL_ROLES {
-            if let (Some(_), Some(flag)) = (
-                add_key,
-                config
-                    .get(format!("add_{role}_token"))
-                    .and_then(Json::as_bool),
-            ) {
+            if let (Some(_), Some(flag)) = (add_key, config.get(format!("add_{role}_token")).and_then(Json::as_bool)) {
                 add_flags.push((role, flag));
             }
             let id = config_token_id(entry(role), &added);
@@ -964,21 +824,14 @@ pub fn gguf_tokenizer_metadata(
             let key = format!("{role}_token_id");
             let mut value = hf_config.get(&key).filter(|v| !v.is_null());
             if value.is_none() {
-                value = hf_config
-                    .get("text_config")
-                    .and_then(|t| t.get(&key))
-                    .filter(|v| !v.is_null());
+                value = hf_config.get("text_config").and_then(|t| t.get(&key)).filter(|v| !v.is_null());
             }
             // Only plain ints count (a list of eos ids is skipped, as in gguf-py).
             set_special(role, value.and_then(Json::as_u64), &hf_config_path)?;
         }
     }
     for (role, id) in special_ids {
-        let key = SPECIAL_ROLES
-            .iter()
-            .find(|(r, _, _)| *r == role)
-            .map(|(_, key, _)| *key)
-            .unwrap_or(KEY_EOS_ID);
+        let key = SPECIAL_ROLES.iter().find(|(r, _, _)| *r == role).map(|(_, key, _)| *key).unwrap_or(KEY_EOS_ID);
         out.push((key.into(), id.into()));
     }
     for (role, flag) in add_flags {
@@ -992,10 +845,7 @@ pub fn gguf_tokenizer_metadata(
     let mut default = None;
     let mut names = Vec::new();
     for (name, source) in templates {
-        let name: String = name
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
+        let name: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
         if name == "default" {
             default.get_or_insert(source);
         } else if !name.is_empty() && !names.contains(&name) {
@@ -1021,14 +871,7 @@ fn slot_of<'a>(
     field: &str,
 ) -> Result<&'a mut Option<(String, i32)>> {
     let rows = by_id.len();
-    usize::try_from(id)
-        .ok()
-        .and_then(|i| by_id.get_mut(i))
-        .ok_or_else(|| {
-            field_error(
-                path,
-                field,
-                format!("token {text:?} has id {id}, but the embedding has only {rows} rows"),
-            )
-        })
+    usize::try_from(id).ok().and_then(|i| by_id.get_mut(i)).ok_or_else(|| {
+        field_error(path, field, format!("token {text:?} has id {id}, but the embedding has only {rows} rows"))
+    })
 }

@@ -14,8 +14,8 @@ pub mod bench;
 pub mod chat;
 pub mod engine;
 pub mod error;
-pub mod gguf_tokenizer;
 pub mod export;
+pub mod gguf_tokenizer;
 mod model_dir;
 mod pyjson;
 pub mod sample;
@@ -27,8 +27,7 @@ pub use chat::ChatTemplate;
 pub use engine::{Session, Stats, StopReason};
 pub use error::{Result, RuntimeError};
 pub use gguf_tokenizer::{
-    chat_template_from_gguf, gguf_tokenizer_json, gguf_tokenizer_metadata, stop_ids_from_gguf,
-    tokenizer_from_gguf,
+    chat_template_from_gguf, gguf_tokenizer_json, gguf_tokenizer_metadata, stop_ids_from_gguf, tokenizer_from_gguf,
 };
 pub use sample::{argmax, Sampler, SamplerConfig};
 pub use stop::stop_token_ids;

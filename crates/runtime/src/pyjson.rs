@@ -45,32 +45,19 @@ pub fn dumps(value: &Value, opts: &DumpOptions) -> Result<String, Error> {
 }
 
 fn not_serializable(value: &Value) -> Error {
-    Error::new(
-        ErrorKind::InvalidOperation,
-        format!("Object of type {} is not JSON serializable", value.kind()),
-    )
+    Error::new(ErrorKind::InvalidOperation, format!("Object of type {} is not JSON serializable", value.kind()))
 }
 
-fn write_value(
-    out: &mut String,
-    value: &Value,
-    opts: &DumpOptions,
-    depth: usize,
-) -> Result<(), Error> {
+fn write_value(out: &mut String, value: &Value, opts: &DumpOptions, depth: usize) -> Result<(), Error> {
     // Python's encoder has a recursion limit too; templates never nest this deep.
     if depth > 512 {
-        return Err(Error::new(
-            ErrorKind::InvalidOperation,
-            "tojson: value nested too deeply",
-        ));
+        return Err(Error::new(ErrorKind::InvalidOperation, "tojson: value nested too deeply"));
     }
     match value.kind() {
         ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
         ValueKind::Number => write_number(out, value)?,
-        ValueKind::String => {
-            write_string(out, value.as_str().unwrap_or_default(), opts.ensure_ascii)
-        }
+        ValueKind::String => write_string(out, value.as_str().unwrap_or_default(), opts.ensure_ascii),
         ValueKind::Seq => {
             let items: Vec<Value> = value.try_iter()?.collect();
             write_container(out, '[', ']', &items, opts, depth, |out, item, depth| {
@@ -86,19 +73,11 @@ fn write_value(
             if opts.sort_keys {
                 entries.sort_by(|a, b| a.0.cmp(&b.0));
             }
-            write_container(
-                out,
-                '{',
-                '}',
-                &entries,
-                opts,
-                depth,
-                |out, (key, item), depth| {
-                    write_string(out, key, opts.ensure_ascii);
-                    out.push_str(&opts.key_separator);
-                    write_value(out, item, opts, depth)
-                },
-            )?;
+            write_container(out, '{', '}', &entries, opts, depth, |out, (key, item), depth| {
+                write_string(out, key, opts.ensure_ascii);
+                out.push_str(&opts.key_separator);
+                write_value(out, item, opts, depth)
+            })?;
         }
         // Undefined, bytes, iterators, macros, namespaces: Python raises TypeError as well.
         _ => return Err(not_serializable(value)),
@@ -152,10 +131,7 @@ fn key_string(key: &Value) -> Result<String, Error> {
         }
         _ => Err(Error::new(
             ErrorKind::InvalidOperation,
-            format!(
-                "keys must be str, int, float, bool or None, not {}",
-                key.kind()
-            ),
+            format!("keys must be str, int, float, bool or None, not {}", key.kind()),
         )),
     }
 }
@@ -205,11 +181,7 @@ pub fn python_float_repr(f: f64) -> String {
         format!("{sign}{body}")
     } else {
         let (first, rest) = digits.split_at(1);
-        let frac = if rest.is_empty() {
-            String::new()
-        } else {
-            format!(".{rest}")
-        };
+        let frac = if rest.is_empty() { String::new() } else { format!(".{rest}") };
         let exp_sign = if exp < 0 { '-' } else { '+' };
         format!("{sign}{first}{frac}e{exp_sign}{:02}", exp.abs())
     }
@@ -285,20 +257,14 @@ mod tests {
             ("a", Value::from_pairs(Vec::<(&str, Value)>::new())),
             ("c", Value::from(())),
         ]);
-        assert_eq!(
-            dumps(&v, &DumpOptions::default()).unwrap(),
-            r#"{"b": [1, 2.5], "a": {}, "c": null}"#
-        );
+        assert_eq!(dumps(&v, &DumpOptions::default()).unwrap(), r#"{"b": [1, 2.5], "a": {}, "c": null}"#);
         let opts = DumpOptions {
             indent: Some("  ".into()),
             item_separator: ",".into(),
             sort_keys: true,
             ..DumpOptions::default()
         };
-        assert_eq!(
-            dumps(&v, &opts).unwrap(),
-            "{\n  \"a\": {},\n  \"b\": [\n    1,\n    2.5\n  ],\n  \"c\": null\n}"
-        );
+        assert_eq!(dumps(&v, &opts).unwrap(), "{\n  \"a\": {},\n  \"b\": [\n    1,\n    2.5\n  ],\n  \"c\": null\n}");
         assert!(dumps(&Value::UNDEFINED, &DumpOptions::default()).is_err());
     }
 }

@@ -33,40 +33,23 @@ pub struct SamplerConfig {
 impl Default for SamplerConfig {
     /// Plain sampling from the model's distribution (temperature 1, no filters), seed 0.
     fn default() -> Self {
-        SamplerConfig {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-            seed: 0,
-        }
+        SamplerConfig { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed: 0 }
     }
 }
 
 impl SamplerConfig {
     /// Greedy decoding (argmax).
     pub fn greedy() -> Self {
-        SamplerConfig {
-            temperature: 0.0,
-            ..SamplerConfig::default()
-        }
+        SamplerConfig { temperature: 0.0, ..SamplerConfig::default() }
     }
 
     /// Checks ranges, for front ends that take these from users. [`Sampler`] itself accepts any
     /// values: temperature <= 0 or NaN is greedy, top_p outside (0, 1) and min_p outside (0, 1]
     /// are clamped (top_p <= 0 keeps only the top token).
     pub fn validate(&self) -> Result<()> {
-        let bad = |field, value: f32, problem| RuntimeError::SamplerConfig {
-            field,
-            value: value.to_string(),
-            problem,
-        };
+        let bad = |field, value: f32, problem| RuntimeError::SamplerConfig { field, value: value.to_string(), problem };
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(bad(
-                "temperature",
-                self.temperature,
-                "must be a finite number >= 0",
-            ));
+            return Err(bad("temperature", self.temperature, "must be a finite number >= 0"));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(bad("top_p", self.top_p, "must be in (0, 1]"));
@@ -102,11 +85,7 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(cfg: SamplerConfig) -> Sampler {
-        Sampler {
-            cfg,
-            rng: Pcg32::new(cfg.seed),
-            candidates: Vec::new(),
-        }
+        Sampler { cfg, rng: Pcg32::new(cfg.seed), candidates: Vec::new() }
     }
 
     pub fn config(&self) -> &SamplerConfig {
@@ -132,10 +111,12 @@ impl Sampler {
         // Temperature. NaN logits become -inf so they can never be chosen.
         let c = &mut self.candidates;
         c.clear();
-        c.extend(logits.iter().enumerate().map(|(i, &l)| Candidate {
-            id: i as u32,
-            weight: if l.is_nan() { f32::NEG_INFINITY } else { l / t },
-        }));
+        c.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| Candidate { id: i as u32, weight: if l.is_nan() { f32::NEG_INFINITY } else { l / t } }),
+        );
 
         // Top-k: partition so the k best come first (O(n)), drop the rest.
         let k = self.cfg.top_k;
@@ -231,10 +212,7 @@ impl Pcg32 {
 
     fn new(seed: u64) -> Pcg32 {
         // The reference seeding procedure: advance once, add the seed, advance again.
-        let mut rng = Pcg32 {
-            state: 0,
-            inc: Self::STREAM | 1,
-        };
+        let mut rng = Pcg32 { state: 0, inc: Self::STREAM | 1 };
         rng.next_u32();
         rng.state = rng.state.wrapping_add(seed);
         rng.next_u32();
@@ -264,18 +242,12 @@ mod tests {
     fn pcg32_is_the_reference_generator() {
         // pcg32_srandom(42, 54) then 6 outputs, from the PCG reference implementation's demo
         // (pcg32-demo.c); checks our step/output functions against the published sequence.
-        let mut rng = Pcg32 {
-            state: 0,
-            inc: (54u64 << 1) | 1,
-        };
+        let mut rng = Pcg32 { state: 0, inc: (54u64 << 1) | 1 };
         rng.next_u32();
         rng.state = rng.state.wrapping_add(42);
         rng.next_u32();
         let got: Vec<u32> = (0..6).map(|_| rng.next_u32()).collect();
-        assert_eq!(
-            got,
-            [0xa15c02b7, 0x7b47f409, 0xba1d3330, 0x83d2f293, 0xbfa4784b, 0xcbed606e]
-        );
+        assert_eq!(got, [0xa15c02b7, 0x7b47f409, 0xba1d3330, 0x83d2f293, 0xbfa4784b, 0xcbed606e]);
     }
 
     #[test]

@@ -46,21 +46,12 @@ pub fn stop_token_ids(model_dir: impl AsRef<Path>, tokenizer: &Tokenizer) -> Res
                 Some(Json::String(s)) => Some(s.as_str()),
                 _ => return Err(field_error(&path, "eos_token", "has no string `content`")),
             },
-            Some(_) => {
-                return Err(field_error(
-                    &path,
-                    "eos_token",
-                    "must be a string or an object",
-                ))
-            }
+            Some(_) => return Err(field_error(&path, "eos_token", "must be a string or an object")),
         };
         if let Some(token) = token {
             let id = tokenizer
                 .token_to_id(token)
-                .ok_or_else(|| RuntimeError::UnknownToken {
-                    path: path.clone(),
-                    token: token.to_string(),
-                })?;
+                .ok_or_else(|| RuntimeError::UnknownToken { path: path.clone(), token: token.to_string() })?;
             push_unique(&mut ids, id);
         }
     }
@@ -93,9 +84,5 @@ fn push_unique(ids: &mut Vec<u32>, id: u32) {
 }
 
 fn field_error(path: &Path, field: &str, problem: &str) -> RuntimeError {
-    RuntimeError::ConfigField {
-        path: path.to_path_buf(),
-        field: field.to_string(),
-        problem: problem.to_string(),
-    }
+    RuntimeError::ConfigField { path: path.to_path_buf(), field: field.to_string(), problem: problem.to_string() }
 }

@@ -45,7 +45,8 @@ use crate::error::{Result, RuntimeError};
 use crate::export::{export_gguf, ExportType};
 
 /// The tokenizer-side files copied next to the weights so `qmoe run` works.
-pub const TOKENIZER_FILES: [&str; 4] = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"];
+pub const TOKENIZER_FILES: [&str; 4] =
+    ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"];
 
 /// Folder (inside the output) that holds the bf16 source of a GGUF synth.
 const GGUF_STAGING_DIR: &str = ".synth-bf16";
@@ -111,7 +112,7 @@ impl SynthShape {
     }
 
     pub fn is_full_attention(&self, layer: usize) -> bool {
-        (layer + 1) % self.full_attention_interval == 0
+        (layer + 1).is_multiple_of(self.full_attention_interval)
     }
 
     fn key_dim(&self) -> usize {
@@ -421,7 +422,10 @@ struct Part {
 enum Store {
     Float(DType),
     /// MLX affine: `name` holds packed U32, plus `.scales` / `.biases` (BF16).
-    Affine { bits: u32, group: usize },
+    Affine {
+        bits: u32,
+        group: usize,
+    },
 }
 
 /// One checkpoint tensor: its rows are the parts' rows, in order.
@@ -499,7 +503,8 @@ impl Planner<'_> {
         let h = s.hidden_size;
         let l = |rest: &str| format!("layers.{i}.{rest}");
         let r = self.residual_scale();
-        let mut out = vec![self.zc_norm(&l("input_layernorm.weight"), h), self.zc_norm(&l("post_attention_layernorm.weight"), h)];
+        let mut out =
+            vec![self.zc_norm(&l("input_layernorm.weight"), h), self.zc_norm(&l("post_attention_layernorm.weight"), h)];
         if s.is_full_attention(i) {
             let (nh, nkv, hd) = (s.num_attention_heads, s.num_key_value_heads, s.head_dim);
             out.push(self.linear(&l("self_attn.q_proj.weight"), nh * 2 * hd, h, 1.0, false));
@@ -509,7 +514,13 @@ impl Planner<'_> {
             out.push(self.zc_norm(&l("self_attn.q_norm.weight"), hd));
             out.push(self.zc_norm(&l("self_attn.k_norm.weight"), hd));
         } else {
-            let (hv, dv, k, c, vd) = (s.linear_num_value_heads, s.linear_value_head_dim, s.linear_conv_kernel_dim, s.conv_dim(), s.value_dim());
+            let (hv, dv, k, c, vd) = (
+                s.linear_num_value_heads,
+                s.linear_value_head_dim,
+                s.linear_conv_kernel_dim,
+                s.conv_dim(),
+                s.value_dim(),
+            );
             out.push(self.linear(&l("linear_attn.in_proj_qkv.weight"), c, h, 1.0, false));
             out.push(self.linear(&l("linear_attn.in_proj_z.weight"), vd, h, 1.0, false));
             out.push(self.linear(&l("linear_attn.in_proj_b.weight"), hv, h, 1.0, false));
@@ -535,7 +546,8 @@ impl Planner<'_> {
 
     fn moe(&self, i: usize) -> Vec<Planned> {
         let s = self.s;
-        let (h, e, inter, is) = (s.hidden_size, s.num_experts, s.moe_intermediate_size, s.shared_expert_intermediate_size);
+        let (h, e, inter, is) =
+            (s.hidden_size, s.num_experts, s.moe_intermediate_size, s.shared_expert_intermediate_size);
         let l = |rest: &str| format!("layers.{i}.{rest}");
         let r = self.residual_scale();
         let up_std = 1.0 / (h as f32).sqrt();
@@ -558,13 +570,16 @@ impl Planner<'_> {
         let mut out = vec![self.linear(&l("mlp.gate.weight"), e, h, 1.0, true)];
         match self.d {
             Dialect::Hf => {
-                let gate_up = (0..e).flat_map(|x| [part("gate", x, inter, h, up_std), part("up", x, inter, h, up_std)]).collect();
+                let gate_up =
+                    (0..e).flat_map(|x| [part("gate", x, inter, h, up_std), part("up", x, inter, h, up_std)]).collect();
                 out.push(stack("mlp.experts.gate_up_proj", vec![e, 2 * inter, h], gate_up));
                 let down = (0..e).map(|x| part("down", x, h, inter, down_std)).collect();
                 out.push(stack("mlp.experts.down_proj", vec![e, h, inter], down));
             }
             Dialect::Mlx => {
-                for (proj, rows, cols, std) in [("gate", inter, h, up_std), ("up", inter, h, up_std), ("down", h, inter, down_std)] {
+                for (proj, rows, cols, std) in
+                    [("gate", inter, h, up_std), ("up", inter, h, up_std), ("down", h, inter, down_std)]
+                {
                     let parts = (0..e).map(|x| part(proj, x, rows, cols, std)).collect();
                     out.push(stack(&format!("mlp.switch_mlp.{proj}_proj.weight"), vec![e, rows, cols], parts));
                 }
@@ -585,14 +600,23 @@ impl Planner<'_> {
         q.insert("mode".into(), json!("affine"));
         for i in 0..self.s.num_hidden_layers {
             for m in ["mlp.gate", "mlp.shared_expert_gate"] {
-                q.insert(format!("{}layers.{i}.{m}", self.d.trunk()), json!({"group_size": MLX_GROUP, "bits": MLX_GATE_BITS}));
+                q.insert(
+                    format!("{}layers.{i}.{m}", self.d.trunk()),
+                    json!({"group_size": MLX_GROUP, "bits": MLX_GATE_BITS}),
+                );
             }
         }
         Value::Object(q)
     }
 }
 
-fn write_safetensors_checkpoint(s: &SynthShape, d: Dialect, seed: u64, out: &Path, progress: &mut dyn FnMut(&str)) -> Result<SynthStats> {
+fn write_safetensors_checkpoint(
+    s: &SynthShape,
+    d: Dialect,
+    seed: u64,
+    out: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<SynthStats> {
     let planner = Planner { s, d };
     let quant = (d == Dialect::Mlx).then(|| planner.mlx_quantization());
     let config = serde_json::to_string_pretty(&s.config_json(seed, quant)).expect("a JSON value serialises");
@@ -611,8 +635,10 @@ fn write_safetensors_checkpoint(s: &SynthShape, d: Dialect, seed: u64, out: &Pat
             k => planner.layer(k - 1),
         };
         let tensors: Vec<Materialized> = plan.iter().flat_map(|p| materialize(p, seed)).collect();
-        let views: Vec<TensorToWrite> =
-            tensors.iter().map(|t| TensorToWrite { name: &t.name, dtype: t.dtype, shape: &t.shape, bytes: &t.bytes }).collect();
+        let views: Vec<TensorToWrite> = tensors
+            .iter()
+            .map(|t| TensorToWrite { name: &t.name, dtype: t.dtype, shape: &t.shape, bytes: &t.bytes })
+            .collect();
         let name = shard_name(k);
         let path = out.join(&name);
         write_safetensors(&path, &views, &metadata)?;
@@ -625,7 +651,10 @@ fn write_safetensors_checkpoint(s: &SynthShape, d: Dialect, seed: u64, out: &Pat
         progress(&format!("[{}/{n_shards}] {name}", k + 1));
     }
     let index = json!({ "metadata": { "total_size": stats.bytes }, "weight_map": weight_map });
-    write_file(&out.join(INDEX_FILE), serde_json::to_string_pretty(&index).expect("a JSON value serialises").as_bytes())?;
+    write_file(
+        &out.join(INDEX_FILE),
+        serde_json::to_string_pretty(&index).expect("a JSON value serialises").as_bytes(),
+    )?;
     Ok(stats)
 }
 
@@ -682,8 +711,18 @@ fn materialize(p: &Planned, seed: u64) -> Vec<Materialized> {
             let module = p.name.strip_suffix(".weight").unwrap_or(&p.name);
             vec![
                 Materialized { name: p.name.clone(), dtype: DType::U32, shape: with_last(packed), bytes: words },
-                Materialized { name: format!("{module}.scales"), dtype: DType::BF16, shape: with_last(groups), bytes: scales },
-                Materialized { name: format!("{module}.biases"), dtype: DType::BF16, shape: with_last(groups), bytes: biases },
+                Materialized {
+                    name: format!("{module}.scales"),
+                    dtype: DType::BF16,
+                    shape: with_last(groups),
+                    bytes: scales,
+                },
+                Materialized {
+                    name: format!("{module}.biases"),
+                    dtype: DType::BF16,
+                    shape: with_last(groups),
+                    bytes: biases,
+                },
             ]
         }
     }
@@ -749,7 +788,14 @@ fn bf16_value(bits: u16) -> f32 {
 /// depends on that.) Codes are packed LSB-first into little-endian u32 words:
 /// element `i` occupies bits `[i*bits, (i+1)*bits)` of the row's bitstream
 /// (spec 4.6). `words`, `scales`, `biases` must be zeroed on entry.
-pub fn quantize_affine_row(row: &[f32], bits: u32, group: usize, words: &mut [u8], scales: &mut [u8], biases: &mut [u8]) {
+pub fn quantize_affine_row(
+    row: &[f32],
+    bits: u32,
+    group: usize,
+    words: &mut [u8],
+    scales: &mut [u8],
+    biases: &mut [u8],
+) {
     let levels = ((1u32 << bits) - 1) as f32;
     for (g, vals) in row.chunks(group).enumerate() {
         let (lo, hi) = vals.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
@@ -795,7 +841,8 @@ impl Rng {
         for b in key.bytes() {
             h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
         }
-        let mut r = Rng(h ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (block as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let mut r =
+            Rng(h ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (block as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
         let mixed = r.next_u64();
         Rng(mixed)
     }
@@ -837,7 +884,14 @@ mod tests {
             let (packed, groups) = (256 * bits as usize / 32, 256 / 64);
             let (mut w, mut s, mut b) = (vec![0u8; packed * 4], vec![0u8; groups * 2], vec![0u8; groups * 2]);
             quantize_affine_row(&row, bits, 64, &mut w, &mut s, &mut b);
-            let dec = qmoe_kernels::quant::AffineRow { words: &w, scales: &s, biases: &b, scale_dtype: DType::BF16, bits, group_size: 64 };
+            let dec = qmoe_kernels::quant::AffineRow {
+                words: &w,
+                scales: &s,
+                biases: &b,
+                scale_dtype: DType::BF16,
+                bits,
+                group_size: 64,
+            };
             let mut out = vec![0.0f32; 256];
             dec.decode(0, &mut out);
             for (g, (x, y)) in row.chunks(64).zip(out.chunks(64)).enumerate() {

@@ -27,10 +27,7 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer")
-            .field("path", &self.path)
-            .field("vocab_size", &self.vocab_size())
-            .finish()
+        f.debug_struct("Tokenizer").field("path", &self.path).field("vocab_size", &self.vocab_size()).finish()
     }
 }
 
@@ -40,10 +37,7 @@ impl Tokenizer {
         let path = path.as_ref();
         // Read it ourselves so a missing file is an `Io` error naming the path, and a parse
         // failure is a `TokenizerLoad` error.
-        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Io { path: path.to_path_buf(), source })?;
         Tokenizer::from_bytes(&bytes, path)
     }
 
@@ -55,10 +49,7 @@ impl Tokenizer {
             Ok(inner) => inner,
             Err(source) => return Err(RuntimeError::TokenizerLoad { path, source }),
         };
-        Ok(Tokenizer {
-            inner: Arc::new(inner),
-            path: Arc::new(path),
-        })
+        Ok(Tokenizer { inner: Arc::new(inner), path: Arc::new(path) })
     }
 
     /// The file this tokenizer was loaded from (for one built from GGUF metadata, the GGUF).
@@ -69,13 +60,10 @@ impl Tokenizer {
     /// Text to ids. No BOS/EOS is added; special tokens written in the text are matched.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         // `encode_fast` skips offset tracking; the ids are the same as `encode`'s.
-        let encoding =
-            self.inner
-                .encode_fast(text, false)
-                .map_err(|source| RuntimeError::Encode {
-                    path: self.path.to_path_buf(),
-                    source,
-                })?;
+        let encoding = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|source| RuntimeError::Encode { path: self.path.to_path_buf(), source })?;
         Ok(encoding.get_ids().to_vec())
     }
 
@@ -89,12 +77,7 @@ impl Tokenizer {
                 vocab_size: self.vocab_size(),
             });
         }
-        self.inner
-            .decode(ids, false)
-            .map_err(|source| RuntimeError::Decode {
-                path: self.path.to_path_buf(),
-                source,
-            })
+        self.inner.decode(ids, false).map_err(|source| RuntimeError::Decode { path: self.path.to_path_buf(), source })
     }
 
     /// The id of a token string (as stored in the vocabulary, i.e. byte-level form for BPE
@@ -140,12 +123,7 @@ pub struct StreamDecoder {
 
 impl StreamDecoder {
     pub fn new(tokenizer: Tokenizer) -> StreamDecoder {
-        StreamDecoder {
-            tokenizer,
-            ids: Vec::new(),
-            read: 0,
-            prefix_len: 0,
-        }
+        StreamDecoder { tokenizer, ids: Vec::new(), read: 0, prefix_len: 0 }
     }
 
     /// Adds one id; returns newly completed text (empty while a character is incomplete).

@@ -10,10 +10,7 @@ use serde_json::{json, Map};
 fn missing_tokenizer_file() {
     let err = Tokenizer::from_file("/nonexistent/tokenizer.json").unwrap_err();
     assert!(matches!(err, RuntimeError::Io { .. }), "{err}");
-    assert!(
-        err.to_string().contains("/nonexistent/tokenizer.json"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("/nonexistent/tokenizer.json"), "{err}");
 }
 
 #[test]
@@ -26,10 +23,7 @@ fn malformed_tokenizer_file() {
     assert!(err.to_string().contains("tokenizer.json"), "{err}");
 
     std::fs::write(&path, "{\"version\": \"1.0\"}").unwrap();
-    assert!(matches!(
-        Tokenizer::from_file(&path),
-        Err(RuntimeError::TokenizerLoad { .. })
-    ));
+    assert!(matches!(Tokenizer::from_file(&path), Err(RuntimeError::TokenizerLoad { .. })));
 }
 
 fn raised_message(err: &RuntimeError) -> &str {
@@ -52,22 +46,15 @@ fn template_that_raises() {
         other => panic!("expected TemplateRaised, got {other}"),
     }
     let system_only = [json!({"role": "system", "content": "be brief"})];
-    let err = template
-        .render(&system_only, None, true, &Map::new())
-        .unwrap_err();
+    let err = template.render(&system_only, None, true, &Map::new()).unwrap_err();
     assert_eq!(raised_message(&err), "No user query found in messages.");
     // Raised inside a macro (render_content) as well.
     let image_in_system = [
         json!({"role": "system", "content": [{"type": "image", "image": "x.png"}]}),
         json!({"role": "user", "content": "hi"}),
     ];
-    let err = template
-        .render(&image_in_system, None, true, &Map::new())
-        .unwrap_err();
-    assert_eq!(
-        raised_message(&err),
-        "System message cannot contain images."
-    );
+    let err = template.render(&image_in_system, None, true, &Map::new()).unwrap_err();
+    assert_eq!(raised_message(&err), "System message cannot contain images.");
 }
 
 #[test]
@@ -84,31 +71,18 @@ fn template_syntax_and_render_errors() {
     let mut extra = Map::new();
     extra.insert("messages".into(), json!([]));
     let err = template.render(&[], None, false, &extra).unwrap_err();
-    assert!(
-        matches!(err, RuntimeError::ReservedTemplateKwarg { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, RuntimeError::ReservedTemplateKwarg { .. }), "{err}");
 }
 
 #[test]
 fn missing_chat_template() {
     let dir = scratch_dir("err-no-template");
     let err = ChatTemplate::from_model_dir(&dir).unwrap_err();
-    assert!(
-        matches!(err, RuntimeError::MissingChatTemplate { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, RuntimeError::MissingChatTemplate { .. }), "{err}");
 
-    std::fs::write(
-        dir.join("tokenizer_config.json"),
-        r#"{"eos_token": "<|im_end|>"}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.join("tokenizer_config.json"), r#"{"eos_token": "<|im_end|>"}"#).unwrap();
     let err = ChatTemplate::from_model_dir(&dir).unwrap_err();
-    assert!(
-        matches!(err, RuntimeError::MissingChatTemplate { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, RuntimeError::MissingChatTemplate { .. }), "{err}");
 
     std::fs::write(dir.join("tokenizer_config.json"), r#"{"chat_template": 3}"#).unwrap();
     let err = ChatTemplate::from_model_dir(&dir).unwrap_err();
@@ -133,20 +107,12 @@ fn malformed_stop_configs() {
     assert!(matches!(err, RuntimeError::Json { .. }), "{err}");
     assert!(err.to_string().contains("generation_config.json"), "{err}");
 
-    std::fs::write(
-        dir.join("generation_config.json"),
-        r#"{"eos_token_id": "x"}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": "x"}"#).unwrap();
     let err = stop_token_ids(&dir, &tok).unwrap_err();
     assert!(matches!(err, RuntimeError::ConfigField { .. }), "{err}");
 
     std::fs::remove_file(dir.join("generation_config.json")).unwrap();
-    std::fs::write(
-        dir.join("tokenizer_config.json"),
-        r#"{"eos_token": "<|no such token|>"}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.join("tokenizer_config.json"), r#"{"eos_token": "<|no such token|>"}"#).unwrap();
     let err = stop_token_ids(&dir, &tok).unwrap_err();
     assert!(matches!(err, RuntimeError::UnknownToken { .. }), "{err}");
 }

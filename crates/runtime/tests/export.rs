@@ -66,7 +66,9 @@ fn quantized_exports_equal_their_dequantised_weights() {
     // `tol` bounds the distance from the unquantized source; these tiny random
     // models route on margins of ~0.02, so quantization flips some experts and
     // the worst position moves by up to ~10% of the logit scale (median far less).
-    for (name, ty, tol) in [("moe_fused", ExportType::Q8_0, 0.25), ("next", ExportType::Q4KM, 1.0), ("moe_fused", ExportType::Q6K, 0.3)] {
+    for (name, ty, tol) in
+        [("moe_fused", ExportType::Q8_0, 0.25), ("next", ExportType::Q4KM, 1.0), ("moe_fused", ExportType::Q6K, 0.3)]
+    {
         let src = Model::load(&fixture(name)).unwrap();
         let ids = ids_of(name);
         let q = export(&src, ty, &format!("{name}-{ty:?}"));
@@ -78,7 +80,10 @@ fn quantized_exports_equal_their_dequantised_weights() {
         let vs_src = rel_diff(&lq, &ls);
         let mut d: Vec<f32> = lq.iter().zip(&ls).map(|(a, b)| (a - b).abs()).collect();
         d.sort_by(f32::total_cmp);
-        eprintln!("{name} {ty:?}: vs dequantised {exact:.2e}, vs source max {vs_src:.2e} (median |diff| {:.3})", d[d.len() / 2]);
+        eprintln!(
+            "{name} {ty:?}: vs dequantised {exact:.2e}, vs source max {vs_src:.2e} (median |diff| {:.3})",
+            d[d.len() / 2]
+        );
         assert!(exact < 1e-4, "{name} {ty:?}: {exact}");
         assert!(vs_src < tol, "{name} {ty:?}: {vs_src}");
     }
@@ -96,7 +101,8 @@ fn q4_k_m_type_choice_equals_llama_cpp_quantizer() {
     let model = Model::load(&path).unwrap();
     let out = tmp("k256-q4km");
     export_gguf(&model, ExportType::Q4KM, Vec::new(), "k256", &out).unwrap();
-    let (theirs, ours) = (qmoe_formats::gguf::GgufFile::open(&path).unwrap(), qmoe_formats::gguf::GgufFile::open(&out).unwrap());
+    let (theirs, ours) =
+        (qmoe_formats::gguf::GgufFile::open(&path).unwrap(), qmoe_formats::gguf::GgufFile::open(&out).unwrap());
     assert_eq!(theirs.tensors().len(), ours.tensors().len());
     // llama.cpp's quantizer writes ggml's n_dims (ffn_gate_inp_shexp ne {H}),
     // its converter ne {H, 1} (what the exporter writes): same tensor.

@@ -50,10 +50,19 @@ fn swiglu_diff(what: &str, a: &SwiGlu, b: &SwiGlu) -> f32 {
 }
 
 fn block_diff(a: &Layer, b: &Layer) -> f32 {
-    let mut d = vec_diff("input_norm", &a.input_norm, &b.input_norm).max(vec_diff("post_attn_norm", &a.post_attn_norm, &b.post_attn_norm));
+    let mut d = vec_diff("input_norm", &a.input_norm, &b.input_norm).max(vec_diff(
+        "post_attn_norm",
+        &a.post_attn_norm,
+        &b.post_attn_norm,
+    ));
     match (&a.mixer, &b.mixer) {
         (Mixer::Attention(x), Mixer::Attention(y)) => {
-            for (n, p, q) in [("q", &x.q_proj, &y.q_proj), ("k", &x.k_proj, &y.k_proj), ("v", &x.v_proj, &y.v_proj), ("o", &x.o_proj, &y.o_proj)] {
+            for (n, p, q) in [
+                ("q", &x.q_proj, &y.q_proj),
+                ("k", &x.k_proj, &y.k_proj),
+                ("v", &x.v_proj, &y.v_proj),
+                ("o", &x.o_proj, &y.o_proj),
+            ] {
                 d = d.max(mat_diff(n, p, q));
             }
             d = d.max(vec_diff("q_norm", &x.q_norm, &y.q_norm)).max(vec_diff("k_norm", &x.k_norm, &y.k_norm));
@@ -63,7 +72,11 @@ fn block_diff(a: &Layer, b: &Layer) -> f32 {
     match (&a.mlp, &b.mlp) {
         (Mlp::Moe(x), Mlp::Moe(y)) => {
             assert_eq!(x.experts.len(), y.experts.len());
-            d = d.max(mat_diff("router", &x.router, &y.router)).max(mat_diff("shared_gate", &x.shared_gate, &y.shared_gate));
+            d = d.max(mat_diff("router", &x.router, &y.router)).max(mat_diff(
+                "shared_gate",
+                &x.shared_gate,
+                &y.shared_gate,
+            ));
             d = d.max(swiglu_diff("shared", &x.shared, &y.shared));
             for (e, (p, q)) in x.experts.iter().zip(&y.experts).enumerate() {
                 d = d.max(swiglu_diff(&format!("expert {e}"), p, q));
@@ -94,7 +107,10 @@ fn mtp_head_round_trips_exactly_through_an_f32_gguf() {
         let out = export(&src, ExportType::F32, MtpExport::Include, &format!("{name}-rt"));
         let back = Model::load(&out).unwrap_or_else(|e| panic!("{name}: {e}"));
         let _ = std::fs::remove_file(&out);
-        let (a, b) = (src.weights.mtp.as_ref().expect("source has an MTP head"), back.weights.mtp.as_ref().expect("head lost in export"));
+        let (a, b) = (
+            src.weights.mtp.as_ref().expect("source has an MTP head"),
+            back.weights.mtp.as_ref().expect("head lost in export"),
+        );
         let d = mtp_diff(a, b);
         eprintln!("{name}: MTP head f32 round trip max |diff| = {d:e}");
         assert_eq!(d, 0.0, "{name}");
@@ -112,7 +128,8 @@ fn quantized_mtp_head_loads_back_as_its_own_dequantised_values() {
     let f_path = export(&q, ExportType::F32, MtpExport::Include, "q8-f32");
     let f = Model::load(&f_path).unwrap();
     let _ = (std::fs::remove_file(q_path), std::fs::remove_file(f_path));
-    let (qm, fm, sm) = (q.weights.mtp.as_ref().unwrap(), f.weights.mtp.as_ref().unwrap(), src.weights.mtp.as_ref().unwrap());
+    let (qm, fm, sm) =
+        (q.weights.mtp.as_ref().unwrap(), f.weights.mtp.as_ref().unwrap(), src.weights.mtp.as_ref().unwrap());
     assert_eq!(mtp_diff(qm, fm), 0.0);
     let rounding = mtp_diff(sm, qm);
     eprintln!("moe_fused: q8_0 MTP head vs source max |diff| = {rounding:e}");

@@ -10,13 +10,12 @@ use std::sync::OnceLock;
 use common::{demo_dir, ids_of, qwen3_next_dir, read_jsonl, scratch_dir, tokenizer};
 use qmoe_formats::gguf::{GgufArray, GgufFile, GgufValue, GgufWriter};
 use qmoe_runtime::gguf_tokenizer::{
-    token_type, KEY_ADD_BOS, KEY_BOS_ID, KEY_CHAT_TEMPLATE, KEY_CHAT_TEMPLATES, KEY_EOS_ID,
-    KEY_MERGES, KEY_MODEL, KEY_PAD_ID, KEY_PRE, KEY_TOKENS, KEY_TOKEN_TYPE, QWEN2_PRE_REGEX,
-    QWEN35_PRE_REGEX,
+    token_type, KEY_ADD_BOS, KEY_BOS_ID, KEY_CHAT_TEMPLATE, KEY_CHAT_TEMPLATES, KEY_EOS_ID, KEY_MERGES, KEY_MODEL,
+    KEY_PAD_ID, KEY_PRE, KEY_TOKENS, KEY_TOKEN_TYPE, QWEN2_PRE_REGEX, QWEN35_PRE_REGEX,
 };
 use qmoe_runtime::{
-    chat_template_from_gguf, gguf_tokenizer_json, gguf_tokenizer_metadata, stop_ids_from_gguf,
-    stop_token_ids, tokenizer_from_gguf, ChatTemplate, RuntimeError, Tokenizer,
+    chat_template_from_gguf, gguf_tokenizer_json, gguf_tokenizer_metadata, stop_ids_from_gguf, stop_token_ids,
+    tokenizer_from_gguf, ChatTemplate, RuntimeError, Tokenizer,
 };
 use serde_json::{json, Value};
 
@@ -47,12 +46,7 @@ fn via_gguf(vocab: &str) -> &'static ViaGguf {
         write_gguf(&path, &metadata);
         let file = GgufFile::open(&path).expect("open gguf");
         let tokenizer = tokenizer_from_gguf(&file).expect("tokenizer from gguf");
-        ViaGguf {
-            dir,
-            metadata,
-            file,
-            tokenizer,
-        }
+        ViaGguf { dir, metadata, file, tokenizer }
     };
     match vocab {
         "qwen3.6" => QWEN36.get_or_init(|| build(demo_dir(), 248_320, "qwen36")),
@@ -66,11 +60,7 @@ fn keys(metadata: &[(String, GgufValue)]) -> Vec<&str> {
 }
 
 fn value<'a>(metadata: &'a [(String, GgufValue)], key: &str) -> &'a GgufValue {
-    &metadata
-        .iter()
-        .find(|(k, _)| k == key)
-        .unwrap_or_else(|| panic!("no {key}"))
-        .1
+    &metadata.iter().find(|(k, _)| k == key).unwrap_or_else(|| panic!("no {key}")).1
 }
 
 fn strings<'a>(metadata: &'a [(String, GgufValue)], key: &str) -> &'a [String] {
@@ -108,17 +98,9 @@ fn check_types(types: &[i32], n_normal: usize, n_tokens: usize, ranges: &[(usize
 
 #[test]
 fn regex_constants_are_the_committed_ones() {
-    for (dir, want) in [
-        (demo_dir(), QWEN35_PRE_REGEX),
-        (qwen3_next_dir(), QWEN2_PRE_REGEX),
-    ] {
-        let json: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap())
-                .unwrap();
-        assert_eq!(
-            json["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"],
-            json!(want)
-        );
+    for (dir, want) in [(demo_dir(), QWEN35_PRE_REGEX), (qwen3_next_dir(), QWEN2_PRE_REGEX)] {
+        let json: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap()).unwrap();
+        assert_eq!(json["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"], json!(want));
     }
 }
 
@@ -223,15 +205,13 @@ fn gguf_tokenizer_json_is_the_committed_file_up_to_fim_special_flags() {
         let v = via_gguf(vocab);
         let got = gguf_tokenizer_json(&v.file).unwrap();
         let mut want: Value =
-            serde_json::from_str(&std::fs::read_to_string(v.dir.join("tokenizer.json")).unwrap())
-                .unwrap();
+            serde_json::from_str(&std::fs::read_to_string(v.dir.join("tokenizer.json")).unwrap()).unwrap();
         // GGUF keeps only control/user-defined; the fim/repo/file tokens look special (<|…|>),
         // so the converter makes them control although tokenizer.json says special=false.
         let mut flipped = 0;
         for t in want["added_tokens"].as_array_mut().unwrap() {
             let content = t["content"].as_str().unwrap();
-            if t["special"] == json!(false) && content.starts_with("<|") && content.ends_with("|>")
-            {
+            if t["special"] == json!(false) && content.starts_with("<|") && content.ends_with("|>") {
                 t["special"] = json!(true);
                 flipped += 1;
             }
@@ -251,16 +231,8 @@ fn golden_encodings_through_gguf() {
         let text = r["text"].as_str().unwrap();
         let want = ids_of(r);
         let tok = &via_gguf(vocab).tokenizer;
-        assert_eq!(
-            tok.encode(text).unwrap(),
-            want,
-            "record {i} ({vocab}) {text:?}"
-        );
-        assert_eq!(
-            tok.decode(&want).unwrap(),
-            tokenizer(vocab).decode(&want).unwrap(),
-            "record {i} ({vocab}) decode"
-        );
+        assert_eq!(tok.encode(text).unwrap(), want, "record {i} ({vocab}) {text:?}");
+        assert_eq!(tok.decode(&want).unwrap(), tokenizer(vocab).decode(&want).unwrap(), "record {i} ({vocab}) decode");
         checked += 1;
     }
     assert_eq!(checked, 548);
@@ -268,21 +240,14 @@ fn golden_encodings_through_gguf() {
 
 #[test]
 fn gguf_tokenizer_has_the_same_tokens_and_refuses_padding_ids() {
-    for (vocab, size, pad) in [
-        ("qwen3.6", 248_077, 248_077u32),
-        ("qwen3-next", 151_669, 151_935),
-    ] {
+    for (vocab, size, pad) in [("qwen3.6", 248_077, 248_077u32), ("qwen3-next", 151_669, 151_935)] {
         let v = via_gguf(vocab);
         let reference = tokenizer(vocab);
         assert_eq!(v.tokenizer.vocab_size(), size);
         assert_eq!(v.tokenizer.vocab_size(), reference.vocab_size());
         assert_eq!(v.tokenizer.path(), v.file.path());
         for id in 0..size as u32 {
-            assert_eq!(
-                v.tokenizer.id_to_token(id),
-                reference.id_to_token(id),
-                "{vocab} id {id}"
-            );
+            assert_eq!(v.tokenizer.id_to_token(id), reference.id_to_token(id), "{vocab} id {id}");
         }
         match v.tokenizer.decode(&[pad]) {
             Err(RuntimeError::UnknownTokenId { id, .. }) => assert_eq!(id, pad),
@@ -295,10 +260,8 @@ fn gguf_tokenizer_has_the_same_tokens_and_refuses_padding_ids() {
 fn chat_template_through_gguf_renders_as_the_model_folder() {
     let records = read_jsonl("chat-template-renders.jsonl");
     let mut checked = 0;
-    for (vocab, name) in [
-        ("qwen3.6", "qwen3.6/chat_template.jinja"),
-        ("qwen3-next", "qwen3-next/chat_template.jinja"),
-    ] {
+    for (vocab, name) in [("qwen3.6", "qwen3.6/chat_template.jinja"), ("qwen3-next", "qwen3-next/chat_template.jinja")]
+    {
         let v = via_gguf(vocab);
         let from_gguf = chat_template_from_gguf(&v.file).unwrap().expect("template");
         let from_dir = ChatTemplate::from_model_dir(&v.dir).unwrap();
@@ -311,11 +274,7 @@ fn chat_template_through_gguf_renders_as_the_model_folder() {
             let gen = r["add_generation_prompt"].as_bool().unwrap();
             let got = from_gguf.render(messages, tools, gen, kwargs).unwrap();
             assert_eq!(got, r["rendered"].as_str().unwrap(), "{label}");
-            assert_eq!(
-                got,
-                from_dir.render(messages, tools, gen, kwargs).unwrap(),
-                "{label}"
-            );
+            assert_eq!(got, from_dir.render(messages, tools, gen, kwargs).unwrap(), "{label}");
             assert_eq!(v.tokenizer.encode(&got).unwrap(), ids_of(r), "{label}: ids");
             checked += 1;
         }
@@ -328,15 +287,9 @@ fn stop_ids_through_gguf() {
     let v = via_gguf("qwen3.6");
     let ids = stop_ids_from_gguf(&v.file, &v.tokenizer).unwrap();
     assert_eq!(ids, [248_046, 248_044]);
-    assert_eq!(
-        ids,
-        stop_token_ids(demo_dir(), tokenizer("qwen3.6")).unwrap()
-    );
+    assert_eq!(ids, stop_token_ids(demo_dir(), tokenizer("qwen3.6")).unwrap());
     let v = via_gguf("qwen3-next");
-    assert_eq!(
-        stop_ids_from_gguf(&v.file, &v.tokenizer).unwrap(),
-        [151_645, 151_643]
-    );
+    assert_eq!(stop_ids_from_gguf(&v.file, &v.tokenizer).unwrap(), [151_645, 151_643]);
 }
 
 // ---- small hand-made vocabularies --------------------------------------------------------------
@@ -347,21 +300,14 @@ fn toy() -> Vec<(String, GgufValue)> {
     vec![
         (KEY_MODEL.into(), "gpt2".into()),
         (KEY_PRE.into(), "qwen2".into()),
-        (
-            KEY_TOKENS.into(),
-            s(&["a", "b", "ab", "<|im_end|>", "[PAD4]"]),
-        ),
+        (KEY_TOKENS.into(), s(&["a", "b", "ab", "<|im_end|>", "[PAD4]"])),
         (KEY_TOKEN_TYPE.into(), vec![1i32, 1, 1, 3, 5].into()),
         (KEY_MERGES.into(), s(&["a b"])),
         (KEY_EOS_ID.into(), 3u32.into()),
     ]
 }
 
-fn with(
-    mut metadata: Vec<(String, GgufValue)>,
-    key: &str,
-    value: Option<GgufValue>,
-) -> Vec<(String, GgufValue)> {
+fn with(mut metadata: Vec<(String, GgufValue)>, key: &str, value: Option<GgufValue>) -> Vec<(String, GgufValue)> {
     let pos = metadata.iter().position(|(k, _)| k == key);
     match (pos, value) {
         (Some(i), Some(v)) => metadata[i].1 = v,
@@ -387,9 +333,7 @@ fn toy_error(name: &str, metadata: &[(String, GgufValue)]) -> (String, String) {
         Err(e @ RuntimeError::GgufTokenizer { .. }) => {
             let message = e.to_string();
             assert!(message.contains("toy.gguf"), "{message}");
-            let RuntimeError::GgufTokenizer { key, .. } = e else {
-                unreachable!()
-            };
+            let RuntimeError::GgufTokenizer { key, .. } = e else { unreachable!() };
             (key, message)
         }
         Err(other) => panic!("{name}: unexpected error {other}"),
@@ -404,10 +348,7 @@ fn toy_vocabulary_works() {
     assert_eq!(tok.vocab_size(), 4);
     assert_eq!(tok.encode("ab<|im_end|>ba").unwrap(), [2, 3, 1, 0]);
     assert_eq!(tok.decode(&[2, 3]).unwrap(), "ab<|im_end|>");
-    assert!(matches!(
-        tok.decode(&[4]),
-        Err(RuntimeError::UnknownTokenId { id: 4, .. })
-    ));
+    assert!(matches!(tok.decode(&[4]), Err(RuntimeError::UnknownTokenId { id: 4, .. })));
     assert_eq!(stop_ids_from_gguf(&file, &tok).unwrap(), [3]);
     assert!(chat_template_from_gguf(&file).unwrap().is_none());
 }
@@ -416,20 +357,14 @@ fn toy_vocabulary_works() {
 fn unknown_tokenizer_model_is_refused() {
     let (key, message) = toy_error("model", &with(toy(), KEY_MODEL, Some("llama".into())));
     assert_eq!(key, KEY_MODEL);
-    assert!(
-        message.contains("\"llama\"") && message.contains("gpt2"),
-        "{message}"
-    );
+    assert!(message.contains("\"llama\"") && message.contains("gpt2"), "{message}");
 }
 
 #[test]
 fn unknown_or_missing_pre_is_refused() {
     let (key, message) = toy_error("pre", &with(toy(), KEY_PRE, Some("deepseek-llm".into())));
     assert_eq!(key, KEY_PRE);
-    assert!(
-        message.contains("\"deepseek-llm\"") && message.contains("qwen35"),
-        "{message}"
-    );
+    assert!(message.contains("\"deepseek-llm\"") && message.contains("qwen35"), "{message}");
     let (key, message) = toy_error("no-pre", &with(toy(), KEY_PRE, None));
     assert_eq!(key, KEY_PRE);
     assert!(message.contains("missing"), "{message}");
@@ -437,43 +372,24 @@ fn unknown_or_missing_pre_is_refused() {
 
 #[test]
 fn tokens_and_types_of_different_length_are_refused() {
-    let (key, message) = toy_error(
-        "lengths",
-        &with(toy(), KEY_TOKEN_TYPE, Some(vec![1i32, 1, 1, 3].into())),
-    );
+    let (key, message) = toy_error("lengths", &with(toy(), KEY_TOKEN_TYPE, Some(vec![1i32, 1, 1, 3].into())));
     assert_eq!(key, KEY_TOKEN_TYPE);
-    assert!(
-        message.contains("4 entries") && message.contains("has 5"),
-        "{message}"
-    );
+    assert!(message.contains("4 entries") && message.contains("has 5"), "{message}");
 }
 
 #[test]
 fn merges_naming_unknown_tokens_are_refused() {
-    let merges = |m: &[&str]| {
-        Some(GgufValue::from(
-            m.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-        ))
-    };
-    let (key, message) = toy_error(
-        "merge-part",
-        &with(toy(), KEY_MERGES, merges(&["a b", "a c"])),
-    );
+    let merges = |m: &[&str]| Some(GgufValue::from(m.iter().map(|s| s.to_string()).collect::<Vec<_>>()));
+    let (key, message) = toy_error("merge-part", &with(toy(), KEY_MERGES, merges(&["a b", "a c"])));
     assert_eq!(key, KEY_MERGES);
-    assert!(
-        message.contains("merge 1") && message.contains("\"c\""),
-        "{message}"
-    );
+    assert!(message.contains("merge 1") && message.contains("\"c\""), "{message}");
     let (key, message) = toy_error("merge-result", &with(toy(), KEY_MERGES, merges(&["b a"])));
     assert_eq!(key, KEY_MERGES);
     assert!(message.contains("\"ba\""), "{message}");
     let (key, _) = toy_error("merge-shape", &with(toy(), KEY_MERGES, merges(&["ab"])));
     assert_eq!(key, KEY_MERGES);
     // A merge may not name an added token either.
-    let (key, _) = toy_error(
-        "merge-added",
-        &with(toy(), KEY_MERGES, merges(&["a <|im_end|>"])),
-    );
+    let (key, _) = toy_error("merge-added", &with(toy(), KEY_MERGES, merges(&["a <|im_end|>"])));
     assert_eq!(key, KEY_MERGES);
     // The JSON view refuses the same, up front.
     let file = open_toy("merge-json", &with(toy(), KEY_MERGES, merges(&["a c"])));
@@ -485,45 +401,27 @@ fn merges_naming_unknown_tokens_are_refused() {
 
 #[test]
 fn other_inconsistent_vocabularies_are_refused() {
-    let s = |v: &[&str]| {
-        Some(GgufValue::from(
-            v.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-        ))
-    };
+    let s = |v: &[&str]| Some(GgufValue::from(v.iter().map(|s| s.to_string()).collect::<Vec<_>>()));
     // Same token twice.
-    let (key, message) = toy_error(
-        "dup",
-        &with(toy(), KEY_TOKENS, s(&["a", "b", "ab", "a", "[PAD4]"])),
-    );
+    let (key, message) = toy_error("dup", &with(toy(), KEY_TOKENS, s(&["a", "b", "ab", "a", "[PAD4]"])));
     assert_eq!(key, KEY_TOKENS);
     assert!(message.contains("repeats token 0"), "{message}");
     // Two normal tokens alike (would silently shrink the BPE vocabulary).
     let (key, message) = toy_error(
         "dup-normal",
         &with(
-            with(
-                toy(),
-                KEY_TOKENS,
-                s(&["a", "b", "a", "<|im_end|>", "[PAD4]"]),
-            ),
+            with(toy(), KEY_TOKENS, s(&["a", "b", "a", "<|im_end|>", "[PAD4]"])),
             KEY_MERGES,
             Some(GgufValue::from(Vec::<String>::new())),
         ),
     );
     assert_eq!(key, KEY_TOKENS);
-    assert!(
-        message.contains("token 2 \"a\" repeats token 0"),
-        "{message}"
-    );
+    assert!(message.contains("token 2 \"a\" repeats token 0"), "{message}");
     // An added token before the end of the normal ones would be renumbered by `tokenizers`.
     let (key, message) = toy_error(
         "order",
         &with(
-            with(
-                toy(),
-                KEY_TOKENS,
-                s(&["a", "<|im_end|>", "b", "ab", "[PAD4]"]),
-            ),
+            with(toy(), KEY_TOKENS, s(&["a", "<|im_end|>", "b", "ab", "[PAD4]"])),
             KEY_TOKEN_TYPE,
             Some(vec![1i32, 3, 1, 1, 5].into()),
         ),
@@ -531,16 +429,10 @@ fn other_inconsistent_vocabularies_are_refused() {
     assert_eq!(key, KEY_TOKEN_TYPE);
     assert!(message.contains("must have id 3"), "{message}");
     // Byte tokens belong to SentencePiece vocabularies.
-    let (key, _) = toy_error(
-        "byte",
-        &with(toy(), KEY_TOKEN_TYPE, Some(vec![1i32, 1, 1, 6, 5].into())),
-    );
+    let (key, _) = toy_error("byte", &with(toy(), KEY_TOKEN_TYPE, Some(vec![1i32, 1, 1, 6, 5].into())));
     assert_eq!(key, KEY_TOKEN_TYPE);
     // token_type of the wrong element type.
-    let (key, _) = toy_error(
-        "type-type",
-        &with(toy(), KEY_TOKEN_TYPE, s(&["1", "1", "1", "3", "5"])),
-    );
+    let (key, _) = toy_error("type-type", &with(toy(), KEY_TOKEN_TYPE, s(&["1", "1", "1", "3", "5"])));
     assert_eq!(key, KEY_TOKEN_TYPE);
     // A missing token list is the reader's error.
     let file = open_toy("no-tokens", &with(toy(), KEY_TOKENS, None));
@@ -560,15 +452,9 @@ fn bad_stop_ids_are_refused() {
         other => panic!("{other:?}"),
     }
     let file = open_toy("eos-range", &with(toy(), KEY_EOS_ID, Some(9u32.into())));
-    assert!(matches!(
-        stop_ids_from_gguf(&file, &tok),
-        Err(RuntimeError::GgufTokenizer { .. })
-    ));
+    assert!(matches!(stop_ids_from_gguf(&file, &tok), Err(RuntimeError::GgufTokenizer { .. })));
     let file = open_toy("eos-type", &with(toy(), KEY_EOS_ID, Some("3".into())));
-    assert!(matches!(
-        stop_ids_from_gguf(&file, &tok),
-        Err(RuntimeError::GgufTokenizer { .. })
-    ));
+    assert!(matches!(stop_ids_from_gguf(&file, &tok), Err(RuntimeError::GgufTokenizer { .. })));
 }
 
 // ---- export from small model folders ------------------------------------------------------------
@@ -630,19 +516,7 @@ fn toy_folder_round_trips() {
             KEY_CHAT_TEMPLATE
         ]
     );
-    assert_eq!(
-        strings(&m, KEY_TOKENS),
-        [
-            "a",
-            "b",
-            "ab",
-            "<|im_end|>",
-            "<think>",
-            "<|fim_pad|>",
-            "[PAD6]",
-            "[PAD7]"
-        ]
-    );
+    assert_eq!(strings(&m, KEY_TOKENS), ["a", "b", "ab", "<|im_end|>", "<think>", "<|fim_pad|>", "[PAD6]", "[PAD7]"]);
     assert_eq!(types(&m), [1, 1, 1, 3, 4, 3, 5, 5]);
     assert_eq!(strings(&m, KEY_MERGES), ["a b"]);
     assert_eq!(value(&m, KEY_EOS_ID), &GgufValue::U32(3));
@@ -654,14 +528,7 @@ fn toy_folder_round_trips() {
     let tok = tokenizer_from_gguf(&file).unwrap();
     assert_eq!(tok.encode("<think>ab<|fim_pad|>").unwrap(), [4, 2, 5]);
     let template = chat_template_from_gguf(&file).unwrap().unwrap();
-    let out = template
-        .render(
-            &[json!({"role": "user", "content": "hi"})],
-            None,
-            false,
-            &Default::default(),
-        )
-        .unwrap();
+    let out = template.render(&[json!({"role": "user", "content": "hi"})], None, false, &Default::default()).unwrap();
     assert_eq!(out, "hi<|im_end|>");
     assert_eq!(stop_ids_from_gguf(&file, &tok).unwrap(), [3]);
 }
@@ -681,10 +548,7 @@ fn export_refusals() {
     let dir = toy_dir("rows", &toy_tokenizer_json(QWEN35_PRE_REGEX), None);
     let (field, problem) = field_of(gguf_tokenizer_metadata(&dir, 5));
     assert_eq!(field, "added_tokens");
-    assert!(
-        problem.contains("id 5") && problem.contains("5 rows"),
-        "{problem}"
-    );
+    assert!(problem.contains("id 5") && problem.contains("5 rows"), "{problem}");
     // Not NFC.
     let mut json = toy_tokenizer_json(QWEN35_PRE_REGEX);
     json["normalizer"] = Value::Null;
@@ -697,8 +561,5 @@ fn export_refusals() {
     assert_eq!(field_of(gguf_tokenizer_metadata(&dir, 8)).0, "model.vocab");
     // No tokenizer.json at all.
     let dir = scratch_dir("gguf-tokenizer-dir-empty");
-    assert!(matches!(
-        gguf_tokenizer_metadata(&dir, 8),
-        Err(RuntimeError::Io { .. })
-    ));
+    assert!(matches!(gguf_tokenizer_metadata(&dir, 8), Err(RuntimeError::Io { .. })));
 }

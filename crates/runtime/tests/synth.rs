@@ -40,9 +40,15 @@ fn default_shape_is_qwen36_35b_a3b() {
     assert_eq!(c.arch, Arch::Qwen35Moe);
     assert_eq!((c.hidden_size, c.num_hidden_layers, c.vocab_size), (2048, 40, 248320));
     assert_eq!((c.num_attention_heads, c.num_key_value_heads, c.head_dim), (16, 2, 256));
-    assert_eq!((c.linear_num_key_heads, c.linear_num_value_heads, c.linear_key_head_dim, c.linear_value_head_dim), (16, 32, 128, 128));
+    assert_eq!(
+        (c.linear_num_key_heads, c.linear_num_value_heads, c.linear_key_head_dim, c.linear_value_head_dim),
+        (16, 32, 128, 128)
+    );
     assert_eq!(c.linear_conv_kernel_dim, 4);
-    assert_eq!((c.num_experts, c.num_experts_per_tok, c.moe_intermediate_size, c.shared_expert_intermediate_size), (32, 8, 512, 512));
+    assert_eq!(
+        (c.num_experts, c.num_experts_per_tok, c.moe_intermediate_size, c.shared_expert_intermediate_size),
+        (32, 8, 512, 512)
+    );
     assert_eq!((c.rope_theta, c.partial_rotary_factor, c.rotary_dims()), (1e7, 0.25, 64));
     assert!(!c.tie_word_embeddings);
     assert_eq!(c.n_full_attention_layers(), 10);
@@ -118,7 +124,12 @@ fn bf16_and_mlx4_load_run_and_agree() {
     // Bytes per token: everything but the experts, plus top_k/E of them (here k = E = 4).
     let bt = bench::bytes_per_token(&a);
     assert!(bt.routed_experts > 0.0 && bt.head > 0.0 && bt.embedding_row > 0.0);
-    assert!((bt.total() - (bench::weight_bytes(&a) as f64 - a.weights.embed.bytes() as f64 + bt.embedding_row + bt.vectors)).abs() < 1.0);
+    assert!(
+        (bt.total()
+            - (bench::weight_bytes(&a) as f64 - a.weights.embed.bytes() as f64 + bt.embedding_row + bt.vectors))
+            .abs()
+            < 1.0
+    );
 
     for d in [hf, mlx] {
         std::fs::remove_dir_all(d).unwrap();
@@ -135,8 +146,12 @@ fn same_seed_same_bytes_other_seed_other_bytes() {
     assert_eq!(read(&a), read(&b));
     assert_ne!(read(&a), read(&c));
     // Config and index agree with what was written.
-    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("model.safetensors.index.json")).unwrap()).unwrap();
-    assert_eq!(index["weight_map"]["model.language_model.layers.3.self_attn.q_proj.weight"], "model-00005-of-00006.safetensors");
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("model.safetensors.index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index["weight_map"]["model.language_model.layers.3.self_attn.q_proj.weight"],
+        "model-00005-of-00006.safetensors"
+    );
     assert_eq!(index["weight_map"]["lm_head.weight"], "model-00006-of-00006.safetensors");
     for d in [a, b, c] {
         std::fs::remove_dir_all(d).unwrap();

@@ -60,19 +60,12 @@ fn stream_decoder_matches_decode_on_golden_strings() {
 fn stream_decoder_holds_split_characters() {
     let tok = tokenizer("qwen3.6");
     // Byte-level tokens for the 4 UTF-8 bytes of 😀 (F0 9F 98 80), one token each.
-    let byte_ids: Vec<u32> = ["ð", "Ł", "ĺ", "Ģ"]
-        .iter()
-        .map(|t| tok.token_to_id(t).expect("byte token"))
-        .collect();
+    let byte_ids: Vec<u32> = ["ð", "Ł", "ĺ", "Ģ"].iter().map(|t| tok.token_to_id(t).expect("byte token")).collect();
     assert_eq!(tok.decode(&byte_ids).unwrap(), "😀");
     let mut stream = tok.stream_decoder();
     assert_eq!(stream.push(tok.encode("Hi ").unwrap()[0]).unwrap(), "Hi");
     for &id in &byte_ids[..3] {
-        assert_eq!(
-            stream.push(id).unwrap(),
-            "",
-            "partial character must be held"
-        );
+        assert_eq!(stream.push(id).unwrap(), "", "partial character must be held");
     }
     assert_eq!(stream.push(byte_ids[3]).unwrap(), "😀");
 
@@ -102,10 +95,7 @@ fn special_tokens_and_sizes() {
         assert_eq!(q36.token_to_id(token), Some(id), "{token}");
         assert_eq!(q36.id_to_token(id).as_deref(), Some(token));
     }
-    assert_eq!(
-        q36.encode("<|im_start|>user\nHi<|im_end|>").unwrap()[0],
-        248_045
-    );
+    assert_eq!(q36.encode("<|im_start|>user\nHi<|im_end|>").unwrap()[0], 248_045);
 
     let next = tokenizer("qwen3-next");
     assert_eq!(next.vocab_size(), 151_669);
@@ -119,9 +109,6 @@ fn decode_rejects_ids_outside_the_vocabulary() {
     let tok = tokenizer("qwen3.6");
     // 248_100 is an embedding padding row: no token.
     let err = tok.decode(&[9419, 248_100]).unwrap_err();
-    assert!(
-        matches!(err, RuntimeError::UnknownTokenId { id: 248_100, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, RuntimeError::UnknownTokenId { id: 248_100, .. }), "{err}");
     assert!(tok.stream_decoder().push(248_100).is_err());
 }

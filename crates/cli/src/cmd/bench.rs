@@ -58,9 +58,11 @@ pub fn main(a: Args) -> Result<()> {
     let t0 = Instant::now();
     let model = Model::load(&a.model).with_context(|| format!("loading model {}", a.model.display()))?;
     let load_s = t0.elapsed().as_secs_f64();
-    let vocab_limit = tokenizer_vocab(&super::common::model_dir(&a.model)).unwrap_or(usize::MAX).min(model.config.vocab_size);
+    let vocab_limit =
+        tokenizer_vocab(&super::common::model_dir(&a.model)).unwrap_or(usize::MAX).min(model.config.vocab_size);
 
-    let params = BenchParams { prompt_tokens: a.n_prompt, gen_tokens: a.n_gen, reps: a.reps.max(1), seed: a.seed, vocab_limit };
+    let params =
+        BenchParams { prompt_tokens: a.n_prompt, gen_tokens: a.n_gen, reps: a.reps.max(1), seed: a.seed, vocab_limit };
     let run = bench::run(&model, &params)?;
     // Read before the bandwidth test allocates its buffer.
     let peak_rss = bench::peak_rss_bytes();
@@ -80,14 +82,20 @@ pub fn main(a: Args) -> Result<()> {
         cfg.num_hidden_layers,
         cfg.n_linear_attention_layers(),
         cfg.n_full_attention_layers(),
-        if cfg.n_moe_layers() > 0 { format!("{} experts top-{}, ", cfg.num_experts, cfg.num_experts_per_tok) } else { String::new() },
+        if cfg.n_moe_layers() > 0 {
+            format!("{} experts top-{}, ", cfg.num_experts, cfg.num_experts_per_tok)
+        } else {
+            String::new()
+        },
         cfg.hidden_size
     );
     let model_name = a.model.display().to_string();
 
     if a.json {
-        let parts: serde_json::Map<String, serde_json::Value> = bytes.parts().iter().map(|(k, v)| (k.to_string(), json!(v.round() as u64))).collect();
-        let storage: serde_json::Map<String, serde_json::Value> = bench::storage_mix(&model).into_iter().map(|(k, v)| (k, json!(v))).collect();
+        let parts: serde_json::Map<String, serde_json::Value> =
+            bytes.parts().iter().map(|(k, v)| (k.to_string(), json!(v.round() as u64))).collect();
+        let storage: serde_json::Map<String, serde_json::Value> =
+            bench::storage_mix(&model).into_iter().map(|(k, v)| (k, json!(v))).collect();
         let out = json!({
             "prefill_tok_s": prefill,
             "decode_tok_s": decode,
@@ -132,8 +140,18 @@ pub fn main(a: Args) -> Result<()> {
         "load       {load_s:.2} s; peak RSS {}\n",
         peak_rss.map(|b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)).unwrap_or_else(|| "n/a".into())
     );
-    r += &format!("prefill    {} tokens: {prefill:.2} tok/s (median of {}; s: {})\n", a.n_prompt, params.reps, secs(&run.prefill_secs));
-    r += &format!("decode     {} tokens: {decode:.2} tok/s (median of {}; s: {})\n", a.n_gen, params.reps, secs(&run.decode_secs));
+    r += &format!(
+        "prefill    {} tokens: {prefill:.2} tok/s (median of {}; s: {})\n",
+        a.n_prompt,
+        params.reps,
+        secs(&run.prefill_secs)
+    );
+    r += &format!(
+        "decode     {} tokens: {decode:.2} tok/s (median of {}; s: {})\n",
+        a.n_gen,
+        params.reps,
+        secs(&run.decode_secs)
+    );
     r += &format!(
         "weights    {} read per decoded token ({} of {} experts per MoE layer, uniform routing); {} in all\n",
         gb(bytes_per_token),

@@ -53,7 +53,10 @@ pub fn main(a: Args) -> Result<()> {
     if let Some(s) = &a.system {
         messages.push(json!({"role": "system", "content": s}));
     }
-    eprintln!("loaded in {:.2} s. Type a message; /reset clears the conversation, /exit or Ctrl-D quits.", loaded.load_secs);
+    eprintln!(
+        "loaded in {:.2} s. Type a message; /reset clears the conversation, /exit or Ctrl-D quits.",
+        loaded.load_secs
+    );
 
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();

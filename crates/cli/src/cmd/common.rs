@@ -7,7 +7,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use qmoe_model::{Model, Source};
 use qmoe_runtime::{
-    chat_template_from_gguf, stop_ids_from_gguf, stop_token_ids, tokenizer_from_gguf, ChatTemplate, SamplerConfig, Tokenizer,
+    chat_template_from_gguf, stop_ids_from_gguf, stop_token_ids, tokenizer_from_gguf, ChatTemplate, SamplerConfig,
+    Tokenizer,
 };
 
 /// `--threads`: `None` uses every core. The kernel workers start here, not
@@ -39,7 +40,13 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     pub fn config(&self) -> SamplerConfig {
-        SamplerConfig { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, min_p: self.min_p, seed: self.seed }
+        SamplerConfig {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            seed: self.seed,
+        }
     }
 }
 
@@ -63,7 +70,9 @@ pub struct Loaded {
 
 impl Loaded {
     pub fn template(&self) -> Result<&ChatTemplate> {
-        self.template.as_ref().context("this model has no chat template (chat_template.jinja, tokenizer_config.json or tokenizer.chat_template)")
+        self.template.as_ref().context(
+            "this model has no chat template (chat_template.jinja, tokenizer_config.json or tokenizer.chat_template)",
+        )
     }
 }
 

@@ -216,7 +216,8 @@ fn gate_failure(e: &ModelError) -> Value {
 }
 
 fn config_summary(c: &Config) -> Value {
-    let pattern: String = c.layer_types.iter().map(|t| if *t == LayerKind::FullAttention { 'A' } else { 'd' }).collect();
+    let pattern: String =
+        c.layer_types.iter().map(|t| if *t == LayerKind::FullAttention { 'A' } else { 'd' }).collect();
     let moe_layers = c.mlp_kinds.iter().filter(|m| **m == MlpKind::Moe).count();
     json!({
         "model_type": c.model_type,
@@ -271,27 +272,58 @@ fn render(r: &Value) -> Result<String> {
         r["total_bytes"].as_f64().unwrap_or(0.0) / (1u64 << 20) as f64
     )?;
     if let Some(g) = r.get("gguf") {
-        writeln!(o, "gguf         v{}, alignment {}, {} metadata keys", g["version"], g["alignment"], g["metadata"].as_object().map_or(0, |m| m.len()))?;
+        writeln!(
+            o,
+            "gguf         v{}, alignment {}, {} metadata keys",
+            g["version"],
+            g["alignment"],
+            g["metadata"].as_object().map_or(0, |m| m.len())
+        )?;
         let t = &g["tokenizer"];
-        writeln!(o, "tokenizer    model {}, pre {}, tokens {}, chat template {}", s(&t["model"]), s(&t["pre"]), s(&t["tokens"]), t["chat_template"])?;
+        writeln!(
+            o,
+            "tokenizer    model {}, pre {}, tokens {}, chat template {}",
+            s(&t["model"]),
+            s(&t["pre"]),
+            s(&t["tokens"]),
+            t["chat_template"]
+        )?;
     }
     if c.get("model_type").is_none() {
         writeln!(o, "config       not derived (see the tensor gate below)")?;
     } else {
-    writeln!(o, "model_type   {} ({})", s(&c["model_type"]), s(&c["arch"]))?;
-    writeln!(o, "layers       {}  {} (A = attention, d = DeltaNet), hidden {}", c["num_hidden_layers"], s(&c["layer_pattern"]), c["hidden_size"])?;
-    let at = &c["attention"];
-    writeln!(o, "attention    {} q heads, {} kv heads, head_dim {}, rotary {} dims, theta {}", at["heads"], at["kv_heads"], at["head_dim"], at["rotary_dims"], at["rope_theta"])?;
-    let dn = &c["deltanet"];
-    writeln!(o, "deltanet     {} key heads x {}, {} value heads x {}, conv {}", dn["key_heads"], dn["key_head_dim"], dn["value_heads"], dn["value_head_dim"], dn["conv_kernel"])?;
-    let m = &c["moe"];
-    if m["layers"].as_u64().unwrap_or(0) > 0 {
-        writeln!(o, "moe          {} layers: {} experts, top-{}, width {}, shared width {}, renormalise {}", m["layers"], m["experts"], m["top_k"], m["expert_width"], m["shared_width"], m["renormalise"])?;
-    }
-    if c["dense_layers"].as_u64().unwrap_or(0) > 0 {
-        writeln!(o, "dense mlp    {} layers, width {}", c["dense_layers"], c["intermediate_size"])?;
-    }
-    writeln!(o, "vocab        {}, tied embeddings: {}", c["vocab_size"], c["tie_word_embeddings"])?;
+        writeln!(o, "model_type   {} ({})", s(&c["model_type"]), s(&c["arch"]))?;
+        writeln!(
+            o,
+            "layers       {}  {} (A = attention, d = DeltaNet), hidden {}",
+            c["num_hidden_layers"],
+            s(&c["layer_pattern"]),
+            c["hidden_size"]
+        )?;
+        let at = &c["attention"];
+        writeln!(
+            o,
+            "attention    {} q heads, {} kv heads, head_dim {}, rotary {} dims, theta {}",
+            at["heads"], at["kv_heads"], at["head_dim"], at["rotary_dims"], at["rope_theta"]
+        )?;
+        let dn = &c["deltanet"];
+        writeln!(
+            o,
+            "deltanet     {} key heads x {}, {} value heads x {}, conv {}",
+            dn["key_heads"], dn["key_head_dim"], dn["value_heads"], dn["value_head_dim"], dn["conv_kernel"]
+        )?;
+        let m = &c["moe"];
+        if m["layers"].as_u64().unwrap_or(0) > 0 {
+            writeln!(
+                o,
+                "moe          {} layers: {} experts, top-{}, width {}, shared width {}, renormalise {}",
+                m["layers"], m["experts"], m["top_k"], m["expert_width"], m["shared_width"], m["renormalise"]
+            )?;
+        }
+        if c["dense_layers"].as_u64().unwrap_or(0) > 0 {
+            writeln!(o, "dense mlp    {} layers, width {}", c["dense_layers"], c["intermediate_size"])?;
+        }
+        writeln!(o, "vocab        {}, tied embeddings: {}", c["vocab_size"], c["tie_word_embeddings"])?;
     }
     writeln!(o)?;
     let d = &r["dialect"];
@@ -303,7 +335,12 @@ fn render(r: &Value) -> Result<String> {
         writeln!(o, "prefix       `{}`", s(&d["trunk_prefix"]))?;
         writeln!(o, "norms        {}", s(&d["norms"]))?;
         let q = match &d["quantization"] {
-            Value::Object(m) => m.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| format!("{k}: {}", s(v))).collect::<Vec<_>>().join("; "),
+            Value::Object(m) => m
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| format!("{k}: {}", s(v)))
+                .collect::<Vec<_>>()
+                .join("; "),
             other => s(other),
         };
         writeln!(o, "quantization {q}")?;

@@ -49,7 +49,10 @@ pub struct Args {
 
 /// Files of an earlier checkpoint that would confuse the loader if left behind.
 fn is_checkpoint_file(name: &str) -> bool {
-    name == "config.json" || name == qmoe_formats::INDEX_FILE || name.ends_with(".safetensors") || name.ends_with(".gguf")
+    name == "config.json"
+        || name == qmoe_formats::INDEX_FILE
+        || name.ends_with(".safetensors")
+        || name.ends_with(".gguf")
 }
 
 pub fn main(a: Args) -> Result<()> {
@@ -63,10 +66,18 @@ pub fn main(a: Args) -> Result<()> {
     shape.validate()?;
 
     if let Ok(entries) = std::fs::read_dir(&a.out) {
-        let stale: Vec<PathBuf> =
-            entries.flatten().map(|e| e.path()).filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(is_checkpoint_file)).collect();
+        let stale: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(is_checkpoint_file))
+            .collect();
         if !stale.is_empty() && !a.force {
-            bail!("{} already holds a checkpoint ({} files such as {}); pass --force to replace it", a.out.display(), stale.len(), stale[0].display());
+            bail!(
+                "{} already holds a checkpoint ({} files such as {}); pass --force to replace it",
+                a.out.display(),
+                stale.len(),
+                stale[0].display()
+            );
         }
         for p in stale {
             std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
@@ -107,7 +118,10 @@ pub fn main(a: Args) -> Result<()> {
     if !a.no_check {
         let t1 = Instant::now();
         let max = synth::check_finite(&a.out, 4, a.seed).context("checking the written model")?;
-        eprintln!("check: 4 tokens through the model, logits finite (max |logit| {max:.2}), {:.1} s", t1.elapsed().as_secs_f64());
+        eprintln!(
+            "check: 4 tokens through the model, logits finite (max |logit| {max:.2}), {:.1} s",
+            t1.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }

@@ -670,7 +670,10 @@ fn parse(buf: &[u8], path: &Path) -> Result<Parsed> {
                 let row = info.row_bytes(ne0).ok_or_else(|| {
                     bad(
                         &t.name,
-                        format!("ne[0] = {ne0} is not a multiple of the {} block size {} or its byte count overflows", info.name, info.block_size),
+                        format!(
+                            "ne[0] = {ne0} is not a multiple of the {} block size {} or its byte count overflows",
+                            info.name, info.block_size
+                        ),
                     )
                 })?;
                 let size = t.ne.iter().skip(1).try_fold(row, |a, &d| a.checked_mul(d));

@@ -22,7 +22,7 @@ impl GgmlTypeInfo {
     /// Bytes of a row of `n` values, `None` if `n` is not a whole number of
     /// blocks or the byte count overflows (hostile `ne`).
     pub fn row_bytes(&self, n: u64) -> Option<u64> {
-        if n % self.block_size != 0 {
+        if !n.is_multiple_of(self.block_size) {
             return None;
         }
         (n / self.block_size).checked_mul(self.type_size)

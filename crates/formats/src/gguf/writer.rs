@@ -179,7 +179,7 @@ impl GgufWriter {
             return Err(self.bad_tensor(&name, format!("ne {ne:?} has a zero dim or overflows the element count")));
         }
         let block = ty.block_size() as u64;
-        if ne[0] % block != 0 {
+        if !ne[0].is_multiple_of(block) {
             return Err(
                 self.bad_tensor(&name, format!("ne[0] = {} is not a multiple of the {ty} block size {block}", ne[0]))
             );

@@ -260,12 +260,20 @@ mod tests {
                 let mut got = vec![BlockQ8K::default(); 4];
                 quantize_q8k_at(level, &x, &mut got);
                 for (g, w) in got.iter().zip(&want) {
-                    assert_eq!((g.d.to_bits(), g.qs, g.bsums), (w.d.to_bits(), w.qs, w.bsums), "{level:?} q8k case {case}");
+                    assert_eq!(
+                        (g.d.to_bits(), g.qs, g.bsums),
+                        (w.d.to_bits(), w.qs, w.bsums),
+                        "{level:?} q8k case {case}"
+                    );
                 }
                 let mut got32 = vec![BlockQ8x32::default(); 32];
                 quantize_q8x32_at(level, &x, &mut got32);
                 for (g, w) in got32.iter().zip(&want32) {
-                    assert_eq!((g.d.to_bits(), g.sum.to_bits(), g.qs), (w.d.to_bits(), w.sum.to_bits(), w.qs), "{level:?} q8x32 case {case}");
+                    assert_eq!(
+                        (g.d.to_bits(), g.sum.to_bits(), g.qs),
+                        (w.d.to_bits(), w.sum.to_bits(), w.qs),
+                        "{level:?} q8x32 case {case}"
+                    );
                 }
             }
         }

@@ -440,7 +440,10 @@ mod x86 {
                                 _ if B == 8 => {
                                     let w0 = _mm256_cvtepu8_epi16(_mm_loadu_si128(pw as *const __m128i));
                                     let w1 = _mm256_cvtepu8_epi16(_mm_loadu_si128(pw.add(16) as *const __m128i));
-                                    _mm256_add_epi32(_mm256_madd_epi16(w0, *q.add(2 * k)), _mm256_madd_epi16(w1, *q.add(2 * k + 1)))
+                                    _mm256_add_epi32(
+                                        _mm256_madd_epi16(w0, *q.add(2 * k)),
+                                        _mm256_madd_epi16(w1, *q.add(2 * k + 1)),
+                                    )
                                 }
                                 _ => block_generic::<B>(pw, end, q.add(2 * k)),
                             };

@@ -47,7 +47,15 @@ pub fn has_multi(bits: u32, group_size: usize) -> bool {
 /// # Panics
 /// If `w` is not an affine matrix [`supports_affine`] takes, or the lengths
 /// do not match the shapes.
-pub fn gemm_affine(level: Level, w: &MatRef, rows: Range<usize>, x: &[BlockQ8x32], n_tokens: usize, y: &mut [f32], y_stride: usize) {
+pub fn gemm_affine(
+    level: Level,
+    w: &MatRef,
+    rows: Range<usize>,
+    x: &[BlockQ8x32],
+    n_tokens: usize,
+    y: &mut [f32],
+    y_stride: usize,
+) {
     let n_rows = rows.len();
     if n_rows > 0 && n_tokens > 0 {
         assert!(n_tokens == 1 || y_stride >= n_rows, "gemm_affine: stride {y_stride} < {n_rows} rows");
@@ -154,7 +162,14 @@ mod x86 {
     /// `rows` inside it, `x` `n_tokens` rows of `cols / 32` blocks, `y`
     /// valid for writes at `t * y_stride + i`, `i < rows.len()`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn run<const B: usize>(m: &Mat, rows: Range<usize>, x: &[BlockQ8x32], n_tokens: usize, y: *mut f32, y_stride: usize) {
+    pub(super) unsafe fn run<const B: usize>(
+        m: &Mat,
+        rows: Range<usize>,
+        x: &[BlockQ8x32],
+        n_tokens: usize,
+        y: *mut f32,
+        y_stride: usize,
+    ) {
         let nb = m.groups * m.per_group;
         let mut t0 = 0;
         while t0 < n_tokens {
@@ -319,7 +334,9 @@ mod x86 {
         match dt {
             DType::F32 => _mm256_loadu_ps(src as *const f32),
             DType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(src as *const __m128i)),
-            _ => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(src as *const __m128i)))),
+            _ => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(
+                src as *const __m128i,
+            )))),
         }
     }
 
@@ -331,7 +348,13 @@ mod x86 {
     /// dot of the row's biases with each token's group sums.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn row_prepared<const N: usize, const WIDE: bool>(m: &Mat, r: usize, pairs: &[__m256i], gsum: &[f32], gpad: usize) -> [f32; N] {
+    unsafe fn row_prepared<const N: usize, const WIDE: bool>(
+        m: &Mat,
+        r: usize,
+        pairs: &[__m256i],
+        gsum: &[f32],
+        gpad: usize,
+    ) -> [f32; N] {
         let words = m.words.as_ptr().add(r * m.row_bytes);
         let srow = m.scales.as_ptr().add(r * m.groups * m.dt.size());
         let brow = m.biases.as_ptr().add(r * m.groups * m.dt.size());
@@ -363,7 +386,11 @@ mod x86 {
                         let s = _mm256_add_epi16(_mm256_maddubs_epi16(a, *x), _mm256_maddubs_epi16(b, *x.add(1)));
                         _mm256_madd_epi16(s, ones)
                     };
-                    *lane = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(_mm256_castsi256_ps(*x.add(2)), sc), *lane);
+                    *lane = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(s),
+                        _mm256_mul_ps(_mm256_castsi256_ps(*x.add(2)), sc),
+                        *lane,
+                    );
                 }
             }
         }

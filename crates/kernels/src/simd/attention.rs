@@ -411,14 +411,16 @@ mod blocked {
             }
             if full < n {
                 // Lanes past the horizon may hold anything: zero them after exp.
-                let keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((n - full) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+                let keep =
+                    _mm256_cmpgt_epi32(_mm256_set1_epi32((n - full) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
                 let e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(ptr.add(full)), mv));
                 let e = _mm256_and_ps(e, _mm256_castsi256_ps(keep));
                 _mm256_storeu_ps(ptr.add(full), e);
                 sum = _mm256_add_ps(sum, e);
             }
             _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
-            let total = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+            let total =
+                ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
             let inv = _mm256_set1_ps(1.0 / total);
             for p in (0..whole).step_by(8) {
                 _mm256_storeu_ps(ptr.add(p), _mm256_mul_ps(_mm256_loadu_ps(ptr.add(p)), inv));

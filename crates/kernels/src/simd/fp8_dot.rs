@@ -240,7 +240,8 @@ mod x86 {
                 for t in i..n {
                     sum += e4m3_to_f32(*row.add(t)) * (*xs.add(t) * (1.0 / 256.0));
                 }
-                let nan = _mm_max_epu8(_mm_max_epu8(_mm256_castsi256_si128(nan), _mm256_extracti128_si256(nan, 1)), nan8);
+                let nan =
+                    _mm_max_epu8(_mm_max_epu8(_mm256_castsi256_si128(nan), _mm256_extracti128_si256(nan, 1)), nan8);
                 if _mm_movemask_epi8(_mm_cmpeq_epi8(nan, _mm256_castsi256_si128(low7))) != 0 {
                     sum = f32::NAN;
                 }

@@ -79,7 +79,19 @@ pub fn gdn_chunked_parallel(
                         let n = chunk.min(n_tokens - start);
                         unsafe {
                             super::gdn_chunk::chunk_head_avx2(
-                                q, k, v, beta, g, s0, shape, map, start, n, h, scratch, op.at(0),
+                                q,
+                                k,
+                                v,
+                                beta,
+                                g,
+                                s0,
+                                shape,
+                                map,
+                                start,
+                                n,
+                                h,
+                                scratch,
+                                op.at(0),
                             )
                         };
                         start += n;
@@ -131,7 +143,9 @@ fn chunk_head_at(
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Level::Avx2` is only reported when the CPU has AVX2 + FMA.
-        Level::Avx2 | Level::Avx512 => unsafe { chunk_head_avx2(q, k, v, beta, g, s0, shape, map, start, n, h, scratch) },
+        Level::Avx2 | Level::Avx512 => unsafe {
+            chunk_head_avx2(q, k, v, beta, g, s0, shape, map, start, n, h, scratch)
+        },
         _ => chunk_head(q, k, v, beta, g, s0, shape, map, start, n, h, scratch),
     }
 }

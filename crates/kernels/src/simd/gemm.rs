@@ -14,7 +14,6 @@
 use std::cell::{Cell, RefCell};
 use std::ops::Range;
 
-
 use qmoe_core::{DType, GgmlType};
 
 use super::act::{quantize_q8k, quantize_q8x32, BlockQ8K, BlockQ8x32};
@@ -319,8 +318,19 @@ fn run_multi(level: Level, p: &Product, kind: ActKind, prep: &Prepared, out: Sha
             // SAFETY: as above; the kernels check `w` and `x` against the shapes.
             unsafe {
                 match kind {
-                    ActKind::Q8K => super::ggml_dot::multi::gemm_q8k_raw(level, ty, w, rows.len(), &prep.q8k, n_tokens, y, n_rows),
-                    _ => super::ggml_dot::multi::gemm_q8x32_raw(level, ty, w, rows.len(), &prep.q8x32, n_tokens, y, n_rows),
+                    ActKind::Q8K => {
+                        super::ggml_dot::multi::gemm_q8k_raw(level, ty, w, rows.len(), &prep.q8k, n_tokens, y, n_rows)
+                    }
+                    _ => super::ggml_dot::multi::gemm_q8x32_raw(
+                        level,
+                        ty,
+                        w,
+                        rows.len(),
+                        &prep.q8x32,
+                        n_tokens,
+                        y,
+                        n_rows,
+                    ),
                 }
             }
         }

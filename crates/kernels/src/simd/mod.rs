@@ -19,10 +19,10 @@
 pub mod act;
 pub mod affine_dot;
 pub mod affine_multi;
-pub mod float_dot;
-pub mod fp8_dot;
 pub mod attention;
 pub(crate) mod expf;
+pub mod float_dot;
+pub mod fp8_dot;
 pub mod gdn;
 #[cfg(target_arch = "x86_64")]
 mod gdn_chunk;

@@ -24,7 +24,14 @@ thread_local! {
 /// # Safety
 /// `y` must be valid for writes of `n_tokens * w.rows` floats, and no other
 /// thread may write rows `rows` of it during the call.
-pub(crate) unsafe fn rows_many_tokens(level: Level, w: &MatRef, rows: Range<usize>, x: &[f32], n_tokens: usize, y: *mut f32) {
+pub(crate) unsafe fn rows_many_tokens(
+    level: Level,
+    w: &MatRef,
+    rows: Range<usize>,
+    x: &[f32],
+    n_tokens: usize,
+    y: *mut f32,
+) {
     let cols = w.cols;
     assert!(rows.end <= w.rows && x.len() == n_tokens * cols, "rows_many_tokens: shapes");
     ROW.with(|buf| {

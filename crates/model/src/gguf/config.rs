@@ -33,11 +33,21 @@ pub fn config_from_gguf<'a>(
     has: &dyn Fn(&str) -> bool,
     vocab_rows: usize,
 ) -> Result<Config, ConfigError> {
-    let err = |field: &str, reason: String| ConfigError::Invalid { path: path.to_path_buf(), field: field.to_string(), reason };
+    let err = |field: &str, reason: String| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        field: field.to_string(),
+        reason,
+    };
     let arch = match get("general.architecture") {
         Some(GgufValue::String(s)) => s.clone(),
         Some(v) => return Err(err("general.architecture", format!("must be a string, found {}", v.describe()))),
-        None => return Err(ConfigError::Missing { path: path.to_path_buf(), field: "general.architecture".into(), note: String::new() }),
+        None => {
+            return Err(ConfigError::Missing {
+                path: path.to_path_buf(),
+                field: "general.architecture".into(),
+                note: String::new(),
+            })
+        }
     };
     let model_type = model_type_of(&arch).ok_or_else(|| ConfigError::Unsupported {
         path: path.to_path_buf(),
@@ -55,7 +65,12 @@ pub fn config_from_gguf<'a>(
                     qmoe_formats::gguf::GgufArray::U32(v) => v.iter().map(|&x| x as u64).collect(),
                     qmoe_formats::gguf::GgufArray::I32(v) => v.iter().map(|&x| x.max(0) as u64).collect(),
                     qmoe_formats::gguf::GgufArray::U64(v) => v.clone(),
-                    _ => return Err(err(&key(k), format!("must be an integer or integer array, found {}", a.describe()))),
+                    _ => {
+                        return Err(err(
+                            &key(k),
+                            format!("must be an integer or integer array, found {}", a.describe()),
+                        ))
+                    }
                 };
                 let nz: Vec<u64> = vals.into_iter().filter(|&x| x != 0).collect();
                 match nz.first() {
@@ -64,16 +79,22 @@ pub fn config_from_gguf<'a>(
                     None => Ok(None),
                 }
             }
-            Some(v) => v.as_uint().map(Some).ok_or_else(|| err(&key(k), format!("must be an integer, found {}", v.describe()))),
+            Some(v) => {
+                v.as_uint().map(Some).ok_or_else(|| err(&key(k), format!("must be an integer, found {}", v.describe())))
+            }
         }
     };
     let float = |k: &str| -> Result<Option<f64>, ConfigError> {
         match get(&key(k)) {
             None => Ok(None),
-            Some(v) => v.as_float().map(Some).ok_or_else(|| err(&key(k), format!("must be a float, found {}", v.describe()))),
+            Some(v) => {
+                v.as_float().map(Some).ok_or_else(|| err(&key(k), format!("must be a float, found {}", v.describe())))
+            }
         }
     };
-    let need = |k: &str, v: Option<u64>| v.ok_or_else(|| ConfigError::Missing { path: path.to_path_buf(), field: key(k), note: String::new() });
+    let need = |k: &str, v: Option<u64>| {
+        v.ok_or_else(|| ConfigError::Missing { path: path.to_path_buf(), field: key(k), note: String::new() })
+    };
 
     let nextn = uint("nextn_predict_layers")?.unwrap_or(0);
     let blocks = need("block_count", uint("block_count")?)?;
@@ -99,7 +120,12 @@ pub fn config_from_gguf<'a>(
         layer_types.push(match (attn, gdn) {
             (true, false) => "full_attention",
             (false, true) => "linear_attention",
-            _ => return Err(err(&format!("blk.{i}"), "layer is neither attention (attn_q) nor Gated DeltaNet (ssm_a), or both".into())),
+            _ => {
+                return Err(err(
+                    &format!("blk.{i}"),
+                    "layer is neither attention (attn_q) nor Gated DeltaNet (ssm_a), or both".into(),
+                ))
+            }
         });
     }
     // The converter writes both a per-layer `attention.recurrent_layers`
@@ -108,19 +134,34 @@ pub fn config_from_gguf<'a>(
     if let Some(v) = get(&key("attention.recurrent_layers")) {
         let flags = match v {
             GgufValue::Array(qmoe_formats::gguf::GgufArray::Bool(b)) => b.clone(),
-            other => return Err(err(&key("attention.recurrent_layers"), format!("must be a bool array, found {}", other.describe()))),
+            other => {
+                return Err(err(
+                    &key("attention.recurrent_layers"),
+                    format!("must be a bool array, found {}", other.describe()),
+                ))
+            }
         };
         for (i, t) in layer_types.iter().enumerate() {
             let recurrent = flags.get(i).copied().unwrap_or(false);
             if (*t == "linear_attention") != recurrent {
-                return Err(err(&key("attention.recurrent_layers"), format!("says layer {i} is {} but its tensors are {t}", if recurrent { "recurrent" } else { "attention" })));
+                return Err(err(
+                    &key("attention.recurrent_layers"),
+                    format!(
+                        "says layer {i} is {} but its tensors are {t}",
+                        if recurrent { "recurrent" } else { "attention" }
+                    ),
+                ));
             }
         }
     } else if let Some(n) = uint("full_attention_interval")? {
         for (i, t) in layer_types.iter().enumerate() {
-            let by_interval = if n > 0 && (i as u64 + 1) % n == 0 { "full_attention" } else { "linear_attention" };
+            let by_interval =
+                if n > 0 && (i as u64 + 1).is_multiple_of(n) { "full_attention" } else { "linear_attention" };
             if *t != by_interval {
-                return Err(err(&key("full_attention_interval"), format!("{n} says layer {i} is {by_interval} but its tensors are {t}")));
+                return Err(err(
+                    &key("full_attention_interval"),
+                    format!("{n} says layer {i} is {by_interval} but its tensors are {t}"),
+                ));
             }
         }
     }
@@ -135,11 +176,14 @@ pub fn config_from_gguf<'a>(
     tc.insert("num_key_value_heads".into(), json!(need("attention.head_count_kv", uint("attention.head_count_kv")?)?));
     tc.insert("head_dim".into(), json!(head_dim));
     tc.insert("rms_norm_eps".into(), json!(float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-6)));
-    tc.insert("rope_theta".into(), json!(float("rope.freq_base")?.ok_or_else(|| ConfigError::Missing {
-        path: path.to_path_buf(),
-        field: key("rope.freq_base"),
-        note: String::new(),
-    })?));
+    tc.insert(
+        "rope_theta".into(),
+        json!(float("rope.freq_base")?.ok_or_else(|| ConfigError::Missing {
+            path: path.to_path_buf(),
+            field: key("rope.freq_base"),
+            note: String::new(),
+        })?),
+    );
     tc.insert("partial_rotary_factor".into(), json!(rot as f64 / head_dim as f64));
     tc.insert("max_position_embeddings".into(), json!(uint("context_length")?.unwrap_or(32768)));
     tc.insert("tie_word_embeddings".into(), json!(!has("output.weight")));
@@ -155,7 +199,10 @@ pub fn config_from_gguf<'a>(
     if experts > 0 {
         tc.insert("num_experts".into(), json!(experts));
         tc.insert("num_experts_per_tok".into(), json!(need("expert_used_count", uint("expert_used_count")?)?));
-        tc.insert("moe_intermediate_size".into(), json!(need("expert_feed_forward_length", uint("expert_feed_forward_length")?)?));
+        tc.insert(
+            "moe_intermediate_size".into(),
+            json!(need("expert_feed_forward_length", uint("expert_feed_forward_length")?)?),
+        );
         tc.insert(
             "shared_expert_intermediate_size".into(),
             json!(need("expert_shared_feed_forward_length", uint("expert_shared_feed_forward_length")?)?),
@@ -170,7 +217,8 @@ pub fn config_from_gguf<'a>(
     if nextn > 0 {
         tc.insert("mtp_num_hidden_layers".into(), json!(nextn));
     }
-    for (field, k) in [("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id")] {
+    for (field, k) in [("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id")]
+    {
         if let Some(v) = get(k).and_then(GgufValue::as_uint) {
             tc.insert(field.into(), json!(v));
         }

@@ -122,7 +122,12 @@ impl<'a> Loader<'a> {
         if found == expected {
             return true;
         }
-        self.problems.push(Problem::Shape { name: t.name.clone(), file: self.path(), expected: expected.to_vec(), found });
+        self.problems.push(Problem::Shape {
+            name: t.name.clone(),
+            file: self.path(),
+            expected: expected.to_vec(),
+            found,
+        });
         false
     }
 
@@ -175,7 +180,10 @@ impl<'a> Loader<'a> {
         }
         match t.to_f32_vec() {
             Ok(v) => {
-                self.used.insert(name.to_string(), Some(TensorUse { category: cat, storage: t.type_name(), bytes: t.byte_len() }));
+                self.used.insert(
+                    name.to_string(),
+                    Some(TensorUse { category: cat, storage: t.type_name(), bytes: t.byte_len() }),
+                );
                 Some(v)
             }
             Err(e) => {
@@ -188,7 +196,11 @@ impl<'a> Loader<'a> {
     fn build(&mut self) -> Option<Weights> {
         let (cfg, h) = (self.cfg, self.cfg.hidden_size);
         let embed = self.linear("token_embd.weight", cfg.vocab_size, h, Category::Embedding);
-        let lm_head = if cfg.tie_word_embeddings { None } else { Some(self.linear("output.weight", cfg.vocab_size, h, Category::Head)) };
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(self.linear("output.weight", cfg.vocab_size, h, Category::Head))
+        };
         let final_norm = self.floats("output_norm.weight", &[h], Category::Norms);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
@@ -202,7 +214,9 @@ impl<'a> Loader<'a> {
                 MlpKind::Dense => self.dense(i).map(Mlp::Dense),
                 MlpKind::Moe => self.moe(i).map(Mlp::Moe),
             };
-            let layer = (|| Some(Layer { input_norm: input_norm?, post_attn_norm: post_attn_norm?, mixer: mixer?, mlp: mlp? }))();
+            let layer = (|| {
+                Some(Layer { input_norm: input_norm?, post_attn_norm: post_attn_norm?, mixer: mixer?, mlp: mlp? })
+            })();
             layers.push(layer);
         }
         let layers = layers.into_iter().collect::<Option<Vec<_>>>()?;
@@ -245,7 +259,8 @@ impl<'a> Loader<'a> {
             .collect();
         // Byte accounting: the whole block is the MTP head.
         for (name, u) in self.used.iter_mut() {
-            let layer = name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|x| x.parse::<usize>().ok());
+            let layer =
+                name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|x| x.parse::<usize>().ok());
             if let (Some(i), Some(u)) = (layer, u.as_mut()) {
                 if i >= nl {
                     u.category = cat;
@@ -279,7 +294,8 @@ impl<'a> Loader<'a> {
 
     fn gdn(&mut self, i: usize) -> Option<Gdn> {
         let c = self.cfg;
-        let (h, hv, dv, k) = (c.hidden_size, c.linear_num_value_heads, c.linear_value_head_dim, c.linear_conv_kernel_dim);
+        let (h, hv, dv, k) =
+            (c.hidden_size, c.linear_num_value_heads, c.linear_value_head_dim, c.linear_conv_kernel_dim);
         let (kd, vd, cd) = (c.key_dim(), c.value_dim(), c.conv_dim());
         let cat = Category::DeltaNet;
         let proj = if self.file.tensor(&blk(i, "ssm_in.weight")).is_some() {
@@ -307,11 +323,22 @@ impl<'a> Loader<'a> {
         let norm = self.floats(&blk(i, "ssm_norm.weight"), &[dv], Category::Norms);
         let out_proj = self.linear(&blk(i, "ssm_out.weight"), h, vd, cat);
         let a_neg_exp = a_neg_exp?;
-        if let Some(bad) = a_neg_exp.iter().position(|&a| !(a <= 0.0)) {
-            self.invalid(&blk(i, "ssm_a"), format!("must hold -exp(A_log) <= 0, found {} at head {bad}", a_neg_exp[bad]));
+        if let Some(bad) = a_neg_exp.iter().position(|&a| a.is_nan() || a > 0.0) {
+            self.invalid(
+                &blk(i, "ssm_a"),
+                format!("must hold -exp(A_log) <= 0, found {} at head {bad}", a_neg_exp[bad]),
+            );
             return None;
         }
-        Some(Gdn { proj, conv: conv?, a_neg_exp, dt_bias: dt_bias?, norm: norm?, out_proj: out_proj?, head_map: self.head_map })
+        Some(Gdn {
+            proj,
+            conv: conv?,
+            a_neg_exp,
+            dt_bias: dt_bias?,
+            norm: norm?,
+            out_proj: out_proj?,
+            head_map: self.head_map,
+        })
     }
 
     fn dense(&mut self, i: usize) -> Option<SwiGlu> {
@@ -325,7 +352,8 @@ impl<'a> Loader<'a> {
 
     fn moe(&mut self, i: usize) -> Option<Moe> {
         let c = self.cfg;
-        let (h, e, inter, is) = (c.hidden_size, c.num_experts, c.moe_intermediate_size, c.shared_expert_intermediate_size);
+        let (h, e, inter, is) =
+            (c.hidden_size, c.num_experts, c.moe_intermediate_size, c.shared_expert_intermediate_size);
         let router = self.linear(&blk(i, "ffn_gate_inp.weight"), e, h, Category::Router);
         let cat = Category::Experts;
         let (gate_up, up) = if self.file.tensor(&blk(i, "ffn_gate_up_exps.weight")).is_some() {
@@ -355,6 +383,11 @@ impl<'a> Loader<'a> {
                 return None;
             }
         };
-        Some(Moe { router: router?, experts, shared: SwiGlu { gate: sg?, up: su?, down: sd? }, shared_gate: shared_gate? })
+        Some(Moe {
+            router: router?,
+            experts,
+            shared: SwiGlu { gate: sg?, up: su?, down: sd? },
+            shared_gate: shared_gate?,
+        })
     }
 }

@@ -7,8 +7,8 @@ use qmoe_kernels::attention::AttnShape;
 use qmoe_kernels::linear::matmul;
 use qmoe_kernels::norm::rms_norm_inplace;
 use qmoe_kernels::rope::RopeTable;
-use qmoe_kernels::simd::gemm::{matmul_many, Product};
 use qmoe_kernels::simd::attention::attend_parallel;
+use qmoe_kernels::simd::gemm::{matmul_many, Product};
 
 use crate::config::Config;
 use crate::scratch::{take, AttnScratch};

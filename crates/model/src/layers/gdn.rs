@@ -7,10 +7,10 @@
 
 use qmoe_kernels::gdn::{GdnScratch, GdnShape};
 use qmoe_kernels::gdn_prep::{gdn_prep, PrepOut, PrepWeights};
-use qmoe_kernels::simd::gdn::{gdn_chunked_parallel, gdn_recurrent_parallel};
 use qmoe_kernels::linear::matmul;
-use qmoe_kernels::simd::gemm::{matmul_many, Product};
 use qmoe_kernels::norm::rms_norm_gated_inplace;
+use qmoe_kernels::simd::gdn::{gdn_chunked_parallel, gdn_recurrent_parallel};
+use qmoe_kernels::simd::gemm::{matmul_many, Product};
 
 use crate::config::Config;
 use crate::scratch::{take, GdnBuffers};
@@ -32,12 +32,8 @@ pub fn forward(
     y: &mut [f32],
 ) {
     let t = n_tokens;
-    let (hk, hv, dk, dv) = (
-        cfg.linear_num_key_heads,
-        cfg.linear_num_value_heads,
-        cfg.linear_key_head_dim,
-        cfg.linear_value_head_dim,
-    );
+    let (hk, hv, dk, dv) =
+        (cfg.linear_num_key_heads, cfg.linear_num_value_heads, cfg.linear_key_head_dim, cfg.linear_value_head_dim);
     let (kd, vd, cd) = (cfg.key_dim(), cfg.value_dim(), cfg.conv_dim());
 
     // Projections into mixed [T, q|k|v], z [T, Hv*Dv], b and a [T, Hv].
@@ -52,7 +48,12 @@ pub fn forward(
     }
     match &w.proj {
         GdnProj::Separate { qkv, z: wz, b: wb, a: wa } => {
-            matmul_many(&mut [product(qkv, x, mixed, t), product(wz, x, z, t), product(wb, x, b, t), product(wa, x, a, t)]);
+            matmul_many(&mut [
+                product(qkv, x, mixed, t),
+                product(wz, x, z, t),
+                product(wb, x, b, t),
+                product(wa, x, a, t),
+            ]);
         }
         GdnProj::FusedGrouped { qkvz, ba } => {
             let fused = take(&mut s.fused, t * (2 * kd + 2 * vd));
@@ -77,13 +78,19 @@ pub fn forward(
     let beta = take(&mut s.beta, t * hv);
     let g = take(&mut s.g, t * hv);
     let level = qmoe_kernels::simd::level();
-    let prep = PrepWeights {
-        conv: &w.conv,
-        kernel: cfg.linear_conv_kernel_dim,
-        a_neg_exp: &w.a_neg_exp,
-        dt_bias: &w.dt_bias,
-    };
-    gdn_prep(level, prep, shape, mixed, b, a, conv_state, t, PrepOut { q: &mut *q, k: &mut *k, v: &mut *v, beta: &mut *beta, g: &mut *g });
+    let prep =
+        PrepWeights { conv: &w.conv, kernel: cfg.linear_conv_kernel_dim, a_neg_exp: &w.a_neg_exp, dt_bias: &w.dt_bias };
+    gdn_prep(
+        level,
+        prep,
+        shape,
+        mixed,
+        b,
+        a,
+        conv_state,
+        t,
+        PrepOut { q: &mut *q, k: &mut *k, v: &mut *v, beta: &mut *beta, g: &mut *g },
+    );
 
     let out = take(&mut s.out, t * vd);
     if t == 1 {

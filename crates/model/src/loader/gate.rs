@@ -14,10 +14,21 @@ const SHOWN: usize = 20;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Problem {
-    Missing { name: String, what: String },
-    Shape { name: String, file: PathBuf, expected: Vec<usize>, found: Vec<usize> },
+    Missing {
+        name: String,
+        what: String,
+    },
+    Shape {
+        name: String,
+        file: PathBuf,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     /// Wrong dtype, contradictory quantization, expert index gaps, ...
-    Invalid { name: String, reason: String },
+    Invalid {
+        name: String,
+        reason: String,
+    },
 }
 
 /// The gate's verdict on a checkpoint that does not match its config.

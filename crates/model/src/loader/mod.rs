@@ -120,16 +120,16 @@ impl Conventions {
 /// Trunk prefix, norm convention and quantization scheme.
 pub fn detect_dialect(ckpt: &Checkpoint, cfg: &Config) -> Result<Dialect> {
     let dir = ckpt.dir().to_path_buf();
-    let trunk_prefix = names::TRUNK_PREFIXES
-        .iter()
-        .find(|p| ckpt.contains(&format!("{p}{}", names::EMBED)))
-        .copied()
-        .ok_or_else(|| ModelError::MissingTensor {
-            dir: dir.clone(),
-            name: format!("{{model.,model.language_model.,language_model.model.}}{}", names::EMBED),
-            what: "the token embeddings".into(),
-        })?;
-    let quant = QuantScheme::from_config(cfg.quantization.as_ref()).map_err(|what| ModelError::Unsupported { dir, what })?;
+    let trunk_prefix =
+        names::TRUNK_PREFIXES.iter().find(|p| ckpt.contains(&format!("{p}{}", names::EMBED))).copied().ok_or_else(
+            || ModelError::MissingTensor {
+                dir: dir.clone(),
+                name: format!("{{model.,model.language_model.,language_model.model.}}{}", names::EMBED),
+                what: "the token embeddings".into(),
+            },
+        )?;
+    let quant =
+        QuantScheme::from_config(cfg.quantization.as_ref()).map_err(|what| ModelError::Unsupported { dir, what })?;
     let (norms, norms_reason) = detect_norm_storage(ckpt, cfg, trunk_prefix)?;
     Ok(Dialect { trunk_prefix, norms, norms_reason, quant })
 }
@@ -137,7 +137,13 @@ pub fn detect_dialect(ckpt: &Checkpoint, cfg: &Config) -> Result<Dialect> {
 pub fn load_weights(ckpt: &Checkpoint, cfg: &Config) -> Result<(Weights, Conventions)> {
     let dir = ckpt.dir().to_path_buf();
     let dialect = detect_dialect(ckpt, cfg)?;
-    let source = Source { ckpt, prefix: dialect.trunk_prefix, scheme: dialect.quant.clone(), used: BTreeMap::new(), problems: Vec::new() };
+    let source = Source {
+        ckpt,
+        prefix: dialect.trunk_prefix,
+        scheme: dialect.quant.clone(),
+        used: BTreeMap::new(),
+        problems: Vec::new(),
+    };
     let mut l = Loader { s: source, cfg, norms: dialect.norms };
 
     let built = l.build();
@@ -153,7 +159,11 @@ pub fn load_weights(ckpt: &Checkpoint, cfg: &Config) -> Result<(Weights, Convent
         info
     });
     let conventions = Conventions {
-        lm_head: if cfg.tie_word_embeddings { None } else { names::LM_HEAD_NAMES.iter().find(|n| ckpt.contains(n)).map(|s| s.to_string()) },
+        lm_head: if cfg.tie_word_embeddings {
+            None
+        } else {
+            names::LM_HEAD_NAMES.iter().find(|n| ckpt.contains(n)).map(|s| s.to_string())
+        },
         dialect,
         experts,
         gdn_proj,
@@ -171,9 +181,11 @@ pub fn load_weights(ckpt: &Checkpoint, cfg: &Config) -> Result<(Weights, Convent
 fn detect_norm_storage(ckpt: &Checkpoint, cfg: &Config, prefix: &str) -> Result<(NormStorage, String)> {
     let (c, k) = (cfg.conv_dim(), cfg.linear_conv_kernel_dim);
     let dir = ckpt.dir().to_path_buf();
-    let i = cfg.layer_types.iter().position(|t| *t == LayerKind::LinearAttention).ok_or_else(|| ModelError::Unsupported {
-        dir: dir.clone(),
-        what: "config has no linear_attention layer to decide the norm convention from".into(),
+    let i = cfg.layer_types.iter().position(|t| *t == LayerKind::LinearAttention).ok_or_else(|| {
+        ModelError::Unsupported {
+            dir: dir.clone(),
+            what: "config has no linear_attention layer to decide the norm convention from".into(),
+        }
     })?;
     let name = format!("{prefix}{}", names::layer(i, gdn::CONV));
     let t = ckpt.get(&name).ok_or_else(|| ModelError::MissingTensor {
@@ -182,9 +194,15 @@ fn detect_norm_storage(ckpt: &Checkpoint, cfg: &Config, prefix: &str) -> Result<
         what: "the GDN causal conv (also decides the norm convention)".into(),
     })?;
     if t.shape == [c, 1, k] {
-        Ok((NormStorage::ZeroCentred, format!("`{name}` is [C,1,K] = {:?} (HF layout): norms stored as w, applied as 1 + w", t.shape)))
+        Ok((
+            NormStorage::ZeroCentred,
+            format!("`{name}` is [C,1,K] = {:?} (HF layout): norms stored as w, applied as 1 + w", t.shape),
+        ))
     } else if t.shape == [c, k, 1] {
-        Ok((NormStorage::Effective, format!("`{name}` is [C,K,1] = {:?} (MLX sanitized): norms already stored as 1 + w", t.shape)))
+        Ok((
+            NormStorage::Effective,
+            format!("`{name}` is [C,K,1] = {:?} (MLX sanitized): norms already stored as 1 + w", t.shape),
+        ))
     } else {
         Err(ModelError::Shape { file: t.file.to_path_buf(), name, expected: vec![c, 1, k], found: t.shape.clone() })
     }
@@ -192,7 +210,10 @@ fn detect_norm_storage(ckpt: &Checkpoint, cfg: &Config, prefix: &str) -> Result<
 
 /// Sorts what the model did not read into ignorable groups and unexpected
 /// names (an MTP tensor the head did not read is unexpected, not ignored).
-fn leftovers(ckpt: &Checkpoint, used: &BTreeMap<String, Option<TensorUse>>) -> (BTreeMap<String, usize>, bool, Vec<String>) {
+fn leftovers(
+    ckpt: &Checkpoint,
+    used: &BTreeMap<String, Option<TensorUse>>,
+) -> (BTreeMap<String, usize>, bool, Vec<String>) {
     let mut ignored = BTreeMap::new();
     let mut unexpected = Vec::new();
     let mtp = ckpt.names().any(|n| names::MTP_PREFIXES.iter().any(|p| n.starts_with(p)));
@@ -269,7 +290,9 @@ impl<'a> Loader<'a> {
                 }),
             };
             // Keep walking the remaining layers even if this one failed.
-            let layer = (|| Some(Layer { input_norm: input_norm?, post_attn_norm: post_attn_norm?, mixer: mixer?, mlp: mlp? }))();
+            let layer = (|| {
+                Some(Layer { input_norm: input_norm?, post_attn_norm: post_attn_norm?, mixer: mixer?, mlp: mlp? })
+            })();
             layers.push(layer);
         }
         let layers = layers.into_iter().collect::<Option<Vec<_>>>()?;
@@ -299,7 +322,14 @@ impl<'a> Loader<'a> {
         let o_proj = self.s.linear(&names::layer(i, attn::O), h, nh * hd, cat);
         let q_norm = self.norm(&names::layer(i, attn::Q_NORM), hd);
         let k_norm = self.norm(&names::layer(i, attn::K_NORM), hd);
-        Some(Attention { q_proj: q_proj?, k_proj: k_proj?, v_proj: v_proj?, o_proj: o_proj?, q_norm: q_norm?, k_norm: k_norm? })
+        Some(Attention {
+            q_proj: q_proj?,
+            k_proj: k_proj?,
+            v_proj: v_proj?,
+            o_proj: o_proj?,
+            q_norm: q_norm?,
+            k_norm: k_norm?,
+        })
     }
 
     fn gdn(&mut self, i: usize) -> Option<Gdn> {

@@ -138,7 +138,10 @@ impl<'a> Source<'a> {
             self.affine(t, &module, lead, rows, cols)?
         } else if self.ckpt.contains(&format!("{module}.weight_scale_inv")) || t.dtype == DType::F8E4M3 {
             if !lead.is_empty() {
-                self.invalid(name, "FP8 expert stacks are not supported (FP8 releases store experts one by one)".into());
+                self.invalid(
+                    name,
+                    "FP8 expert stacks are not supported (FP8 releases store experts one by one)".into(),
+                );
                 return None;
             }
             self.fp8(t, &module, rows, cols)?
@@ -154,7 +157,13 @@ impl<'a> Source<'a> {
             }
             if let ModuleQuant::Affine(p) = self.scheme.module(&module) {
                 if self.is_mlx_explicit(&module) {
-                    self.invalid(name, format!("the config quantizes it ({}-bit, group {}) but it is stored as {}", p.bits, p.group, t.dtype));
+                    self.invalid(
+                        name,
+                        format!(
+                            "the config quantizes it ({}-bit, group {}) but it is stored as {}",
+                            p.bits, p.group, t.dtype
+                        ),
+                    );
                     return None;
                 }
             }
@@ -184,8 +193,14 @@ impl<'a> Source<'a> {
             return None;
         };
         // Parameters the shapes imply (what mlx-lm infers for unlisted paths).
-        if groups == 0 || cols % groups != 0 || (packed * 32) % cols != 0 {
-            self.invalid(&name, format!("packed shape {:?} with scales {:?} fits no bit width / group size for {cols} inputs", t.shape, scales.shape));
+        if groups == 0 || !cols.is_multiple_of(groups) || (packed * 32) % cols != 0 {
+            self.invalid(
+                &name,
+                format!(
+                    "packed shape {:?} with scales {:?} fits no bit width / group size for {cols} inputs",
+                    t.shape, scales.shape
+                ),
+            );
             return None;
         }
         let shapes = AffineParams { bits: (packed * 32 / cols) as u32, group: cols / groups };
@@ -213,7 +228,10 @@ impl<'a> Source<'a> {
             return None;
         }
         if !scales.dtype.is_float() || scales.dtype != biases.dtype {
-            self.invalid(&name, format!("scales ({}) and biases ({}) must share one float type", scales.dtype, biases.dtype));
+            self.invalid(
+                &name,
+                format!("scales ({}) and biases ({}) must share one float type", scales.dtype, biases.dtype),
+            );
             return None;
         }
         let n: usize = lead.iter().product::<usize>().max(1);
@@ -231,7 +249,10 @@ impl<'a> Source<'a> {
     fn fp8(&mut self, t: &'a TensorInfo, module: &str, rows: usize, cols: usize) -> Option<Mat> {
         let name = t.name.clone();
         let QuantScheme::Fp8 { block, .. } = self.scheme.clone() else {
-            self.invalid(&name, "FP8 weight (or `weight_scale_inv`) but the config has no fp8 quantization_config".into());
+            self.invalid(
+                &name,
+                "FP8 weight (or `weight_scale_inv`) but the config has no fp8 quantization_config".into(),
+            );
             return None;
         };
         if self.scheme.module(module) == ModuleQuant::Float {
@@ -261,11 +282,20 @@ impl<'a> Source<'a> {
         let check = match &m.storage {
             Storage::Float(_) | Storage::Ggml(_) => Ok(()),
             Storage::Fp8 { scales, scale_dtype, block } => {
-                MatRef::fp8(m.rows, m.cols, m.data.bytes(), scales.bytes(), *scale_dtype, block[0], block[1]).map(|_| ())
+                MatRef::fp8(m.rows, m.cols, m.data.bytes(), scales.bytes(), *scale_dtype, block[0], block[1])
+                    .map(|_| ())
             }
-            Storage::Affine { bits, group, scales, biases, scale_dtype } => {
-                MatRef::affine(m.rows, m.cols, m.data.bytes(), *bits, *group, scales.bytes(), biases.bytes(), *scale_dtype).map(|_| ())
-            }
+            Storage::Affine { bits, group, scales, biases, scale_dtype } => MatRef::affine(
+                m.rows,
+                m.cols,
+                m.data.bytes(),
+                *bits,
+                *group,
+                scales.bytes(),
+                biases.bytes(),
+                *scale_dtype,
+            )
+            .map(|_| ()),
         };
         match check {
             Ok(()) => Some(m),
@@ -304,7 +334,10 @@ impl<'a> Source<'a> {
             self.invalid(&name, format!("stored as {}, not a float type", t.dtype));
             return None;
         }
-        self.used.insert(name, Some(TensorUse { category: Category::DeltaNet, storage: t.dtype.name().into(), bytes: t.byte_len() }));
+        self.used.insert(
+            name,
+            Some(TensorUse { category: Category::DeltaNet, storage: t.dtype.name().into(), bytes: t.byte_len() }),
+        );
         Some(qmoe_core::dtype::to_f32_vec(t.dtype, t.data.bytes()))
     }
 }

@@ -32,7 +32,8 @@ enum Role {
 /// llama.cpp's Q4_K_M spends more bits on the first and last eighth of the
 /// blocks and every third block in between.
 fn use_more_bits(layer: usize, n_layers: usize) -> bool {
-    layer < n_layers / 8 || layer >= 7 * n_layers / 8 || (layer >= n_layers / 8 && (layer - n_layers / 8) % 3 == 2)
+    // Past the first two tests `layer >= n_layers / 8`.
+    layer < n_layers / 8 || layer >= 7 * n_layers / 8 || (layer - n_layers / 8) % 3 == 2
 }
 
 /// `n_blocks` counts every exported block, MTP ones included: llama.cpp
@@ -51,9 +52,9 @@ fn choose_type(t: ExportType, role: Role, block: usize, n_blocks: usize, cols: u
         },
     };
     // Rows that are not whole blocks fall back, as llama.cpp's quantizer does.
-    if cols % want.block_size() == 0 {
+    if cols.is_multiple_of(want.block_size()) {
         want
-    } else if cols % 32 == 0 {
+    } else if cols.is_multiple_of(32) {
         GgmlType::Q8_0
     } else if t == ExportType::F32 {
         GgmlType::F32
@@ -101,7 +102,10 @@ struct Planner<'m> {
     out: Vec<Planned<'m>>,
 }
 
-fn all_rows(m: &Mat) -> Vec<(&Mat, usize)> {
+/// Where each output row comes from: a source matrix and its row.
+type RowSources<'a> = Vec<(&'a Mat, usize)>;
+
+fn all_rows(m: &Mat) -> RowSources<'_> {
     (0..m.rows).map(|i| (m, i)).collect()
 }
 
@@ -135,7 +139,15 @@ pub(super) fn plan<'m>(model: &'m Model, opts: &ExportOptions, arch: &'m str) ->
 }
 
 impl<'m> Planner<'m> {
-    fn mat(&mut self, name: String, role: Role, block: usize, rows: Vec<(&'m Mat, usize)>, cols: usize, col_perm: Option<Vec<usize>>) {
+    fn mat(
+        &mut self,
+        name: String,
+        role: Role,
+        block: usize,
+        rows: Vec<(&'m Mat, usize)>,
+        cols: usize,
+        col_perm: Option<Vec<usize>>,
+    ) {
         let ty = choose_type(self.ty, role, block, self.n_blocks, cols);
         let n = rows.len();
         self.out.push(Planned { name, ty, shape: vec![n, cols], src: Src::Rows { rows, col_perm } });
@@ -176,13 +188,25 @@ impl<'m> Planner<'m> {
                 let stack = |f: fn(&SwiGlu) -> &Mat| m.experts.iter().flat_map(|x| all_rows(f(x))).collect::<Vec<_>>();
                 let t_gate = choose_type(self.ty, Role::Other, i, self.n_blocks, h);
                 let t_down = choose_type(self.ty, Role::FfnDown, i, self.n_blocks, inter);
-                let stacked = |name: String, ty: GgmlType, shape: Vec<usize>, rows| Planned { name, ty, shape, src: Src::Rows { rows, col_perm: None } };
+                let stacked = |name: String, ty: GgmlType, shape: Vec<usize>, rows| Planned {
+                    name,
+                    ty,
+                    shape,
+                    src: Src::Rows { rows, col_perm: None },
+                };
                 self.out.push(stacked(b("ffn_gate_exps.weight"), t_gate, vec![e, inter, h], stack(|x| &x.gate)));
                 self.out.push(stacked(b("ffn_up_exps.weight"), t_gate, vec![e, inter, h], stack(|x| &x.up)));
                 self.out.push(stacked(b("ffn_down_exps.weight"), t_down, vec![e, h, inter], stack(|x| &x.down)));
                 self.mat(b("ffn_gate_shexp.weight"), Role::Other, i, all_rows(&m.shared.gate), h, None);
                 self.mat(b("ffn_up_shexp.weight"), Role::Other, i, all_rows(&m.shared.up), h, None);
-                self.mat(b("ffn_down_shexp.weight"), Role::FfnDown, i, all_rows(&m.shared.down), m.shared.down.cols, None);
+                self.mat(
+                    b("ffn_down_shexp.weight"),
+                    Role::FfnDown,
+                    i,
+                    all_rows(&m.shared.down),
+                    m.shared.down.cols,
+                    None,
+                );
                 // ne {H, 1}, as the converter writes it (HF `[1, H]`).
                 self.floats(b("ffn_gate_inp_shexp.weight"), vec![1, h], rows_f32(&m.shared_gate));
             }
@@ -192,7 +216,13 @@ impl<'m> Planner<'m> {
 
     fn gdn(&mut self, i: usize, g: &'m qmoe_model::weights::Gdn) -> Result<()> {
         let (c, arch) = (&self.model.config, self.arch);
-        let (h, hk, hv, dk, dv) = (c.hidden_size, c.linear_num_key_heads, c.linear_num_value_heads, c.linear_key_head_dim, c.linear_value_head_dim);
+        let (h, hk, hv, dk, dv) = (
+            c.hidden_size,
+            c.linear_num_key_heads,
+            c.linear_num_value_heads,
+            c.linear_key_head_dim,
+            c.linear_value_head_dim,
+        );
         let r = hv / hk;
         let (kd, vd) = (c.key_dim(), c.value_dim());
         let b = |s: &str| format!("blk.{i}.{s}");
@@ -203,8 +233,9 @@ impl<'m> Planner<'m> {
         }
         let head = |n: usize| if tile { tiled_from_grouped(n, hk, r) } else { n };
         // Channel order of [q | k | v] after the value-head reorder.
-        let chan = |ch: usize| if ch < 2 * kd { ch } else { 2 * kd + head((ch - 2 * kd) / dv) * dv + (ch - 2 * kd) % dv };
-        let (qkv_rows, z_rows): (Vec<(&Mat, usize)>, Vec<(&Mat, usize)>) = match &g.proj {
+        let chan =
+            |ch: usize| if ch < 2 * kd { ch } else { 2 * kd + head((ch - 2 * kd) / dv) * dv + (ch - 2 * kd) % dv };
+        let (qkv_rows, z_rows): (RowSources, RowSources) = match &g.proj {
             GdnProj::Separate { qkv, z, .. } | GdnProj::SplitGroupedBa { qkv, z, .. } => (
                 (0..2 * kd + vd).map(|ch| (qkv, chan(ch))).collect(),
                 (0..vd).map(|ch| (z, head(ch / dv) * dv + ch % dv)).collect(),
@@ -262,7 +293,8 @@ impl<'m> Planner<'m> {
             }
         }
         let k = c.linear_conv_kernel_dim;
-        let conv: Vec<f32> = (0..2 * kd + vd).flat_map(|ch| g.conv[chan(ch) * k..(chan(ch) + 1) * k].to_vec()).collect();
+        let conv: Vec<f32> =
+            (0..2 * kd + vd).flat_map(|ch| g.conv[chan(ch) * k..(chan(ch) + 1) * k].to_vec()).collect();
         self.floats(b("ssm_conv1d.weight"), vec![2 * kd + vd, k], conv);
         self.floats(b("ssm_dt.bias"), vec![hv], (0..hv).map(|n| g.dt_bias[head(n)]).collect());
         self.floats(b("ssm_a"), vec![hv], (0..hv).map(|n| g.a_neg_exp[head(n)]).collect());

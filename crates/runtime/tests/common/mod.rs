@@ -36,12 +36,11 @@ pub fn tokenizer(vocab: &str) -> &'static Tokenizer {
     static QWEN36: OnceLock<Tokenizer> = OnceLock::new();
     static QWEN3_NEXT: OnceLock<Tokenizer> = OnceLock::new();
     match vocab {
-        "qwen3.6" => QWEN36.get_or_init(|| {
-            Tokenizer::from_file(demo_dir().join("tokenizer.json")).expect("demo tokenizer")
-        }),
+        "qwen3.6" => {
+            QWEN36.get_or_init(|| Tokenizer::from_file(demo_dir().join("tokenizer.json")).expect("demo tokenizer"))
+        }
         "qwen3-next" => QWEN3_NEXT.get_or_init(|| {
-            Tokenizer::from_file(qwen3_next_dir().join("tokenizer.json"))
-                .expect("qwen3-next tokenizer")
+            Tokenizer::from_file(qwen3_next_dir().join("tokenizer.json")).expect("qwen3-next tokenizer")
         }),
         other => panic!("unknown vocab {other}"),
     }
@@ -60,19 +59,12 @@ pub fn read_jsonl(name: &str) -> Vec<serde_json::Value> {
 
 /// An empty scratch folder unique to `name`, under Cargo's per-target temp dir.
 pub fn scratch_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("qmoe-runtime")
-        .join(name);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("qmoe-runtime").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
 }
 
 pub fn ids_of(record: &serde_json::Value) -> Vec<u32> {
-    record["ids"]
-        .as_array()
-        .expect("ids")
-        .iter()
-        .map(|v| v.as_u64().expect("id") as u32)
-        .collect()
+    record["ids"].as_array().expect("ids").iter().map(|v| v.as_u64().expect("id") as u32).collect()
 }

@@ -116,10 +116,7 @@ unsafe fn madd(p: __m256i, s: __m256i) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn split_nibbles(q: __m128i) -> __m256i {
-    _mm256_and_si256(
-        _mm256_set_m128i(_mm_srli_epi16::<4>(q), q),
-        _mm256_set1_epi8(0x0F),
-    )
+    _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), _mm256_set1_epi8(0x0F))
 }
 
 /// Byte `j` = 0xFF where bit `j` of `bits` is set, else 0.
@@ -127,12 +124,7 @@ unsafe fn split_nibbles(q: __m128i) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn spread_bits(bits: u32) -> __m256i {
     // Byte j takes byte j / 8 of `bits`, then tests bit j % 8 of it.
-    let pick = _mm256_set_epi64x(
-        0x0303_0303_0303_0303,
-        0x0202_0202_0202_0202,
-        0x0101_0101_0101_0101,
-        0,
-    );
+    let pick = _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0);
     let v = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), pick);
     let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
     _mm256_cmpeq_epi8(_mm256_and_si256(v, mask), mask)
@@ -203,44 +195,20 @@ unsafe fn mul_u8(w: __m256i, x: __m256i) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q8_0(row: *const u8, x: &[BlockQ8x32]) -> f32 {
-    dot32!(
-        row,
-        x,
-        34,
-        |b| load256(b.add(2)),
-        mul_i8,
-        f16_at(b),
-        None::<f32>
-    )
+    dot32!(row, x, 34, |b| load256(b.add(2)), mul_i8, f16_at(b), None::<f32>)
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_0(row: *const u8, x: &[BlockQ8x32]) -> f32 {
     let eight = _mm256_set1_epi8(8);
-    dot32!(
-        row,
-        x,
-        18,
-        |b| _mm256_sub_epi8(split_nibbles(load128(b.add(2))), eight),
-        mul_i8,
-        f16_at(b),
-        None::<f32>
-    )
+    dot32!(row, x, 18, |b| _mm256_sub_epi8(split_nibbles(load128(b.add(2))), eight), mul_i8, f16_at(b), None::<f32>)
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_1(row: *const u8, x: &[BlockQ8x32]) -> f32 {
-    dot32!(
-        row,
-        x,
-        20,
-        |b| split_nibbles(load128(b.add(4))),
-        mul_u8,
-        f16_at(b),
-        Some(f16_at(b.add(2)))
-    )
+    dot32!(row, x, 20, |b| split_nibbles(load128(b.add(4))), mul_u8, f16_at(b), Some(f16_at(b.add(2))))
 }
 
 /// Q5 codes: nibbles with the fifth bit from the u32 at `b + at`; with
@@ -260,29 +228,13 @@ unsafe fn q5_codes(b: *const u8, at: usize, qs_at: usize, signed: bool) -> __m25
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q5_0(row: *const u8, x: &[BlockQ8x32]) -> f32 {
-    dot32!(
-        row,
-        x,
-        22,
-        |b| q5_codes(b, 2, 6, true),
-        mul_i8,
-        f16_at(b),
-        None::<f32>
-    )
+    dot32!(row, x, 22, |b| q5_codes(b, 2, 6, true), mul_i8, f16_at(b), None::<f32>)
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q5_1(row: *const u8, x: &[BlockQ8x32]) -> f32 {
-    dot32!(
-        row,
-        x,
-        24,
-        |b| q5_codes(b, 4, 8, false),
-        mul_u8,
-        f16_at(b),
-        Some(f16_at(b.add(2)))
-    )
+    dot32!(row, x, 24, |b| q5_codes(b, 4, 8, false), mul_u8, f16_at(b), Some(f16_at(b.add(2))))
 }
 
 /// The IQ4 level table in both 128-bit halves, for `vpshufb` lookups.
@@ -297,15 +249,7 @@ unsafe fn iq4_table() -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq4_nl(row: *const u8, x: &[BlockQ8x32]) -> f32 {
     let table = iq4_table();
-    dot32!(
-        row,
-        x,
-        18,
-        |b| _mm256_shuffle_epi8(table, split_nibbles(load128(b.add(2)))),
-        mul_i8,
-        f16_at(b),
-        None::<f32>
-    )
+    dot32!(row, x, 18, |b| _mm256_shuffle_epi8(table, split_nibbles(load128(b.add(2)))), mul_i8, f16_at(b), None::<f32>)
 }
 
 // ---- 256-value super-blocks (Q8K activations) -----------------------------------
@@ -336,11 +280,7 @@ unsafe fn dot_q45_k<const FIVE: bool>(row: *const u8, x: &[BlockQ8K]) -> f32 {
         let summ = madd(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)), bsums(xb));
         let sc16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64));
         let sc = _mm256_set_m128i(sc16, sc16);
-        let qh = if FIVE {
-            load256(b.add(16))
-        } else {
-            _mm256_setzero_si256()
-        };
+        let qh = if FIVE { load256(b.add(16)) } else { _mm256_setzero_si256() };
         let mut sumi = _mm256_setzero_si256();
         for p in 0..4 {
             let q = load256(b.add(qs_at + 32 * p));
@@ -348,12 +288,8 @@ unsafe fn dot_q45_k<const FIVE: bool>(row: *const u8, x: &[BlockQ8K]) -> f32 {
             let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
             if FIVE {
                 // Bit 2p of qh[l] tops value l of sub-block 2p, bit 2p + 1 of 2p + 1.
-                let hl =
-                    _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * p as i32)), one);
-                let hh = _mm256_and_si256(
-                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * p as i32 + 1)),
-                    one,
-                );
+                let hl = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * p as i32)), one);
+                let hh = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * p as i32 + 1)), one);
                 lo = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hl));
                 hi = _mm256_or_si256(hi, _mm256_slli_epi16::<4>(hh));
             }
@@ -410,14 +346,8 @@ unsafe fn dot_q6_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
             let runs = [
                 _mm256_or_si256(_mm256_and_si256(ql0, m4), top2(qh)),
                 _mm256_or_si256(_mm256_and_si256(ql1, m4), top2(_mm256_srli_epi16::<2>(qh))),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
-                    top2(_mm256_srli_epi16::<4>(qh)),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-                    top2(_mm256_srli_epi16::<6>(qh)),
-                ),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4), top2(_mm256_srli_epi16::<4>(qh))),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4), top2(_mm256_srli_epi16::<6>(qh))),
             ];
             for (k, q) in runs.into_iter().enumerate() {
                 let g = (8 * n + 2 * k) as i64;
@@ -490,10 +420,7 @@ unsafe fn dot_q3_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
             for k in 0..4 {
                 let shift = _mm_cvtsi32_si128(2 * k as i32);
                 let q2 = _mm256_and_si256(_mm256_srl_epi16(qv, shift), m2);
-                let h = _mm256_and_si256(
-                    _mm256_srl_epi16(hm, _mm_cvtsi32_si128((4 * n + k) as i32)),
-                    one,
-                );
+                let h = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128((4 * n + k) as i32)), one);
                 let q = _mm256_or_si256(q2, _mm256_slli_epi16::<2>(h));
                 let g = (8 * n + 2 * k) as i64;
                 let p = mul_u8(q, load256(xq.add(128 * n + 32 * k)));
@@ -514,14 +441,8 @@ unsafe fn dot_q3_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
 unsafe fn iq4_xs_scales(b: *const u8) -> __m256i {
     let h = (b.add(2) as *const u16).read_unaligned() as i32;
     let l = (b.add(4) as *const u32).read_unaligned() as i32;
-    let lo = _mm256_srlv_epi32(
-        _mm256_set1_epi32(l),
-        _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28),
-    );
-    let hi = _mm256_srlv_epi32(
-        _mm256_set1_epi32(h),
-        _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14),
-    );
+    let lo = _mm256_srlv_epi32(_mm256_set1_epi32(l), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
+    let hi = _mm256_srlv_epi32(_mm256_set1_epi32(h), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
     let ls = _mm256_or_si256(
         _mm256_and_si256(lo, _mm256_set1_epi32(0xF)),
         _mm256_slli_epi32::<4>(_mm256_and_si256(hi, _mm256_set1_epi32(3))),
@@ -542,8 +463,7 @@ unsafe fn dot_iq4_xs(row: *const u8, x: &[BlockQ8K]) -> f32 {
     let table = iq4_table();
     // vpshufb indices of i16 element 0 (low half) and 1 (high half); pair p adds 2p.
     let pick = _mm256_setr_epi8(
-        0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3,
-        2, 3,
+        0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3,
     );
     let mut acc = _mm256_setzero_ps();
     for (i, xb) in x.iter().enumerate() {
@@ -560,15 +480,11 @@ unsafe fn dot_iq4_xs(row: *const u8, x: &[BlockQ8K]) -> f32 {
             // The activations gathered to match: 16 from each sub-block.
             let x = xq.add(64 * p);
             let x_lo = _mm256_loadu2_m128i(x.add(32) as *const __m128i, x as *const __m128i);
-            let x_hi =
-                _mm256_loadu2_m128i(x.add(48) as *const __m128i, x.add(16) as *const __m128i);
+            let x_hi = _mm256_loadu2_m128i(x.add(48) as *const __m128i, x.add(16) as *const __m128i);
             // i16 lanes: low half sub-block 2p, high half 2p + 1.
             let sc = _mm256_shuffle_epi8(
                 ls,
-                _mm256_add_epi16(
-                    pick,
-                    _mm256_set1_epi16(((4 * p as i16) << 8) | 4 * p as i16),
-                ),
+                _mm256_add_epi16(pick, _mm256_set1_epi16(((4 * p as i16) << 8) | (4 * p as i16))),
             );
             sumi = _mm256_add_epi32(sumi, madd(mul_i8(lo, x_lo), sc));
             sumi = _mm256_add_epi32(sumi, madd(mul_i8(hi, x_hi), sc));

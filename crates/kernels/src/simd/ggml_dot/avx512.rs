@@ -251,15 +251,8 @@ unsafe fn step_2x32<const CODE: bool>(b: *const u8, x: &[BlockQ8x32], acc: __m51
     let (ts, off) = block32(CODE);
     let (x0, x1) = (&x[0], &x[1]);
     let xv = load_2x256(x0.qs.as_ptr() as *const u8, x1.qs.as_ptr() as *const u8);
-    let s = _mm512_sub_epi32(
-        dot4(codes_2x32::<CODE>(b), xv),
-        dot4(_mm512_set1_epi8(off as u8 as i8), xv),
-    );
-    let scale = _mm512_mask_mov_ps(
-        _mm512_set1_ps(f16_at(b) * x0.d),
-        0xFF00,
-        _mm512_set1_ps(f16_at(b.add(ts)) * x1.d),
-    );
+    let s = _mm512_sub_epi32(dot4(codes_2x32::<CODE>(b), xv), dot4(_mm512_set1_epi8(off as u8 as i8), xv));
+    let scale = _mm512_mask_mov_ps(_mm512_set1_ps(f16_at(b) * x0.d), 0xFF00, _mm512_set1_ps(f16_at(b.add(ts)) * x1.d));
     _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc)
 }
 
@@ -284,10 +277,7 @@ unsafe fn dot32<const CODE: bool>(row: *const u8, x: &[BlockQ8x32]) -> f32 {
     if i < x.len() {
         let (b, xb) = (row.add(i * ts), &x[i]);
         let xv = load256(xb.qs.as_ptr() as *const u8);
-        let s = _mm256_sub_epi32(
-            dot4_256(codes_32::<CODE>(b), xv),
-            dot4_256(_mm256_set1_epi8(off as u8 as i8), xv),
-        );
+        let s = _mm256_sub_epi32(dot4_256(codes_32::<CODE>(b), xv), dot4_256(_mm256_set1_epi8(off as u8 as i8), xv));
         // The block's exact integer sum, scaled once (as the scalar twin).
         sum += f16_at(b) * xb.d * _mm512_reduce_add_epi32(widen(s)) as f32;
     }
@@ -330,11 +320,7 @@ unsafe fn dot_q45_k<const FIVE: bool>(row: *const u8, x: &[BlockQ8K]) -> f32 {
         let summ = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)), bsums(xb));
         // Scale j (0..64) in lane j, its high i16 zero (for vpdpwssd).
         let scales = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128(sc as i64));
-        let qh = if FIVE {
-            bcast256(b.add(16))
-        } else {
-            _mm512_setzero_si512()
-        };
+        let qh = if FIVE { bcast256(b.add(16)) } else { _mm512_setzero_si512() };
         let mut sumi = _mm512_setzero_si512();
         for p in 0..4 {
             let q = bcast256(b.add(qs_at + 32 * p));
@@ -399,14 +385,8 @@ unsafe fn dot_q6_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
             // Low half: pairs 0 and 2 at bits 0-1 and 4-5; high half: pairs 1 and 3.
             let qh = _mm512_mask_srli_epi16::<2>(qh, 0xFFFF_0000, qh);
             let chunks = [
-                _mm512_or_si512(
-                    _mm512_and_si512(ql, m4),
-                    _mm512_and_si512(_mm512_slli_epi16::<4>(qh), m30),
-                ),
-                _mm512_or_si512(
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
-                    _mm512_and_si512(qh, m30),
-                ),
+                _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_slli_epi16::<4>(qh), m30)),
+                _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4), _mm512_and_si512(qh, m30)),
             ];
             for (t, c) in chunks.into_iter().enumerate() {
                 // Chunk 2n + t: groups 4(2n + t)..; four-code sums ≤ 4 · 63 · 127 < 2^15.
@@ -457,10 +437,7 @@ unsafe fn dot_iq4_xs(row: *const u8, x: &[BlockQ8K]) -> f32 {
         let d = f16_at(b) * xb.d;
         let ls = iq4_xs_scales(b);
         // [ls0, ls0, ls1, ls1, ..] as i16 against the 16 group sums: Σ_j ls_j B_j.
-        let ls_twice = _mm256_or_si256(
-            _mm256_and_si256(ls, _mm256_set1_epi32(0xFFFF)),
-            _mm256_slli_epi32::<16>(ls),
-        );
+        let ls_twice = _mm256_or_si256(_mm256_and_si256(ls, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32::<16>(ls));
         let offs = _mm256_madd_epi16(ls_twice, bsums(xb));
         let ls = widen(ls);
         let mut sumi = _mm512_setzero_si512();

@@ -96,11 +96,7 @@ pub fn act_kind(ty: GgmlType) -> Option<ActKind> {
 /// If `ty` does not take Q8K activations or `w` is not exactly the rows'
 /// bytes (the dispatcher validates shapes; this guards memory safety).
 pub fn gemv_q8k(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f32]) {
-    assert_eq!(
-        act_kind(ty),
-        Some(ActKind::Q8K),
-        "gemv_q8k: {ty} does not take Q8K activations"
-    );
+    assert_eq!(act_kind(ty), Some(ActKind::Q8K), "gemv_q8k: {ty} does not take Q8K activations");
     check_bytes(ty, w.len(), x.len(), y.len());
     #[cfg(target_arch = "x86_64")]
     if avx512_usable(level) && avx512::has_kernel(ty) {
@@ -137,11 +133,7 @@ pub fn gemv_q8k(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f
 /// # Panics
 /// As [`gemv_q8k`].
 pub fn gemv_q8x32(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mut [f32]) {
-    assert_eq!(
-        act_kind(ty),
-        Some(ActKind::Q8x32),
-        "gemv_q8x32: {ty} does not take Q8x32 activations"
-    );
+    assert_eq!(act_kind(ty), Some(ActKind::Q8x32), "gemv_q8x32: {ty} does not take Q8x32 activations");
     check_bytes(ty, w.len(), x.len(), y.len());
     #[cfg(target_arch = "x86_64")]
     if avx512_usable(level) && avx512::has_kernel(ty) {
@@ -170,14 +162,8 @@ pub fn gemv_q8x32(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mu
 
 /// `w` must be exactly `rows` rows of `blocks` blocks of `ty`.
 fn check_bytes(ty: GgmlType, got: usize, blocks: usize, rows: usize) {
-    let want = blocks
-        .checked_mul(ty.type_size())
-        .and_then(|b| b.checked_mul(rows));
-    assert_eq!(
-        Some(got),
-        want,
-        "ggml gemv {ty}: {got} weight bytes for {rows} rows of {blocks} blocks"
-    );
+    let want = blocks.checked_mul(ty.type_size()).and_then(|b| b.checked_mul(rows));
+    assert_eq!(Some(got), want, "ggml gemv {ty}: {got} weight bytes for {rows} rows of {blocks} blocks");
 }
 
 /// Whether `level` asks for AVX2 (or AVX-512, whose CPUs run the AVX2
@@ -258,19 +244,13 @@ mod tests {
         for _ in 0..2000 {
             let mut s = [0u8; 12];
             for b in &mut s {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 *b = (state >> 56) as u8;
             }
             let (sc, m) = scales_mins_k4(&s);
             for j in 0..8 {
                 let want = crate::ggml::scale_min_k4(j, &s);
-                assert_eq!(
-                    ((sc >> (8 * j)) as u8, (m >> (8 * j)) as u8),
-                    want,
-                    "sub-block {j} of {s:?}"
-                );
+                assert_eq!(((sc >> (8 * j)) as u8, (m >> (8 * j)) as u8), want, "sub-block {j} of {s:?}");
             }
         }
     }
@@ -281,9 +261,7 @@ mod tests {
         for _ in 0..2000 {
             let mut s = [0u8; 12];
             for b in &mut s {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 *b = (state >> 56) as u8;
             }
             let got = scalar::q3_k_scales(&s);
@@ -291,11 +269,7 @@ mod tests {
                 // The decoder's rule (crate::ggml::decode_q3_k).
                 let low = if g < 8 { s[g] & 0xF } else { s[g - 8] >> 4 };
                 let high = (s[8 + g % 4] >> (2 * (g / 4))) & 3;
-                assert_eq!(
-                    v as i32,
-                    (low | high << 4) as i32 - 32,
-                    "group {g} of {s:?}"
-                );
+                assert_eq!(v as i32, (low | high << 4) as i32 - 32, "group {g} of {s:?}");
             }
         }
     }

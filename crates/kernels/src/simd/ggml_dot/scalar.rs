@@ -103,31 +103,19 @@ fn unpack_q8_0(b: &[u8]) -> Codes32 {
     for (q, &v) in q.iter_mut().zip(&b[2..34]) {
         *q = v as i8;
     }
-    Codes32 {
-        d: f16_at(b, 0),
-        m: None,
-        q,
-    }
+    Codes32 { d: f16_at(b, 0), m: None, q }
 }
 
 fn unpack_q4_0(b: &[u8]) -> Codes32 {
     let mut q = [0i8; 32];
     nibbles(&b[2..], &mut q, |n| n as i8 - 8);
-    Codes32 {
-        d: f16_at(b, 0),
-        m: None,
-        q,
-    }
+    Codes32 { d: f16_at(b, 0), m: None, q }
 }
 
 fn unpack_q4_1(b: &[u8]) -> Codes32 {
     let mut q = [0i8; 32];
     nibbles(&b[4..], &mut q, |n| n as i8);
-    Codes32 {
-        d: f16_at(b, 0),
-        m: Some(f16_at(b, 2)),
-        q,
-    }
+    Codes32 { d: f16_at(b, 0), m: Some(f16_at(b, 2)), q }
 }
 
 fn unpack_q5_0(b: &[u8]) -> Codes32 {
@@ -137,32 +125,20 @@ fn unpack_q5_0(b: &[u8]) -> Codes32 {
     for q in &mut q {
         *q -= 16;
     }
-    Codes32 {
-        d: f16_at(b, 0),
-        m: None,
-        q,
-    }
+    Codes32 { d: f16_at(b, 0), m: None, q }
 }
 
 fn unpack_q5_1(b: &[u8]) -> Codes32 {
     let mut q = [0i8; 32];
     nibbles(&b[8..], &mut q, |n| n as i8);
     fifth_bits(b, 4, &mut q);
-    Codes32 {
-        d: f16_at(b, 0),
-        m: Some(f16_at(b, 2)),
-        q,
-    }
+    Codes32 { d: f16_at(b, 0), m: Some(f16_at(b, 2)), q }
 }
 
 fn unpack_iq4_nl(b: &[u8]) -> Codes32 {
     let mut q = [0i8; 32];
     nibbles(&b[2..], &mut q, |n| IQ4_LEVELS[n as usize]);
-    Codes32 {
-        d: f16_at(b, 0),
-        m: None,
-        q,
-    }
+    Codes32 { d: f16_at(b, 0), m: None, q }
 }
 
 // ---- 256-value super-blocks -----------------------------------------------------
@@ -182,10 +158,7 @@ fn dot_q2_k(row: &[u8], x: &[BlockQ8K]) -> f32 {
         for (g, &sc) in scales.iter().enumerate() {
             let shift = (g % 8) / 2 * 2;
             let q = &qs[g / 8 * 32 + g % 2 * 16..][..16];
-            let s = idot(
-                q.iter().map(|&q| ((q >> shift) & 3) as i32),
-                &xb.qs[16 * g..16 * g + 16],
-            );
+            let s = idot(q.iter().map(|&q| ((q >> shift) & 3) as i32), &xb.qs[16 * g..16 * g + 16]);
             sumi += (sc & 0xF) as i32 * s;
             summ += (sc >> 4) as i32 * bsum(xb, g);
         }
@@ -210,10 +183,7 @@ pub(super) fn q3_k_scales(sc: &[u8]) -> [i8; 16] {
     let lo = (a & LOW4) | top(0, 2) << 4;
     let hi = ((a >> 4) & LOW4) | top(4, 6) << 4;
     let mut out = [0i8; 16];
-    for (o, v) in out
-        .iter_mut()
-        .zip(lo.to_le_bytes().into_iter().chain(hi.to_le_bytes()))
-    {
+    for (o, v) in out.iter_mut().zip(lo.to_le_bytes().into_iter().chain(hi.to_le_bytes())) {
         *o = v as i8 - 32;
     }
     out
@@ -231,8 +201,7 @@ fn dot_q3_k(row: &[u8], x: &[BlockQ8K]) -> f32 {
             let shift = (g % 8) / 2 * 2;
             let l0 = g % 2 * 16;
             let q = qs[g / 8 * 32 + l0..][..16].iter().zip(&hmask[l0..l0 + 16]);
-            let codes =
-                q.map(|(&q, &h)| ((q >> shift) & 3) as i32 + 4 * ((h >> (g / 2)) & 1) as i32);
+            let codes = q.map(|(&q, &h)| ((q >> shift) & 3) as i32 + 4 * ((h >> (g / 2)) & 1) as i32);
             sumi += s as i32 * idot(codes, &xb.qs[16 * g..16 * g + 16]);
             offs += s as i32 * bsum(xb, g);
         }
@@ -253,9 +222,8 @@ fn dot_q45_k(row: &[u8], x: &[BlockQ8K], five: bool) -> f32 {
             let (sc, m) = scale_min_k4(j, scales);
             let shift = j % 2 * 4;
             let q = qs[j / 2 * 32..][..32].iter().zip(qh);
-            let codes = q.map(|(&q, &h)| {
-                ((q >> shift) & 0xF) as i32 + if five { 16 * ((h >> j) & 1) as i32 } else { 0 }
-            });
+            let codes =
+                q.map(|(&q, &h)| ((q >> shift) & 0xF) as i32 + if five { 16 * ((h >> j) & 1) as i32 } else { 0 });
             sumi += sc as i32 * idot(codes, &xb.qs[32 * j..32 * j + 32]);
             summ += m as i32 * (bsum(xb, 2 * j) + bsum(xb, 2 * j + 1));
         }
@@ -285,9 +253,10 @@ fn dot_q6_k(row: &[u8], x: &[BlockQ8K]) -> f32 {
             let (n, part, l0) = (g / 8, (g % 8) / 2, g % 2 * 16);
             let lo = &ql[n * 64 + part % 2 * 32 + l0..][..16];
             let hi = &qh[n * 32 + l0..][..16];
-            let codes = lo.iter().zip(hi).map(|(&lo, &hi)| {
-                (((lo >> (part / 2 * 4)) & 0xF) | ((hi >> (2 * part)) & 3) << 4) as i32
-            });
+            let codes = lo
+                .iter()
+                .zip(hi)
+                .map(|(&lo, &hi)| (((lo >> (part / 2 * 4)) & 0xF) | ((hi >> (2 * part)) & 3) << 4) as i32);
             sumi += s * idot(codes, &xb.qs[16 * g..16 * g + 16]);
             offs += s * bsum(xb, g);
         }
@@ -301,8 +270,7 @@ fn iq4_xs_scales(b: &[u8]) -> [i16; 8] {
     let scales_h = u16::from_le_bytes([b[2], b[3]]);
     let mut out = [0i16; 8];
     for (ib, o) in out.iter_mut().enumerate() {
-        let ls = ((b[4 + ib / 2] >> (4 * (ib % 2))) & 0xF) as i16
-            | (((scales_h >> (2 * ib)) & 3) as i16) << 4;
+        let ls = ((b[4 + ib / 2] >> (4 * (ib % 2))) & 0xF) as i16 | (((scales_h >> (2 * ib)) & 3) as i16) << 4;
         *o = ls - 32;
     }
     out

@@ -19,8 +19,8 @@ use std::arch::x86_64::*;
 use qmoe_core::GgmlType;
 
 use super::{
-    bsums, f16_at, hsum, iq4_table, iq4_xs_scales, load128, load256, madd, mul_u8,
-    pair_i8, q3_k_scales, q5_codes, split_nibbles, PREFETCH_BYTES,
+    bsums, f16_at, hsum, iq4_table, iq4_xs_scales, load128, load256, madd, mul_u8, pair_i8, q3_k_scales, q5_codes,
+    split_nibbles, PREFETCH_BYTES,
 };
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
 
@@ -109,7 +109,15 @@ fn as_is<B>(x: &[B], t0: usize, _n: usize, nb: usize, _scratch: &mut ()) -> *con
 /// blocks of `ty`; `y` is valid for writes at `t * y_stride + r` for every
 /// `t < n_tokens`, `r < n_rows`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn gemm_q8k(ty: GgmlType, w: &[u8], n_rows: usize, x: &[BlockQ8K], n_tokens: usize, y: *mut f32, y_stride: usize) {
+pub(crate) unsafe fn gemm_q8k(
+    ty: GgmlType,
+    w: &[u8],
+    n_rows: usize,
+    x: &[BlockQ8K],
+    n_tokens: usize,
+    y: *mut f32,
+    y_stride: usize,
+) {
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
         GgmlType::Q2K => groups!(w, n_rows, x, n_tokens, y, y_stride, 84, dot_q2_k),
@@ -125,7 +133,15 @@ pub(crate) unsafe fn gemm_q8k(ty: GgmlType, w: &[u8], n_rows: usize, x: &[BlockQ
 /// # Safety
 /// As [`gemm_q8k`], for a type taking Q8x32 activations.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn gemm_q8x32(ty: GgmlType, w: &[u8], n_rows: usize, x: &[BlockQ8x32], n_tokens: usize, y: *mut f32, y_stride: usize) {
+pub(crate) unsafe fn gemm_q8x32(
+    ty: GgmlType,
+    w: &[u8],
+    n_rows: usize,
+    x: &[BlockQ8x32],
+    n_tokens: usize,
+    y: *mut f32,
+    y_stride: usize,
+) {
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
         GgmlType::Q8_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, 34, dot_q8_0, 8),
@@ -314,7 +330,10 @@ unsafe fn dot_iq4_xs<const N: usize>(row: *const u8, xs: [*const BlockQ8K; N], n
             let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(q, m4));
             let hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4));
             let (alo, ahi) = (_mm256_sign_epi8(lo, lo), _mm256_sign_epi8(hi, hi));
-            let sc = _mm256_shuffle_epi8(ls, _mm256_add_epi16(pick, _mm256_set1_epi16(((4 * p as i16) << 8) | (4 * p as i16))));
+            let sc = _mm256_shuffle_epi8(
+                ls,
+                _mm256_add_epi16(pick, _mm256_set1_epi16(((4 * p as i16) << 8) | (4 * p as i16))),
+            );
             for t in 0..N {
                 let x = ((*xs[t].add(i)).qs.as_ptr() as *const u8).add(64 * p);
                 let x_lo = _mm256_loadu2_m128i(x.add(32) as *const __m128i, x as *const __m128i);

@@ -70,7 +70,15 @@ pub(super) fn has_kernel(ty: GgmlType) -> bool {
 /// exactly `n_rows` rows of `nb` blocks of `ty`; `y` is valid for writes at
 /// `t * y_stride + r` for every `t < n_tokens`, `r < n_rows`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(super) unsafe fn gemm_q8k(ty: GgmlType, w: &[u8], n_rows: usize, x: &[BlockQ8K], n_tokens: usize, y: *mut f32, y_stride: usize) {
+pub(super) unsafe fn gemm_q8k(
+    ty: GgmlType,
+    w: &[u8],
+    n_rows: usize,
+    x: &[BlockQ8K],
+    n_tokens: usize,
+    y: *mut f32,
+    y_stride: usize,
+) {
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
         GgmlType::Q4K => gemm::<Q4K>(w, n_rows, x, n_tokens, y, y_stride),
@@ -83,7 +91,15 @@ pub(super) unsafe fn gemm_q8k(ty: GgmlType, w: &[u8], n_rows: usize, x: &[BlockQ
 /// # Safety
 /// As [`gemm_q8k`], for Q8_0 with Q8x32 activations.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(super) unsafe fn gemm_q8x32(ty: GgmlType, w: &[u8], n_rows: usize, x: &[BlockQ8x32], n_tokens: usize, y: *mut f32, y_stride: usize) {
+pub(super) unsafe fn gemm_q8x32(
+    ty: GgmlType,
+    w: &[u8],
+    n_rows: usize,
+    x: &[BlockQ8x32],
+    n_tokens: usize,
+    y: *mut f32,
+    y_stride: usize,
+) {
     match ty {
         // SAFETY: the caller's contract, passed on unchanged.
         GgmlType::Q8_0 => gemm::<Q8_0>(w, n_rows, x, n_tokens, y, y_stride),

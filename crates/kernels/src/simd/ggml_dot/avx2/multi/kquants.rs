@@ -65,14 +65,16 @@ impl Drop for Scratch {
 /// # Safety
 /// The CPU runs AVX2; `x` holds tokens `t0..t0 + n` of `nb` blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn transposed(x: &[BlockQ8K], t0: usize, n: usize, nb: usize, scratch: &mut Scratch) -> *const TBlock {
+pub(super) unsafe fn transposed(
+    x: &[BlockQ8K],
+    t0: usize,
+    n: usize,
+    nb: usize,
+    scratch: &mut Scratch,
+) -> *const TBlock {
     let v = &mut scratch.0;
     v.clear();
-    v.extend(x[t0 * nb..(t0 + n) * nb].iter().map(|b| TBlock {
-        qs: transpose(&b.qs),
-        bsums: bsums(b),
-        d: b.d,
-    }));
+    v.extend(x[t0 * nb..(t0 + n) * nb].iter().map(|b| TBlock { qs: transpose(&b.qs), bsums: bsums(b), d: b.d }));
     v.as_ptr()
 }
 
@@ -136,7 +138,11 @@ unsafe fn transpose4(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> (__m256i
 #[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q45_k_t<const FIVE: bool, const N: usize>(row: *const u8, xs: [*const TBlock; N], nb: usize) -> [f32; N] {
+pub(super) unsafe fn dot_q45_k_t<const FIVE: bool, const N: usize>(
+    row: *const u8,
+    xs: [*const TBlock; N],
+    nb: usize,
+) -> [f32; N] {
     let (ts, qs_at) = if FIVE { (176, 48) } else { (144, 16) };
     let m4 = _mm256_set1_epi8(0x0F);
     let one = _mm256_set1_epi8(1);
@@ -250,14 +256,10 @@ pub(super) unsafe fn dot_q6_k_t<const N: usize>(row: *const u8, xs: [*const TBlo
             let qh = load256(b.add(128 + 32 * n));
             runs[4 * n] = _mm256_or_si256(_mm256_and_si256(ql0, m4), top2(qh));
             runs[4 * n + 1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), top2(_mm256_srli_epi16::<2>(qh)));
-            runs[4 * n + 2] = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
-                top2(_mm256_srli_epi16::<4>(qh)),
-            );
-            runs[4 * n + 3] = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-                top2(_mm256_srli_epi16::<6>(qh)),
-            );
+            runs[4 * n + 2] =
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4), top2(_mm256_srli_epi16::<4>(qh)));
+            runs[4 * n + 3] =
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4), top2(_mm256_srli_epi16::<6>(qh)));
         }
         let w = transpose8(ORDER.map(|j| runs[j]));
         for t in 0..N {
