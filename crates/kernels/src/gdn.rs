@@ -300,6 +300,32 @@ impl GdnScratch {
     }
 }
 
+/// The tensors of one chunked call with their geometry, as the per-head
+/// chunk steps read them (layouts as for [`gdn_chunked`]).
+#[derive(Clone, Copy)]
+pub(crate) struct ChunkInputs<'a> {
+    pub q: &'a [f32],
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub beta: &'a [f32],
+    pub g: &'a [f32],
+    pub shape: GdnShape,
+    pub map: HeadMap,
+}
+
+/// The work of one chunk step: value head `h`, tokens `start..start + n`.
+#[derive(Clone, Copy)]
+pub(crate) struct ChunkAt {
+    pub h: usize,
+    pub start: usize,
+    pub n: usize,
+}
+
+/// `(start, n)` of each chunk of at most `chunk` (> 0) tokens covering `0..n_tokens`.
+pub(crate) fn chunk_spans(n_tokens: usize, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..n_tokens).step_by(chunk).map(move |start| (start, chunk.min(n_tokens - start)))
+}
+
 /// The chunked form of spec 2.5.7 (prefill): same inputs, state and output as
 /// [`gdn_recurrent`], equal to it up to f32 rounding. Tokens are taken in
 /// chunks of `chunk` (64 in HF/llama.cpp); the last chunk may be shorter.
@@ -345,17 +371,15 @@ pub fn gdn_chunked(
     );
     let (hv, dk, dv) = (shape.n_v_heads, shape.head_k_dim, shape.head_v_dim);
 
-    let mut start = 0;
-    while start < n_tokens {
-        let n = chunk.min(n_tokens - start);
+    let x = ChunkInputs { q, k, v, beta, g, shape, map };
+    for (start, n) in chunk_spans(n_tokens, chunk) {
         for h in 0..hv {
             let s0 = &mut state[h * dk * dv..][..dk * dv];
-            chunk_head(q, k, v, beta, g, s0, shape, map, start, n, h, scratch);
+            chunk_head(&x, ChunkAt { h, start, n }, s0, scratch);
             for i in 0..n {
                 out[((start + i) * hv + h) * dv..][..dv].copy_from_slice(&scratch.o[i * dv..][..dv]);
             }
         }
-        start += n;
     }
 }
 
@@ -392,25 +416,13 @@ pub(crate) fn chunk_decays(
 
 /// One value head `h` over tokens `start..start + n` (`n <= scratch.chunk`):
 /// advances the head's state `s0` (`[Dk, Dv]`) and leaves the chunk's
-/// outputs in `scratch.o` (`[n, Dv]`). `q`, `k`, `v`, `beta`, `g` are the
-/// full-call tensors of [`gdn_chunked`]. Inlined into every caller so that
-/// the SIMD drivers compile it for their instruction set.
-#[allow(clippy::too_many_arguments)]
+/// outputs in `scratch.o` (`[n, Dv]`). `x` holds the full-call tensors of
+/// [`gdn_chunked`]. Inlined into every caller so that the SIMD drivers
+/// compile it for their instruction set.
 #[inline(always)]
-pub(crate) fn chunk_head(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    beta: &[f32],
-    g: &[f32],
-    s0: &mut [f32],
-    shape: GdnShape,
-    map: HeadMap,
-    start: usize,
-    n: usize,
-    h: usize,
-    scratch: &mut GdnScratch,
-) {
+pub(crate) fn chunk_head(x: &ChunkInputs, at: ChunkAt, s0: &mut [f32], scratch: &mut GdnScratch) {
+    let ChunkInputs { q, k, v, beta, g, shape, map } = *x;
+    let ChunkAt { h, start, n } = at;
     let GdnShape { n_k_heads: hk, n_v_heads: hv, head_k_dim: dk, head_v_dim: dv } = shape;
     let c = scratch.chunk; // row stride of the [chunk, chunk] matrices
     let kh = map.key_head(h, shape);

@@ -13,7 +13,7 @@
 //! 64 KiB-per-head state (2 MiB per layer at the 35B-A3B shape).
 
 use super::Level;
-use crate::gdn::{chunk_head, GdnScratch, GdnShape, HeadMap};
+use crate::gdn::{chunk_head, chunk_spans, ChunkAt, ChunkInputs, GdnScratch, GdnShape, HeadMap};
 use crate::pool::SharedMut;
 
 #[cfg(target_arch = "x86_64")]
@@ -58,6 +58,7 @@ pub fn gdn_chunked_parallel(
         assert!(s.shape() == shape && s.chunk() >= chunk, "gdn_chunked_parallel: scratch built for another shape");
     }
     let n_tasks = scratches.len().min(hv);
+    let x = ChunkInputs { q, k, v, beta, g, shape, map };
     #[cfg(target_arch = "x86_64")]
     if level.runs_avx2() && n_tokens > 0 && super::gdn_chunk::blocked(shape) {
         let chunk = chunk.min(n_tokens);
@@ -74,27 +75,9 @@ pub fn gdn_chunked_parallel(
                     // their state rows and output columns; the lengths were
                     // checked above and the level promises AVX2 + FMA.
                     let s0 = unsafe { std::slice::from_raw_parts_mut(stp.at(h * dk * dv), dk * dv) };
-                    let mut start = 0;
-                    while start < n_tokens {
-                        let n = chunk.min(n_tokens - start);
-                        unsafe {
-                            super::gdn_chunk::chunk_head_avx2(
-                                q,
-                                k,
-                                v,
-                                beta,
-                                g,
-                                s0,
-                                shape,
-                                map,
-                                start,
-                                n,
-                                h,
-                                scratch,
-                                op.at(0),
-                            )
-                        };
-                        start += n;
+                    for (start, n) in chunk_spans(n_tokens, chunk) {
+                        let at = ChunkAt { h, start, n };
+                        unsafe { super::gdn_chunk::chunk_head_avx2(&x, at, s0, scratch, op.at(0)) };
                     }
                 }
             })
@@ -109,65 +92,31 @@ pub fn gdn_chunked_parallel(
         let scratch = unsafe { &mut *sp.at(i) };
         for h in (i..hv).step_by(n_tasks) {
             let s0 = unsafe { std::slice::from_raw_parts_mut(stp.at(h * dk * dv), dk * dv) };
-            let mut start = 0;
-            while start < n_tokens {
-                let n = chunk.min(n_tokens - start);
-                chunk_head_at(level, q, k, v, beta, g, s0, shape, map, start, n, h, scratch);
+            for (start, n) in chunk_spans(n_tokens, chunk) {
+                chunk_head_at(level, &x, ChunkAt { h, start, n }, s0, scratch);
                 for t in 0..n {
                     let o = unsafe { std::slice::from_raw_parts_mut(op.at(((start + t) * hv + h) * dv), dv) };
                     o.copy_from_slice(scratch.head_out(t));
                 }
-                start += n;
             }
         }
     };
     crate::pool::run(n_tasks, &task);
 }
 
-#[allow(clippy::too_many_arguments)]
-fn chunk_head_at(
-    level: Level,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    beta: &[f32],
-    g: &[f32],
-    s0: &mut [f32],
-    shape: GdnShape,
-    map: HeadMap,
-    start: usize,
-    n: usize,
-    h: usize,
-    scratch: &mut GdnScratch,
-) {
+fn chunk_head_at(level: Level, x: &ChunkInputs, at: ChunkAt, s0: &mut [f32], scratch: &mut GdnScratch) {
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Level::Avx2` is only reported when the CPU has AVX2 + FMA.
-        Level::Avx2 | Level::Avx512 => unsafe {
-            chunk_head_avx2(q, k, v, beta, g, s0, shape, map, start, n, h, scratch)
-        },
-        _ => chunk_head(q, k, v, beta, g, s0, shape, map, start, n, h, scratch),
+        Level::Avx2 | Level::Avx512 => unsafe { chunk_head_avx2(x, at, s0, scratch) },
+        _ => chunk_head(x, at, s0, scratch),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn chunk_head_avx2(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    beta: &[f32],
-    g: &[f32],
-    s0: &mut [f32],
-    shape: GdnShape,
-    map: HeadMap,
-    start: usize,
-    n: usize,
-    h: usize,
-    scratch: &mut GdnScratch,
-) {
-    chunk_head(q, k, v, beta, g, s0, shape, map, start, n, h, scratch)
+unsafe fn chunk_head_avx2(x: &ChunkInputs, at: ChunkAt, s0: &mut [f32], scratch: &mut GdnScratch) {
+    chunk_head(x, at, s0, scratch)
 }
 
 /// [`crate::gdn::gdn_recurrent`] with value heads split over the pool and

@@ -13,7 +13,7 @@
 //! Shapes with `Dk` or `Dv` not a multiple of 8 are not blocked here: the
 //! driver runs the twin for them.
 
-use crate::gdn::{GdnShape, HeadMap};
+use crate::gdn::{ChunkAt, ChunkInputs, GdnShape};
 use std::arch::x86_64::*;
 
 /// Per-worker buffers for [`chunk_head_avx2`], sized for a shape and a chunk.
@@ -213,23 +213,16 @@ unsafe fn block<const R: usize, const NV: usize>(g: Gemm, ap: *const f32, step: 
 /// The CPU has AVX2 + FMA; [`blocked`]`(shape)`; `sc.fits(shape, n)`; the
 /// tensors have the lengths [`crate::gdn::gdn_chunked`] checks; `out` is
 /// valid for `[T, Hv, Dv]` and no one else touches head `h`'s rows of it.
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn chunk_head_avx2(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    beta: &[f32],
-    g: &[f32],
+    x: &ChunkInputs,
+    at: ChunkAt,
     s0: &mut [f32],
-    shape: GdnShape,
-    map: HeadMap,
-    start: usize,
-    n: usize,
-    h: usize,
     sc: &mut ChunkScratch,
     out: *mut f32,
 ) {
+    let ChunkInputs { q, k, v, beta, g, shape, map } = *x;
+    let ChunkAt { h, start, n } = at;
     let GdnShape { n_k_heads: hk, n_v_heads: hv, head_k_dim: dk, head_v_dim: dv } = shape;
     debug_assert!(blocked(shape) && sc.fits(shape, n) && n >= 1);
     debug_assert_eq!(s0.len(), dk * dv);
