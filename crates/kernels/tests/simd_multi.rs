@@ -119,6 +119,14 @@ fn ggml_multi_equals_per_token_gemv() {
     }
 }
 
+/// The AVX2 Q8_0 kernel works on runs of eight blocks: whole runs, a whole
+/// run and a partial one, and two runs with a partial third.
+#[test]
+fn q8_0_runs_of_eight_blocks() {
+    let mut rng = Rng(0x0808);
+    check_ggml(GgmlType::Q8_0, &ROWS, &[8, 9, 16, 23], &TOKENS, &mut rng);
+}
+
 /// The types with AVX-512 (VNNI) many-token kernels, on a smaller grid that
 /// still has every token count of [`TOKENS`], odd row counts and an odd
 /// block count (Q8_0 multiplies blocks in pairs): the test

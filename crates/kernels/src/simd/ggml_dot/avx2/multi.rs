@@ -10,8 +10,9 @@
 //! Per (block, token) the integer sums are those of the single-token kernels
 //! in [`super`], and so is the f32 scaling of each block; only the 32-wide
 //! types keep one accumulator per token where the single-token kernel
-//! alternates two, and Q4_K / Q5_K / Q6_K ([`kquants`]) spread each block's
-//! sum over the eight lanes differently, so for those results agree with it
+//! alternates two, Q4_K / Q5_K / Q6_K ([`kquants`]) spread each block's sum
+//! over the eight lanes differently, and Q8_0 ([`q8_0`]) gives each of eight
+//! consecutive blocks a lane of its own, so for those results agree with it
 //! to float rounding (the other 256-wide types: bit for bit).
 
 use std::arch::x86_64::*;
@@ -25,8 +26,10 @@ use super::{
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
 
 mod kquants;
+mod q8_0;
 
 use kquants::{dot_q4_k_t, dot_q5_k_t, dot_q6_k_t, transposed};
+use q8_0::{dot_q8_0_t, transposed_q8_0};
 
 /// Tokens multiplied per weight-block unpacking: 4 tokens' integer and f32
 /// accumulators (8 registers) plus the codes and scales fit AVX2's 16.
@@ -41,8 +44,9 @@ pub(crate) const GROUP: usize = 4;
 /// per-type dot (`#[inline]`, same features, const `N` tokens) is inlined.
 /// `$dot::<N>(row, xs, nb) -> [f32; N]`: one row against `N` tokens' blocks.
 /// `$prep(x, t0, n, nb, scratch)` gives the group's activations, `n` tokens
-/// of `nb` blocks from token `t0`: [`as_is`], or a rearranged copy in
-/// `scratch` (once per group, for every row of the run).
+/// of `nb` blocks from token `t0`, and the distance from one token's to the
+/// next's (in its units): [`as_is`], or a rearranged copy in `scratch` (once
+/// per group, for every row of the run).
 macro_rules! groups {
     ($w:expr, $n_rows:expr, $x:expr, $n_tokens:expr, $y:expr, $stride:expr, $ts:expr, $dot:ident) => {
         groups!($w, $n_rows, $x, $n_tokens, $y, $stride, $ts, $dot, GROUP, as_is)
@@ -64,22 +68,22 @@ macro_rules! groups {
             // instances of the kernel than one per remainder).
             let left = n_tokens - t0;
             let n = if left >= $max { $max } else { left.min(4) };
-            let xg = $prep(x, t0, n, nb, &mut scratch);
+            let (xg, xstride) = $prep(x, t0, n, nb, &mut scratch);
             // Only the first group reads the rows from memory: prefetch for it.
             let prefetch = t0 == 0;
             match n {
-                8 => groups!(@run 8, base, n_rows, row_bytes, xg, nb, t0, y, stride, prefetch, w.len(), $dot),
-                4 => groups!(@run 4, base, n_rows, row_bytes, xg, nb, t0, y, stride, prefetch, w.len(), $dot),
-                3 => groups!(@run 3, base, n_rows, row_bytes, xg, nb, t0, y, stride, prefetch, w.len(), $dot),
-                2 => groups!(@run 2, base, n_rows, row_bytes, xg, nb, t0, y, stride, prefetch, w.len(), $dot),
-                _ => groups!(@run 1, base, n_rows, row_bytes, xg, nb, t0, y, stride, prefetch, w.len(), $dot),
+                8 => groups!(@run 8, base, n_rows, row_bytes, xg, xstride, nb, t0, y, stride, prefetch, w.len(), $dot),
+                4 => groups!(@run 4, base, n_rows, row_bytes, xg, xstride, nb, t0, y, stride, prefetch, w.len(), $dot),
+                3 => groups!(@run 3, base, n_rows, row_bytes, xg, xstride, nb, t0, y, stride, prefetch, w.len(), $dot),
+                2 => groups!(@run 2, base, n_rows, row_bytes, xg, xstride, nb, t0, y, stride, prefetch, w.len(), $dot),
+                _ => groups!(@run 1, base, n_rows, row_bytes, xg, xstride, nb, t0, y, stride, prefetch, w.len(), $dot),
             }
             t0 += n;
         }
     }};
-    (@run $n:literal, $base:expr, $n_rows:expr, $row_bytes:expr, $xg:expr, $nb:expr, $t0:expr, $y:expr,
-     $stride:expr, $prefetch:expr, $len:expr, $dot:ident) => {{
-        let xs: [*const _; $n] = std::array::from_fn(|t| $xg.add(t * $nb));
+    (@run $n:literal, $base:expr, $n_rows:expr, $row_bytes:expr, $xg:expr, $xstride:expr, $nb:expr, $t0:expr,
+     $y:expr, $stride:expr, $prefetch:expr, $len:expr, $dot:ident) => {{
+        let xs: [*const _; $n] = std::array::from_fn(|t| $xg.add(t * $xstride));
         let mut fetched = 0;
         for r in 0..$n_rows {
             if $prefetch {
@@ -99,9 +103,35 @@ macro_rules! groups {
 
 /// The group's activations as they are.
 #[inline(always)]
-fn as_is<B>(x: &[B], t0: usize, _n: usize, nb: usize, _scratch: &mut ()) -> *const B {
-    x[t0 * nb..].as_ptr()
+fn as_is<B>(x: &[B], t0: usize, _n: usize, nb: usize, _scratch: &mut ()) -> (*const B, usize) {
+    (x[t0 * nb..].as_ptr(), nb)
 }
+
+/// A per-thread buffer of `$t` for a `$prep`, borrowed for one call and
+/// handed back on drop; it only grows, so steady decoding does not allocate.
+macro_rules! grow_only_scratch {
+    ($name:ident, $t:ty) => {
+        pub(super) struct $name(Vec<$t>);
+
+        thread_local! {
+            static SCRATCH: std::cell::Cell<Vec<$t>> = const { std::cell::Cell::new(Vec::new()) };
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name(SCRATCH.with(|s| s.take()))
+            }
+        }
+
+        impl Drop for $name {
+            fn drop(&mut self) {
+                let v = std::mem::take(&mut self.0);
+                SCRATCH.with(|s| s.set(v));
+            }
+        }
+    };
+}
+use grow_only_scratch;
 
 /// # Safety
 /// The CPU runs AVX2, FMA and F16C; `ty` takes Q8K activations; `x` holds
@@ -144,7 +174,7 @@ pub(crate) unsafe fn gemm_q8x32(
 ) {
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
-        GgmlType::Q8_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, 34, dot_q8_0, 8),
+        GgmlType::Q8_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, 34, dot_q8_0_t, 8, transposed_q8_0),
         GgmlType::Q4_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, 18, dot_q4_0),
         GgmlType::Q4_1 => groups!(w, n_rows, x, n_tokens, y, y_stride, 20, dot_q4_1),
         GgmlType::Q5_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, 22, dot_q5_0),
@@ -188,12 +218,6 @@ macro_rules! dot32 {
         }
         std::array::from_fn(|t| hsum(acc[t]) + offs[t])
     }};
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q8_0<const N: usize>(row: *const u8, xs: [*const BlockQ8x32; N], nb: usize) -> [f32; N] {
-    dot32!(row, xs, nb, 34, |b| load256(b.add(2)), true, None)
 }
 
 #[inline]

@@ -38,26 +38,7 @@ pub(super) struct TBlock {
     d: f32,
 }
 
-/// The [`TBlock`]s of one call, borrowed from a per-thread buffer that only
-/// grows (steady decoding must not allocate) and handed back on drop.
-pub(super) struct Scratch(Vec<TBlock>);
-
-thread_local! {
-    static SCRATCH: std::cell::Cell<Vec<TBlock>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-impl Default for Scratch {
-    fn default() -> Self {
-        Scratch(SCRATCH.with(|s| s.take()))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let v = std::mem::take(&mut self.0);
-        SCRATCH.with(|s| s.set(v));
-    }
-}
+super::grow_only_scratch!(Scratch, TBlock);
 
 /// The group's activation blocks (tokens `t0..t0 + n`) as [`TBlock`]s in
 /// `scratch`.
@@ -71,11 +52,11 @@ pub(super) unsafe fn transposed(
     n: usize,
     nb: usize,
     scratch: &mut Scratch,
-) -> *const TBlock {
+) -> (*const TBlock, usize) {
     let v = &mut scratch.0;
     v.clear();
     v.extend(x[t0 * nb..(t0 + n) * nb].iter().map(|b| TBlock { qs: transpose(&b.qs), bsums: bsums(b), d: b.d }));
-    v.as_ptr()
+    (v.as_ptr(), nb)
 }
 
 /// 256 codes as eight rows (sub-blocks, in [`ORDER`]) of eight u32 columns,
@@ -92,7 +73,7 @@ unsafe fn transpose(qs: &[i8; 256]) -> [__m256i; 8] {
 /// element `i` of every row, row `k` in lane `k`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn transpose8(r: [__m256i; 8]) -> [__m256i; 8] {
+pub(super) unsafe fn transpose8(r: [__m256i; 8]) -> [__m256i; 8] {
     let (c04, c15, c26, c37) = transpose4(r[0], r[1], r[2], r[3]);
     let (d04, d15, d26, d37) = transpose4(r[4], r[5], r[6], r[7]);
     [

@@ -1,0 +1,117 @@
+//! Q8_0 many-token kernel on transposed runs of eight blocks: one scale
+//! multiply per eight (block, token) pairs instead of one per pair.
+//!
+//! The plain loop gives every 32-value block of every token its own
+//! `vcvtdq2ps`, scalar `d_w · d_x`, broadcast and FMA, as many float
+//! operations as integer ones, and measured about two thirds of the Q4_K
+//! kernel's rate. Here eight consecutive blocks are transposed in 4-byte
+//! columns (register `c` holds bytes `4c..4c + 4` of block `k` in u32 lane
+//! `k`), weights per run and activations once per token group, so every
+//! lane belongs to one block throughout: the eight column products add up as
+//! i32 (each `vpmaddwd` lane is at most 2 · 2 · 128 · 127) into one register
+//! that holds the eight blocks' integer sums, scaled at once by the vector of
+//! their `d_w · d_x`.
+//!
+//! Each block's integer sum and its scale product are the single-token
+//! kernel's; the blocks are summed in another order, so results agree with it
+//! to f32 rounding. A row whose block count is not a multiple of eight ends
+//! with a partial run: missing blocks are zero codes with scale zero on both
+//! sides and read nothing past the row.
+
+use std::arch::x86_64::*;
+
+use super::super::{hsum, load256, madd};
+use super::kquants::transpose8;
+use crate::simd::act::BlockQ8x32;
+
+/// Bytes of a Q8_0 block: f16 scale, then 32 codes.
+const BLOCK_BYTES: usize = 34;
+
+/// Eight consecutive activation blocks of one token as [`dot_q8_0_t`] reads
+/// them: the codes transposed (column `c`, lane `k`: codes `4c..4c + 4` of
+/// block `k`) and the eight scales.
+#[repr(C, align(32))]
+pub(super) struct TRun {
+    cols: [__m256i; 8],
+    d: __m256,
+}
+
+super::grow_only_scratch!(Scratch, TRun);
+
+/// The group's activations (tokens `t0..t0 + n`, `nb` blocks each) as
+/// [`TRun`]s in `scratch`, `nb.div_ceil(8)` per token.
+///
+/// # Safety
+/// The CPU runs AVX2; `x` holds tokens `t0..t0 + n` of `nb` blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn transposed_q8_0(
+    x: &[BlockQ8x32],
+    t0: usize,
+    n: usize,
+    nb: usize,
+    scratch: &mut Scratch,
+) -> (*const TRun, usize) {
+    let runs = nb.div_ceil(8);
+    let v = &mut scratch.0;
+    v.clear();
+    for token in x[t0 * nb..(t0 + n) * nb].chunks_exact(nb) {
+        for blocks in token.chunks(8) {
+            let rows = std::array::from_fn(|k| match blocks.get(k) {
+                Some(b) => load256(b.qs.as_ptr() as *const u8),
+                None => _mm256_setzero_si256(),
+            });
+            let d: [f32; 8] = std::array::from_fn(|k| blocks.get(k).map_or(0.0, |b| b.d));
+            v.push(TRun { cols: transpose8(rows), d: _mm256_loadu_ps(d.as_ptr()) });
+        }
+    }
+    (v.as_ptr(), runs)
+}
+
+/// One Q8_0 row against `N` tokens from [`transposed_q8_0`]: per run of
+/// eight blocks the weights are transposed and their absolute values taken
+/// once; per token, eight sign-trick `vpmaddubsw` + `vpmaddwd` into one i32
+/// register, then one convert and one FMA.
+///
+/// # Safety
+/// `row` points at `nb` Q8_0 blocks, each `xs[t]` at `nb.div_ceil(8)`
+/// transposed runs; the CPU runs AVX2 + FMA + F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q8_0_t<const N: usize>(row: *const u8, xs: [*const TRun; N], nb: usize) -> [f32; N] {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for r in 0..nb.div_ceil(8) {
+        let here = (nb - 8 * r).min(8);
+        let b = row.add(8 * r * BLOCK_BYTES);
+        let rows =
+            std::array::from_fn(
+                |k| {
+                    if k < here {
+                        load256(b.add(k * BLOCK_BYTES + 2))
+                    } else {
+                        _mm256_setzero_si256()
+                    }
+                },
+            );
+        let mut h = [0u16; 8];
+        for (k, hk) in h.iter_mut().enumerate().take(here) {
+            *hk = (b.add(k * BLOCK_BYTES) as *const u16).read_unaligned();
+        }
+        let dw = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i));
+        let w = transpose8(rows);
+        let aw = w.map(|c| _mm256_sign_epi8(c, c));
+        let mut s = [_mm256_setzero_si256(); N];
+        for c in 0..8 {
+            for t in 0..N {
+                let xc = (*xs[t].add(r)).cols[c];
+                let p = madd(_mm256_maddubs_epi16(aw[c], _mm256_sign_epi8(xc, w[c])), ones);
+                s[t] = _mm256_add_epi32(s[t], p);
+            }
+        }
+        for t in 0..N {
+            let d = _mm256_mul_ps(dw, (*xs[t].add(r)).d);
+            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s[t]), acc[t]);
+        }
+    }
+    acc.map(|a| hsum(a))
+}
