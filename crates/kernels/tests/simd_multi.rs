@@ -119,12 +119,15 @@ fn ggml_multi_equals_per_token_gemv() {
     }
 }
 
-/// The AVX2 Q8_0 kernel works on runs of eight blocks: whole runs, a whole
-/// run and a partial one, and two runs with a partial third.
+/// The AVX2 kernels of the symmetric 32-wide types work on runs of eight
+/// blocks: whole runs, a whole run and a partial one, and two runs with a
+/// partial third.
 #[test]
-fn q8_0_runs_of_eight_blocks() {
+fn sym32_runs_of_eight_blocks() {
     let mut rng = Rng(0x0808);
-    check_ggml(GgmlType::Q8_0, &ROWS, &[8, 9, 16, 23], &TOKENS, &mut rng);
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::IQ4NL] {
+        check_ggml(ty, &ROWS, &[8, 9, 16, 23], &TOKENS, &mut rng);
+    }
 }
 
 /// The types with AVX-512 (VNNI) many-token kernels, on a smaller grid that

@@ -26,10 +26,10 @@ use super::{
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
 
 mod kquants;
-mod q8_0;
+mod sym32;
 
 use kquants::{dot_q4_k_t, dot_q5_k_t, dot_q6_k_t, transposed};
-use q8_0::{dot_q8_0_t, transposed_q8_0};
+use sym32::{dot_iq4_nl_t, dot_q4_0_t, dot_q5_0_t, dot_q8_0_t, transposed32};
 
 /// Tokens multiplied per weight-block unpacking: 4 tokens' integer and f32
 /// accumulators (8 registers) plus the codes and scales fit AVX2's 16.
@@ -174,12 +174,12 @@ pub(crate) unsafe fn gemm_q8x32(
 ) {
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
-        GgmlType::Q8_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, 34, dot_q8_0_t, 8, transposed_q8_0),
-        GgmlType::Q4_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, 18, dot_q4_0),
+        GgmlType::Q8_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, 34, dot_q8_0_t, 8, transposed32),
+        GgmlType::Q4_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, 18, dot_q4_0_t, 8, transposed32),
         GgmlType::Q4_1 => groups!(w, n_rows, x, n_tokens, y, y_stride, 20, dot_q4_1),
-        GgmlType::Q5_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, 22, dot_q5_0),
+        GgmlType::Q5_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, 22, dot_q5_0_t, 8, transposed32),
         GgmlType::Q5_1 => groups!(w, n_rows, x, n_tokens, y, y_stride, 24, dot_q5_1),
-        GgmlType::IQ4NL => groups!(w, n_rows, x, n_tokens, y, y_stride, 18, dot_iq4_nl),
+        GgmlType::IQ4NL => groups!(w, n_rows, x, n_tokens, y, y_stride, 18, dot_iq4_nl_t, 8, transposed32),
         _ => unreachable!("gemm_q8x32: {ty} (checked by the caller)"),
     }
 }
@@ -190,11 +190,11 @@ pub(crate) unsafe fn gemm_q8x32(
 
 // ---- 32-value blocks (Q8x32 activations) --------------------------------------
 
-/// The 32-wide block loop: `$codes` (of block pointer `$b`) the weight codes
-/// once per block; signed codes (`signed`) go through the sign trick with
-/// their absolute value taken once; `$m` the offset of `d q + m` types.
+/// The loop of the offset 32-wide types (`d q + m`, codes unsigned; the
+/// symmetric ones are in [`sym32`]): `$codes` (of block pointer `$b`) the
+/// weight codes once per block, `$m` the block's offset.
 macro_rules! dot32 {
-    ($row:expr, $xs:expr, $nb:expr, $ts:expr, |$b:ident| $codes:expr, $signed:expr, $m:expr) => {{
+    ($row:expr, $xs:expr, $nb:expr, $ts:expr, |$b:ident| $codes:expr, $m:expr) => {{
         let (row, xs, nb): (*const u8, [*const BlockQ8x32; N], usize) = ($row, $xs, $nb);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); N];
@@ -202,18 +202,12 @@ macro_rules! dot32 {
         for i in 0..nb {
             let $b = row.add(i * $ts);
             let q = $codes;
-            let d = f16_at($b);
-            let m: Option<f32> = $m;
-            let aq = if $signed { _mm256_sign_epi8(q, q) } else { q };
+            let (d, m) = (f16_at($b), $m);
             for t in 0..N {
                 let xb = &*xs[t].add(i);
-                let xv = load256(xb.qs.as_ptr() as *const u8);
-                let xv = if $signed { _mm256_sign_epi8(xv, q) } else { xv };
-                let p = madd(_mm256_maddubs_epi16(aq, xv), ones);
+                let p = madd(_mm256_maddubs_epi16(q, load256(xb.qs.as_ptr() as *const u8)), ones);
                 acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p), acc[t]);
-                if let Some(m) = m {
-                    offs[t] += m * xb.sum;
-                }
+                offs[t] += m * xb.sum;
             }
         }
         std::array::from_fn(|t| hsum(acc[t]) + offs[t])
@@ -222,34 +216,14 @@ macro_rules! dot32 {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q4_0<const N: usize>(row: *const u8, xs: [*const BlockQ8x32; N], nb: usize) -> [f32; N] {
-    let eight = _mm256_set1_epi8(8);
-    dot32!(row, xs, nb, 18, |b| _mm256_sub_epi8(split_nibbles(load128(b.add(2))), eight), true, None)
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_1<const N: usize>(row: *const u8, xs: [*const BlockQ8x32; N], nb: usize) -> [f32; N] {
-    dot32!(row, xs, nb, 20, |b| split_nibbles(load128(b.add(4))), false, Some(f16_at(b.add(2))))
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q5_0<const N: usize>(row: *const u8, xs: [*const BlockQ8x32; N], nb: usize) -> [f32; N] {
-    dot32!(row, xs, nb, 22, |b| q5_codes(b, 2, 6, true), true, None)
+    dot32!(row, xs, nb, 20, |b| split_nibbles(load128(b.add(4))), f16_at(b.add(2)))
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q5_1<const N: usize>(row: *const u8, xs: [*const BlockQ8x32; N], nb: usize) -> [f32; N] {
-    dot32!(row, xs, nb, 24, |b| q5_codes(b, 4, 8, false), false, Some(f16_at(b.add(2))))
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_iq4_nl<const N: usize>(row: *const u8, xs: [*const BlockQ8x32; N], nb: usize) -> [f32; N] {
-    let table = iq4_table();
-    dot32!(row, xs, nb, 18, |b| _mm256_shuffle_epi8(table, split_nibbles(load128(b.add(2)))), true, None)
+    dot32!(row, xs, nb, 24, |b| q5_codes(b, 4, 8, false), f16_at(b.add(2)))
 }
 
 // ---- 256-value super-blocks (Q8K activations) -----------------------------------

@@ -1,10 +1,12 @@
-//! Q8_0 many-token kernel on transposed runs of eight blocks: one scale
-//! multiply per eight (block, token) pairs instead of one per pair.
+//! Many-token kernels of the symmetric 32-value types (Q8_0, Q4_0, Q5_0,
+//! IQ4_NL: `d · code`, the f16 `d` first in the block) on transposed runs of
+//! eight blocks: one scale multiply per eight (block, token) pairs instead of
+//! one per pair.
 //!
 //! The plain loop gives every 32-value block of every token its own
 //! `vcvtdq2ps`, scalar `d_w · d_x`, broadcast and FMA, as many float
-//! operations as integer ones, and measured about two thirds of the Q4_K
-//! kernel's rate. Here eight consecutive blocks are transposed in 4-byte
+//! operations as integer ones; for Q8_0 it measured about two thirds of the
+//! Q4_K kernel's rate. Here eight consecutive blocks are transposed in 4-byte
 //! columns (register `c` holds bytes `4c..4c + 4` of block `k` in u32 lane
 //! `k`), weights per run and activations once per token group, so every
 //! lane belongs to one block throughout: the eight column products add up as
@@ -20,14 +22,11 @@
 
 use std::arch::x86_64::*;
 
-use super::super::{hsum, load256, madd};
+use super::super::{hsum, iq4_table, load128, load256, madd, q5_codes, split_nibbles};
 use super::kquants::transpose8;
 use crate::simd::act::BlockQ8x32;
 
-/// Bytes of a Q8_0 block: f16 scale, then 32 codes.
-const BLOCK_BYTES: usize = 34;
-
-/// Eight consecutive activation blocks of one token as [`dot_q8_0_t`] reads
+/// Eight consecutive activation blocks of one token as [`dot_sym32_t`] reads
 /// them: the codes transposed (column `c`, lane `k`: codes `4c..4c + 4` of
 /// block `k`) and the eight scales.
 #[repr(C, align(32))]
@@ -44,7 +43,7 @@ super::grow_only_scratch!(Scratch, TRun);
 /// # Safety
 /// The CPU runs AVX2; `x` holds tokens `t0..t0 + n` of `nb` blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn transposed_q8_0(
+pub(super) unsafe fn transposed32(
     x: &[BlockQ8x32],
     t0: usize,
     n: usize,
@@ -67,35 +66,34 @@ pub(super) unsafe fn transposed_q8_0(
     (v.as_ptr(), runs)
 }
 
-/// One Q8_0 row against `N` tokens from [`transposed_q8_0`]: per run of
-/// eight blocks the weights are transposed and their absolute values taken
-/// once; per token, eight sign-trick `vpmaddubsw` + `vpmaddwd` into one i32
-/// register, then one convert and one FMA.
+/// One row of `nb` blocks of `ts` bytes against `N` tokens from
+/// [`transposed32`]: per run of eight blocks the weight codes (`codes` of a
+/// block's address, signed bytes) are transposed and their absolute values
+/// taken once; per token, eight sign-trick `vpmaddubsw` + `vpmaddwd` into
+/// one i32 register, then one convert and one FMA.
 ///
 /// # Safety
-/// `row` points at `nb` Q8_0 blocks, each `xs[t]` at `nb.div_ceil(8)`
-/// transposed runs; the CPU runs AVX2 + FMA + F16C.
+/// `row` points at `nb` blocks of `ts` bytes, each starting with its f16
+/// scale, on which `codes` is sound; each `xs[t]` points at
+/// `nb.div_ceil(8)` transposed runs; the CPU runs AVX2 + FMA + F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q8_0_t<const N: usize>(row: *const u8, xs: [*const TRun; N], nb: usize) -> [f32; N] {
+unsafe fn dot_sym32_t<const N: usize>(
+    row: *const u8,
+    xs: [*const TRun; N],
+    nb: usize,
+    ts: usize,
+    codes: impl Fn(*const u8) -> __m256i,
+) -> [f32; N] {
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); N];
     for r in 0..nb.div_ceil(8) {
         let here = (nb - 8 * r).min(8);
-        let b = row.add(8 * r * BLOCK_BYTES);
-        let rows =
-            std::array::from_fn(
-                |k| {
-                    if k < here {
-                        load256(b.add(k * BLOCK_BYTES + 2))
-                    } else {
-                        _mm256_setzero_si256()
-                    }
-                },
-            );
+        let b = row.add(8 * r * ts);
+        let rows = std::array::from_fn(|k| if k < here { codes(b.add(k * ts)) } else { _mm256_setzero_si256() });
         let mut h = [0u16; 8];
         for (k, hk) in h.iter_mut().enumerate().take(here) {
-            *hk = (b.add(k * BLOCK_BYTES) as *const u16).read_unaligned();
+            *hk = (b.add(k * ts) as *const u16).read_unaligned();
         }
         let dw = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i));
         let w = transpose8(rows);
@@ -114,4 +112,32 @@ pub(super) unsafe fn dot_q8_0_t<const N: usize>(row: *const u8, xs: [*const TRun
         }
     }
     acc.map(|a| hsum(a))
+}
+
+// Each `dot_*_t` below: # Safety: as [`dot_sym32_t`] for blocks of the type.
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q8_0_t<const N: usize>(row: *const u8, xs: [*const TRun; N], nb: usize) -> [f32; N] {
+    dot_sym32_t(row, xs, nb, 34, |b| load256(b.add(2)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q4_0_t<const N: usize>(row: *const u8, xs: [*const TRun; N], nb: usize) -> [f32; N] {
+    let eight = _mm256_set1_epi8(8);
+    dot_sym32_t(row, xs, nb, 18, |b| _mm256_sub_epi8(split_nibbles(load128(b.add(2))), eight))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q5_0_t<const N: usize>(row: *const u8, xs: [*const TRun; N], nb: usize) -> [f32; N] {
+    dot_sym32_t(row, xs, nb, 22, |b| q5_codes(b, 2, 6, true))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_iq4_nl_t<const N: usize>(row: *const u8, xs: [*const TRun; N], nb: usize) -> [f32; N] {
+    let table = iq4_table();
+    dot_sym32_t(row, xs, nb, 18, |b| _mm256_shuffle_epi8(table, split_nibbles(load128(b.add(2)))))
 }
