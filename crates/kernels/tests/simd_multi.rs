@@ -31,7 +31,7 @@ const ROWS: [usize; 3] = [1, 3, 17];
 /// sum over the eight i32 lanes differently from the single-token kernel
 /// (transposed sub-blocks): the same integer sum per (block, token), other
 /// f32 rounding, so they are held to the tolerance.
-const REGROUPED: [GgmlType; 3] = [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K];
+const REGROUPED: [GgmlType; 4] = [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K, GgmlType::IQ4XS];
 const BLOCKS: [usize; 3] = [1, 2, 7];
 /// Token counts: every count up to two groups of four, and 17 = 2 x 8 + 1.
 const TOKENS: [usize; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 17];

@@ -433,12 +433,12 @@ unsafe fn dot_q3_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
     hsum(acc)
 }
 
-/// IQ4_XS's eight sub-block scales `ls - 32` as i16, all eight in each
-/// 128-bit half (for [`bcast_i16`]): `ls_j` is nibble `j` of the u32
-/// `scales_l` topped by bit pair `j` of the u16 `scales_h`.
+/// IQ4_XS's eight sub-block scales `ls - 32` as i32, sub-block `j` in lane
+/// `j`: `ls_j` is nibble `j` of the u32 `scales_l` topped by bit pair `j` of
+/// the u16 `scales_h`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn iq4_xs_scales(b: *const u8) -> __m256i {
+unsafe fn iq4_xs_ls32(b: *const u8) -> __m256i {
     let h = (b.add(2) as *const u16).read_unaligned() as i32;
     let l = (b.add(4) as *const u32).read_unaligned() as i32;
     let lo = _mm256_srlv_epi32(_mm256_set1_epi32(l), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
@@ -447,7 +447,15 @@ unsafe fn iq4_xs_scales(b: *const u8) -> __m256i {
         _mm256_and_si256(lo, _mm256_set1_epi32(0xF)),
         _mm256_slli_epi32::<4>(_mm256_and_si256(hi, _mm256_set1_epi32(3))),
     );
-    let ls = _mm256_sub_epi32(ls, _mm256_set1_epi32(32));
+    _mm256_sub_epi32(ls, _mm256_set1_epi32(32))
+}
+
+/// The scales of [`iq4_xs_ls32`] as i16, all eight in each 128-bit half
+/// (for [`bcast_i16`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn iq4_xs_scales(b: *const u8) -> __m256i {
+    let ls = iq4_xs_ls32(b);
     // packs works per half: [ls0..4, ls0..4 | ls4..8, ls4..8]; reorder the
     // 64-bit quarters to [ls0..4, ls4..8 | ls0..4, ls4..8].
     _mm256_permute4x64_epi64::<0b10_00_10_00>(_mm256_packs_epi32(ls, ls))

@@ -20,15 +20,14 @@ use std::arch::x86_64::*;
 use qmoe_core::GgmlType;
 
 use super::{
-    bsums, f16_at, hsum, iq4_table, iq4_xs_scales, load128, load256, madd, mul_u8, pair_i8, q3_k_scales, q5_codes,
-    split_nibbles, PREFETCH_BYTES,
+    bsums, f16_at, hsum, load128, load256, madd, mul_u8, pair_i8, q3_k_scales, q5_codes, split_nibbles, PREFETCH_BYTES,
 };
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
 
 mod kquants;
 mod sym32;
 
-use kquants::{dot_q4_k_t, dot_q5_k_t, dot_q6_k_t, transposed};
+use kquants::{dot_iq4_xs_t, dot_q4_k_t, dot_q5_k_t, dot_q6_k_t, transposed};
 use sym32::{dot_iq4_nl_t, dot_q4_0_t, dot_q5_0_t, dot_q8_0_t, transposed32};
 
 /// Tokens multiplied per weight-block unpacking: 4 tokens' integer and f32
@@ -155,7 +154,7 @@ pub(crate) unsafe fn gemm_q8k(
         GgmlType::Q4K => groups!(w, n_rows, x, n_tokens, y, y_stride, 144, dot_q4_k_t, 8, transposed),
         GgmlType::Q5K => groups!(w, n_rows, x, n_tokens, y, y_stride, 176, dot_q5_k_t, 8, transposed),
         GgmlType::Q6K => groups!(w, n_rows, x, n_tokens, y, y_stride, 210, dot_q6_k_t, 8, transposed),
-        GgmlType::IQ4XS => groups!(w, n_rows, x, n_tokens, y, y_stride, 136, dot_iq4_xs),
+        GgmlType::IQ4XS => groups!(w, n_rows, x, n_tokens, y, y_stride, 136, dot_iq4_xs_t, 8, transposed),
         _ => unreachable!("gemm_q8k: {ty} (checked by the caller)"),
     }
 }
@@ -300,50 +299,6 @@ unsafe fn dot_q3_k<const N: usize>(row: *const u8, xs: [*const BlockQ8K; N], nb:
             let offs = madd(sc16, bsums(xb));
             let s = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32::<2>(offs));
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(s), acc[t]);
-        }
-    }
-    acc.map(|a| hsum(a))
-}
-
-/// IQ4_XS: each pair of sub-blocks looked up in the level table once (and
-/// its absolute value taken once for the sign trick), then every token's
-/// activations, gathered to the nibble layout, against it.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_iq4_xs<const N: usize>(row: *const u8, xs: [*const BlockQ8K; N], nb: usize) -> [f32; N] {
-    let m4 = _mm256_set1_epi8(0x0F);
-    let table = iq4_table();
-    // vpshufb indices of i16 element 0 (low half) and 1 (high half); pair p adds 2p.
-    let pick = _mm256_setr_epi8(
-        0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3,
-    );
-    let mut acc = [_mm256_setzero_ps(); N];
-    for i in 0..nb {
-        let b = row.add(i * 136);
-        let d = f16_at(b);
-        let ls = iq4_xs_scales(b);
-        let mut sumi = [_mm256_setzero_si256(); N];
-        for p in 0..4 {
-            let q = load256(b.add(8 + 32 * p));
-            let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(q, m4));
-            let hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4));
-            let (alo, ahi) = (_mm256_sign_epi8(lo, lo), _mm256_sign_epi8(hi, hi));
-            let sc = _mm256_shuffle_epi8(
-                ls,
-                _mm256_add_epi16(pick, _mm256_set1_epi16(((4 * p as i16) << 8) | (4 * p as i16))),
-            );
-            for t in 0..N {
-                let x = ((*xs[t].add(i)).qs.as_ptr() as *const u8).add(64 * p);
-                let x_lo = _mm256_loadu2_m128i(x.add(32) as *const __m128i, x as *const __m128i);
-                let x_hi = _mm256_loadu2_m128i(x.add(48) as *const __m128i, x.add(16) as *const __m128i);
-                let plo = _mm256_maddubs_epi16(alo, _mm256_sign_epi8(x_lo, lo));
-                let phi = _mm256_maddubs_epi16(ahi, _mm256_sign_epi8(x_hi, hi));
-                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(madd(plo, sc), madd(phi, sc)));
-            }
-        }
-        for t in 0..N {
-            let xb = &*xs[t].add(i);
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
         }
     }
     acc.map(|a| hsum(a))

@@ -19,7 +19,9 @@
 
 use std::arch::x86_64::*;
 
-use super::super::{bsums, f16_at, hsum, load128, load256, madd, mul_u8, scales_mins_k4, top2};
+use super::super::{
+    bsums, f16_at, hsum, iq4_table, iq4_xs_ls32, load128, load256, madd, mul_u8, scales_mins_k4, split_nibbles, top2,
+};
 use crate::simd::act::BlockQ8K;
 
 /// The sub-block in u32 lane `k` of a transposed register: the nibble split
@@ -251,6 +253,46 @@ pub(super) unsafe fn dot_q6_k_t<const N: usize>(row: *const u8, xs: [*const TBlo
             let offs = madd(sc16, xb.bsums);
             let s = _mm256_sub_epi32(_mm256_add_epi32(lo, hi), _mm256_slli_epi32::<5>(offs));
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(s), acc[t]);
+        }
+    }
+    acc.map(|a| hsum(a))
+}
+
+/// IQ4_XS against activations from [`transposed`]: each sub-block's 32
+/// codes looked up in the level table (low nibbles are values 0..16, high
+/// 16..32), the sub-blocks in [`ORDER`] transposed to columns as the
+/// activations are, so lane `k` of every column belongs to sub-block
+/// `ORDER[k]`. The codes reach ±127, so each column's `vpmaddubsw` (sign
+/// trick) goes to i32 on its own before the columns add; the lanes' scales
+/// `d (ls - 32)` then multiply all eight sub-block sums at once.
+///
+/// # Safety
+/// `row` points at `nb` IQ4_XS blocks, each `xs[t]` at `nb` transposed
+/// activation blocks; the CPU runs AVX2 + FMA + F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_iq4_xs_t<const N: usize>(row: *const u8, xs: [*const TBlock; N], nb: usize) -> [f32; N] {
+    let table = iq4_table();
+    let ones = _mm256_set1_epi16(1);
+    let order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for i in 0..nb {
+        let b = row.add(i * 136);
+        let ls = _mm256_permutevar8x32_epi32(iq4_xs_ls32(b), order);
+        let scale = _mm256_mul_ps(_mm256_set1_ps(f16_at(b)), _mm256_cvtepi32_ps(ls));
+        let w = transpose8(ORDER.map(|j| _mm256_shuffle_epi8(table, split_nibbles(load128(b.add(8 + 16 * j))))));
+        let aw = w.map(|c| _mm256_sign_epi8(c, c));
+        let mut s = [_mm256_setzero_si256(); N];
+        for c in 0..8 {
+            for t in 0..N {
+                let xc = (*xs[t].add(i)).qs[c];
+                let p = madd(_mm256_maddubs_epi16(aw[c], _mm256_sign_epi8(xc, w[c])), ones);
+                s[t] = _mm256_add_epi32(s[t], p);
+            }
+        }
+        for t in 0..N {
+            let xd = _mm256_set1_ps((*xs[t].add(i)).d);
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(scale, xd), _mm256_cvtepi32_ps(s[t]), acc[t]);
         }
     }
     acc.map(|a| hsum(a))
