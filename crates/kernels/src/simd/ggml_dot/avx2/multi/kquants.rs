@@ -273,7 +273,6 @@ pub(super) unsafe fn dot_q6_k_t<const N: usize>(row: *const u8, xs: [*const TBlo
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_iq4_xs_t<const N: usize>(row: *const u8, xs: [*const TBlock; N], nb: usize) -> [f32; N] {
     let table = iq4_table();
-    let ones = _mm256_set1_epi16(1);
     let order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
     let mut acc = [_mm256_setzero_ps(); N];
     for i in 0..nb {
@@ -281,19 +280,30 @@ pub(super) unsafe fn dot_iq4_xs_t<const N: usize>(row: *const u8, xs: [*const TB
         let ls = _mm256_permutevar8x32_epi32(iq4_xs_ls32(b), order);
         let scale = _mm256_mul_ps(_mm256_set1_ps(f16_at(b)), _mm256_cvtepi32_ps(ls));
         let w = transpose8(ORDER.map(|j| _mm256_shuffle_epi8(table, split_nibbles(load128(b.add(8 + 16 * j))))));
-        let aw = w.map(|c| _mm256_sign_epi8(c, c));
-        let mut s = [_mm256_setzero_si256(); N];
-        for c in 0..8 {
-            for t in 0..N {
-                let xc = (*xs[t].add(i)).qs[c];
-                let p = madd(_mm256_maddubs_epi16(aw[c], _mm256_sign_epi8(xc, w[c])), ones);
-                s[t] = _mm256_add_epi32(s[t], p);
-            }
-        }
+        let s = signed_column_sums::<N>(&w, std::array::from_fn(|t| &(*xs[t].add(i)).qs));
         for t in 0..N {
             let xd = _mm256_set1_ps((*xs[t].add(i)).d);
             acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(scale, xd), _mm256_cvtepi32_ps(s[t]), acc[t]);
         }
     }
     acc.map(|a| hsum(a))
+}
+
+/// Per token, the eight columns of signed codes `w` against the token's
+/// eight columns `x[t]`, summed lane by lane as i32: the sign trick, then
+/// each column's `vpmaddubsw` widened on its own (a lane is at most
+/// 2 · 2 · 128 · 127 per column, so no i16 sum across columns is safe).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn signed_column_sums<const N: usize>(w: &[__m256i; 8], x: [&[__m256i; 8]; N]) -> [__m256i; N] {
+    let ones = _mm256_set1_epi16(1);
+    let aw = w.map(|c| _mm256_sign_epi8(c, c));
+    let mut s = [_mm256_setzero_si256(); N];
+    for c in 0..8 {
+        for t in 0..N {
+            let p = madd(_mm256_maddubs_epi16(aw[c], _mm256_sign_epi8(x[t][c], w[c])), ones);
+            s[t] = _mm256_add_epi32(s[t], p);
+        }
+    }
+    s
 }

@@ -22,8 +22,8 @@
 
 use std::arch::x86_64::*;
 
-use super::super::{hsum, iq4_table, load128, load256, madd, q5_codes, split_nibbles};
-use super::kquants::transpose8;
+use super::super::{hsum, iq4_table, load128, load256, q5_codes, split_nibbles};
+use super::kquants::{signed_column_sums, transpose8};
 use crate::simd::act::BlockQ8x32;
 
 /// Eight consecutive activation blocks of one token as [`dot_sym32_t`] reads
@@ -85,7 +85,6 @@ unsafe fn dot_sym32_t<const N: usize>(
     ts: usize,
     codes: impl Fn(*const u8) -> __m256i,
 ) -> [f32; N] {
-    let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); N];
     for r in 0..nb.div_ceil(8) {
         let here = (nb - 8 * r).min(8);
@@ -96,16 +95,7 @@ unsafe fn dot_sym32_t<const N: usize>(
             *hk = (b.add(k * ts) as *const u16).read_unaligned();
         }
         let dw = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i));
-        let w = transpose8(rows);
-        let aw = w.map(|c| _mm256_sign_epi8(c, c));
-        let mut s = [_mm256_setzero_si256(); N];
-        for c in 0..8 {
-            for t in 0..N {
-                let xc = (*xs[t].add(r)).cols[c];
-                let p = madd(_mm256_maddubs_epi16(aw[c], _mm256_sign_epi8(xc, w[c])), ones);
-                s[t] = _mm256_add_epi32(s[t], p);
-            }
-        }
+        let s = signed_column_sums::<N>(&transpose8(rows), std::array::from_fn(|t| &(*xs[t].add(r)).cols));
         for t in 0..N {
             let d = _mm256_mul_ps(dw, (*xs[t].add(r)).d);
             acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s[t]), acc[t]);
