@@ -50,6 +50,9 @@ struct Shared {
     /// Workers that finished the current generation.
     left: AtomicU32,
     job: AtomicPtr<Job>,
+    /// Workers that have entered their loop (past the thread start-up,
+    /// which allocates: the thread's name, its signal stack).
+    started: AtomicUsize,
     sleepers: AtomicUsize,
     sleep_lock: Mutex<()>,
     wake: Condvar,
@@ -67,6 +70,7 @@ impl Pool {
             state: AtomicU64::new(0),
             left: AtomicU32::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),
+            started: AtomicUsize::new(0),
             sleepers: AtomicUsize::new(0),
             sleep_lock: Mutex::new(()),
             wake: Condvar::new(),
@@ -81,6 +85,12 @@ impl Pool {
                     .expect("spawning a kernel worker thread")
             })
             .collect();
+        // Return only once every worker runs its loop: a thread allocates
+        // while it starts, and that must not fall into the first calls
+        // (steady decoding allocates nothing; `tests/no_alloc.rs`).
+        while shared.started.load(Acquire) < n_workers {
+            std::thread::yield_now();
+        }
         Pool { shared, workers }
     }
 
@@ -139,6 +149,7 @@ fn run_tasks(job: &Job) {
 }
 
 fn worker(s: &Shared) {
+    s.started.fetch_add(1, Release);
     let mut seen = 0u64;
     loop {
         // Wait for a generation newer than the last one seen.
