@@ -198,17 +198,30 @@ unsafe fn dot_q8_0(row: *const u8, x: &[BlockQ8x32]) -> f32 {
     dot32!(row, x, 34, |b| load256(b.add(2)), mul_i8, f16_at(b), None::<f32>)
 }
 
+/// Q4_0 codes of the block at `b`, signed: nibbles minus 8.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_0_codes(b: *const u8) -> __m256i {
+    _mm256_sub_epi8(split_nibbles(load128(b.add(2))), _mm256_set1_epi8(8))
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_0(row: *const u8, x: &[BlockQ8x32]) -> f32 {
-    let eight = _mm256_set1_epi8(8);
-    dot32!(row, x, 18, |b| _mm256_sub_epi8(split_nibbles(load128(b.add(2))), eight), mul_i8, f16_at(b), None::<f32>)
+    dot32!(row, x, 18, |b| q4_0_codes(b), mul_i8, f16_at(b), None::<f32>)
+}
+
+/// Q4_1 codes of the block at `b`, unsigned (the offset is the block's `m`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1_codes(b: *const u8) -> __m256i {
+    split_nibbles(load128(b.add(4)))
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_1(row: *const u8, x: &[BlockQ8x32]) -> f32 {
-    dot32!(row, x, 20, |b| split_nibbles(load128(b.add(4))), mul_u8, f16_at(b), Some(f16_at(b.add(2))))
+    dot32!(row, x, 20, |b| q4_1_codes(b), mul_u8, f16_at(b), Some(f16_at(b.add(2))))
 }
 
 /// Q5 codes: nibbles with the fifth bit from the u32 at `b + at`; with
@@ -245,11 +258,19 @@ unsafe fn iq4_table() -> __m256i {
     _mm256_set_m128i(t, t)
 }
 
+/// 32 IQ4 levels (signed) from the 16 bytes of nibbles at `p` (low nibbles
+/// values 0..16, high 16..32), `table` from [`iq4_table`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn iq4_codes(table: __m256i, p: *const u8) -> __m256i {
+    _mm256_shuffle_epi8(table, split_nibbles(load128(p)))
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq4_nl(row: *const u8, x: &[BlockQ8x32]) -> f32 {
     let table = iq4_table();
-    dot32!(row, x, 18, |b| _mm256_shuffle_epi8(table, split_nibbles(load128(b.add(2)))), mul_i8, f16_at(b), None::<f32>)
+    dot32!(row, x, 18, |b| iq4_codes(table, b.add(2)), mul_i8, f16_at(b), None::<f32>)
 }
 
 // ---- 256-value super-blocks (Q8K activations) -----------------------------------

@@ -10,17 +10,18 @@
 //! Per (block, token) the integer sums are those of the single-token kernels
 //! in [`super`], and so is the f32 scaling of each block; only the 32-wide
 //! types keep one accumulator per token where the single-token kernel
-//! alternates two, Q4_K / Q5_K / Q6_K ([`kquants`]) spread each block's sum
-//! over the eight lanes differently, and Q8_0 ([`q8_0`]) gives each of eight
-//! consecutive blocks a lane of its own, so for those results agree with it
-//! to float rounding (the other 256-wide types: bit for bit).
+//! alternates two, Q4_K / Q5_K / Q6_K / IQ4_XS ([`kquants`]) spread each
+//! block's sum over the eight lanes differently, and Q8_0 / Q4_0 / Q5_0 /
+//! IQ4_NL ([`sym32`]) give each of eight consecutive blocks a lane of its
+//! own, so for those results agree with it to float rounding (the other
+//! 256-wide types: bit for bit).
 
 use std::arch::x86_64::*;
 
 use qmoe_core::GgmlType;
 
 use super::{
-    bsums, f16_at, hsum, load128, load256, madd, mul_u8, pair_i8, q3_k_scales, q5_codes, split_nibbles, PREFETCH_BYTES,
+    bsums, f16_at, hsum, load128, load256, madd, mul_u8, pair_i8, q3_k_scales, q4_1_codes, q5_codes, PREFETCH_BYTES,
 };
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
 
@@ -32,11 +33,11 @@ use sym32::{dot_iq4_nl_t, dot_q4_0_t, dot_q5_0_t, dot_q8_0_t, transposed32};
 
 /// Tokens multiplied per weight-block unpacking: 4 tokens' integer and f32
 /// accumulators (8 registers) plus the codes and scales fit AVX2's 16.
-/// Q4_K, Q5_K, Q6_K ([`kquants`]) and Q8_0 take 8 (`groups!`'s `$max`):
-/// each block's unpacking is then shared by twice the tokens, and their
-/// f32 accumulators may sit in memory (touched once per block). Measured on
-/// Zen 3 before the k-quants moved to transposed sub-blocks: 1.1-1.2x over
-/// groups of 4 for them, 1.02-1.05x for Q8_0.
+/// The transposed kernels ([`kquants`], [`sym32`]) take 8 (`groups!`'s
+/// `$max`): each block's unpacking is then shared by twice the tokens, and
+/// their f32 accumulators may sit in memory (touched once per block).
+/// Measured on Zen 3 before those kernels were transposed: 1.1-1.2x over
+/// groups of 4 for the k-quants, 1.02-1.05x for Q8_0.
 pub(crate) const GROUP: usize = 4;
 
 /// The group loop, expanded inside each `#[target_feature]` function so the
@@ -105,32 +106,6 @@ macro_rules! groups {
 fn as_is<B>(x: &[B], t0: usize, _n: usize, nb: usize, _scratch: &mut ()) -> (*const B, usize) {
     (x[t0 * nb..].as_ptr(), nb)
 }
-
-/// A per-thread buffer of `$t` for a `$prep`, borrowed for one call and
-/// handed back on drop; it only grows, so steady decoding does not allocate.
-macro_rules! grow_only_scratch {
-    ($name:ident, $t:ty) => {
-        pub(super) struct $name(Vec<$t>);
-
-        thread_local! {
-            static SCRATCH: std::cell::Cell<Vec<$t>> = const { std::cell::Cell::new(Vec::new()) };
-        }
-
-        impl Default for $name {
-            fn default() -> Self {
-                $name(SCRATCH.with(|s| s.take()))
-            }
-        }
-
-        impl Drop for $name {
-            fn drop(&mut self) {
-                let v = std::mem::take(&mut self.0);
-                SCRATCH.with(|s| s.set(v));
-            }
-        }
-    };
-}
-use grow_only_scratch;
 
 /// # Safety
 /// The CPU runs AVX2, FMA and F16C; `ty` takes Q8K activations; `x` holds
@@ -216,7 +191,7 @@ macro_rules! dot32 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_1<const N: usize>(row: *const u8, xs: [*const BlockQ8x32; N], nb: usize) -> [f32; N] {
-    dot32!(row, xs, nb, 20, |b| split_nibbles(load128(b.add(4))), f16_at(b.add(2)))
+    dot32!(row, xs, nb, 20, |b| q4_1_codes(b), f16_at(b.add(2)))
 }
 
 #[inline]

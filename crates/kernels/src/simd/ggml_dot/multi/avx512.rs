@@ -41,12 +41,12 @@
 //! [`crate::simd::ggml_dot::gemv_q8k`] / `gemv_q8x32` to float rounding.
 
 use std::arch::x86_64::*;
-use std::cell::Cell;
 
 use qmoe_core::GgmlType;
 
 use super::super::avx512::{f16_at, load256, load512};
 use super::super::scales_mins_k4;
+use super::super::scratch::Scratch;
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
 
 /// Tokens multiplied per weight-block unpacking: eight float accumulators,
@@ -134,44 +134,6 @@ trait Kernel {
     unsafe fn dot<const N: usize>(row: *const u8, xs: [*const Self::X; N], nb: usize) -> [f32; N];
 }
 
-/// Scratch storage unit: prepared blocks are written over runs of these,
-/// so one growable per-thread buffer serves every type.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Chunk([u8; 64]);
-
-thread_local! {
-    /// Only grows: steady prefill reuses it (no allocation per call once warm).
-    static SCRATCH: Cell<Vec<Chunk>> = const { Cell::new(Vec::new()) };
-}
-
-/// Borrows the thread's scratch for one call and hands it back on drop
-/// (also on unwind), as the AVX2 level does with its own.
-struct Scratch(Vec<Chunk>);
-
-impl Scratch {
-    fn take() -> Self {
-        Scratch(SCRATCH.with(|s| s.take()))
-    }
-
-    /// Room for `n` values of `X`, as a pointer to the first.
-    fn room<X>(&mut self, n: usize) -> *mut X {
-        const { assert!(std::mem::size_of::<X>().is_multiple_of(64) && std::mem::align_of::<X>() <= 64) };
-        let chunks = n * (std::mem::size_of::<X>() / 64);
-        if self.0.len() < chunks {
-            self.0.resize(chunks, Chunk([0; 64]));
-        }
-        self.0.as_mut_ptr() as *mut X
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let v = std::mem::take(&mut self.0);
-        SCRATCH.with(|s| s.set(v));
-    }
-}
-
 /// Token groups outside, rows inside (see the module doc).
 ///
 /// # Safety
@@ -180,7 +142,7 @@ impl Drop for Scratch {
 unsafe fn gemm<K: Kernel>(w: &[u8], n_rows: usize, x: &[K::Src], n_tokens: usize, y: *mut f32, stride: usize) {
     let nb = x.len() / n_tokens;
     let units = K::units(nb);
-    let mut scratch = Scratch::take();
+    let mut scratch = Scratch::default();
     let xp = scratch.room::<K::X>(GROUP.min(n_tokens) * units);
     let mut t0 = 0;
     while t0 < n_tokens {

@@ -1,5 +1,6 @@
-//! Q4_K / Q5_K / Q6_K many-token kernels on transposed sub-blocks: one,
-//! two or four scale multiplies per (block, token) instead of eight.
+//! Q4_K / Q5_K / Q6_K / IQ4_XS many-token kernels on transposed sub-blocks:
+//! one, two or four scale multiplies per (block, token) instead of eight
+//! (IQ4_XS: one f32 multiply by the eight sub-block scales).
 //!
 //! The plain layout multiplies each 32-value sub-block in its own register
 //! (`vpmaddubsw`), so every register has its own scale and needs its own
@@ -19,8 +20,9 @@
 
 use std::arch::x86_64::*;
 
+use super::super::super::scratch::Scratch;
 use super::super::{
-    bsums, f16_at, hsum, iq4_table, iq4_xs_ls32, load128, load256, madd, mul_u8, scales_mins_k4, split_nibbles, top2,
+    bsums, f16_at, hsum, iq4_codes, iq4_table, iq4_xs_ls32, load128, load256, madd, mul_u8, scales_mins_k4, top2,
 };
 use crate::simd::act::BlockQ8K;
 
@@ -29,7 +31,7 @@ use crate::simd::act::BlockQ8K;
 /// nibbles), then 1, 3, 5, 7 (high).
 const ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
 
-/// One activation block as [`dot_q4_k_t`] reads it: the codes transposed
+/// One activation block as the kernels here read it: the codes transposed
 /// (see [`transpose`]), the group sums and scale, 32-byte aligned so that
 /// no load of the token loop straddles a cache line (a `BlockQ8K`'s codes
 /// sit at offset 4 of 292 bytes: half of their 32-byte loads do).
@@ -39,8 +41,6 @@ pub(super) struct TBlock {
     bsums: __m256i,
     d: f32,
 }
-
-super::grow_only_scratch!(Scratch, TBlock);
 
 /// The group's activation blocks (tokens `t0..t0 + n`) as [`TBlock`]s in
 /// `scratch`.
@@ -55,10 +55,11 @@ pub(super) unsafe fn transposed(
     nb: usize,
     scratch: &mut Scratch,
 ) -> (*const TBlock, usize) {
-    let v = &mut scratch.0;
-    v.clear();
-    v.extend(x[t0 * nb..(t0 + n) * nb].iter().map(|b| TBlock { qs: transpose(&b.qs), bsums: bsums(b), d: b.d }));
-    (v.as_ptr(), nb)
+    let p = scratch.room::<TBlock>(n * nb);
+    for (i, b) in x[t0 * nb..(t0 + n) * nb].iter().enumerate() {
+        p.add(i).write(TBlock { qs: transpose(&b.qs), bsums: bsums(b), d: b.d });
+    }
+    (p, nb)
 }
 
 /// 256 codes as eight rows (sub-blocks, in [`ORDER`]) of eight u32 columns,
@@ -206,8 +207,8 @@ pub(super) unsafe fn dot_q5_k_t<const N: usize>(row: *const u8, xs: [*const TBlo
 
 /// Q6_K against activations from [`transposed`]: each block's eight 32-value
 /// runs of 6-bit codes assembled as in the plain kernel, then transposed.
-/// Lane k of column i holds values 4i..4i + 4 of sub-block ORDER[k]: its
-/// 16-value group is 2 ORDER[k] for columns 0..4 and 2 ORDER[k] + 1 for
+/// Lane `k` of column `i` holds values `4i..4i + 4` of sub-block `ORDER[k]`: its
+/// 16-value group is `2 ORDER[k]` for columns 0..4 and `2 ORDER[k] + 1` for
 /// 4..8. Codes reach 63, so the i16 sums take two registers at a time
 /// (2 * 2 * 63 * 127 = 32004 < 2^15): four `vpmaddwd` per (block, token)
 /// instead of eight; the `- 32` through the group sums as before.
@@ -279,7 +280,7 @@ pub(super) unsafe fn dot_iq4_xs_t<const N: usize>(row: *const u8, xs: [*const TB
         let b = row.add(i * 136);
         let ls = _mm256_permutevar8x32_epi32(iq4_xs_ls32(b), order);
         let scale = _mm256_mul_ps(_mm256_set1_ps(f16_at(b)), _mm256_cvtepi32_ps(ls));
-        let w = transpose8(ORDER.map(|j| _mm256_shuffle_epi8(table, split_nibbles(load128(b.add(8 + 16 * j))))));
+        let w = transpose8(ORDER.map(|j| iq4_codes(table, b.add(8 + 16 * j))));
         let s = signed_column_sums::<N>(&w, std::array::from_fn(|t| &(*xs[t].add(i)).qs));
         for t in 0..N {
             let xd = _mm256_set1_ps((*xs[t].add(i)).d);

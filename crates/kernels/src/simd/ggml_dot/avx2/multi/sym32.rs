@@ -22,7 +22,8 @@
 
 use std::arch::x86_64::*;
 
-use super::super::{hsum, iq4_table, load128, load256, q5_codes, split_nibbles};
+use super::super::super::scratch::Scratch;
+use super::super::{hsum, iq4_codes, iq4_table, load256, q4_0_codes, q5_codes};
 use super::kquants::{signed_column_sums, transpose8};
 use crate::simd::act::BlockQ8x32;
 
@@ -34,8 +35,6 @@ pub(super) struct TRun {
     cols: [__m256i; 8],
     d: __m256,
 }
-
-super::grow_only_scratch!(Scratch, TRun);
 
 /// The group's activations (tokens `t0..t0 + n`, `nb` blocks each) as
 /// [`TRun`]s in `scratch`, `nb.div_ceil(8)` per token.
@@ -51,8 +50,8 @@ pub(super) unsafe fn transposed32(
     scratch: &mut Scratch,
 ) -> (*const TRun, usize) {
     let runs = nb.div_ceil(8);
-    let v = &mut scratch.0;
-    v.clear();
+    let mut p = scratch.room::<TRun>(n * runs);
+    let first = p as *const TRun;
     for token in x[t0 * nb..(t0 + n) * nb].chunks_exact(nb) {
         for blocks in token.chunks(8) {
             let rows = std::array::from_fn(|k| match blocks.get(k) {
@@ -60,10 +59,11 @@ pub(super) unsafe fn transposed32(
                 None => _mm256_setzero_si256(),
             });
             let d: [f32; 8] = std::array::from_fn(|k| blocks.get(k).map_or(0.0, |b| b.d));
-            v.push(TRun { cols: transpose8(rows), d: _mm256_loadu_ps(d.as_ptr()) });
+            p.write(TRun { cols: transpose8(rows), d: _mm256_loadu_ps(d.as_ptr()) });
+            p = p.add(1);
         }
     }
-    (v.as_ptr(), runs)
+    (first, runs)
 }
 
 /// One row of `nb` blocks of `ts` bytes against `N` tokens from
@@ -115,8 +115,7 @@ pub(super) unsafe fn dot_q8_0_t<const N: usize>(row: *const u8, xs: [*const TRun
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_q4_0_t<const N: usize>(row: *const u8, xs: [*const TRun; N], nb: usize) -> [f32; N] {
-    let eight = _mm256_set1_epi8(8);
-    dot_sym32_t(row, xs, nb, 18, |b| _mm256_sub_epi8(split_nibbles(load128(b.add(2))), eight))
+    dot_sym32_t(row, xs, nb, 18, |b| q4_0_codes(b))
 }
 
 #[inline]
@@ -129,5 +128,5 @@ pub(super) unsafe fn dot_q5_0_t<const N: usize>(row: *const u8, xs: [*const TRun
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_iq4_nl_t<const N: usize>(row: *const u8, xs: [*const TRun; N], nb: usize) -> [f32; N] {
     let table = iq4_table();
-    dot_sym32_t(row, xs, nb, 18, |b| _mm256_shuffle_epi8(table, split_nibbles(load128(b.add(2)))))
+    dot_sym32_t(row, xs, nb, 18, |b| iq4_codes(table, b.add(2)))
 }
