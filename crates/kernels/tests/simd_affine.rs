@@ -136,7 +136,9 @@ fn close(a: f32, b: f32, mag: f32) -> bool {
     (a - b).abs() <= 1e-5 * mag + 1e-30
 }
 
-/// Shapes: cols a multiple of the group.
+/// Shapes: cols a multiple of the group; whole and partial runs of eight
+/// groups; a group size without a specialised loop (256); rows longer than
+/// one AVX2 pass (8192 columns), whose last pass holds 6 groups.
 fn grid() -> Vec<(usize, usize)> {
     let mut v = vec![];
     for group in [32, 64, 128] {
@@ -146,6 +148,7 @@ fn grid() -> Vec<(usize, usize)> {
             }
         }
     }
+    v.extend([(256, 768), (64, 8192 + 384)]);
     v
 }
 

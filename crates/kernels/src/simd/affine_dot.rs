@@ -18,9 +18,10 @@
 //! The AVX2 level rearranges the activations once per pass of up to 8192
 //! columns (4-bit: codes split by even / odd index to match a load's low and
 //! high nibbles; other widths: codes widened to i16; per group the sum of
-//! the block sums), then runs two rows at a time, adding each block's
-//! integer sums times `d_b · scale_g` into 8 row lanes, and the bias term as
-//! one dot product of the row's biases with the group sums. The integer
+//! the block sums), then runs the rows (4 and 8 bits one at a time, other
+//! widths two at a time), adding each block's integer sums times
+//! `d_b · scale_g` into 8 row lanes, and the bias term as one dot product of
+//! the row's biases with the group sums. The integer
 //! block sums are exact at both levels, so they differ by f32 rounding only.
 //! The NEON level (4 and 8 bits; other widths run the twin) keeps the
 //! twin's order exactly, so it returns the twin's bits (`simd/neon/affine.rs`).
@@ -168,8 +169,9 @@ mod x86 {
     use crate::simd::act::BlockQ8x32;
     use crate::simd::float_dot::x86::{hsum, prefetch};
 
-    /// Most bytes of packed words to prefetch ahead of a row's read pointer.
-    const PREFETCH_MAX: usize = 16384;
+    /// Least distance in bytes from a row read to its prefetch (as the ggml
+    /// kernels' `PREFETCH_BYTES`).
+    const PREFETCH_LEAD: usize = 4096;
     /// Rows ahead whose scales and biases are prefetched.
     const PREFETCH_ROWS: usize = 4;
     /// Blocks of 32 columns per pass over the rows (8192 columns): the
@@ -247,8 +249,13 @@ mod x86 {
         }
     }
 
-    /// Every row of `rows` over blocks `ks`, two rows at a time (they share
-    /// the activation loads).
+    /// Every row of `rows` over blocks `ks`. 4- and 8-bit rows, whose
+    /// decode is bound by memory, go one at a time: reading two rows side by
+    /// side (sharing the activation loads) measured 25-30% below a single
+    /// row's DRAM rate (`examples/simd_gemv.rs`, 256 MB, 1 thread: 0.58-0.62
+    /// vs 0.78-0.88 of a plain streaming read), though faster in cache: two
+    /// interleaved short streams seem to defeat the hardware prefetcher.
+    /// The other widths unpack at compute-bound speed and keep two rows.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn rows_pass<const B: usize, const PG: usize>(
         m: &AffineMat,
@@ -259,14 +266,23 @@ mod x86 {
         y: &mut [f32],
     ) {
         let mut r = rows.start;
-        // SAFETY: as `gemv`; `y` has `rows.len()` entries, the pass writes
+        // SAFETY: as `gemv`; `y` has `rows.len()` entries, each pass writes
         // `y[r - rows.start ..][..NR]` with `r + NR <= rows.end`.
-        while r + 2 <= rows.end {
-            pass::<B, 2, PG>(m, layout, p, r, ks.clone(), y.as_mut_ptr().add(r - rows.start));
-            r += 2;
+        if layout == Layout::Pairs4 {
+            for r in rows.clone() {
+                row_pairs4::<PG>(m, p, r, ks.clone(), y.as_mut_ptr().add(r - rows.start));
+            }
+            return;
         }
-        if r < rows.end {
-            pass::<B, 1, PG>(m, layout, p, r, ks, y.as_mut_ptr().add(r - rows.start));
+        if B != 4 && B != 8 {
+            while r + 2 <= rows.end {
+                pass::<B, 2, PG>(m, layout, p, r, ks.clone(), y.as_mut_ptr().add(r - rows.start));
+                r += 2;
+            }
+        }
+        while r < rows.end {
+            pass::<B, 1, PG>(m, layout, p, r, ks.clone(), y.as_mut_ptr().add(r - rows.start));
+            r += 1;
         }
     }
 
@@ -375,7 +391,6 @@ mod x86 {
         let n_rows = m.words.len() / m.row_bytes;
         let end = m.words.as_ptr_range().end;
         let q = p.q.as_ptr() as *const __m256i;
-        let dv = p.dv.as_ptr() as *const __m256;
         let d = p.d.as_ptr() as *const f32;
         let gsum = p.gsum.as_ptr() as *const f32;
         let w: [*const u8; NR] =
@@ -388,10 +403,7 @@ mod x86 {
                 prefetch(bp[j], PREFETCH_ROWS * m.scale_row);
             }
         }
-        // Rows are read NR at a time, side by side, so a prefetch must land
-        // whole passes ahead (the same column `2 NR` rows on) to fetch
-        // anything not already being read; one pass ahead for long rows.
-        let pf = if 2 * NR * m.row_bytes <= PREFETCH_MAX { 2 * NR * m.row_bytes } else { NR * m.row_bytes };
+        let pf = lead(NR * m.row_bytes);
         let nib = _mm256_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
         let mut lanes = [_mm256_setzero_ps(); NR];
@@ -405,50 +417,31 @@ mod x86 {
                 let idx = _mm256_set1_epi32(gi as i32);
                 let sc: [__m256; NR] = std::array::from_fn(|j| _mm256_permutevar8x32_ps(sv[j], idx));
                 let kb = (gb + gi) * per_group;
-                if layout == Layout::Pairs4 {
-                    for pi in kb / 2..kb / 2 + per_group / 2 {
-                        let (xe, xo, dp) = (*q.add(2 * pi), *q.add(2 * pi + 1), *dv.add(pi));
-                        for j in 0..NR {
-                            let pw = w[j].add(32 * pi);
-                            if pi % 2 == 0 {
-                                prefetch(pw, pf);
-                            }
-                            let v = _mm256_loadu_si256(pw as *const __m256i);
-                            let lo = _mm256_and_si256(v, nib);
-                            let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
-                            // |each maddubs lane| <= 2 * 15 * 127: the i16 add cannot overflow.
-                            let s = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo));
-                            let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(s, ones));
-                            lanes[j] = _mm256_fmadd_ps(s, _mm256_mul_ps(dp, sc[j]), lanes[j]);
+                for k in kb..kb + per_group {
+                    let dk = _mm256_broadcast_ss(&*d.add(k));
+                    for j in 0..NR {
+                        let pw = w[j].add(block_bytes * k);
+                        if (block_bytes * k) % 64 < block_bytes {
+                            prefetch(pw, pf);
                         }
-                    }
-                } else {
-                    for k in kb..kb + per_group {
-                        let dk = _mm256_broadcast_ss(&*d.add(k));
-                        for j in 0..NR {
-                            let pw = w[j].add(block_bytes * k);
-                            if (block_bytes * k) % 64 < block_bytes {
-                                prefetch(pw, pf);
+                        let s = match layout {
+                            Layout::Single4 => {
+                                let v = _mm_loadu_si128(pw as *const __m128i);
+                                let v = _mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1);
+                                let s = _mm256_maddubs_epi16(_mm256_and_si256(v, nib), *q.add(k));
+                                _mm256_madd_epi16(s, ones)
                             }
-                            let s = match layout {
-                                Layout::Single4 => {
-                                    let v = _mm_loadu_si128(pw as *const __m128i);
-                                    let v = _mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1);
-                                    let s = _mm256_maddubs_epi16(_mm256_and_si256(v, nib), *q.add(k));
-                                    _mm256_madd_epi16(s, ones)
-                                }
-                                _ if B == 8 => {
-                                    let w0 = _mm256_cvtepu8_epi16(_mm_loadu_si128(pw as *const __m128i));
-                                    let w1 = _mm256_cvtepu8_epi16(_mm_loadu_si128(pw.add(16) as *const __m128i));
-                                    _mm256_add_epi32(
-                                        _mm256_madd_epi16(w0, *q.add(2 * k)),
-                                        _mm256_madd_epi16(w1, *q.add(2 * k + 1)),
-                                    )
-                                }
-                                _ => block_generic::<B>(pw, end, q.add(2 * k)),
-                            };
-                            lanes[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dk, sc[j]), lanes[j]);
-                        }
+                            _ if B == 8 => {
+                                let w0 = _mm256_cvtepu8_epi16(_mm_loadu_si128(pw as *const __m128i));
+                                let w1 = _mm256_cvtepu8_epi16(_mm_loadu_si128(pw.add(16) as *const __m128i));
+                                _mm256_add_epi32(
+                                    _mm256_madd_epi16(w0, *q.add(2 * k)),
+                                    _mm256_madd_epi16(w1, *q.add(2 * k + 1)),
+                                )
+                            }
+                            _ => block_generic::<B>(pw, end, q.add(2 * k)),
+                        };
+                        lanes[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dk, sc[j]), lanes[j]);
                     }
                 }
             }
@@ -465,6 +458,94 @@ mod x86 {
             }
             *y.add(j) += hsum(lanes[j]) + hsum(bsum);
         }
+    }
+
+    /// Prefetch distance for passes of `pass_bytes` (rows read side by side):
+    /// whole passes, so it lands on the same columns of a later row (a pass
+    /// over long rows covers only some of their columns), and at least
+    /// [`PREFETCH_LEAD`].
+    fn lead(pass_bytes: usize) -> usize {
+        pass_bytes * PREFETCH_LEAD.div_ceil(pass_bytes)
+    }
+
+    /// [`pass`] for one 4-bit row in the [`Layout::Pairs4`] layout, the MLX
+    /// default (group 64) and the hottest decode loop of an MLX model. Eight
+    /// groups at a time: their scales and biases are loaded as one vector,
+    /// each group's scale is picked from it by a constant lane permute (a
+    /// store and narrow reload would stall on store forwarding), and the
+    /// bias term accumulates beside. Two accumulators break the FMA chain.
+    ///
+    /// # Safety
+    /// As [`pass`], with `m.bits == 4` and an even number of blocks per group.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn row_pairs4<const PG: usize>(m: &AffineMat, p: &Prep, r: usize, ks: Range<usize>, y: *mut f32) {
+        // SAFETY (loads below): as in `pass`.
+        let per_group = if PG == 0 { m.group_size / 32 } else { PG };
+        let ppg = per_group / 2;
+        let dt = m.scale_dtype;
+        let (g0, ng) = (ks.start / per_group, ks.len() / per_group);
+        let q = p.q.as_ptr() as *const __m256i;
+        let dv = p.dv.as_ptr() as *const __m256;
+        let gsum = p.gsum.as_ptr() as *const f32;
+        let w = m.words.as_ptr().add(r * m.row_bytes + ks.start * 16);
+        let (sp, bp) = (m.scales.as_ptr().add(r * m.scale_row), m.biases.as_ptr().add(r * m.scale_row));
+        if r + 1 + PREFETCH_ROWS <= m.words.len() / m.row_bytes {
+            prefetch(sp, PREFETCH_ROWS * m.scale_row);
+            prefetch(bp, PREFETCH_ROWS * m.scale_row);
+        }
+        let pf = lead(m.row_bytes);
+        let nib = _mm256_set1_epi8(0x0f);
+        let ones = _mm256_set1_epi16(1);
+        let (mut acc0, mut acc1, mut bsum) = (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+        // Block pair `pi` scaled by `sc` into `acc`; a `lead` pair starts a
+        // 64-byte line, and prefetches.
+        let pair = |acc: &mut __m256, pi: usize, sc: __m256, lead: bool| {
+            let pw = w.add(32 * pi);
+            if lead {
+                prefetch(pw, pf);
+            }
+            let v = _mm256_loadu_si256(pw as *const __m256i);
+            let lo = _mm256_and_si256(v, nib);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+            // |each maddubs lane| <= 2 * 15 * 127: the i16 add cannot overflow.
+            let s = _mm256_add_epi16(
+                _mm256_maddubs_epi16(lo, *q.add(2 * pi)),
+                _mm256_maddubs_epi16(hi, *q.add(2 * pi + 1)),
+            );
+            let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(s, ones));
+            *acc = _mm256_fmadd_ps(s, _mm256_mul_ps(*dv.add(pi), sc), *acc);
+        };
+        let mut g = 0;
+        while g < ng {
+            let n = (ng - g).min(8);
+            let sv = load8(dt, sp, g0 + g, n);
+            bsum = _mm256_fmadd_ps(load8(dt, bp, g0 + g, n), _mm256_loadu_ps(gsum.add(g)), bsum);
+            // `g` is a multiple of 8, so a pair's parity (its accumulator,
+            // whether it starts a line) follows from `gi` and `h` alone.
+            let mut group = |gi: usize| {
+                let sc = _mm256_permutevar8x32_ps(sv, _mm256_set1_epi32(gi as i32));
+                for h in 0..ppg {
+                    let pi = (g + gi) * ppg + h;
+                    if (gi * ppg + h).is_multiple_of(2) {
+                        pair(&mut acc0, pi, sc, true);
+                    } else {
+                        pair(&mut acc1, pi, sc, false);
+                    }
+                }
+            };
+            if n == 8 {
+                // Constant bounds: unrolled, with constant permute indices.
+                for gi in 0..8 {
+                    group(gi);
+                }
+            } else {
+                for gi in 0..n {
+                    group(gi);
+                }
+            }
+            g += n;
+        }
+        *y += hsum(_mm256_add_ps(_mm256_add_ps(acc0, acc1), bsum));
     }
 
     /// Per-lane constants that cut 32 `B`-bit values out of a block, 16
