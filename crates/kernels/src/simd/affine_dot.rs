@@ -368,7 +368,8 @@ mod x86 {
 
     /// Adds rows `r .. r + NR`'s products over blocks `ks` into `y[0..NR]`,
     /// with `PG` blocks per group (0: `m.group_size / 32`, read at run time;
-    /// the common sizes are constants so their group loops unroll).
+    /// the common sizes are constants so their group loops unroll). The
+    /// [`Layout::Pairs4`] rows run [`row_pairs4`] instead.
     ///
     /// # Safety
     /// As [`gemv`]; `p` prepared for `ks`, `r + NR <=` rows, `y` valid for NR writes.
