@@ -265,7 +265,6 @@ mod x86 {
         ks: Range<usize>,
         y: &mut [f32],
     ) {
-        let mut r = rows.start;
         // SAFETY: as `gemv`; `y` has `rows.len()` entries, each pass writes
         // `y[r - rows.start ..][..NR]` with `r + NR <= rows.end`.
         if layout == Layout::Pairs4 {
@@ -274,6 +273,7 @@ mod x86 {
             }
             return;
         }
+        let mut r = rows.start;
         if B != 4 && B != 8 {
             while r + 2 <= rows.end {
                 pass::<B, 2, PG>(m, layout, p, r, ks.clone(), y.as_mut_ptr().add(r - rows.start));
