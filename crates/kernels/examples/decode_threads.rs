@@ -4,10 +4,13 @@
 //! Q4_K weights in the shapes of a 35B-A3B MoE layer (experts of
 //! `[512 x 2048]` gate and up, `[2048 x 512]` down; `--experts` of them, 8
 //! chosen per step) and one large `[rows x 2048]` matrix, multiplied by one
-//! token through `linear::matmul` / `matmul_many` as the model's decode does.
-//! The big matrix and the stream take the best of 3 passes, the MoE steps
-//! the mean of 64. Prints GB/s of weight bytes and the share of the streaming read measured
-//! just before, so a noisy machine's swings cancel.
+//! token through `linear::matmul` / `matmul_many` as the model's decode does;
+//! and the big matrix again split into `--threads` contiguous parts, each on
+//! a plain thread calling the Q4_K gemv kernel directly (`direct`: no pool,
+//! no tasks). The big matrix and the stream take the best of 3 passes, the
+//! MoE steps the mean of 64. Prints GB/s of weight bytes and the share of
+//! the streaming read measured just before, so a noisy machine's swings
+//! cancel.
 //!
 //! `cargo run --release -p qmoe-kernels --example decode_threads -- [--threads 2]
 //!  [--experts 32] [--mb 512] [--rounds 5]`
