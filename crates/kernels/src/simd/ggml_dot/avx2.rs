@@ -293,8 +293,9 @@ unsafe fn dot_q45_k<const FIVE: bool>(row: *const u8, x: &[BlockQ8K]) -> f32 {
     for (i, xb) in x.iter().enumerate() {
         let b = row.add(i * ts);
         let xq = xb.qs.as_ptr() as *const u8;
-        let d = f16_at(b) * xb.d;
-        let dmin = f16_at(b.add(2)) * xb.d;
+        // d and dmin widened together and times x's scale in one multiply.
+        let dd = _mm_cvtph_ps(_mm_cvtsi32_si128((b as *const i32).read_unaligned()));
+        let dd = _mm_mul_ps(dd, _mm_set1_ps(xb.d));
         let (sc, m) = scales_mins_k4(&*(b.add(4) as *const [u8; 12]));
         // Mins: [m0, m0, m1, m1, ..] as i16 against the 16 group sums.
         let m8 = _mm_cvtsi64_si128(m as i64);
@@ -320,8 +321,8 @@ unsafe fn dot_q45_k<const FIVE: bool>(row: *const u8, x: &[BlockQ8K]) -> f32 {
             sumi = _mm256_add_epi32(sumi, madd(plo, bcast_i16(sc, j)));
             sumi = _mm256_add_epi32(sumi, madd(phi, bcast_i16(sc, j + 1)));
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(summ), acc);
+        acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), _mm256_cvtepi32_ps(sumi), acc);
+        acc = _mm256_fnmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)), _mm256_cvtepi32_ps(summ), acc);
     }
     hsum(acc)
 }
