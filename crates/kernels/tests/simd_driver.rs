@@ -89,3 +89,52 @@ fn float_and_ggml_types() {
         check(&format!("{ty}"), &w, &mut rng, 1.0 / 127.0);
     }
 }
+
+/// The driver runs a large product as several row tasks over two threads,
+/// and the AVX2 many-token kernels then rearrange the quantized input once
+/// per thread (named by the driver) rather than once per task. Its result
+/// must equal the kernel called directly on the same quantized input (which
+/// rearranges per call), bit for bit, also when a second input is written
+/// over the first at the same address (a stale copy would be reused there).
+#[test]
+fn many_token_products_split_into_tasks_equal_one_kernel_call() {
+    use qmoe_core::GgmlType;
+    use qmoe_kernels::simd::act::{quantize_q8k, quantize_q8x32, BlockQ8K, BlockQ8x32};
+    use qmoe_kernels::simd::{ggml_dot, level, ActKind};
+
+    let mut rng = Rng(17);
+    // 700 rows of 512 columns: 200-380 KB of weights, so several tasks; 19
+    // tokens: groups of 8, 8 and 3.
+    let (rows, cols, t) = (700, 512, 19);
+    let mut x = vec![0.0f32; t * cols];
+    for ty in [GgmlType::Q4K, GgmlType::Q6K, GgmlType::IQ4XS, GgmlType::Q8_0, GgmlType::Q4_0] {
+        let Some(quantize) = qmoe_kernels::ggml::quantizer(ty) else { continue };
+        let vals = rng.vec(rows * cols, 1.0);
+        let mut bytes = vec![0u8; rows * ty.row_bytes(cols).unwrap()];
+        quantize(&vals, &mut bytes);
+        let w = MatRef::ggml(ty, rows, cols, &bytes).unwrap();
+        qmoe_kernels::threads::set(2);
+        for round in 0..2 {
+            x.copy_from_slice(&rng.vec(t * cols, 1.5));
+            let mut got = vec![f32::NAN; t * rows];
+            matmul(&w, &x, &mut got, t);
+            let mut want = vec![f32::NAN; t * rows];
+            match ggml_dot::act_kind(ty) {
+                Some(ActKind::Q8K) => {
+                    let mut xq = vec![BlockQ8K::default(); t * cols / 256];
+                    quantize_q8k(&x, &mut xq);
+                    ggml_dot::multi::gemm_q8k(level(), ty, &bytes, rows, &xq, t, &mut want, rows);
+                }
+                _ => {
+                    let mut xq = vec![BlockQ8x32::default(); t * cols / 32];
+                    quantize_q8x32(&x, &mut xq);
+                    ggml_dot::multi::gemm_q8x32(level(), ty, &bytes, rows, &xq, t, &mut want, rows);
+                }
+            }
+            for i in 0..got.len() {
+                assert_eq!(got[i].to_bits(), want[i].to_bits(), "{ty} round {round} [{i}]: {} vs {}", got[i], want[i]);
+            }
+        }
+        qmoe_kernels::threads::set(0);
+    }
+}

@@ -13,6 +13,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use qmoe_core::{DType, GgmlType};
 
@@ -115,12 +116,21 @@ pub struct Product<'a> {
 #[derive(Default)]
 struct Prepared {
     key: (usize, usize, Option<ActKind>),
+    /// Names these contents for the many-token kernels, which keep a
+    /// rearranged copy per thread across a product's row tasks: a fresh
+    /// value from [`NEXT_ACTS_ID`] at every fill, so no later contents at
+    /// the same address can be taken for these.
+    id: u64,
     q8k: Vec<BlockQ8K>,
     q8x32: Vec<BlockQ8x32>,
 }
 
+/// The next [`Prepared::id`] (0 is "unnamed").
+static NEXT_ACTS_ID: AtomicU64 = AtomicU64::new(1);
+
 impl Prepared {
     fn fill(&mut self, kind: ActKind, x: &[f32]) {
+        self.id = NEXT_ACTS_ID.fetch_add(1, Ordering::Relaxed);
         match kind {
             ActKind::F32 => {}
             ActKind::Q8K => {
@@ -318,9 +328,17 @@ fn run_multi(level: Level, p: &Product, kind: ActKind, prep: &Prepared, out: Sha
             // SAFETY: as above; the kernels check `w` and `x` against the shapes.
             unsafe {
                 match kind {
-                    ActKind::Q8K => {
-                        super::ggml_dot::multi::gemm_q8k_raw(level, ty, w, rows.len(), &prep.q8k, n_tokens, y, n_rows)
-                    }
+                    ActKind::Q8K => super::ggml_dot::multi::gemm_q8k_raw(
+                        level,
+                        ty,
+                        w,
+                        rows.len(),
+                        &prep.q8k,
+                        n_tokens,
+                        y,
+                        n_rows,
+                        prep.id,
+                    ),
                     _ => super::ggml_dot::multi::gemm_q8x32_raw(
                         level,
                         ty,
@@ -330,6 +348,7 @@ fn run_multi(level: Level, p: &Product, kind: ActKind, prep: &Prepared, out: Sha
                         n_tokens,
                         y,
                         n_rows,
+                        prep.id,
                     ),
                 }
             }

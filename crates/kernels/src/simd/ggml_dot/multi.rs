@@ -57,7 +57,7 @@ pub fn gemm_q8k(
 ) {
     check_y(y.len(), n_rows, n_tokens, y_stride);
     // SAFETY: `check_y` proved every `t * y_stride + i` inside `y`.
-    unsafe { gemm_q8k_raw(level, ty, w, n_rows, x, n_tokens, y.as_mut_ptr(), y_stride) }
+    unsafe { gemm_q8k_raw(level, ty, w, n_rows, x, n_tokens, y.as_mut_ptr(), y_stride, 0) }
 }
 
 /// As [`gemm_q8k`], for the 32-wide types (Q8x32 activations).
@@ -74,15 +74,18 @@ pub fn gemm_q8x32(
 ) {
     check_y(y.len(), n_rows, n_tokens, y_stride);
     // SAFETY: as in `gemm_q8k`.
-    unsafe { gemm_q8x32_raw(level, ty, w, n_rows, x, n_tokens, y.as_mut_ptr(), y_stride) }
+    unsafe { gemm_q8x32_raw(level, ty, w, n_rows, x, n_tokens, y.as_mut_ptr(), y_stride, 0) }
 }
 
 /// [`gemm_q8k`] into a raw output, so that threads can fill disjoint rows
-/// of one product.
+/// of one product. `acts_id`, when not 0, names the contents of `x` for the
+/// whole product: the AVX2 kernels that rearrange the activations then do it
+/// once per thread and product, not once per call (row task).
 ///
 /// # Safety
 /// `y` is valid for writes at `t * y_stride + i` for every `t < n_tokens`,
-/// `i < n_rows`, and nothing else accesses those elements during the call.
+/// `i < n_rows`, and nothing else accesses those elements during the call;
+/// an `acts_id` other than 0 always comes with the same `x` contents.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_q8k_raw(
     level: Level,
@@ -93,6 +96,7 @@ pub(crate) unsafe fn gemm_q8k_raw(
     n_tokens: usize,
     y: *mut f32,
     y_stride: usize,
+    acts_id: u64,
 ) {
     assert_eq!(act_kind(ty), Some(ActKind::Q8K), "gemm_q8k: {ty} does not take Q8K activations");
     let nb = blocks_per_row(x.len(), n_tokens);
@@ -115,7 +119,7 @@ pub(crate) unsafe fn gemm_q8k_raw(
         // is exactly `n_rows` rows of `nb` blocks, `x` `n_tokens` rows of
         // `nb`; `y` is the caller's contract.
         unsafe {
-            super::avx2::multi::gemm_q8k(ty, w, n_rows, x, n_tokens, y, y_stride)
+            super::avx2::multi::gemm_q8k(ty, w, n_rows, x, n_tokens, y, y_stride, acts_id)
         };
         return;
     }
@@ -141,6 +145,7 @@ pub(crate) unsafe fn gemm_q8x32_raw(
     n_tokens: usize,
     y: *mut f32,
     y_stride: usize,
+    acts_id: u64,
 ) {
     assert_eq!(act_kind(ty), Some(ActKind::Q8x32), "gemm_q8x32: {ty} does not take Q8x32 activations");
     let nb = blocks_per_row(x.len(), n_tokens);
@@ -158,7 +163,7 @@ pub(crate) unsafe fn gemm_q8x32_raw(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `gemm_q8k_raw`.
         unsafe {
-            super::avx2::multi::gemm_q8x32(ty, w, n_rows, x, n_tokens, y, y_stride)
+            super::avx2::multi::gemm_q8x32(ty, w, n_rows, x, n_tokens, y, y_stride, acts_id)
         };
         return;
     }

@@ -43,18 +43,20 @@ pub(crate) const GROUP: usize = 4;
 /// The group loop, expanded inside each `#[target_feature]` function so the
 /// per-type dot (`#[inline]`, same features, const `N` tokens) is inlined.
 /// `$dot::<N>(row, xs, nb) -> [f32; N]`: one row against `N` tokens' blocks.
-/// `$prep(x, t0, n, nb, scratch)` gives the group's activations, `n` tokens
-/// of `nb` blocks from token `t0`, and the distance from one token's to the
-/// next's (in its units): [`as_is`], or a rearranged copy in `scratch` (once
-/// per group, for every row of the run).
+/// `$prep(x, t0, n, nb, id, scratch)` gives the group's activations, `n`
+/// tokens of `nb` blocks from token `t0`, and the distance from one token's
+/// to the next's (in its units): [`as_is`], or a rearranged copy in
+/// `scratch` (once per group, for every row of the run; or once per thread
+/// for the whole input when the driver names it with a non-zero `id`).
 macro_rules! groups {
-    ($w:expr, $n_rows:expr, $x:expr, $n_tokens:expr, $y:expr, $stride:expr, $ts:expr, $dot:ident) => {
-        groups!($w, $n_rows, $x, $n_tokens, $y, $stride, $ts, $dot, GROUP, as_is)
+    ($w:expr, $n_rows:expr, $x:expr, $n_tokens:expr, $y:expr, $stride:expr, $id:expr, $ts:expr, $dot:ident) => {
+        groups!($w, $n_rows, $x, $n_tokens, $y, $stride, $id, $ts, $dot, GROUP, as_is)
     };
-    ($w:expr, $n_rows:expr, $x:expr, $n_tokens:expr, $y:expr, $stride:expr, $ts:expr, $dot:ident, $max:expr) => {
-        groups!($w, $n_rows, $x, $n_tokens, $y, $stride, $ts, $dot, $max, as_is)
+    ($w:expr, $n_rows:expr, $x:expr, $n_tokens:expr, $y:expr, $stride:expr, $id:expr, $ts:expr, $dot:ident, $max:expr) => {
+        groups!($w, $n_rows, $x, $n_tokens, $y, $stride, $id, $ts, $dot, $max, as_is)
     };
-    ($w:expr, $n_rows:expr, $x:expr, $n_tokens:expr, $y:expr, $stride:expr, $ts:expr, $dot:ident, $max:expr, $prep:ident) => {{
+    ($w:expr, $n_rows:expr, $x:expr, $n_tokens:expr, $y:expr, $stride:expr, $id:expr, $ts:expr, $dot:ident, $max:expr,
+     $prep:ident) => {{
         let (w, n_rows, x, n_tokens, y, stride): (&[u8], usize, &[_], usize, *mut f32, usize) =
             ($w, $n_rows, $x, $n_tokens, $y, $stride);
         let nb = x.len() / n_tokens;
@@ -68,7 +70,7 @@ macro_rules! groups {
             // instances of the kernel than one per remainder).
             let left = n_tokens - t0;
             let n = if left >= $max { $max } else { left.min(4) };
-            let (xg, xstride) = $prep(x, t0, n, nb, &mut scratch);
+            let (xg, xstride) = $prep(x, t0, n, nb, $id, &mut scratch);
             // Only the first group reads the rows from memory: prefetch for it.
             let prefetch = t0 == 0;
             match n {
@@ -103,7 +105,7 @@ macro_rules! groups {
 
 /// The group's activations as they are.
 #[inline(always)]
-fn as_is<B>(x: &[B], t0: usize, _n: usize, nb: usize, _scratch: &mut ()) -> (*const B, usize) {
+fn as_is<B>(x: &[B], t0: usize, _n: usize, nb: usize, _id: u64, _scratch: &mut ()) -> (*const B, usize) {
     (x[t0 * nb..].as_ptr(), nb)
 }
 
@@ -111,7 +113,9 @@ fn as_is<B>(x: &[B], t0: usize, _n: usize, nb: usize, _scratch: &mut ()) -> (*co
 /// The CPU runs AVX2, FMA and F16C; `ty` takes Q8K activations; `x` holds
 /// `n_tokens >= 1` rows of `nb` blocks; `w` is exactly `n_rows` rows of `nb`
 /// blocks of `ty`; `y` is valid for writes at `t * y_stride + r` for every
-/// `t < n_tokens`, `r < n_rows`.
+/// `t < n_tokens`, `r < n_rows`; an `acts_id` other than 0 always comes with
+/// the same `x` contents (see `scratch::Whole`).
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn gemm_q8k(
     ty: GgmlType,
@@ -121,21 +125,23 @@ pub(crate) unsafe fn gemm_q8k(
     n_tokens: usize,
     y: *mut f32,
     y_stride: usize,
+    acts_id: u64,
 ) {
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
-        GgmlType::Q2K => groups!(w, n_rows, x, n_tokens, y, y_stride, 84, dot_q2_k),
-        GgmlType::Q3K => groups!(w, n_rows, x, n_tokens, y, y_stride, 110, dot_q3_k),
-        GgmlType::Q4K => groups!(w, n_rows, x, n_tokens, y, y_stride, 144, dot_q4_k_t, 8, transposed),
-        GgmlType::Q5K => groups!(w, n_rows, x, n_tokens, y, y_stride, 176, dot_q5_k_t, 8, transposed),
-        GgmlType::Q6K => groups!(w, n_rows, x, n_tokens, y, y_stride, 210, dot_q6_k_t, 8, transposed),
-        GgmlType::IQ4XS => groups!(w, n_rows, x, n_tokens, y, y_stride, 136, dot_iq4_xs_t, 8, transposed),
+        GgmlType::Q2K => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 84, dot_q2_k),
+        GgmlType::Q3K => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 110, dot_q3_k),
+        GgmlType::Q4K => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 144, dot_q4_k_t, 8, transposed),
+        GgmlType::Q5K => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 176, dot_q5_k_t, 8, transposed),
+        GgmlType::Q6K => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 210, dot_q6_k_t, 8, transposed),
+        GgmlType::IQ4XS => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 136, dot_iq4_xs_t, 8, transposed),
         _ => unreachable!("gemm_q8k: {ty} (checked by the caller)"),
     }
 }
 
 /// # Safety
 /// As [`gemm_q8k`], for a type taking Q8x32 activations.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn gemm_q8x32(
     ty: GgmlType,
@@ -145,15 +151,16 @@ pub(crate) unsafe fn gemm_q8x32(
     n_tokens: usize,
     y: *mut f32,
     y_stride: usize,
+    acts_id: u64,
 ) {
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
-        GgmlType::Q8_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, 34, dot_q8_0_t, 8, transposed32),
-        GgmlType::Q4_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, 18, dot_q4_0_t, 8, transposed32),
-        GgmlType::Q4_1 => groups!(w, n_rows, x, n_tokens, y, y_stride, 20, dot_q4_1),
-        GgmlType::Q5_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, 22, dot_q5_0_t, 8, transposed32),
-        GgmlType::Q5_1 => groups!(w, n_rows, x, n_tokens, y, y_stride, 24, dot_q5_1),
-        GgmlType::IQ4NL => groups!(w, n_rows, x, n_tokens, y, y_stride, 18, dot_iq4_nl_t, 8, transposed32),
+        GgmlType::Q8_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 34, dot_q8_0_t, 8, transposed32),
+        GgmlType::Q4_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 18, dot_q4_0_t, 8, transposed32),
+        GgmlType::Q4_1 => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 20, dot_q4_1),
+        GgmlType::Q5_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 22, dot_q5_0_t, 8, transposed32),
+        GgmlType::Q5_1 => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 24, dot_q5_1),
+        GgmlType::IQ4NL => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 18, dot_iq4_nl_t, 8, transposed32),
         _ => unreachable!("gemm_q8x32: {ty} (checked by the caller)"),
     }
 }

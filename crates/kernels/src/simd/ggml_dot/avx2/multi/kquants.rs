@@ -28,7 +28,7 @@
 
 use std::arch::x86_64::*;
 
-use super::super::super::scratch::Scratch;
+use super::super::super::scratch::{Scratch, Whole};
 use super::super::{
     bsums, f16_at, hsum, iq4_codes, iq4_table, iq4_xs_ls32, load128, load256, madd, mul_u8, scales_mins_k4, top2,
 };
@@ -58,27 +58,45 @@ pub(super) struct TBlock {
     d: __m256,
 }
 
-/// The group's activation blocks (tokens `t0..t0 + n`) as [`TBlock`]s in
-/// `scratch`.
+/// The group's activation blocks (tokens `t0..t0 + n`) as [`TBlock`]s: in
+/// the call's scratch, or, when the driver names the input (`id` non-zero),
+/// at their place in the thread's copy of every token ([`Whole`]), made by
+/// the first call of the product on this thread.
 ///
 /// # Safety
-/// The CPU runs AVX2; `x` holds tokens `t0..t0 + n` of `nb` blocks.
+/// The CPU runs AVX2; `x` holds tokens `t0..t0 + n` of `nb` blocks, and an
+/// `id` other than 0 always comes with the same `x` contents.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn transposed(
     x: &[BlockQ8K],
     t0: usize,
     n: usize,
     nb: usize,
-    scratch: &mut Scratch,
+    id: u64,
+    scratch: &mut (Scratch, Whole),
 ) -> (*const TBlock, usize) {
-    let p = scratch.room::<TBlock>(n * nb);
-    for (i, b) in x[t0 * nb..(t0 + n) * nb].iter().enumerate() {
+    if id != 0 {
+        // SAFETY (closure): `p` has room for every block of `x`.
+        let all = scratch.1.get::<TBlock>(id, x.len(), |p| unsafe { transpose_blocks(x, p) });
+        return (all.add(t0 * nb), nb);
+    }
+    let p = scratch.0.room::<TBlock>(n * nb);
+    transpose_blocks(&x[t0 * nb..(t0 + n) * nb], p);
+    (p, nb)
+}
+
+/// `x` as [`TBlock`]s at `p`.
+///
+/// # Safety
+/// The CPU runs AVX2; `p` has room for `x.len()` blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn transpose_blocks(x: &[BlockQ8K], p: *mut TBlock) {
+    for (i, b) in x.iter().enumerate() {
         let bs = bsums(b);
         let d = _mm256_set1_ps(b.d);
         let xsums = _mm256_mul_ps(d, _mm256_cvtepi32_ps(madd(bs, _mm256_set1_epi16(1))));
         p.add(i).write(TBlock { qs: transpose(&b.qs), bsums: bs, xsums, d });
     }
-    (p, nb)
 }
 
 /// 256 codes as eight rows (sub-blocks, in [`ORDER`]) of eight u32 columns,

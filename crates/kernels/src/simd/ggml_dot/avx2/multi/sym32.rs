@@ -22,7 +22,7 @@
 
 use std::arch::x86_64::*;
 
-use super::super::super::scratch::Scratch;
+use super::super::super::scratch::{Scratch, Whole};
 use super::super::{hsum, iq4_codes, iq4_table, load256, q4_0_codes, q5_codes};
 use super::kquants::{signed_column_sums, transpose8};
 use crate::simd::act::BlockQ8x32;
@@ -37,22 +37,41 @@ pub(super) struct TRun {
 }
 
 /// The group's activations (tokens `t0..t0 + n`, `nb` blocks each) as
-/// [`TRun`]s in `scratch`, `nb.div_ceil(8)` per token.
+/// [`TRun`]s, `nb.div_ceil(8)` per token: in the call's scratch, or, when
+/// the driver names the input (`id` non-zero), at their place in the
+/// thread's copy of every token (as [`super::kquants::transposed`]).
 ///
 /// # Safety
-/// The CPU runs AVX2; `x` holds tokens `t0..t0 + n` of `nb` blocks.
+/// The CPU runs AVX2; `x` holds tokens `t0..t0 + n` of `nb` blocks, and an
+/// `id` other than 0 always comes with the same `x` contents.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn transposed32(
     x: &[BlockQ8x32],
     t0: usize,
     n: usize,
     nb: usize,
-    scratch: &mut Scratch,
+    id: u64,
+    scratch: &mut (Scratch, Whole),
 ) -> (*const TRun, usize) {
     let runs = nb.div_ceil(8);
-    let mut p = scratch.room::<TRun>(n * runs);
-    let first = p as *const TRun;
-    for token in x[t0 * nb..(t0 + n) * nb].chunks_exact(nb) {
+    if id != 0 {
+        let tokens = x.len() / nb;
+        // SAFETY (closure): `p` has room for every token's runs.
+        let all = scratch.1.get::<TRun>(id, tokens * runs, |p| unsafe { transpose_runs(x, nb, p) });
+        return (all.add(t0 * runs), runs);
+    }
+    let p = scratch.0.room::<TRun>(n * runs);
+    transpose_runs(&x[t0 * nb..(t0 + n) * nb], nb, p);
+    (p, runs)
+}
+
+/// The tokens of `x` (`nb` blocks each) as [`TRun`]s at `p`.
+///
+/// # Safety
+/// The CPU runs AVX2; `p` has room for `nb.div_ceil(8)` runs per token.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn transpose_runs(x: &[BlockQ8x32], nb: usize, mut p: *mut TRun) {
+    for token in x.chunks_exact(nb) {
         for blocks in token.chunks(8) {
             let rows = std::array::from_fn(|k| match blocks.get(k) {
                 Some(b) => load256(b.qs.as_ptr() as *const u8),
@@ -63,7 +82,6 @@ pub(super) unsafe fn transposed32(
             p = p.add(1);
         }
     }
-    (first, runs)
 }
 
 /// One row of `nb` blocks of `ts` bytes against `N` tokens from
