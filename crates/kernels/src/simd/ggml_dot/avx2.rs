@@ -353,6 +353,16 @@ unsafe fn top2(h: __m256i) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q6_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
     let m4 = _mm256_set1_epi8(0x0F);
+    // Run r's scales, [sc[2r] x 8 | sc[2r + 1] x 8] as i16, are one byte
+    // shuffle (`pick[r]`) of the block's scales laid out as [even | odd]
+    // (`split`). Through `black_box`: with the masks as constants, LLVM
+    // rewrote each shuffle as two (`vpshuflw`/`vpshufhw` + `vpshufd`) plus a
+    // widening, and this loop is bound by the shuffle pipes.
+    let split = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    let pick: [__m256i; 8] = std::hint::black_box(std::array::from_fn(|r| {
+        let lo = 2 * r as i16;
+        _mm256_set1_epi16(((lo + 1) << 8) | lo)
+    }));
     let mut acc = _mm256_setzero_ps();
     for (i, xb) in x.iter().enumerate() {
         let b = row.add(i * 210);
@@ -360,6 +370,7 @@ unsafe fn dot_q6_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
         let d = f16_at(b.add(208)) * xb.d;
         let sc = load128(b.add(192));
         let offs = madd(_mm256_cvtepi8_epi16(sc), bsums(xb));
+        let split_sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, split));
         let mut sumi = _mm256_setzero_si256();
         for n in 0..2 {
             let ql0 = load256(b.add(64 * n));
@@ -372,9 +383,8 @@ unsafe fn dot_q6_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
                 _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4), top2(_mm256_srli_epi16::<6>(qh))),
             ];
             for (k, q) in runs.into_iter().enumerate() {
-                let g = (8 * n + 2 * k) as i64;
                 let p = mul_u8(q, load256(xq.add(128 * n + 32 * k)));
-                sumi = _mm256_add_epi32(sumi, madd(p, pair_i8(sc, g, g + 1)));
+                sumi = _mm256_add_epi32(sumi, madd(p, _mm256_shuffle_epi8(split_sc, pick[4 * n + k])));
             }
         }
         let sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32::<5>(offs));
