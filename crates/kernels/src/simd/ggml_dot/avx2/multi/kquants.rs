@@ -203,7 +203,11 @@ pub(super) unsafe fn dot_q45_k_t<const FIVE: bool, const N: usize>(
         let mins = _mm256_mul_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(m32));
         for t in 0..N {
             let xb = &*xs[t].add(i);
-            let sumi = if FIVE {
+            if !FIVE {
+                q4_k_token(&w, scales, mins, d, xb, acc.as_mut_ptr().add(t));
+                continue;
+            }
+            let sumi = {
                 let mut lo = mul_u8(w[0], xb.qs[0]);
                 let mut hi = mul_u8(w[4], xb.qs[4]);
                 for k in 1..4 {
@@ -211,12 +215,6 @@ pub(super) unsafe fn dot_q45_k_t<const FIVE: bool, const N: usize>(
                     hi = _mm256_add_epi16(hi, mul_u8(w[k + 4], xb.qs[k + 4]));
                 }
                 _mm256_add_epi32(madd(lo, scales), madd(hi, scales))
-            } else {
-                let mut s = mul_u8(w[0], xb.qs[0]);
-                for k in 1..8 {
-                    s = _mm256_add_epi16(s, mul_u8(w[k], xb.qs[k]));
-                }
-                madd(s, scales)
             };
             // The mins first: their inputs are ready long before `sumi`.
             acc[t] = _mm256_fnmadd_ps(mins, xb.xsums, acc[t]);
@@ -224,6 +222,68 @@ pub(super) unsafe fn dot_q45_k_t<const FIVE: bool, const N: usize>(
         }
     }
     acc.map(|a| hsum(a))
+}
+
+/// One (block, token) of Q4_K: `acc += d x_d (Σ_k w_k x_k) · scales - mins
+/// xsums`, lane by lane, with the eight code registers `w` as they are.
+///
+/// Written as one `asm!` block so that the token loop holds exactly the
+/// eleven block-wide registers and four temporaries (16 in all), with the
+/// accumulator in memory: from the intrinsics, LLVM interleaved the tokens,
+/// reassociated the i16 sums into trees and spilled code registers and
+/// rebuilt the scales per token, 44 stack moves per eight tokens, and the
+/// loop was bound by the load/store pipes (`llvm-mca -mcpu=znver3`).
+///
+/// # Safety
+/// The CPU runs AVX2 + FMA; `acc` is valid for a 32-byte read and write.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_k_token(w: &[__m256i; 8], scales: __m256i, mins: __m256, d: __m256, xb: &TBlock, acc: *mut __m256) {
+    std::arch::asm!(
+        "vpmaddubsw {s}, {w0}, ymmword ptr [{x}]",
+        "vpmaddubsw {t}, {w1}, ymmword ptr [{x} + 32]",
+        "vpaddw {s}, {s}, {t}",
+        "vpmaddubsw {t}, {w2}, ymmword ptr [{x} + 64]",
+        "vpaddw {s}, {s}, {t}",
+        "vpmaddubsw {t}, {w3}, ymmword ptr [{x} + 96]",
+        "vpaddw {s}, {s}, {t}",
+        "vpmaddubsw {t}, {w4}, ymmword ptr [{x} + 128]",
+        "vpaddw {s}, {s}, {t}",
+        "vpmaddubsw {t}, {w5}, ymmword ptr [{x} + 160]",
+        "vpaddw {s}, {s}, {t}",
+        "vpmaddubsw {t}, {w6}, ymmword ptr [{x} + 192]",
+        "vpaddw {s}, {s}, {t}",
+        "vpmaddubsw {t}, {w7}, ymmword ptr [{x} + 224]",
+        "vpaddw {s}, {s}, {t}",
+        "vpmaddwd {s}, {s}, {scales}",
+        "vcvtdq2ps {s}, {s}",
+        "vmovups {a}, ymmword ptr [{acc}]",
+        // The mins first: their inputs are ready long before the sum.
+        "vfnmadd231ps {a}, {mins}, ymmword ptr [{x} + {xsums}]",
+        "vmulps {f}, {d}, ymmword ptr [{x} + {xd}]",
+        "vfmadd231ps {a}, {f}, {s}",
+        "vmovups ymmword ptr [{acc}], {a}",
+        x = in(reg) xb as *const TBlock,
+        acc = in(reg) acc,
+        w0 = in(ymm_reg) w[0],
+        w1 = in(ymm_reg) w[1],
+        w2 = in(ymm_reg) w[2],
+        w3 = in(ymm_reg) w[3],
+        w4 = in(ymm_reg) w[4],
+        w5 = in(ymm_reg) w[5],
+        w6 = in(ymm_reg) w[6],
+        w7 = in(ymm_reg) w[7],
+        scales = in(ymm_reg) scales,
+        mins = in(ymm_reg) mins,
+        d = in(ymm_reg) d,
+        s = out(ymm_reg) _,
+        t = out(ymm_reg) _,
+        f = out(ymm_reg) _,
+        a = out(ymm_reg) _,
+        xsums = const std::mem::offset_of!(TBlock, xsums),
+        xd = const std::mem::offset_of!(TBlock, d),
+        options(nostack, preserves_flags),
+    );
 }
 
 /// # Safety
@@ -283,17 +343,73 @@ pub(super) unsafe fn dot_q6_k_t<const N: usize>(row: *const u8, xs: [*const TBlo
                 _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4), top2(_mm256_srli_epi16::<6>(qh)));
         }
         let w = transpose8(ORDER.map(|j| runs[j]));
-        for t in 0..N {
-            let xb = &*xs[t].add(i);
-            let pair = |k: usize| _mm256_add_epi16(mul_u8(w[k], xb.qs[k]), mul_u8(w[k + 1], xb.qs[k + 1]));
-            let lo = _mm256_add_epi32(madd(pair(0), sc_lo), madd(pair(2), sc_lo));
-            let hi = _mm256_add_epi32(madd(pair(4), sc_hi), madd(pair(6), sc_hi));
-            let offs = madd(sc16, xb.bsums);
-            let s = _mm256_sub_epi32(_mm256_add_epi32(lo, hi), _mm256_slli_epi32::<5>(offs));
-            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, xb.d), _mm256_cvtepi32_ps(s), acc[t]);
+        for (t, a) in acc.iter_mut().enumerate() {
+            q6_k_token(&w, [sc_lo, sc_hi, sc16], d, &*xs[t].add(i), a);
         }
     }
     acc.map(|a| hsum(a))
+}
+
+/// One (block, token) of Q6_K: `acc += d x_d (Σ pairs · scales - 32
+/// sc · bsums)`, as [`q4_k_token`] for the same reason (here 12 block-wide
+/// registers and three temporaries).
+///
+/// # Safety
+/// The CPU runs AVX2 + FMA.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k_token(w: &[__m256i; 8], [sc_lo, sc_hi, sc16]: [__m256i; 3], d: __m256, xb: &TBlock, acc: &mut __m256) {
+    std::arch::asm!(
+        // Column pairs (0, 1), (2, 3) take the scales of groups 2 ORDER[k], ...
+        "vpmaddubsw {p}, {w0}, ymmword ptr [{x}]",
+        "vpmaddubsw {t}, {w1}, ymmword ptr [{x} + 32]",
+        "vpaddw {p}, {p}, {t}",
+        "vpmaddwd {s}, {p}, {sc_lo}",
+        "vpmaddubsw {p}, {w2}, ymmword ptr [{x} + 64]",
+        "vpmaddubsw {t}, {w3}, ymmword ptr [{x} + 96]",
+        "vpaddw {p}, {p}, {t}",
+        "vpmaddwd {p}, {p}, {sc_lo}",
+        "vpaddd {s}, {s}, {p}",
+        // ... (4, 5), (6, 7) those of groups 2 ORDER[k] + 1.
+        "vpmaddubsw {p}, {w4}, ymmword ptr [{x} + 128]",
+        "vpmaddubsw {t}, {w5}, ymmword ptr [{x} + 160]",
+        "vpaddw {p}, {p}, {t}",
+        "vpmaddwd {p}, {p}, {sc_hi}",
+        "vpaddd {s}, {s}, {p}",
+        "vpmaddubsw {p}, {w6}, ymmword ptr [{x} + 192]",
+        "vpmaddubsw {t}, {w7}, ymmword ptr [{x} + 224]",
+        "vpaddw {p}, {p}, {t}",
+        "vpmaddwd {p}, {p}, {sc_hi}",
+        "vpaddd {s}, {s}, {p}",
+        // The codes' offset: - 32 Σ_groups sc bsums.
+        "vpmaddwd {p}, {sc16}, ymmword ptr [{x} + {bsums}]",
+        "vpslld {p}, {p}, 5",
+        "vpsubd {s}, {s}, {p}",
+        "vcvtdq2ps {s}, {s}",
+        "vmulps {p}, {d}, ymmword ptr [{x} + {xd}]",
+        "vfmadd213ps {s}, {p}, ymmword ptr [{acc}]",
+        "vmovups ymmword ptr [{acc}], {s}",
+        x = in(reg) xb as *const TBlock,
+        acc = in(reg) acc as *mut __m256,
+        w0 = in(ymm_reg) w[0],
+        w1 = in(ymm_reg) w[1],
+        w2 = in(ymm_reg) w[2],
+        w3 = in(ymm_reg) w[3],
+        w4 = in(ymm_reg) w[4],
+        w5 = in(ymm_reg) w[5],
+        w6 = in(ymm_reg) w[6],
+        w7 = in(ymm_reg) w[7],
+        sc_lo = in(ymm_reg) sc_lo,
+        sc_hi = in(ymm_reg) sc_hi,
+        sc16 = in(ymm_reg) sc16,
+        d = in(ymm_reg) d,
+        s = out(ymm_reg) _,
+        p = out(ymm_reg) _,
+        t = out(ymm_reg) _,
+        bsums = const std::mem::offset_of!(TBlock, bsums),
+        xd = const std::mem::offset_of!(TBlock, d),
+        options(nostack, preserves_flags),
+    );
 }
 
 /// IQ4_XS against activations from [`transposed`]: each sub-block's 32
