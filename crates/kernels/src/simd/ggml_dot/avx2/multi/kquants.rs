@@ -29,8 +29,9 @@
 use std::arch::x86_64::*;
 
 use super::super::super::scratch::{Scratch, Whole};
+use super::steps;
 use super::super::{
-    bsums, f16_at, hsum, iq4_codes, iq4_table, iq4_xs_ls32, load128, load256, madd, mul_u8, scales_mins_k4, top2,
+    bsums, f16_at, hsum, iq4_codes, iq4_table, iq4_xs_ls32, load128, load256, madd, scales_mins_k4, top2,
 };
 use crate::simd::act::BlockQ8K;
 
@@ -45,17 +46,17 @@ const ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
 /// sit at offset 4 of 292 bytes: half of their 32-byte loads do).
 #[repr(C, align(32))]
 pub(super) struct TBlock {
-    qs: [__m256i; 8],
-    bsums: __m256i,
+    pub(super) qs: [__m256i; 8],
+    pub(super) bsums: __m256i,
     /// Lane `k`: `d` times the sum of the 32 codes of sub-block `k` (in
     /// order, not [`ORDER`]). Q4_K / Q5_K's mins term is then one f32 FMA
     /// against the weight row's `dmin · m_k` per (block, token), instead of
     /// an integer multiply, a convert, a scalar product and an FMA.
-    xsums: __m256,
+    pub(super) xsums: __m256,
     /// The activation scale in every lane, so that its product with the
     /// weight block's scale is one vector multiply (a scalar product would
     /// need a broadcast as well).
-    d: __m256,
+    pub(super) d: __m256,
 }
 
 /// The group's activation blocks (tokens `t0..t0 + n`) as [`TBlock`]s: in
@@ -203,87 +204,14 @@ pub(super) unsafe fn dot_q45_k_t<const FIVE: bool, const N: usize>(
         let mins = _mm256_mul_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(m32));
         for t in 0..N {
             let xb = &*xs[t].add(i);
-            if !FIVE {
-                q4_k_token(&w, scales, mins, d, xb, acc.as_mut_ptr().add(t));
-                continue;
+            if FIVE {
+                steps::q5_k(&w, scales, mins, d, xb, &mut acc[t]);
+            } else {
+                steps::q4_k(&w, scales, mins, d, xb, &mut acc[t]);
             }
-            let sumi = {
-                let mut lo = mul_u8(w[0], xb.qs[0]);
-                let mut hi = mul_u8(w[4], xb.qs[4]);
-                for k in 1..4 {
-                    lo = _mm256_add_epi16(lo, mul_u8(w[k], xb.qs[k]));
-                    hi = _mm256_add_epi16(hi, mul_u8(w[k + 4], xb.qs[k + 4]));
-                }
-                _mm256_add_epi32(madd(lo, scales), madd(hi, scales))
-            };
-            // The mins first: their inputs are ready long before `sumi`.
-            acc[t] = _mm256_fnmadd_ps(mins, xb.xsums, acc[t]);
-            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, xb.d), _mm256_cvtepi32_ps(sumi), acc[t]);
         }
     }
     acc.map(|a| hsum(a))
-}
-
-/// One (block, token) of Q4_K: `acc += d x_d (Σ_k w_k x_k) · scales - mins
-/// xsums`, lane by lane, with the eight code registers `w` as they are.
-///
-/// Written as one `asm!` block so that the token loop holds exactly the
-/// eleven block-wide registers and four temporaries (16 in all), with the
-/// accumulator in memory: from the intrinsics, LLVM interleaved the tokens,
-/// reassociated the i16 sums into trees and spilled code registers and
-/// rebuilt the scales per token, 44 stack moves per eight tokens, and the
-/// loop was bound by the load/store pipes (`llvm-mca -mcpu=znver3`).
-///
-/// # Safety
-/// The CPU runs AVX2 + FMA; `acc` is valid for a 32-byte read and write.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_k_token(w: &[__m256i; 8], scales: __m256i, mins: __m256, d: __m256, xb: &TBlock, acc: *mut __m256) {
-    std::arch::asm!(
-        "vpmaddubsw {s}, {w0}, ymmword ptr [{x}]",
-        "vpmaddubsw {t}, {w1}, ymmword ptr [{x} + 32]",
-        "vpaddw {s}, {s}, {t}",
-        "vpmaddubsw {t}, {w2}, ymmword ptr [{x} + 64]",
-        "vpaddw {s}, {s}, {t}",
-        "vpmaddubsw {t}, {w3}, ymmword ptr [{x} + 96]",
-        "vpaddw {s}, {s}, {t}",
-        "vpmaddubsw {t}, {w4}, ymmword ptr [{x} + 128]",
-        "vpaddw {s}, {s}, {t}",
-        "vpmaddubsw {t}, {w5}, ymmword ptr [{x} + 160]",
-        "vpaddw {s}, {s}, {t}",
-        "vpmaddubsw {t}, {w6}, ymmword ptr [{x} + 192]",
-        "vpaddw {s}, {s}, {t}",
-        "vpmaddubsw {t}, {w7}, ymmword ptr [{x} + 224]",
-        "vpaddw {s}, {s}, {t}",
-        "vpmaddwd {s}, {s}, {scales}",
-        "vcvtdq2ps {s}, {s}",
-        "vmovups {a}, ymmword ptr [{acc}]",
-        // The mins first: their inputs are ready long before the sum.
-        "vfnmadd231ps {a}, {mins}, ymmword ptr [{x} + {xsums}]",
-        "vmulps {f}, {d}, ymmword ptr [{x} + {xd}]",
-        "vfmadd231ps {a}, {f}, {s}",
-        "vmovups ymmword ptr [{acc}], {a}",
-        x = in(reg) xb as *const TBlock,
-        acc = in(reg) acc,
-        w0 = in(ymm_reg) w[0],
-        w1 = in(ymm_reg) w[1],
-        w2 = in(ymm_reg) w[2],
-        w3 = in(ymm_reg) w[3],
-        w4 = in(ymm_reg) w[4],
-        w5 = in(ymm_reg) w[5],
-        w6 = in(ymm_reg) w[6],
-        w7 = in(ymm_reg) w[7],
-        scales = in(ymm_reg) scales,
-        mins = in(ymm_reg) mins,
-        d = in(ymm_reg) d,
-        s = out(ymm_reg) _,
-        t = out(ymm_reg) _,
-        f = out(ymm_reg) _,
-        a = out(ymm_reg) _,
-        xsums = const std::mem::offset_of!(TBlock, xsums),
-        xd = const std::mem::offset_of!(TBlock, d),
-        options(nostack, preserves_flags),
-    );
 }
 
 /// # Safety
@@ -344,72 +272,10 @@ pub(super) unsafe fn dot_q6_k_t<const N: usize>(row: *const u8, xs: [*const TBlo
         }
         let w = transpose8(ORDER.map(|j| runs[j]));
         for (t, a) in acc.iter_mut().enumerate() {
-            q6_k_token(&w, [sc_lo, sc_hi, sc16], d, &*xs[t].add(i), a);
+            steps::q6_k(&w, [sc_lo, sc_hi, sc16], d, &*xs[t].add(i), a);
         }
     }
     acc.map(|a| hsum(a))
-}
-
-/// One (block, token) of Q6_K: `acc += d x_d (Σ pairs · scales - 32
-/// sc · bsums)`, as [`q4_k_token`] for the same reason (here 12 block-wide
-/// registers and three temporaries).
-///
-/// # Safety
-/// The CPU runs AVX2 + FMA.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q6_k_token(w: &[__m256i; 8], [sc_lo, sc_hi, sc16]: [__m256i; 3], d: __m256, xb: &TBlock, acc: &mut __m256) {
-    std::arch::asm!(
-        // Column pairs (0, 1), (2, 3) take the scales of groups 2 ORDER[k], ...
-        "vpmaddubsw {p}, {w0}, ymmword ptr [{x}]",
-        "vpmaddubsw {t}, {w1}, ymmword ptr [{x} + 32]",
-        "vpaddw {p}, {p}, {t}",
-        "vpmaddwd {s}, {p}, {sc_lo}",
-        "vpmaddubsw {p}, {w2}, ymmword ptr [{x} + 64]",
-        "vpmaddubsw {t}, {w3}, ymmword ptr [{x} + 96]",
-        "vpaddw {p}, {p}, {t}",
-        "vpmaddwd {p}, {p}, {sc_lo}",
-        "vpaddd {s}, {s}, {p}",
-        // ... (4, 5), (6, 7) those of groups 2 ORDER[k] + 1.
-        "vpmaddubsw {p}, {w4}, ymmword ptr [{x} + 128]",
-        "vpmaddubsw {t}, {w5}, ymmword ptr [{x} + 160]",
-        "vpaddw {p}, {p}, {t}",
-        "vpmaddwd {p}, {p}, {sc_hi}",
-        "vpaddd {s}, {s}, {p}",
-        "vpmaddubsw {p}, {w6}, ymmword ptr [{x} + 192]",
-        "vpmaddubsw {t}, {w7}, ymmword ptr [{x} + 224]",
-        "vpaddw {p}, {p}, {t}",
-        "vpmaddwd {p}, {p}, {sc_hi}",
-        "vpaddd {s}, {s}, {p}",
-        // The codes' offset: - 32 Σ_groups sc bsums.
-        "vpmaddwd {p}, {sc16}, ymmword ptr [{x} + {bsums}]",
-        "vpslld {p}, {p}, 5",
-        "vpsubd {s}, {s}, {p}",
-        "vcvtdq2ps {s}, {s}",
-        "vmulps {p}, {d}, ymmword ptr [{x} + {xd}]",
-        "vfmadd213ps {s}, {p}, ymmword ptr [{acc}]",
-        "vmovups ymmword ptr [{acc}], {s}",
-        x = in(reg) xb as *const TBlock,
-        acc = in(reg) acc as *mut __m256,
-        w0 = in(ymm_reg) w[0],
-        w1 = in(ymm_reg) w[1],
-        w2 = in(ymm_reg) w[2],
-        w3 = in(ymm_reg) w[3],
-        w4 = in(ymm_reg) w[4],
-        w5 = in(ymm_reg) w[5],
-        w6 = in(ymm_reg) w[6],
-        w7 = in(ymm_reg) w[7],
-        sc_lo = in(ymm_reg) sc_lo,
-        sc_hi = in(ymm_reg) sc_hi,
-        sc16 = in(ymm_reg) sc16,
-        d = in(ymm_reg) d,
-        s = out(ymm_reg) _,
-        p = out(ymm_reg) _,
-        t = out(ymm_reg) _,
-        bsums = const std::mem::offset_of!(TBlock, bsums),
-        xd = const std::mem::offset_of!(TBlock, d),
-        options(nostack, preserves_flags),
-    );
 }
 
 /// IQ4_XS against activations from [`transposed`]: each sub-block's 32
@@ -434,30 +300,11 @@ pub(super) unsafe fn dot_iq4_xs_t<const N: usize>(row: *const u8, xs: [*const TB
         let ls = _mm256_permutevar8x32_epi32(iq4_xs_ls32(b), order);
         let scale = _mm256_mul_ps(_mm256_set1_ps(f16_at(b)), _mm256_cvtepi32_ps(ls));
         let w = transpose8(ORDER.map(|j| iq4_codes(table, b.add(8 + 16 * j))));
-        let s = signed_column_sums::<N>(&w, std::array::from_fn(|t| &(*xs[t].add(i)).qs));
-        for t in 0..N {
-            let xd = (*xs[t].add(i)).d;
-            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(scale, xd), _mm256_cvtepi32_ps(s[t]), acc[t]);
+        let aw = w.map(|c| _mm256_sign_epi8(c, c));
+        for (t, a) in acc.iter_mut().enumerate() {
+            let xb = &*xs[t].add(i);
+            steps::signed(&aw, &w, scale, xb.qs.as_ptr(), &xb.d, a);
         }
     }
     acc.map(|a| hsum(a))
-}
-
-/// Per token, the eight columns of signed codes `w` against the token's
-/// eight columns `x[t]`, summed lane by lane as i32: the sign trick, then
-/// each column's `vpmaddubsw` widened on its own (a lane is at most
-/// 2 · 2 · 128 · 127 per column, so no i16 sum across columns is safe).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn signed_column_sums<const N: usize>(w: &[__m256i; 8], x: [&[__m256i; 8]; N]) -> [__m256i; N] {
-    let ones = _mm256_set1_epi16(1);
-    let aw = w.map(|c| _mm256_sign_epi8(c, c));
-    let mut s = [_mm256_setzero_si256(); N];
-    for c in 0..8 {
-        for t in 0..N {
-            let p = madd(_mm256_maddubs_epi16(aw[c], _mm256_sign_epi8(x[t][c], w[c])), ones);
-            s[t] = _mm256_add_epi32(s[t], p);
-        }
-    }
-    s
 }

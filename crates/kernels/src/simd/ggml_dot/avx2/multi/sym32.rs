@@ -24,7 +24,8 @@ use std::arch::x86_64::*;
 
 use super::super::super::scratch::{Scratch, Whole};
 use super::super::{hsum, iq4_codes, iq4_table, load256, q4_0_codes, q5_codes};
-use super::kquants::{signed_column_sums, transpose8};
+use super::kquants::transpose8;
+use super::steps;
 use crate::simd::act::BlockQ8x32;
 
 /// Eight consecutive activation blocks of one token as [`dot_sym32_t`] reads
@@ -113,10 +114,11 @@ unsafe fn dot_sym32_t<const N: usize>(
             *hk = (b.add(k * ts) as *const u16).read_unaligned();
         }
         let dw = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i));
-        let s = signed_column_sums::<N>(&transpose8(rows), std::array::from_fn(|t| &(*xs[t].add(r)).cols));
-        for t in 0..N {
-            let d = _mm256_mul_ps(dw, (*xs[t].add(r)).d);
-            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s[t]), acc[t]);
+        let w = transpose8(rows);
+        let aw = w.map(|c| _mm256_sign_epi8(c, c));
+        for (t, a) in acc.iter_mut().enumerate() {
+            let xr = &*xs[t].add(r);
+            steps::signed(&aw, &w, dw, xr.cols.as_ptr(), &xr.d, a);
         }
     }
     acc.map(|a| hsum(a))

@@ -1,0 +1,270 @@
+//! The token steps of the transposed many-token kernels: one weight block
+//! (or run of eight blocks) against one token, accumulated in memory, each
+//! written as a single `asm!` block.
+//!
+//! Why assembly: a step needs the block's eight code registers, its scale
+//! vectors and a few temporaries, 12 to 15 of AVX2's 16 registers. From the
+//! same code as intrinsics LLVM interleaved the group's eight tokens,
+//! reassociated each token's i16 sums into trees and so ran out of
+//! registers: it spilled code registers and accumulators and rebuilt
+//! scale vectors inside the token loop (Q4_K: 44 stack moves per block and
+//! eight tokens), and the loop was bound by the load/store pipes rather than
+//! by the multiplies (`llvm-mca -mcpu=znver3`). Here each block-wide value
+//! is an input register that stays put across the group's steps, and only
+//! the token's own accumulator goes through memory (one load and one store
+//! per step, against eight to sixteen loads of activations).
+//!
+//! Every step does the integer sums and the f32 operations of the
+//! intrinsics it replaces, in the same order, so the results are the same
+//! bits; the kernels' tests compare them with the single-token kernels.
+//!
+//! Each `# Safety`: the CPU runs AVX2 + FMA, and every pointer is valid for
+//! the 32-byte reads (and, for `acc`, the write) the step makes.
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::mem::offset_of;
+
+use super::kquants::TBlock;
+
+/// Q4_K: `acc += d x_d (Σ_k w_k x_k) · scales - mins xsums` per lane, the
+/// eight `vpmaddubsw` summed as i16 (see [`super::kquants`]).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn q4_k(w: &[__m256i; 8], scales: __m256i, mins: __m256, d: __m256, xb: &TBlock, acc: &mut __m256) {
+    asm!(
+        "vpmaddubsw {s}, {w0}, ymmword ptr [{x}]",
+        "vpmaddubsw {t}, {w1}, ymmword ptr [{x} + 32]",
+        "vpaddw {s}, {s}, {t}",
+        "vpmaddubsw {t}, {w2}, ymmword ptr [{x} + 64]",
+        "vpaddw {s}, {s}, {t}",
+        "vpmaddubsw {t}, {w3}, ymmword ptr [{x} + 96]",
+        "vpaddw {s}, {s}, {t}",
+        "vpmaddubsw {t}, {w4}, ymmword ptr [{x} + 128]",
+        "vpaddw {s}, {s}, {t}",
+        "vpmaddubsw {t}, {w5}, ymmword ptr [{x} + 160]",
+        "vpaddw {s}, {s}, {t}",
+        "vpmaddubsw {t}, {w6}, ymmword ptr [{x} + 192]",
+        "vpaddw {s}, {s}, {t}",
+        "vpmaddubsw {t}, {w7}, ymmword ptr [{x} + 224]",
+        "vpaddw {s}, {s}, {t}",
+        "vpmaddwd {s}, {s}, {scales}",
+        "vcvtdq2ps {s}, {s}",
+        "vmovups {a}, ymmword ptr [{acc}]",
+        // The mins first: their inputs are ready long before the sum.
+        "vfnmadd231ps {a}, {mins}, ymmword ptr [{x} + {xsums}]",
+        "vmulps {t}, {d}, ymmword ptr [{x} + {xd}]",
+        "vfmadd231ps {a}, {t}, {s}",
+        "vmovups ymmword ptr [{acc}], {a}",
+        x = in(reg) xb as *const TBlock,
+        acc = in(reg) acc as *mut __m256,
+        w0 = in(ymm_reg) w[0],
+        w1 = in(ymm_reg) w[1],
+        w2 = in(ymm_reg) w[2],
+        w3 = in(ymm_reg) w[3],
+        w4 = in(ymm_reg) w[4],
+        w5 = in(ymm_reg) w[5],
+        w6 = in(ymm_reg) w[6],
+        w7 = in(ymm_reg) w[7],
+        scales = in(ymm_reg) scales,
+        mins = in(ymm_reg) mins,
+        d = in(ymm_reg) d,
+        s = out(ymm_reg) _,
+        t = out(ymm_reg) _,
+        a = out(ymm_reg) _,
+        xsums = const offset_of!(TBlock, xsums),
+        xd = const offset_of!(TBlock, d),
+        options(nostack, preserves_flags),
+    );
+}
+
+/// Q5_K: as [`q4_k`], the codes reaching 31, so the i16 sums take four
+/// columns at a time (`lo`, `hi`), each widened by the scales on its own.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn q5_k(w: &[__m256i; 8], scales: __m256i, mins: __m256, d: __m256, xb: &TBlock, acc: &mut __m256) {
+    asm!(
+        "vpmaddubsw {lo}, {w0}, ymmword ptr [{x}]",
+        "vpmaddubsw {t}, {w1}, ymmword ptr [{x} + 32]",
+        "vpaddw {lo}, {lo}, {t}",
+        "vpmaddubsw {t}, {w2}, ymmword ptr [{x} + 64]",
+        "vpaddw {lo}, {lo}, {t}",
+        "vpmaddubsw {t}, {w3}, ymmword ptr [{x} + 96]",
+        "vpaddw {lo}, {lo}, {t}",
+        "vpmaddubsw {hi}, {w4}, ymmword ptr [{x} + 128]",
+        "vpmaddubsw {t}, {w5}, ymmword ptr [{x} + 160]",
+        "vpaddw {hi}, {hi}, {t}",
+        "vpmaddubsw {t}, {w6}, ymmword ptr [{x} + 192]",
+        "vpaddw {hi}, {hi}, {t}",
+        "vpmaddubsw {t}, {w7}, ymmword ptr [{x} + 224]",
+        "vpaddw {hi}, {hi}, {t}",
+        "vpmaddwd {lo}, {lo}, {scales}",
+        "vpmaddwd {hi}, {hi}, {scales}",
+        "vpaddd {lo}, {lo}, {hi}",
+        "vcvtdq2ps {lo}, {lo}",
+        "vmovups {a}, ymmword ptr [{acc}]",
+        "vfnmadd231ps {a}, {mins}, ymmword ptr [{x} + {xsums}]",
+        "vmulps {t}, {d}, ymmword ptr [{x} + {xd}]",
+        "vfmadd231ps {a}, {t}, {lo}",
+        "vmovups ymmword ptr [{acc}], {a}",
+        x = in(reg) xb as *const TBlock,
+        acc = in(reg) acc as *mut __m256,
+        w0 = in(ymm_reg) w[0],
+        w1 = in(ymm_reg) w[1],
+        w2 = in(ymm_reg) w[2],
+        w3 = in(ymm_reg) w[3],
+        w4 = in(ymm_reg) w[4],
+        w5 = in(ymm_reg) w[5],
+        w6 = in(ymm_reg) w[6],
+        w7 = in(ymm_reg) w[7],
+        scales = in(ymm_reg) scales,
+        mins = in(ymm_reg) mins,
+        d = in(ymm_reg) d,
+        lo = out(ymm_reg) _,
+        hi = out(ymm_reg) _,
+        t = out(ymm_reg) _,
+        a = out(ymm_reg) _,
+        xsums = const offset_of!(TBlock, xsums),
+        xd = const offset_of!(TBlock, d),
+        options(nostack, preserves_flags),
+    );
+}
+
+/// Q6_K: `acc += d x_d (Σ pairs · scales - 32 sc · bsums)` per lane. The
+/// codes reach 63, so the i16 sums take two columns at a time; columns 0..4
+/// take the scales of groups `2 ORDER[k]` (`sc_lo`), 4..8 those of
+/// `2 ORDER[k] + 1` (`sc_hi`); `sc16` are the sixteen group scales against
+/// the activations' group sums (the codes' `- 32`).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn q6_k(w: &[__m256i; 8], [sc_lo, sc_hi, sc16]: [__m256i; 3], d: __m256, xb: &TBlock, acc: &mut __m256) {
+    asm!(
+        "vpmaddubsw {p}, {w0}, ymmword ptr [{x}]",
+        "vpmaddubsw {t}, {w1}, ymmword ptr [{x} + 32]",
+        "vpaddw {p}, {p}, {t}",
+        "vpmaddwd {s}, {p}, {sc_lo}",
+        "vpmaddubsw {p}, {w2}, ymmword ptr [{x} + 64]",
+        "vpmaddubsw {t}, {w3}, ymmword ptr [{x} + 96]",
+        "vpaddw {p}, {p}, {t}",
+        "vpmaddwd {p}, {p}, {sc_lo}",
+        "vpaddd {s}, {s}, {p}",
+        "vpmaddubsw {p}, {w4}, ymmword ptr [{x} + 128]",
+        "vpmaddubsw {t}, {w5}, ymmword ptr [{x} + 160]",
+        "vpaddw {p}, {p}, {t}",
+        "vpmaddwd {p}, {p}, {sc_hi}",
+        "vpaddd {s}, {s}, {p}",
+        "vpmaddubsw {p}, {w6}, ymmword ptr [{x} + 192]",
+        "vpmaddubsw {t}, {w7}, ymmword ptr [{x} + 224]",
+        "vpaddw {p}, {p}, {t}",
+        "vpmaddwd {p}, {p}, {sc_hi}",
+        "vpaddd {s}, {s}, {p}",
+        "vpmaddwd {p}, {sc16}, ymmword ptr [{x} + {bsums}]",
+        "vpslld {p}, {p}, 5",
+        "vpsubd {s}, {s}, {p}",
+        "vcvtdq2ps {s}, {s}",
+        "vmulps {p}, {d}, ymmword ptr [{x} + {xd}]",
+        "vfmadd213ps {s}, {p}, ymmword ptr [{acc}]",
+        "vmovups ymmword ptr [{acc}], {s}",
+        x = in(reg) xb as *const TBlock,
+        acc = in(reg) acc as *mut __m256,
+        w0 = in(ymm_reg) w[0],
+        w1 = in(ymm_reg) w[1],
+        w2 = in(ymm_reg) w[2],
+        w3 = in(ymm_reg) w[3],
+        w4 = in(ymm_reg) w[4],
+        w5 = in(ymm_reg) w[5],
+        w6 = in(ymm_reg) w[6],
+        w7 = in(ymm_reg) w[7],
+        sc_lo = in(ymm_reg) sc_lo,
+        sc_hi = in(ymm_reg) sc_hi,
+        sc16 = in(ymm_reg) sc16,
+        d = in(ymm_reg) d,
+        s = out(ymm_reg) _,
+        p = out(ymm_reg) _,
+        t = out(ymm_reg) _,
+        bsums = const offset_of!(TBlock, bsums),
+        xd = const offset_of!(TBlock, d),
+        options(nostack, preserves_flags),
+    );
+}
+
+/// Signed codes (IQ4_XS, and Q8_0 / Q4_0 / Q5_0 / IQ4_NL runs of eight
+/// blocks): `acc += scale x_d Σ_c |w_c| · sign(x_c, w_c)` per lane, where
+/// `aw` holds the eight columns' absolute values and `w` (in memory: the
+/// step has room for only one set in registers) the codes themselves. Each
+/// column's `vpmaddubsw` goes to i32 on its own (a lane is at most
+/// 2 · 2 · 128 · 127 per column, so no i16 sum across columns is safe).
+/// `x` points at the token's eight columns, `xd` at its scale vector.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn signed(
+    aw: &[__m256i; 8],
+    w: &[__m256i; 8],
+    scale: __m256,
+    x: *const __m256i,
+    xd: *const __m256,
+    acc: &mut __m256,
+) {
+    asm!(
+        "vmovdqu {t}, ymmword ptr [{x}]",
+        "vpsignb {t}, {t}, ymmword ptr [{w}]",
+        "vpmaddubsw {t}, {a0}, {t}",
+        "vpmaddwd {s}, {t}, {ones}",
+        "vmovdqu {t}, ymmword ptr [{x} + 32]",
+        "vpsignb {t}, {t}, ymmword ptr [{w} + 32]",
+        "vpmaddubsw {t}, {a1}, {t}",
+        "vpmaddwd {t}, {t}, {ones}",
+        "vpaddd {s}, {s}, {t}",
+        "vmovdqu {t}, ymmword ptr [{x} + 64]",
+        "vpsignb {t}, {t}, ymmword ptr [{w} + 64]",
+        "vpmaddubsw {t}, {a2}, {t}",
+        "vpmaddwd {t}, {t}, {ones}",
+        "vpaddd {s}, {s}, {t}",
+        "vmovdqu {t}, ymmword ptr [{x} + 96]",
+        "vpsignb {t}, {t}, ymmword ptr [{w} + 96]",
+        "vpmaddubsw {t}, {a3}, {t}",
+        "vpmaddwd {t}, {t}, {ones}",
+        "vpaddd {s}, {s}, {t}",
+        "vmovdqu {t}, ymmword ptr [{x} + 128]",
+        "vpsignb {t}, {t}, ymmword ptr [{w} + 128]",
+        "vpmaddubsw {t}, {a4}, {t}",
+        "vpmaddwd {t}, {t}, {ones}",
+        "vpaddd {s}, {s}, {t}",
+        "vmovdqu {t}, ymmword ptr [{x} + 160]",
+        "vpsignb {t}, {t}, ymmword ptr [{w} + 160]",
+        "vpmaddubsw {t}, {a5}, {t}",
+        "vpmaddwd {t}, {t}, {ones}",
+        "vpaddd {s}, {s}, {t}",
+        "vmovdqu {t}, ymmword ptr [{x} + 192]",
+        "vpsignb {t}, {t}, ymmword ptr [{w} + 192]",
+        "vpmaddubsw {t}, {a6}, {t}",
+        "vpmaddwd {t}, {t}, {ones}",
+        "vpaddd {s}, {s}, {t}",
+        "vmovdqu {t}, ymmword ptr [{x} + 224]",
+        "vpsignb {t}, {t}, ymmword ptr [{w} + 224]",
+        "vpmaddubsw {t}, {a7}, {t}",
+        "vpmaddwd {t}, {t}, {ones}",
+        "vpaddd {s}, {s}, {t}",
+        "vcvtdq2ps {s}, {s}",
+        "vmulps {t}, {scale}, ymmword ptr [{xd}]",
+        "vfmadd213ps {s}, {t}, ymmword ptr [{acc}]",
+        "vmovups ymmword ptr [{acc}], {s}",
+        x = in(reg) x,
+        w = in(reg) w.as_ptr(),
+        xd = in(reg) xd,
+        acc = in(reg) acc as *mut __m256,
+        a0 = in(ymm_reg) aw[0],
+        a1 = in(ymm_reg) aw[1],
+        a2 = in(ymm_reg) aw[2],
+        a3 = in(ymm_reg) aw[3],
+        a4 = in(ymm_reg) aw[4],
+        a5 = in(ymm_reg) aw[5],
+        a6 = in(ymm_reg) aw[6],
+        a7 = in(ymm_reg) aw[7],
+        ones = in(ymm_reg) _mm256_set1_epi16(1),
+        scale = in(ymm_reg) scale,
+        s = out(ymm_reg) _,
+        t = out(ymm_reg) _,
+        options(nostack, preserves_flags),
+    );
+}
