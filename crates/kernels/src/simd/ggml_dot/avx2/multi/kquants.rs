@@ -29,10 +29,10 @@
 use std::arch::x86_64::*;
 
 use super::super::super::scratch::{Scratch, Whole};
-use super::steps;
 use super::super::{
     bsums, f16_at, hsum, iq4_codes, iq4_table, iq4_xs_ls32, load128, load256, madd, scales_mins_k4, top2,
 };
+use super::steps;
 use crate::simd::act::BlockQ8K;
 
 /// The sub-block in u32 lane `k` of a transposed register: the nibble split

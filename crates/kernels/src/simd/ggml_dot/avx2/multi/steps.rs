@@ -137,7 +137,13 @@ pub(super) unsafe fn q5_k(w: &[__m256i; 8], scales: __m256i, mins: __m256, d: __
 /// the activations' group sums (the codes' `- 32`).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn q6_k(w: &[__m256i; 8], [sc_lo, sc_hi, sc16]: [__m256i; 3], d: __m256, xb: &TBlock, acc: &mut __m256) {
+pub(super) unsafe fn q6_k(
+    w: &[__m256i; 8],
+    [sc_lo, sc_hi, sc16]: [__m256i; 3],
+    d: __m256,
+    xb: &TBlock,
+    acc: &mut __m256,
+) {
     asm!(
         "vpmaddubsw {p}, {w0}, ymmword ptr [{x}]",
         "vpmaddubsw {t}, {w1}, ymmword ptr [{x} + 32]",
