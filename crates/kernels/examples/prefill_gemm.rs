@@ -11,7 +11,7 @@
 //! and the share of `matmul`'s time spent quantizing the activations.
 //!
 //! `cargo run --release -p qmoe-kernels --example prefill_gemm -- [FORMAT ...]
-//!  [--tokens 64] [--iters 9]`; FORMAT: q4k q5k q6k q8_0 q4_0 iq4xs a4 a8
+//!  [--tokens 64] [--iters 9]`; FORMAT: q4k q5k q6k q8_0 q4_0 iq4xs a4 a8 bf16
 //! (default q4k q6k q8_0 a4). Shapes: `[512 x 2048]` (an expert's gate/up)
 //! and `[2048 x 512]` (its down projection).
 
@@ -107,6 +107,19 @@ fn main() {
             let flops = 2.0 * (rows * cols * tokens) as f64;
             let gf = |sec: f64| flops / sec / 1e9;
             let mut y = vec![0.0f32; tokens * rows];
+            if name == "bf16" {
+                // Float weights: `matmul` takes the f32 tile (rows widened once).
+                let bytes: Vec<u8> = (0..rows * cols)
+                    .flat_map(|_| {
+                        half::bf16::from_f32(((rng(&mut s) >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1)
+                            .to_le_bytes()
+                    })
+                    .collect();
+                let w = MatRef::new(DType::BF16, rows, cols, &bytes);
+                let t = time(iters, || matmul(&w, &x, &mut y, tokens));
+                println!("{name:>5} [{rows:>4} x {cols:>4}]: matmul {:6.1} GFLOP/s (f32 tile)", gf(t));
+                continue;
+            }
             let (bytes, scales, biases);
             let w = match format(name) {
                 Format::Ggml(ty) => {

@@ -250,7 +250,7 @@ fn exact(level: Level, ty: GgmlType) -> bool {
 fn affine_multi_equals_per_token_gemv() {
     let mut rng = Rng(0xAFF1);
     for bits in [2u32, 3, 4, 5, 6, 8] {
-        for (group, n_groups) in [(32usize, 1usize), (32, 2), (32, 7), (64, 3), (128, 2)] {
+        for (group, n_groups) in [(32usize, 1usize), (32, 2), (32, 7), (32, 9), (64, 3), (64, 5), (96, 3), (128, 2)] {
             for dt in [DType::F32, DType::F16, DType::BF16] {
                 for rows in ROWS {
                     let cols = group * n_groups;

@@ -20,6 +20,8 @@ pub mod act;
 pub mod affine_dot;
 pub mod affine_multi;
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod columns;
 pub(crate) mod expf;
 pub mod float_dot;
 pub mod fp8_dot;

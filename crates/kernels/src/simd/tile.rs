@@ -1,10 +1,17 @@
-//! The many-token product (prefill): each weight row is widened to f32
-//! once, into a buffer that stays in L1, and then multiplied with the
-//! activations of four tokens at a time, so the per-row decode cost is
-//! shared by every token and each weight load feeds four FMAs.
+//! The many-token product (prefill) on f32 activations: float and FP8
+//! weights, and any encoding under `with_f32_activations`. Each weight row
+//! is widened to f32 once, through the encoding's exact decoder (the
+//! reference's), so a prefill computes the f32-activation function of the
+//! stored weights.
 //!
-//! This runs every encoding through its exact decoder (the reference's), so
-//! a prefill computes the f32-activation function of the stored weights.
+//! At the AVX2 level the widened rows go through a cache-blocked FMA kernel
+//! ([`blocked`]): a chunk of rows widened into L2, then for each 512-column
+//! slice and block of 32 tokens, micro-tiles of 3 rows x 4 tokens (twelve
+//! accumulators; each step loads 3 weight and 4 activation vectors for 12
+//! FMAs). The portable form ([`rows_portable`], the twin) widens one row
+//! and multiplies it with four tokens at a time; on AVX2 that form read
+//! every token's activations once per row, from L3 for a 512-token prompt,
+//! and ran at 25-37 GFLOP/s per core.
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -12,6 +19,9 @@ use std::ops::Range;
 use super::Level;
 use crate::linear::MatRef;
 use crate::vecops::fold8;
+
+#[cfg(target_arch = "x86_64")]
+mod blocked;
 
 thread_local! {
     /// One widened weight row (grow-only; each pool worker has its own).
@@ -32,8 +42,31 @@ pub(crate) unsafe fn rows_many_tokens(
     n_tokens: usize,
     y: *mut f32,
 ) {
+    assert!(rows.end <= w.rows && x.len() == n_tokens * w.cols, "rows_many_tokens: shapes");
+    #[cfg(target_arch = "x86_64")]
+    if level.runs_avx2() {
+        // SAFETY: the CPU has AVX2 + FMA (the level says so); the shapes were
+        // checked above and `y` is the caller's contract.
+        unsafe { blocked::rows(level, w, rows, x, n_tokens, y) };
+        return;
+    }
+    // SAFETY: the caller's contract.
+    unsafe { rows_portable(level, w, rows, x, n_tokens, y) }
+}
+
+/// [`rows_many_tokens`] one widened row at a time, four tokens per pass.
+///
+/// # Safety
+/// As [`rows_many_tokens`].
+pub(crate) unsafe fn rows_portable(
+    level: Level,
+    w: &MatRef,
+    rows: Range<usize>,
+    x: &[f32],
+    n_tokens: usize,
+    y: *mut f32,
+) {
     let cols = w.cols;
-    assert!(rows.end <= w.rows && x.len() == n_tokens * cols, "rows_many_tokens: shapes");
     ROW.with(|buf| {
         let mut buf = buf.borrow_mut();
         if buf.len() < cols {
@@ -62,7 +95,7 @@ pub(crate) unsafe fn rows_many_tokens(
 
 /// Row `r` of `w` as f32: float rows through the vector unit, every other
 /// encoding through its exact decoder.
-fn widen_row(level: Level, w: &MatRef, r: usize, out: &mut [f32]) {
+pub(crate) fn widen_row(level: Level, w: &MatRef, r: usize, out: &mut [f32]) {
     use crate::linear::Encoding;
     use qmoe_core::{DType, GgmlType};
     let half = match w.enc {
@@ -173,4 +206,65 @@ fn dot4(w: &[f32], xs: [&[f32]; 4]) -> [f32; 4] {
         }
     }
     acc.map(fold8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qmoe_core::DType;
+
+    fn next(state: &mut u64) -> f32 {
+        *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// Each level's product against the portable twin over shapes that leave
+    /// every remainder (rows of 3, tokens of 4, columns of 8 and of a slice),
+    /// several row chunks (wide rows) and a row range not starting at 0.
+    #[test]
+    fn every_level_matches_the_twin() {
+        let mut state = 7u64;
+        for (rows, cols, n_tokens) in [(1, 8, 4), (5, 13, 5), (7, 600, 9), (25, 512, 33), (4, 13_000, 6), (9, 1100, 70)]
+        {
+            let x: Vec<f32> = (0..n_tokens * cols).map(|_| next(&mut state)).collect();
+            let vals: Vec<f32> = (0..rows * cols).map(|_| next(&mut state)).collect();
+            for dt in [DType::F32, DType::BF16, DType::F16] {
+                let bytes: Vec<u8> = match dt {
+                    DType::BF16 => vals.iter().flat_map(|v| half::bf16::from_f32(*v).to_bits().to_le_bytes()).collect(),
+                    DType::F16 => vals.iter().flat_map(|v| half::f16::from_f32(*v).to_bits().to_le_bytes()).collect(),
+                    _ => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                };
+                let w = MatRef::new(dt, rows, cols, &bytes);
+                let mut wide = vec![0.0; cols];
+                let mag: Vec<f32> = (0..n_tokens * rows)
+                    .map(|i| {
+                        let (t, r) = (i / rows, i % rows);
+                        w.row_to_f32(r, &mut wide);
+                        wide.iter().zip(&x[t * cols..]).map(|(a, b)| (a * b).abs()).sum()
+                    })
+                    .collect();
+                for range in [0..rows, rows / 2..rows] {
+                    let mut want = vec![f32::NAN; n_tokens * rows];
+                    // SAFETY: `want` holds `n_tokens * rows` floats; one thread.
+                    unsafe { rows_portable(Level::Scalar, &w, range.clone(), &x, n_tokens, want.as_mut_ptr()) };
+                    for level in crate::simd::available() {
+                        let mut got = vec![f32::NAN; n_tokens * rows];
+                        // SAFETY: as above.
+                        unsafe { rows_many_tokens(level, &w, range.clone(), &x, n_tokens, got.as_mut_ptr()) };
+                        for t in 0..n_tokens {
+                            for r in range.clone() {
+                                let i = t * rows + r;
+                                assert!(
+                                    (got[i] - want[i]).abs() <= 1e-5 * mag[i] + 1e-6,
+                                    "{dt} {rows}x{cols}, {n_tokens} tokens, {level:?}: token {t} row {r}: {} vs {}",
+                                    got[i],
+                                    want[i]
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -26,7 +26,6 @@ use super::{
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
 
 mod kquants;
-mod steps;
 mod sym32;
 
 use kquants::{dot_iq4_xs_t, dot_q4_k_t, dot_q5_k_t, dot_q6_k_t, transposed};

@@ -24,7 +24,8 @@
 //! (block, token) as it can: taking the mins term as one f32 FMA, and the
 //! two scales' product as one vector multiply, made the Q4_K kernel 17-22%
 //! faster (`examples/prefill_gemm.rs q4k`, 1 thread, best of 20 alternating
-//! runs; `llvm-mca -mcpu=znver3` on the loop agrees in direction).
+//! runs; `llvm-mca -mcpu=znver3` on the loop agrees in direction). Each
+//! (block, token) step is one `asm!` block ([`crate::simd::columns::steps`], which says why).
 
 use std::arch::x86_64::*;
 
@@ -32,8 +33,9 @@ use super::super::super::scratch::{Scratch, Whole};
 use super::super::{
     bsums, f16_at, hsum, iq4_codes, iq4_table, iq4_xs_ls32, load128, load256, madd, scales_mins_k4, top2,
 };
-use super::steps;
 use crate::simd::act::BlockQ8K;
+use crate::simd::columns::steps::{self, Cols};
+use crate::simd::columns::{transpose4, transpose8};
 
 /// The sub-block in u32 lane `k` of a transposed register: the nibble split
 /// of four 32-byte rows of Q4_K codes gives sub-blocks 0, 2, 4, 6 (low
@@ -46,17 +48,17 @@ const ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
 /// sit at offset 4 of 292 bytes: half of their 32-byte loads do).
 #[repr(C, align(32))]
 pub(super) struct TBlock {
-    pub(super) qs: [__m256i; 8],
-    pub(super) bsums: __m256i,
+    qs: [__m256i; 8],
+    bsums: __m256i,
     /// Lane `k`: `d` times the sum of the 32 codes of sub-block `k` (in
     /// order, not [`ORDER`]). Q4_K / Q5_K's mins term is then one f32 FMA
     /// against the weight row's `dmin · m_k` per (block, token), instead of
     /// an integer multiply, a convert, a scalar product and an FMA.
-    pub(super) xsums: __m256,
+    xsums: __m256,
     /// The activation scale in every lane, so that its product with the
     /// weight block's scale is one vector multiply (a scalar product would
     /// need a broadcast as well).
-    pub(super) d: __m256,
+    d: __m256,
 }
 
 /// The group's activation blocks (tokens `t0..t0 + n`) as [`TBlock`]s: in
@@ -108,43 +110,6 @@ unsafe fn transpose_blocks(x: &[BlockQ8K], p: *mut TBlock) {
 unsafe fn transpose(qs: &[i8; 256]) -> [__m256i; 8] {
     let p = qs.as_ptr() as *const u8;
     transpose8(ORDER.map(|j| load256(p.add(32 * j))))
-}
-
-/// Eight rows of eight u32 to columns: register `i` of the result holds
-/// element `i` of every row, row `k` in lane `k`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn transpose8(r: [__m256i; 8]) -> [__m256i; 8] {
-    let (c04, c15, c26, c37) = transpose4(r[0], r[1], r[2], r[3]);
-    let (d04, d15, d26, d37) = transpose4(r[4], r[5], r[6], r[7]);
-    [
-        _mm256_permute2x128_si256::<0x20>(c04, d04),
-        _mm256_permute2x128_si256::<0x20>(c15, d15),
-        _mm256_permute2x128_si256::<0x20>(c26, d26),
-        _mm256_permute2x128_si256::<0x20>(c37, d37),
-        _mm256_permute2x128_si256::<0x31>(c04, d04),
-        _mm256_permute2x128_si256::<0x31>(c15, d15),
-        _mm256_permute2x128_si256::<0x31>(c26, d26),
-        _mm256_permute2x128_si256::<0x31>(c37, d37),
-    ]
-}
-
-/// Four rows of eight u32 `a`, `b`, `c`, `d` to columns: `(c04, c15, c26,
-/// c37)` where `cij` holds column `i` (`[a_i, b_i, c_i, d_i]`) in its low
-/// 128 bits and column `j` in its high.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn transpose4(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> (__m256i, __m256i, __m256i, __m256i) {
-    let ab_lo = _mm256_unpacklo_epi32(a, b);
-    let ab_hi = _mm256_unpackhi_epi32(a, b);
-    let cd_lo = _mm256_unpacklo_epi32(c, d);
-    let cd_hi = _mm256_unpackhi_epi32(c, d);
-    (
-        _mm256_unpacklo_epi64(ab_lo, cd_lo),
-        _mm256_unpackhi_epi64(ab_lo, cd_lo),
-        _mm256_unpacklo_epi64(ab_hi, cd_hi),
-        _mm256_unpackhi_epi64(ab_hi, cd_hi),
-    )
 }
 
 /// Q4_K (`FIVE` false) / Q5_K against activations from [`transposed`].
@@ -204,10 +169,11 @@ pub(super) unsafe fn dot_q45_k_t<const FIVE: bool, const N: usize>(
         let mins = _mm256_mul_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(m32));
         for t in 0..N {
             let xb = &*xs[t].add(i);
+            let x = Cols { cols: xb.qs.as_ptr(), sums: &xb.xsums, d: &xb.d };
             if FIVE {
-                steps::q5_k(&w, scales, mins, d, xb, &mut acc[t]);
+                steps::q5_k(&w, scales, mins, d, x, &mut acc[t]);
             } else {
-                steps::q4_k(&w, scales, mins, d, xb, &mut acc[t]);
+                steps::q4_k(&w, scales, mins, d, x, &mut acc[t]);
             }
         }
     }
@@ -272,7 +238,9 @@ pub(super) unsafe fn dot_q6_k_t<const N: usize>(row: *const u8, xs: [*const TBlo
         }
         let w = transpose8(ORDER.map(|j| runs[j]));
         for (t, a) in acc.iter_mut().enumerate() {
-            steps::q6_k(&w, [sc_lo, sc_hi, sc16], d, &*xs[t].add(i), a);
+            let xb = &*xs[t].add(i);
+            let x = Cols { cols: xb.qs.as_ptr(), sums: &xb.bsums as *const __m256i as *const __m256, d: &xb.d };
+            steps::q6_k(&w, [sc_lo, sc_hi, sc16], d, x, a);
         }
     }
     acc.map(|a| hsum(a))

@@ -24,9 +24,8 @@ use std::arch::x86_64::*;
 
 use super::super::super::scratch::{Scratch, Whole};
 use super::super::{hsum, iq4_codes, iq4_table, load256, q4_0_codes, q5_codes};
-use super::kquants::transpose8;
-use super::steps;
 use crate::simd::act::BlockQ8x32;
+use crate::simd::columns::{steps, transpose8};
 
 /// Eight consecutive activation blocks of one token as [`dot_sym32_t`] reads
 /// them: the codes transposed (column `c`, lane `k`: codes `4c..4c + 4` of

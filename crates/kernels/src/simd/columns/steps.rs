@@ -23,15 +23,22 @@
 
 use std::arch::asm;
 use std::arch::x86_64::*;
-use std::mem::offset_of;
 
-use super::kquants::TBlock;
+/// One token's side of a step: its eight 32-byte columns of int8 codes,
+/// the lane sums the step takes (f32 `xsums` for Q4_K / Q5_K and the MLX
+/// bias term, the sixteen i16 group sums for Q6_K) and its lane scales.
+#[derive(Clone, Copy)]
+pub(crate) struct Cols {
+    pub cols: *const __m256i,
+    pub sums: *const __m256,
+    pub d: *const __m256,
+}
 
 /// Q4_K: `acc += d x_d (Σ_k w_k x_k) · scales - mins xsums` per lane, the
 /// eight `vpmaddubsw` summed as i16 (see [`super::kquants`]).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn q4_k(w: &[__m256i; 8], scales: __m256i, mins: __m256, d: __m256, xb: &TBlock, acc: &mut __m256) {
+pub(crate) unsafe fn q4_k(w: &[__m256i; 8], scales: __m256i, mins: __m256, d: __m256, x: Cols, acc: &mut __m256) {
     asm!(
         "vpmaddubsw {s}, {w0}, ymmword ptr [{x}]",
         "vpmaddubsw {t}, {w1}, ymmword ptr [{x} + 32]",
@@ -52,11 +59,11 @@ pub(super) unsafe fn q4_k(w: &[__m256i; 8], scales: __m256i, mins: __m256, d: __
         "vcvtdq2ps {s}, {s}",
         "vmovups {a}, ymmword ptr [{acc}]",
         // The mins first: their inputs are ready long before the sum.
-        "vfnmadd231ps {a}, {mins}, ymmword ptr [{x} + {xsums}]",
-        "vmulps {t}, {d}, ymmword ptr [{x} + {xd}]",
+        "vfnmadd231ps {a}, {mins}, ymmword ptr [{xsums}]",
+        "vmulps {t}, {d}, ymmword ptr [{xd}]",
         "vfmadd231ps {a}, {t}, {s}",
         "vmovups ymmword ptr [{acc}], {a}",
-        x = in(reg) xb as *const TBlock,
+        x = in(reg) x.cols,
         acc = in(reg) acc as *mut __m256,
         w0 = in(ymm_reg) w[0],
         w1 = in(ymm_reg) w[1],
@@ -72,8 +79,8 @@ pub(super) unsafe fn q4_k(w: &[__m256i; 8], scales: __m256i, mins: __m256, d: __
         s = out(ymm_reg) _,
         t = out(ymm_reg) _,
         a = out(ymm_reg) _,
-        xsums = const offset_of!(TBlock, xsums),
-        xd = const offset_of!(TBlock, d),
+        xsums = in(reg) x.sums,
+        xd = in(reg) x.d,
         options(nostack, preserves_flags),
     );
 }
@@ -82,7 +89,7 @@ pub(super) unsafe fn q4_k(w: &[__m256i; 8], scales: __m256i, mins: __m256, d: __
 /// columns at a time (`lo`, `hi`), each widened by the scales on its own.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn q5_k(w: &[__m256i; 8], scales: __m256i, mins: __m256, d: __m256, xb: &TBlock, acc: &mut __m256) {
+pub(crate) unsafe fn q5_k(w: &[__m256i; 8], scales: __m256i, mins: __m256, d: __m256, x: Cols, acc: &mut __m256) {
     asm!(
         "vpmaddubsw {lo}, {w0}, ymmword ptr [{x}]",
         "vpmaddubsw {t}, {w1}, ymmword ptr [{x} + 32]",
@@ -103,11 +110,11 @@ pub(super) unsafe fn q5_k(w: &[__m256i; 8], scales: __m256i, mins: __m256, d: __
         "vpaddd {lo}, {lo}, {hi}",
         "vcvtdq2ps {lo}, {lo}",
         "vmovups {a}, ymmword ptr [{acc}]",
-        "vfnmadd231ps {a}, {mins}, ymmword ptr [{x} + {xsums}]",
-        "vmulps {t}, {d}, ymmword ptr [{x} + {xd}]",
+        "vfnmadd231ps {a}, {mins}, ymmword ptr [{xsums}]",
+        "vmulps {t}, {d}, ymmword ptr [{xd}]",
         "vfmadd231ps {a}, {t}, {lo}",
         "vmovups ymmword ptr [{acc}], {a}",
-        x = in(reg) xb as *const TBlock,
+        x = in(reg) x.cols,
         acc = in(reg) acc as *mut __m256,
         w0 = in(ymm_reg) w[0],
         w1 = in(ymm_reg) w[1],
@@ -124,8 +131,8 @@ pub(super) unsafe fn q5_k(w: &[__m256i; 8], scales: __m256i, mins: __m256, d: __
         hi = out(ymm_reg) _,
         t = out(ymm_reg) _,
         a = out(ymm_reg) _,
-        xsums = const offset_of!(TBlock, xsums),
-        xd = const offset_of!(TBlock, d),
+        xsums = in(reg) x.sums,
+        xd = in(reg) x.d,
         options(nostack, preserves_flags),
     );
 }
@@ -137,13 +144,7 @@ pub(super) unsafe fn q5_k(w: &[__m256i; 8], scales: __m256i, mins: __m256, d: __
 /// the activations' group sums (the codes' `- 32`).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn q6_k(
-    w: &[__m256i; 8],
-    [sc_lo, sc_hi, sc16]: [__m256i; 3],
-    d: __m256,
-    xb: &TBlock,
-    acc: &mut __m256,
-) {
+pub(crate) unsafe fn q6_k(w: &[__m256i; 8], [sc_lo, sc_hi, sc16]: [__m256i; 3], d: __m256, x: Cols, acc: &mut __m256) {
     asm!(
         "vpmaddubsw {p}, {w0}, ymmword ptr [{x}]",
         "vpmaddubsw {t}, {w1}, ymmword ptr [{x} + 32]",
@@ -164,14 +165,14 @@ pub(super) unsafe fn q6_k(
         "vpaddw {p}, {p}, {t}",
         "vpmaddwd {p}, {p}, {sc_hi}",
         "vpaddd {s}, {s}, {p}",
-        "vpmaddwd {p}, {sc16}, ymmword ptr [{x} + {bsums}]",
+        "vpmaddwd {p}, {sc16}, ymmword ptr [{bsums}]",
         "vpslld {p}, {p}, 5",
         "vpsubd {s}, {s}, {p}",
         "vcvtdq2ps {s}, {s}",
-        "vmulps {p}, {d}, ymmword ptr [{x} + {xd}]",
+        "vmulps {p}, {d}, ymmword ptr [{xd}]",
         "vfmadd213ps {s}, {p}, ymmword ptr [{acc}]",
         "vmovups ymmword ptr [{acc}], {s}",
-        x = in(reg) xb as *const TBlock,
+        x = in(reg) x.cols,
         acc = in(reg) acc as *mut __m256,
         w0 = in(ymm_reg) w[0],
         w1 = in(ymm_reg) w[1],
@@ -188,8 +189,8 @@ pub(super) unsafe fn q6_k(
         s = out(ymm_reg) _,
         p = out(ymm_reg) _,
         t = out(ymm_reg) _,
-        bsums = const offset_of!(TBlock, bsums),
-        xd = const offset_of!(TBlock, d),
+        bsums = in(reg) x.sums,
+        xd = in(reg) x.d,
         options(nostack, preserves_flags),
     );
 }
@@ -203,7 +204,7 @@ pub(super) unsafe fn q6_k(
 /// `x` points at the token's eight columns, `xd` at its scale vector.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn signed(
+pub(crate) unsafe fn signed(
     aw: &[__m256i; 8],
     w: &[__m256i; 8],
     scale: __m256,
