@@ -1,6 +1,7 @@
-//! The token steps of the transposed many-token kernels: one weight block
-//! (or run of eight blocks) against one token, accumulated in memory, each
-//! written as a single `asm!` block.
+//! The token steps of the transposed many-token kernels (ggml k-quants and
+//! 32-value types, MLX affine 4-bit): one weight block (or run of eight
+//! blocks) against one token, accumulated in memory, each written as a
+//! single `asm!` block.
 //!
 //! Why assembly: a step needs the block's eight code registers, its scale
 //! vectors and a few temporaries, 12 to 15 of AVX2's 16 registers. From the
@@ -15,8 +16,8 @@
 //! per step, against eight to sixteen loads of activations).
 //!
 //! Every step does the integer sums and the f32 operations of the
-//! intrinsics it replaces, in the same order, so the results are the same
-//! bits; the kernels' tests compare them with the single-token kernels.
+//! intrinsics it replaced, in the same order (the same bits); the kernels'
+//! tests compare them with the single-token kernels.
 //!
 //! Each `# Safety`: the CPU runs AVX2 + FMA, and every pointer is valid for
 //! the 32-byte reads (and, for `acc`, the write) the step makes.
@@ -35,7 +36,7 @@ pub(crate) struct Cols {
 }
 
 /// Q4_K: `acc += d x_d (Σ_k w_k x_k) · scales - mins xsums` per lane, the
-/// eight `vpmaddubsw` summed as i16 (see [`super::kquants`]).
+/// eight `vpmaddubsw` summed as i16 in pairs (see `ggml_dot/avx2/multi/kquants.rs`).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn q4_k(w: &[__m256i; 8], scales: __m256i, mins: __m256, d: __m256, x: Cols, acc: &mut __m256) {
