@@ -87,6 +87,8 @@ pub fn gemm_q8x32(
 /// `i < n_rows`, and nothing else accesses those elements during the call;
 /// an `acts_id` other than 0 always comes with the same `x` contents.
 #[allow(clippy::too_many_arguments)]
+// `acts_id` names the input for the AVX2 kernels only.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub(crate) unsafe fn gemm_q8k_raw(
     level: Level,
     ty: GgmlType,
@@ -136,6 +138,7 @@ pub(crate) unsafe fn gemm_q8k_raw(
 /// # Safety
 /// As [`gemm_q8k_raw`].
 #[allow(clippy::too_many_arguments)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub(crate) unsafe fn gemm_q8x32_raw(
     level: Level,
     ty: GgmlType,
