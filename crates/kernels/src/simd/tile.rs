@@ -8,7 +8,7 @@
 //! ([`blocked`]): a chunk of rows widened into L2, then for each 512-column
 //! slice and block of 32 tokens, micro-tiles of 3 rows x 4 tokens (twelve
 //! accumulators; each step loads 3 weight and 4 activation vectors for 12
-//! FMAs). The portable form ([`rows_portable`], the twin) widens one row
+//! FMAs). The portable form (the twin, at the other levels) widens one row
 //! and multiplies it with four tokens at a time; on AVX2 that form read
 //! every token's activations once per row, from L3 for a 512-token prompt,
 //! and ran at 25-37 GFLOP/s per core.
@@ -50,22 +50,8 @@ pub(crate) unsafe fn rows_many_tokens(
         unsafe { blocked::rows(level, w, rows, x, n_tokens, y) };
         return;
     }
-    // SAFETY: the caller's contract.
-    unsafe { rows_portable(level, w, rows, x, n_tokens, y) }
-}
-
-/// [`rows_many_tokens`] one widened row at a time, four tokens per pass.
-///
-/// # Safety
-/// As [`rows_many_tokens`].
-pub(crate) unsafe fn rows_portable(
-    level: Level,
-    w: &MatRef,
-    rows: Range<usize>,
-    x: &[f32],
-    n_tokens: usize,
-    y: *mut f32,
-) {
+    // The portable form (the twin): one widened row at a time, four tokens
+    // per pass.
     let cols = w.cols;
     ROW.with(|buf| {
         let mut buf = buf.borrow_mut();
@@ -246,7 +232,7 @@ mod tests {
                 for range in [0..rows, rows / 2..rows] {
                     let mut want = vec![f32::NAN; n_tokens * rows];
                     // SAFETY: `want` holds `n_tokens * rows` floats; one thread.
-                    unsafe { rows_portable(Level::Scalar, &w, range.clone(), &x, n_tokens, want.as_mut_ptr()) };
+                    unsafe { rows_many_tokens(Level::Scalar, &w, range.clone(), &x, n_tokens, want.as_mut_ptr()) };
                     for level in crate::simd::available() {
                         let mut got = vec![f32::NAN; n_tokens * rows];
                         // SAFETY: as above.
