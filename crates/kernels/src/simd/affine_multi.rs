@@ -140,7 +140,7 @@ mod x86 {
 
     /// Bytes of the weight stream prefetched ahead of the row being read
     /// (as the ggml kernels), in the first token group only.
-    pub(super) const PREFETCH_BYTES: usize = 4096;
+    const PREFETCH_BYTES: usize = 4096;
 
     /// A checked affine matrix.
     pub(super) struct Mat<'a> {
@@ -208,23 +208,42 @@ mod x86 {
                     let (pt, gt) = (&mut wide[t * per_token..][..per_token], &mut gsum[t * gpad..][..gpad]);
                     prepare_wide(m, x.add(t * nb), pt, gt);
                 }
-                let base = m.words.as_ptr();
-                let mut fetched = rows.start * m.row_bytes;
-                for (i, r) in rows.clone().enumerate() {
-                    if prefetch {
-                        let until = ((r + 1) * m.row_bytes + PREFETCH_BYTES).min(m.words.len());
-                        while fetched < until {
-                            _mm_prefetch::<_MM_HINT_T0>(base.add(fetched) as *const i8);
-                            fetched += 64;
-                        }
-                    }
-                    let out = row_wide::<N>(m, r, &wide, &gsum, gpad);
-                    for (t, v) in out.into_iter().enumerate() {
-                        *y.add(t * y_stride + i) = v;
-                    }
-                }
+                for_rows(m, rows, y, y_stride, prefetch, |r| row_wide::<N>(m, r, &wide, &gsum, gpad));
             })
         });
+    }
+
+    /// `y[t * y_stride + i] = row(r)[t]` for row `r = rows.start + i` of
+    /// `rows`, in order; with `prefetch` (the token group that reads the rows
+    /// from memory) the weight stream is prefetched [`PREFETCH_BYTES`] ahead.
+    ///
+    /// # Safety
+    /// `rows` lies inside `m`; `y` is valid for writes at `t * y_stride + i`
+    /// for `t < N`, `i < rows.len()`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn for_rows<const N: usize>(
+        m: &Mat,
+        rows: Range<usize>,
+        y: *mut f32,
+        y_stride: usize,
+        prefetch: bool,
+        mut row: impl FnMut(usize) -> [f32; N],
+    ) {
+        let base = m.words.as_ptr();
+        let mut fetched = rows.start * m.row_bytes;
+        for (i, r) in rows.enumerate() {
+            if prefetch {
+                let until = ((r + 1) * m.row_bytes + PREFETCH_BYTES).min(m.words.len());
+                while fetched < until {
+                    _mm_prefetch::<_MM_HINT_T0>(base.add(fetched) as *const i8);
+                    fetched += 64;
+                }
+            }
+            for (t, v) in row(r).into_iter().enumerate() {
+                *y.add(t * y_stride + i) = v;
+            }
+        }
     }
 
     thread_local! {

@@ -81,7 +81,7 @@ pub(crate) unsafe fn rows_many_tokens(
 
 /// Row `r` of `w` as f32: float rows through the vector unit, every other
 /// encoding through its exact decoder.
-pub(crate) fn widen_row(level: Level, w: &MatRef, r: usize, out: &mut [f32]) {
+fn widen_row(level: Level, w: &MatRef, r: usize, out: &mut [f32]) {
     use crate::linear::Encoding;
     use qmoe_core::{DType, GgmlType};
     let half = match w.enc {

@@ -24,7 +24,7 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::ops::Range;
 
-use super::x86::{load8, Mat, PREFETCH_BYTES};
+use super::x86::{for_rows, load8, Mat};
 use crate::simd::act::BlockQ8x32;
 use crate::simd::columns::steps::{self, Cols};
 use crate::simd::columns::{transpose4, transpose8};
@@ -99,13 +99,24 @@ pub(super) unsafe fn run(m: &Mat, rows: Range<usize>, x: &[BlockQ8x32], n_tokens
                 prepare(&x[(t0 + t) * nb..(t0 + t + 1) * nb], &mut buf[t * runs..(t + 1) * runs]);
             }
             let (xp, yg, first) = (buf.as_ptr(), y.add(t0 * y_stride), t0 == 0);
+            let xs = |t: usize| xp.add(t * runs);
             // SAFETY (each arm): `xp` holds `n` tokens' runs; the rest is the contract.
             match n {
-                8 => rows_of::<8>(m, rows.clone(), xp, groups, yg, y_stride, first),
-                4 => rows_of::<4>(m, rows.clone(), xp, groups, yg, y_stride, first),
-                3 => rows_of::<3>(m, rows.clone(), xp, groups, yg, y_stride, first),
-                2 => rows_of::<2>(m, rows.clone(), xp, groups, yg, y_stride, first),
-                _ => rows_of::<1>(m, rows.clone(), xp, groups, yg, y_stride, first),
+                8 => {
+                    for_rows(m, rows.clone(), yg, y_stride, first, |r| row::<8>(m, r, std::array::from_fn(xs), groups))
+                }
+                4 => {
+                    for_rows(m, rows.clone(), yg, y_stride, first, |r| row::<4>(m, r, std::array::from_fn(xs), groups))
+                }
+                3 => {
+                    for_rows(m, rows.clone(), yg, y_stride, first, |r| row::<3>(m, r, std::array::from_fn(xs), groups))
+                }
+                2 => {
+                    for_rows(m, rows.clone(), yg, y_stride, first, |r| row::<2>(m, r, std::array::from_fn(xs), groups))
+                }
+                _ => {
+                    for_rows(m, rows.clone(), yg, y_stride, first, |r| row::<1>(m, r, std::array::from_fn(xs), groups))
+                }
             }
             t0 += n;
         }
@@ -133,45 +144,10 @@ unsafe fn prepare(x: &[BlockQ8x32], out: &mut [Run]) {
     }
 }
 
-/// Every row of `rows` against `N` tokens' runs at `xp` (`groups.len()` apart),
-/// into `y[t * y_stride + i]`; `prefetch` for the group that reads the rows
-/// from memory.
-///
-/// # Safety
-/// As [`run`], with `xp` holding `N` tokens' runs.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_of<const N: usize>(
-    m: &Mat,
-    rows: Range<usize>,
-    xp: *const Run,
-    groups: &[RunGroups],
-    y: *mut f32,
-    y_stride: usize,
-    prefetch: bool,
-) {
-    let xs: [*const Run; N] = std::array::from_fn(|t| xp.add(t * groups.len()));
-    let base = m.words.as_ptr();
-    let mut fetched = rows.start * m.row_bytes;
-    for (i, r) in rows.enumerate() {
-        if prefetch {
-            let until = ((r + 1) * m.row_bytes + PREFETCH_BYTES).min(m.words.len());
-            while fetched < until {
-                _mm_prefetch::<_MM_HINT_T0>(base.add(fetched) as *const i8);
-                fetched += 64;
-            }
-        }
-        let out = row::<N>(m, r, xs, groups);
-        for (t, v) in out.into_iter().enumerate() {
-            *y.add(t * y_stride + i) = v;
-        }
-    }
-}
-
 /// Row `r` against `N` tokens' runs.
 ///
 /// # Safety
-/// As [`rows_of`].
+/// As [`run`], with `xs` holding `N` tokens' runs.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn row<const N: usize>(m: &Mat, r: usize, xs: [*const Run; N], groups: &[RunGroups]) -> [f32; N] {

@@ -47,10 +47,11 @@ thread_local! {
 pub(super) unsafe fn rows(level: Level, w: &MatRef, rows: Range<usize>, x: &[f32], n_tokens: usize, y: *mut f32) {
     let (cols, ldy) = (w.cols, w.rows);
     let per_chunk = (CHUNK_BYTES / (4 * cols.max(1))).max(1);
+    let room = per_chunk.min(rows.len()) * cols;
     CHUNK.with(|buf| {
         let mut buf = buf.borrow_mut();
-        if buf.len() < per_chunk.min(rows.len()) * cols {
-            buf.resize(per_chunk.min(rows.len()) * cols, 0.0);
+        if buf.len() < room {
+            buf.resize(room, 0.0);
         }
         let mut r0 = rows.start;
         while r0 < rows.end {
