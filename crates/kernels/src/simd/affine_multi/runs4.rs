@@ -58,10 +58,20 @@ struct RunGroups {
     idx: [i32; 8],
 }
 
+/// A run of weight blocks as the first token group unpacked it, kept for the
+/// later groups (as `ggml_dot/avx2/multi/unpacked.rs` does, which says why).
+#[repr(C, align(32))]
+struct Unpacked {
+    w: [__m256i; 8],
+    neg_bias: __m256,
+    scale: __m256,
+}
+
 thread_local! {
-    /// A token group's runs and every run's groups (grow-only; each pool
-    /// worker has its own).
-    static RUNS: RefCell<(Vec<Run>, Vec<RunGroups>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// A token group's runs, every run's groups and the kept weight runs
+    /// (grow-only; each pool worker has its own).
+    static RUNS: RefCell<(Vec<Run>, Vec<RunGroups>, Vec<Unpacked>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 /// As `x86::run::<4>`.
@@ -75,7 +85,7 @@ pub(super) unsafe fn run(m: &Mat, rows: Range<usize>, x: &[BlockQ8x32], n_tokens
     let nb = m.groups * m.per_group;
     let runs = nb.div_ceil(8);
     RUNS.with(|cell| {
-        let (buf, groups) = &mut *cell.borrow_mut();
+        let (buf, groups, kept) = &mut *cell.borrow_mut();
         groups.clear();
         groups.extend((0..runs).map(|run| {
             let (b0, here) = (8 * run, (nb - 8 * run).min(8));
@@ -90,6 +100,21 @@ pub(super) unsafe fn run(m: &Mat, rows: Range<usize>, x: &[BlockQ8x32], n_tokens
                 d: _mm256_setzero_ps(),
             });
         }
+        // Kept only when a later group reads them.
+        let first = if n_tokens >= GROUP { GROUP } else { n_tokens.min(4) };
+        let keep = if n_tokens > first {
+            let need = rows.len() * runs;
+            if kept.len() < need {
+                kept.resize_with(need, || Unpacked {
+                    w: [_mm256_setzero_si256(); 8],
+                    neg_bias: _mm256_setzero_ps(),
+                    scale: _mm256_setzero_ps(),
+                });
+            }
+            kept.as_mut_ptr()
+        } else {
+            std::ptr::null_mut()
+        };
         let mut t0 = 0;
         while t0 < n_tokens {
             // Groups of GROUP, the rest in groups of at most 4.
@@ -100,23 +125,28 @@ pub(super) unsafe fn run(m: &Mat, rows: Range<usize>, x: &[BlockQ8x32], n_tokens
             }
             let (xp, yg, first) = (buf.as_ptr(), y.add(t0 * y_stride), t0 == 0);
             let xs = |t: usize| xp.add(t * runs);
+            // Row `r`: unpacked here in the first group (and kept), else as kept.
+            let r0 = rows.start;
+            let unit = move |r: usize| if keep.is_null() { keep } else { keep.add((r - r0) * runs) };
+            macro_rules! tokens {
+                ($n:literal) => {
+                    for_rows(m, rows.clone(), yg, y_stride, first, |r| {
+                        let xs = std::array::from_fn(xs);
+                        if first {
+                            row::<$n>(m, r, xs, groups, unit(r))
+                        } else {
+                            row_kept::<$n>(unit(r), xs, runs)
+                        }
+                    })
+                };
+            }
             // SAFETY (each arm): `xp` holds `n` tokens' runs; the rest is the contract.
             match n {
-                8 => {
-                    for_rows(m, rows.clone(), yg, y_stride, first, |r| row::<8>(m, r, std::array::from_fn(xs), groups))
-                }
-                4 => {
-                    for_rows(m, rows.clone(), yg, y_stride, first, |r| row::<4>(m, r, std::array::from_fn(xs), groups))
-                }
-                3 => {
-                    for_rows(m, rows.clone(), yg, y_stride, first, |r| row::<3>(m, r, std::array::from_fn(xs), groups))
-                }
-                2 => {
-                    for_rows(m, rows.clone(), yg, y_stride, first, |r| row::<2>(m, r, std::array::from_fn(xs), groups))
-                }
-                _ => {
-                    for_rows(m, rows.clone(), yg, y_stride, first, |r| row::<1>(m, r, std::array::from_fn(xs), groups))
-                }
+                8 => tokens!(8),
+                4 => tokens!(4),
+                3 => tokens!(3),
+                2 => tokens!(2),
+                _ => tokens!(1),
             }
             t0 += n;
         }
@@ -144,19 +174,26 @@ unsafe fn prepare(x: &[BlockQ8x32], out: &mut [Run]) {
     }
 }
 
-/// Row `r` against `N` tokens' runs.
+/// Row `r` against `N` tokens' runs, writing its unpacked runs to `keep`
+/// unless it is null.
 ///
 /// # Safety
-/// As [`run`], with `xs` holding `N` tokens' runs.
+/// As [`run`], with `xs` holding `N` tokens' runs and `keep` (unless null)
+/// room for the row's runs.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn row<const N: usize>(m: &Mat, r: usize, xs: [*const Run; N], groups: &[RunGroups]) -> [f32; N] {
+unsafe fn row<const N: usize>(
+    m: &Mat,
+    r: usize,
+    xs: [*const Run; N],
+    groups: &[RunGroups],
+    keep: *mut Unpacked,
+) -> [f32; N] {
     let nb = m.groups * m.per_group;
     let words = m.words.as_ptr().add(r * m.row_bytes);
     let es = m.dt.size();
     let (srow, brow) = (m.scales.as_ptr().add(r * m.groups * es), m.biases.as_ptr().add(r * m.groups * es));
     let nib = _mm256_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); N];
     for (run, rg) in groups.iter().enumerate() {
         let here = (nb - 8 * run).min(8);
@@ -184,10 +221,44 @@ unsafe fn row<const N: usize>(m: &Mat, r: usize, xs: [*const Run; N], groups: &[
         // The step subtracts `mins · sums`: the bias, negated, adds it.
         let bias = _mm256_permutevar8x32_ps(load8(m.dt, brow, rg.g0, n), idx);
         let neg_bias = _mm256_sub_ps(_mm256_setzero_ps(), bias);
-        for (t, a) in acc.iter_mut().enumerate() {
-            let xr = &*xs[t].add(run);
-            steps::q4_k(&w, ones, neg_bias, scale, Cols { cols: xr.cols.as_ptr(), sums: &xr.sums, d: &xr.d }, a);
-        }
+        let mut u = Unpacked { w, neg_bias, scale };
+        // The steps read the kept copy, as the later groups will.
+        let u: &Unpacked = if keep.is_null() {
+            &mut u
+        } else {
+            keep.add(run).write(u);
+            &*keep.add(run)
+        };
+        token_steps(u, &xs, run, &mut acc);
     }
     acc.map(|a| hsum(a))
+}
+
+/// As [`row`], on the runs it kept.
+///
+/// # Safety
+/// `kept` holds the `runs` runs [`row`] wrote, `xs` `N` tokens' runs.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn row_kept<const N: usize>(kept: *const Unpacked, xs: [*const Run; N], runs: usize) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    for run in 0..runs {
+        token_steps(&*kept.add(run), &xs, run, &mut acc);
+    }
+    acc.map(|a| hsum(a))
+}
+
+/// Each token's step against the weight run `u` (the run `run` of the row).
+///
+/// # Safety
+/// `xs` holds `N` tokens' runs, more than `run` each.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn token_steps<const N: usize>(u: &Unpacked, xs: &[*const Run; N], run: usize, acc: &mut [__m256; N]) {
+    let ones = _mm256_set1_epi16(1);
+    for (t, a) in acc.iter_mut().enumerate() {
+        let xr = &*xs[t].add(run);
+        let x = Cols { cols: xr.cols.as_ptr(), sums: &xr.sums, d: &xr.d };
+        steps::q4_k(&u.w, ones, u.neg_bias, u.scale, x, a);
+    }
 }

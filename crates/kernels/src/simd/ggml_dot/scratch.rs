@@ -4,7 +4,9 @@
 //! nothing once it is warm), and a call borrows it and hands it back on drop
 //! (also on unwind).
 //!
-//! [`Scratch`] holds one token group for one call. [`Whole`] holds a whole
+//! [`Scratch`] holds one token group for one call; [`Kept`] a call's weight
+//! blocks as the first token group unpacked them, for the later groups
+//! (a second buffer of the same kind: both are borrowed at once). [`Whole`] holds a whole
 //! product's activations from call to call, named by the id the matmul
 //! driver gives each quantized input: the driver runs a product as several
 //! row tasks, and each task would otherwise rearrange every token again
@@ -19,7 +21,7 @@ use std::cell::Cell;
 struct Chunk([u8; 64]);
 
 thread_local! {
-    static SCRATCH: Cell<Vec<Chunk>> = const { Cell::new(Vec::new()) };
+    static SCRATCH: [Cell<Vec<Chunk>>; 2] = const { [Cell::new(Vec::new()), Cell::new(Vec::new())] };
     static WHOLE: Cell<(u64, Vec<Chunk>)> = const { Cell::new((0, Vec::new())) };
 }
 
@@ -33,16 +35,21 @@ fn room<X>(buf: &mut Vec<Chunk>, n: usize) -> *mut X {
     buf.as_mut_ptr() as *mut X
 }
 
-/// The thread's buffer, borrowed for one call.
-pub(super) struct Scratch(Vec<Chunk>);
+/// The thread's buffer number `SLOT`, borrowed for one call.
+pub(super) struct Buffer<const SLOT: usize>(Vec<Chunk>);
 
-impl Default for Scratch {
+/// The token group's rearranged activations.
+pub(super) type Scratch = Buffer<0>;
+/// The unpacked weight blocks kept for the later token groups.
+pub(super) type Kept = Buffer<1>;
+
+impl<const SLOT: usize> Default for Buffer<SLOT> {
     fn default() -> Self {
-        Scratch(SCRATCH.with(|s| s.take()))
+        Buffer(SCRATCH.with(|s| s[SLOT].take()))
     }
 }
 
-impl Scratch {
+impl<const SLOT: usize> Buffer<SLOT> {
     /// Room for `n` values of `X`, as a pointer to the first (valid until
     /// the next call of `room` or the drop; the contents are unspecified).
     pub(super) fn room<X>(&mut self, n: usize) -> *mut X {
@@ -50,10 +57,10 @@ impl Scratch {
     }
 }
 
-impl Drop for Scratch {
+impl<const SLOT: usize> Drop for Buffer<SLOT> {
     fn drop(&mut self) {
         let v = std::mem::take(&mut self.0);
-        SCRATCH.with(|s| s.set(v));
+        SCRATCH.with(|s| s[SLOT].set(v));
     }
 }
 

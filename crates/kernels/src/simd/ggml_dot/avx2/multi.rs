@@ -27,9 +27,12 @@ use crate::simd::act::{BlockQ8K, BlockQ8x32};
 
 mod kquants;
 mod sym32;
+mod unpacked;
 
-use kquants::{dot_iq4_xs_t, dot_q4_k_t, dot_q5_k_t, dot_q6_k_t, transposed};
-use sym32::{dot_iq4_nl_t, dot_q4_0_t, dot_q5_0_t, dot_q8_0_t, transposed32};
+use super::super::scratch::Kept;
+use kquants::{transposed, IQ4XS, Q45K, Q6K};
+use sym32::{transposed32, Sym32};
+use unpacked::Unpacks;
 
 /// Tokens multiplied per weight-block unpacking: 4 tokens' integer and f32
 /// accumulators (8 registers) plus the codes and scales fit AVX2's 16.
@@ -42,65 +45,96 @@ pub(crate) const GROUP: usize = 4;
 
 /// The group loop, expanded inside each `#[target_feature]` function so the
 /// per-type dot (`#[inline]`, same features, const `N` tokens) is inlined.
-/// `$dot::<N>(row, xs, nb) -> [f32; N]`: one row against `N` tokens' blocks.
-/// `$prep(x, t0, n, nb, id, scratch)` gives the group's activations, `n`
-/// tokens of `nb` blocks from token `t0`, and the distance from one token's
-/// to the next's (in its units): [`as_is`], or a rearranged copy in
-/// `scratch` (once per group, for every row of the run; or once per thread
-/// for the whole input when the driver names it with a non-zero `id`).
+///
+/// The plain form: `$dot::<N>(row, xs, nb) -> [f32; N]`, one row against
+/// `N` tokens' blocks as they are, in groups of [`GROUP`].
+///
+/// The `kept K:` form, for a type's transposed [`Unpacks`] kernel, in
+/// groups of `$max`: `$prep(x, t0, n, nb, id, scratch)` gives the group's
+/// activations (`n` tokens of `nb` blocks from token `t0`) as a rearranged
+/// copy in `scratch` (once per group, for every row of the run; or once per
+/// thread for the whole input when the driver names it with a non-zero
+/// `id`), and the distance from one token's to the next's in its units. The
+/// first group keeps each row's unpacked units for the later groups (see
+/// [`unpacked`]).
 macro_rules! groups {
-    ($w:expr, $n_rows:expr, $x:expr, $n_tokens:expr, $y:expr, $stride:expr, $id:expr, $ts:expr, $dot:ident) => {
-        groups!($w, $n_rows, $x, $n_tokens, $y, $stride, $id, $ts, $dot, GROUP, as_is)
-    };
-    ($w:expr, $n_rows:expr, $x:expr, $n_tokens:expr, $y:expr, $stride:expr, $id:expr, $ts:expr, $dot:ident, $max:expr) => {
-        groups!($w, $n_rows, $x, $n_tokens, $y, $stride, $id, $ts, $dot, $max, as_is)
-    };
-    ($w:expr, $n_rows:expr, $x:expr, $n_tokens:expr, $y:expr, $stride:expr, $id:expr, $ts:expr, $dot:ident, $max:expr,
+    (kept $k:ty: $w:expr, $n_rows:expr, $x:expr, $n_tokens:expr, $y:expr, $stride:expr, $id:expr, $max:expr,
      $prep:ident) => {{
+        let n_tokens: usize = $n_tokens;
+        let nb = $x.len() / n_tokens.max(1);
+        // Kept only when a later group reads them (the first group is
+        // `$max` tokens, or at most 4: see the group loop).
+        let first = if n_tokens >= $max { $max } else { n_tokens.min(4) };
+        let mut kept = Kept::default();
+        let units = <$k as Unpacks>::units(nb);
+        let keep = if n_tokens > first { kept.room($n_rows * units) } else { std::ptr::null_mut() };
+        groups!(@loop $w, $n_rows, $x, n_tokens, $y, $stride, $id, <$k as Unpacks>::BYTES, $max, $prep,
+            |base, row_bytes, nb, t0, r, xs| if t0 == 0 {
+                <$k as Unpacks>::dot(base.add(r * row_bytes), xs, nb, nth_or_null(keep, r * units))
+            } else {
+                <$k as Unpacks>::dot_kept(nth_or_null(keep, r * units), xs, nb)
+            })
+    }};
+    ($w:expr, $n_rows:expr, $x:expr, $n_tokens:expr, $y:expr, $stride:expr, $id:expr, $ts:expr, $dot:ident) => {
+        groups!(@loop $w, $n_rows, $x, $n_tokens, $y, $stride, $id, $ts, GROUP, as_is,
+            |base, row_bytes, nb, _t0, r, xs| $dot(base.add(r * row_bytes), xs, nb))
+    };
+    (@loop $w:expr, $n_rows:expr, $x:expr, $n_tokens:expr, $y:expr, $stride:expr, $id:expr, $ts:expr, $max:expr,
+     $prep:ident, |$base:ident, $row_bytes:ident, $nb:ident, $t0:ident, $r:ident, $xs:ident| $row:expr) => {{
         let (w, n_rows, x, n_tokens, y, stride): (&[u8], usize, &[_], usize, *mut f32, usize) =
             ($w, $n_rows, $x, $n_tokens, $y, $stride);
-        let nb = x.len() / n_tokens;
-        let row_bytes = nb * $ts;
-        let base = w.as_ptr();
+        let $nb = x.len() / n_tokens;
+        let $row_bytes = $nb * $ts;
+        let $base = w.as_ptr();
         // `$prep`'s buffer for the call (the type its last argument names).
         let mut scratch = Default::default();
-        let mut t0 = 0;
-        while t0 < n_tokens {
+        let mut $t0 = 0;
+        while $t0 < n_tokens {
             // Groups of `$max`, the rest in groups of at most 4 (fewer
             // instances of the kernel than one per remainder).
-            let left = n_tokens - t0;
+            let left = n_tokens - $t0;
             let n = if left >= $max { $max } else { left.min(4) };
-            let (xg, xstride) = $prep(x, t0, n, nb, $id, &mut scratch);
+            let (xg, xstride) = $prep(x, $t0, n, $nb, $id, &mut scratch);
             // Only the first group reads the rows from memory: prefetch for it.
-            let prefetch = t0 == 0;
+            let prefetch = $t0 == 0;
             match n {
-                8 => groups!(@run 8, base, n_rows, row_bytes, xg, xstride, nb, t0, y, stride, prefetch, w.len(), $dot),
-                4 => groups!(@run 4, base, n_rows, row_bytes, xg, xstride, nb, t0, y, stride, prefetch, w.len(), $dot),
-                3 => groups!(@run 3, base, n_rows, row_bytes, xg, xstride, nb, t0, y, stride, prefetch, w.len(), $dot),
-                2 => groups!(@run 2, base, n_rows, row_bytes, xg, xstride, nb, t0, y, stride, prefetch, w.len(), $dot),
-                _ => groups!(@run 1, base, n_rows, row_bytes, xg, xstride, nb, t0, y, stride, prefetch, w.len(), $dot),
+                8 => groups!(@run 8, $base, n_rows, $row_bytes, xg, xstride, $t0, y, stride, prefetch, w.len(), |$r, $xs| $row),
+                4 => groups!(@run 4, $base, n_rows, $row_bytes, xg, xstride, $t0, y, stride, prefetch, w.len(), |$r, $xs| $row),
+                3 => groups!(@run 3, $base, n_rows, $row_bytes, xg, xstride, $t0, y, stride, prefetch, w.len(), |$r, $xs| $row),
+                2 => groups!(@run 2, $base, n_rows, $row_bytes, xg, xstride, $t0, y, stride, prefetch, w.len(), |$r, $xs| $row),
+                _ => groups!(@run 1, $base, n_rows, $row_bytes, xg, xstride, $t0, y, stride, prefetch, w.len(), |$r, $xs| $row),
             }
-            t0 += n;
+            $t0 += n;
         }
     }};
-    (@run $n:literal, $base:expr, $n_rows:expr, $row_bytes:expr, $xg:expr, $xstride:expr, $nb:expr, $t0:expr,
-     $y:expr, $stride:expr, $prefetch:expr, $len:expr, $dot:ident) => {{
-        let xs: [*const _; $n] = std::array::from_fn(|t| $xg.add(t * $xstride));
+    (@run $n:literal, $base:expr, $n_rows:expr, $row_bytes:expr, $xg:expr, $xstride:expr, $t0:expr,
+     $y:expr, $stride:expr, $prefetch:expr, $len:expr, |$r:ident, $xs:ident| $row:expr) => {{
+        let $xs: [*const _; $n] = std::array::from_fn(|t| $xg.add(t * $xstride));
         let mut fetched = 0;
-        for r in 0..$n_rows {
+        for $r in 0..$n_rows {
             if $prefetch {
-                let until = ((r + 1) * $row_bytes + PREFETCH_BYTES).min($len);
+                let until = (($r + 1) * $row_bytes + PREFETCH_BYTES).min($len);
                 while fetched < until {
                     _mm_prefetch::<_MM_HINT_T0>($base.add(fetched) as *const i8);
                     fetched += 64;
                 }
             }
-            let out = $dot::<$n>($base.add(r * $row_bytes), xs, $nb);
+            let out: [f32; $n] = $row;
             for (t, v) in out.into_iter().enumerate() {
-                *$y.add(($t0 + t) * $stride + r) = v;
+                *$y.add(($t0 + t) * $stride + $r) = v;
             }
         }
     }};
+}
+
+/// `p + i`, or null for a null `p` (no weight blocks kept).
+#[inline(always)]
+fn nth_or_null<X>(p: *mut X, i: usize) -> *mut X {
+    if p.is_null() {
+        p
+    } else {
+        p.wrapping_add(i)
+    }
 }
 
 /// The group's activations as they are.
@@ -131,10 +165,10 @@ pub(crate) unsafe fn gemm_q8k(
     match ty {
         GgmlType::Q2K => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 84, dot_q2_k),
         GgmlType::Q3K => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 110, dot_q3_k),
-        GgmlType::Q4K => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 144, dot_q4_k_t, 8, transposed),
-        GgmlType::Q5K => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 176, dot_q5_k_t, 8, transposed),
-        GgmlType::Q6K => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 210, dot_q6_k_t, 8, transposed),
-        GgmlType::IQ4XS => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 136, dot_iq4_xs_t, 8, transposed),
+        GgmlType::Q4K => groups!(kept Q45K<false>: w, n_rows, x, n_tokens, y, y_stride, acts_id, 8, transposed),
+        GgmlType::Q5K => groups!(kept Q45K<true>: w, n_rows, x, n_tokens, y, y_stride, acts_id, 8, transposed),
+        GgmlType::Q6K => groups!(kept Q6K: w, n_rows, x, n_tokens, y, y_stride, acts_id, 8, transposed),
+        GgmlType::IQ4XS => groups!(kept IQ4XS: w, n_rows, x, n_tokens, y, y_stride, acts_id, 8, transposed),
         _ => unreachable!("gemm_q8k: {ty} (checked by the caller)"),
     }
 }
@@ -155,12 +189,20 @@ pub(crate) unsafe fn gemm_q8x32(
 ) {
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
-        GgmlType::Q8_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 34, dot_q8_0_t, 8, transposed32),
-        GgmlType::Q4_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 18, dot_q4_0_t, 8, transposed32),
+        GgmlType::Q8_0 => {
+            groups!(kept Sym32<{ sym32::Q8_0 }>: w, n_rows, x, n_tokens, y, y_stride, acts_id, 8, transposed32)
+        }
+        GgmlType::Q4_0 => {
+            groups!(kept Sym32<{ sym32::Q4_0 }>: w, n_rows, x, n_tokens, y, y_stride, acts_id, 8, transposed32)
+        }
         GgmlType::Q4_1 => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 20, dot_q4_1),
-        GgmlType::Q5_0 => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 22, dot_q5_0_t, 8, transposed32),
+        GgmlType::Q5_0 => {
+            groups!(kept Sym32<{ sym32::Q5_0 }>: w, n_rows, x, n_tokens, y, y_stride, acts_id, 8, transposed32)
+        }
         GgmlType::Q5_1 => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 24, dot_q5_1),
-        GgmlType::IQ4NL => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 18, dot_iq4_nl_t, 8, transposed32),
+        GgmlType::IQ4NL => {
+            groups!(kept Sym32<{ sym32::IQ4_NL }>: w, n_rows, x, n_tokens, y, y_stride, acts_id, 8, transposed32)
+        }
         _ => unreachable!("gemm_q8x32: {ty} (checked by the caller)"),
     }
 }

@@ -30,9 +30,8 @@
 use std::arch::x86_64::*;
 
 use super::super::super::scratch::{Scratch, Whole};
-use super::super::{
-    bsums, f16_at, hsum, iq4_codes, iq4_table, iq4_xs_ls32, load128, load256, madd, scales_mins_k4, top2,
-};
+use super::super::{bsums, f16_at, iq4_codes, iq4_table, iq4_xs_ls32, load128, load256, madd, scales_mins_k4, top2};
+use super::unpacked::Unpacks;
 use crate::simd::act::BlockQ8K;
 use crate::simd::columns::steps::{self, Cols};
 use crate::simd::columns::{transpose4, transpose8};
@@ -115,31 +114,39 @@ unsafe fn transpose(qs: &[i8; 256]) -> [__m256i; 8] {
 /// Q4_K (`FIVE` false) / Q5_K against activations from [`transposed`].
 /// Q5_K's codes reach 31, so its i16 sums take four registers at a time
 /// (4 * 2 * 31 * 127 = 31496 < 2^15) and two `vpmaddwd`.
-///
-/// # Safety
-/// `row` points at `nb` blocks of the type, each `xs[t]` at `nb` transposed
-/// activation blocks; the CPU runs AVX2 + FMA + F16C.
-// Indexed loops over the code registers on purpose: the iterator form
-// (`w.iter().zip(&xb.qs).skip(1)`) made Q4_K 5x slower (LLVM no longer
-// kept the eight code registers in place).
-#[allow(clippy::needless_range_loop)]
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q45_k_t<const FIVE: bool, const N: usize>(
-    row: *const u8,
-    xs: [*const TBlock; N],
-    nb: usize,
-) -> [f32; N] {
-    let (ts, qs_at) = if FIVE { (176, 48) } else { (144, 16) };
-    let m4 = _mm256_set1_epi8(0x0F);
-    let one = _mm256_set1_epi8(1);
-    // Bytes of the scale of lane pair m's sub-block, ORDER[m], twice.
-    let pick = _mm_setr_epi8(0, 0, 2, 2, 4, 4, 6, 6, 1, 1, 3, 3, 5, 5, 7, 7);
-    // Q5_K: lane k's fifth bit is bit ORDER[k] of each byte of qh.
-    let order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-    let mut acc = [_mm256_setzero_ps(); N];
-    for i in 0..nb {
-        let b = row.add(i * ts);
+pub(super) struct Q45K<const FIVE: bool>;
+
+/// A Q4_K / Q5_K block as the token steps take it: the codes as eight
+/// transposed columns (lane `k`: sub-block `ORDER[k]`), the lanes' scales as
+/// i16 pairs, `dmin · m_k` and `d`.
+#[repr(C, align(32))]
+pub(super) struct Unpacked45 {
+    w: [__m256i; 8],
+    scales: __m256i,
+    mins: __m256,
+    d: __m256,
+}
+
+impl<const FIVE: bool> Unpacks for Q45K<FIVE> {
+    type X = TBlock;
+    type U = Unpacked45;
+    const BYTES: usize = if FIVE { 176 } else { 144 };
+
+    fn units(nb: usize) -> usize {
+        nb
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(row: *const u8, _nb: usize, i: usize) -> Unpacked45 {
+        let b = row.add(i * Self::BYTES);
+        let qs_at = if FIVE { 48 } else { 16 };
+        let m4 = _mm256_set1_epi8(0x0F);
+        let one = _mm256_set1_epi8(1);
+        // Bytes of the scale of lane pair m's sub-block, ORDER[m], twice.
+        let pick = _mm_setr_epi8(0, 0, 2, 2, 4, 4, 6, 6, 1, 1, 3, 3, 5, 5, 7, 7);
+        // Q5_K: lane k's fifth bit is bit ORDER[k] of each byte of qh.
+        let order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
         let (d, dmin) = (_mm256_set1_ps(f16_at(b)), f16_at(b.add(2)));
         let (sc, m) = scales_mins_k4(&*(b.add(4) as *const [u8; 12]));
         let scales = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_cvtsi64_si128(sc as i64), pick));
@@ -167,33 +174,19 @@ pub(super) unsafe fn dot_q45_k_t<const FIVE: bool, const N: usize>(
         // Mins as f32 `dmin · m_k`, lane k, against each token's `xsums`.
         let m32 = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(m as i64));
         let mins = _mm256_mul_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(m32));
-        for t in 0..N {
-            let xb = &*xs[t].add(i);
-            let x = Cols { cols: xb.qs.as_ptr(), sums: &xb.xsums, d: &xb.d };
-            if FIVE {
-                steps::q5_k(&w, scales, mins, d, x, &mut acc[t]);
-            } else {
-                steps::q4_k(&w, scales, mins, d, x, &mut acc[t]);
-            }
+        Unpacked45 { w, scales, mins, d }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn step(u: &Unpacked45, x: &TBlock, acc: &mut __m256) {
+        let x = Cols { cols: x.qs.as_ptr(), sums: &x.xsums, d: &x.d };
+        if FIVE {
+            steps::q5_k(&u.w, u.scales, u.mins, u.d, x, acc);
+        } else {
+            steps::q4_k(&u.w, u.scales, u.mins, u.d, x, acc);
         }
     }
-    acc.map(|a| hsum(a))
-}
-
-/// # Safety
-/// As [`dot_q45_k_t`].
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q4_k_t<const N: usize>(row: *const u8, xs: [*const TBlock; N], nb: usize) -> [f32; N] {
-    dot_q45_k_t::<false, N>(row, xs, nb)
-}
-
-/// # Safety
-/// As [`dot_q45_k_t`].
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q5_k_t<const N: usize>(row: *const u8, xs: [*const TBlock; N], nb: usize) -> [f32; N] {
-    dot_q45_k_t::<true, N>(row, xs, nb)
 }
 
 /// Q6_K against activations from [`transposed`]: each block's eight 32-value
@@ -203,20 +196,34 @@ pub(super) unsafe fn dot_q5_k_t<const N: usize>(row: *const u8, xs: [*const TBlo
 /// 4..8. Codes reach 63, so the i16 sums take two registers at a time
 /// (2 * 2 * 63 * 127 = 32004 < 2^15): four `vpmaddwd` per (block, token)
 /// instead of eight; the `- 32` through the group sums as before.
-///
-/// # Safety
-/// `row` points at `nb` Q6_K blocks, each `xs[t]` at `nb` transposed
-/// activation blocks; the CPU runs AVX2 + FMA + F16C.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q6_k_t<const N: usize>(row: *const u8, xs: [*const TBlock; N], nb: usize) -> [f32; N] {
-    let m4 = _mm256_set1_epi8(0x0F);
-    // Bytes of group 2 ORDER[k] (columns 0..4) and 2 ORDER[k] + 1, twice each.
-    let pick_lo = _mm_setr_epi8(0, 0, 4, 4, 8, 8, 12, 12, 2, 2, 6, 6, 10, 10, 14, 14);
-    let pick_hi = _mm_add_epi8(pick_lo, _mm_set1_epi8(1));
-    let mut acc = [_mm256_setzero_ps(); N];
-    for i in 0..nb {
-        let b = row.add(i * 210);
+pub(super) struct Q6K;
+
+/// A Q6_K block as [`steps::q6_k`] takes it: the transposed codes, the
+/// scales of the low and high columns and of the sixteen groups, and `d`.
+#[repr(C, align(32))]
+pub(super) struct Unpacked6 {
+    w: [__m256i; 8],
+    scales: [__m256i; 3],
+    d: __m256,
+}
+
+impl Unpacks for Q6K {
+    type X = TBlock;
+    type U = Unpacked6;
+    const BYTES: usize = 210;
+
+    fn units(nb: usize) -> usize {
+        nb
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(row: *const u8, _nb: usize, i: usize) -> Unpacked6 {
+        let b = row.add(i * Self::BYTES);
+        let m4 = _mm256_set1_epi8(0x0F);
+        // Bytes of group 2 ORDER[k] (columns 0..4) and 2 ORDER[k] + 1, twice each.
+        let pick_lo = _mm_setr_epi8(0, 0, 4, 4, 8, 8, 12, 12, 2, 2, 6, 6, 10, 10, 14, 14);
+        let pick_hi = _mm_add_epi8(pick_lo, _mm_set1_epi8(1));
         let d = _mm256_set1_ps(f16_at(b.add(208)));
         let sc = load128(b.add(192));
         let sc_lo = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, pick_lo));
@@ -236,14 +243,15 @@ pub(super) unsafe fn dot_q6_k_t<const N: usize>(row: *const u8, xs: [*const TBlo
             runs[4 * n + 3] =
                 _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4), top2(_mm256_srli_epi16::<6>(qh)));
         }
-        let w = transpose8(ORDER.map(|j| runs[j]));
-        for (t, a) in acc.iter_mut().enumerate() {
-            let xb = &*xs[t].add(i);
-            let x = Cols { cols: xb.qs.as_ptr(), sums: &xb.bsums as *const __m256i as *const __m256, d: &xb.d };
-            steps::q6_k(&w, [sc_lo, sc_hi, sc16], d, x, a);
-        }
+        Unpacked6 { w: transpose8(ORDER.map(|j| runs[j])), scales: [sc_lo, sc_hi, sc16], d }
     }
-    acc.map(|a| hsum(a))
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn step(u: &Unpacked6, x: &TBlock, acc: &mut __m256) {
+        let x = Cols { cols: x.qs.as_ptr(), sums: &x.bsums as *const __m256i as *const __m256, d: &x.d };
+        steps::q6_k(&u.w, u.scales, u.d, x, acc);
+    }
 }
 
 /// IQ4_XS against activations from [`transposed`]: each sub-block's 32
@@ -253,26 +261,42 @@ pub(super) unsafe fn dot_q6_k_t<const N: usize>(row: *const u8, xs: [*const TBlo
 /// `ORDER[k]`. The codes reach ±127, so each column's `vpmaddubsw` (sign
 /// trick) goes to i32 on its own before the columns add; the lanes' scales
 /// `d (ls - 32)` then multiply all eight sub-block sums at once.
-///
-/// # Safety
-/// `row` points at `nb` IQ4_XS blocks, each `xs[t]` at `nb` transposed
-/// activation blocks; the CPU runs AVX2 + FMA + F16C.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_iq4_xs_t<const N: usize>(row: *const u8, xs: [*const TBlock; N], nb: usize) -> [f32; N] {
-    let table = iq4_table();
-    let order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-    let mut acc = [_mm256_setzero_ps(); N];
-    for i in 0..nb {
-        let b = row.add(i * 136);
+pub(super) struct IQ4XS;
+
+/// Signed codes as [`steps::signed`] takes them: the transposed columns'
+/// absolute values (`aw`) and the codes themselves (`w`), and the lanes'
+/// f32 scales.
+#[repr(C, align(32))]
+pub(super) struct UnpackedSigned {
+    pub(super) aw: [__m256i; 8],
+    pub(super) w: [__m256i; 8],
+    pub(super) scale: __m256,
+}
+
+impl Unpacks for IQ4XS {
+    type X = TBlock;
+    type U = UnpackedSigned;
+    const BYTES: usize = 136;
+
+    fn units(nb: usize) -> usize {
+        nb
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(row: *const u8, _nb: usize, i: usize) -> UnpackedSigned {
+        let b = row.add(i * Self::BYTES);
+        let table = iq4_table();
+        let order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
         let ls = _mm256_permutevar8x32_epi32(iq4_xs_ls32(b), order);
         let scale = _mm256_mul_ps(_mm256_set1_ps(f16_at(b)), _mm256_cvtepi32_ps(ls));
         let w = transpose8(ORDER.map(|j| iq4_codes(table, b.add(8 + 16 * j))));
-        let aw = w.map(|c| _mm256_sign_epi8(c, c));
-        for (t, a) in acc.iter_mut().enumerate() {
-            let xb = &*xs[t].add(i);
-            steps::signed(&aw, &w, scale, xb.qs.as_ptr(), &xb.d, a);
-        }
+        UnpackedSigned { aw: w.map(|c| _mm256_sign_epi8(c, c)), w, scale }
     }
-    acc.map(|a| hsum(a))
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn step(u: &UnpackedSigned, x: &TBlock, acc: &mut __m256) {
+        steps::signed(&u.aw, &u.w, u.scale, x.qs.as_ptr(), &x.d, acc);
+    }
 }

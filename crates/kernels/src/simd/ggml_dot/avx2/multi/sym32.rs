@@ -23,7 +23,9 @@
 use std::arch::x86_64::*;
 
 use super::super::super::scratch::{Scratch, Whole};
-use super::super::{hsum, iq4_codes, iq4_table, load256, q4_0_codes, q5_codes};
+use super::super::{iq4_codes, iq4_table, load256, q4_0_codes, q5_codes};
+use super::kquants::UnpackedSigned;
+use super::unpacked::Unpacks;
 use crate::simd::act::BlockQ8x32;
 use crate::simd::columns::{steps, transpose8};
 
@@ -84,68 +86,64 @@ unsafe fn transpose_runs(x: &[BlockQ8x32], nb: usize, mut p: *mut TRun) {
     }
 }
 
-/// One row of `nb` blocks of `ts` bytes against `N` tokens from
-/// [`transposed32`]: per run of eight blocks the weight codes (`codes` of a
-/// block's address, signed bytes) are transposed and their absolute values
+/// The symmetric 32-value type `TYPE` (one of the constants below) on runs
+/// of eight blocks against activations from [`transposed32`]: per run the
+/// weight codes (signed bytes) are transposed and their absolute values
 /// taken once; per token, eight sign-trick `vpmaddubsw` + `vpmaddwd` into
-/// one i32 register, then one convert and one FMA.
-///
-/// # Safety
-/// `row` points at `nb` blocks of `ts` bytes, each starting with its f16
-/// scale, on which `codes` is sound; each `xs[t]` points at
-/// `nb.div_ceil(8)` transposed runs; the CPU runs AVX2 + FMA + F16C.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_sym32_t<const N: usize>(
-    row: *const u8,
-    xs: [*const TRun; N],
-    nb: usize,
-    ts: usize,
-    codes: impl Fn(*const u8) -> __m256i,
-) -> [f32; N] {
-    let mut acc = [_mm256_setzero_ps(); N];
-    for r in 0..nb.div_ceil(8) {
+/// one i32 register, then one convert and one FMA ([`steps::signed`]).
+pub(super) struct Sym32<const TYPE: u8>;
+
+pub(super) const Q8_0: u8 = 0;
+pub(super) const Q4_0: u8 = 1;
+pub(super) const Q5_0: u8 = 2;
+pub(super) const IQ4_NL: u8 = 3;
+
+impl<const TYPE: u8> Sym32<TYPE> {
+    /// The signed codes of the block at `b`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn codes(b: *const u8) -> __m256i {
+        match TYPE {
+            Q8_0 => load256(b.add(2)),
+            Q4_0 => q4_0_codes(b),
+            Q5_0 => q5_codes(b, 2, 6, true),
+            _ => iq4_codes(iq4_table(), b.add(2)),
+        }
+    }
+}
+
+impl<const TYPE: u8> Unpacks for Sym32<TYPE> {
+    type X = TRun;
+    type U = UnpackedSigned;
+    const BYTES: usize = match TYPE {
+        Q8_0 => 34,
+        Q5_0 => 22,
+        _ => 18,
+    };
+
+    fn units(nb: usize) -> usize {
+        nb.div_ceil(8)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(row: *const u8, nb: usize, r: usize) -> UnpackedSigned {
+        let ts = Self::BYTES;
         let here = (nb - 8 * r).min(8);
         let b = row.add(8 * r * ts);
-        let rows = std::array::from_fn(|k| if k < here { codes(b.add(k * ts)) } else { _mm256_setzero_si256() });
+        let rows = std::array::from_fn(|k| if k < here { Self::codes(b.add(k * ts)) } else { _mm256_setzero_si256() });
         let mut h = [0u16; 8];
         for (k, hk) in h.iter_mut().enumerate().take(here) {
             *hk = (b.add(k * ts) as *const u16).read_unaligned();
         }
-        let dw = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i));
+        let scale = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i));
         let w = transpose8(rows);
-        let aw = w.map(|c| _mm256_sign_epi8(c, c));
-        for (t, a) in acc.iter_mut().enumerate() {
-            let xr = &*xs[t].add(r);
-            steps::signed(&aw, &w, dw, xr.cols.as_ptr(), &xr.d, a);
-        }
+        UnpackedSigned { aw: w.map(|c| _mm256_sign_epi8(c, c)), w, scale }
     }
-    acc.map(|a| hsum(a))
-}
 
-// Each `dot_*_t` below: # Safety: as [`dot_sym32_t`] for blocks of the type.
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q8_0_t<const N: usize>(row: *const u8, xs: [*const TRun; N], nb: usize) -> [f32; N] {
-    dot_sym32_t(row, xs, nb, 34, |b| load256(b.add(2)))
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q4_0_t<const N: usize>(row: *const u8, xs: [*const TRun; N], nb: usize) -> [f32; N] {
-    dot_sym32_t(row, xs, nb, 18, |b| q4_0_codes(b))
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q5_0_t<const N: usize>(row: *const u8, xs: [*const TRun; N], nb: usize) -> [f32; N] {
-    dot_sym32_t(row, xs, nb, 22, |b| q5_codes(b, 2, 6, true))
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_iq4_nl_t<const N: usize>(row: *const u8, xs: [*const TRun; N], nb: usize) -> [f32; N] {
-    let table = iq4_table();
-    dot_sym32_t(row, xs, nb, 18, |b| iq4_codes(table, b.add(2)))
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn step(u: &UnpackedSigned, x: &TRun, acc: &mut __m256) {
+        steps::signed(&u.aw, &u.w, u.scale, x.cols.as_ptr(), &x.d, acc);
+    }
 }
