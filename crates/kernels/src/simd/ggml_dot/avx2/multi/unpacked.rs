@@ -53,18 +53,22 @@ pub(super) trait Unpacks {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot<const N: usize>(row: *const u8, xs: [*const Self::X; N], nb: usize, keep: *mut Self::U) -> [f32; N] {
         let mut acc = [std::arch::x86_64::_mm256_setzero_ps(); N];
-        for i in 0..Self::units(nb) {
-            let mut u = Self::unpack(row, nb, i);
-            // The steps read the kept copy, as the later groups will (not a
-            // second one on the stack).
-            let u: &Self::U = if keep.is_null() {
-                &mut u
-            } else {
-                keep.add(i).write(u);
-                &*keep.add(i)
-            };
-            for (t, a) in acc.iter_mut().enumerate() {
-                Self::step(u, &*xs[t].add(i), a);
+        // Two loops, so that without `keep` the unit is a local whose parts
+        // stay in registers (one reference to either would put it in memory).
+        if keep.is_null() {
+            for i in 0..Self::units(nb) {
+                let u = Self::unpack(row, nb, i);
+                for (t, a) in acc.iter_mut().enumerate() {
+                    Self::step(&u, &*xs[t].add(i), a);
+                }
+            }
+        } else {
+            for i in 0..Self::units(nb) {
+                // The steps read the kept copy, as the later groups will.
+                keep.add(i).write(Self::unpack(row, nb, i));
+                for (t, a) in acc.iter_mut().enumerate() {
+                    Self::step(&*keep.add(i), &*xs[t].add(i), a);
+                }
             }
         }
         acc.map(|a| hsum(a))
