@@ -11,7 +11,7 @@
 //! and the share of `matmul`'s time spent quantizing the activations.
 //!
 //! `cargo run --release -p qmoe-kernels --example prefill_gemm -- [FORMAT ...]
-//!  [--tokens 64] [--iters 9]`; FORMAT: q4k q5k q6k q8_0 q4_0 iq4xs a4 a8 bf16
+//!  [--tokens 64] [--iters 9]`; FORMAT: a ggml type (q2k .. q6k, q8_0, q4_0, iq4xs, ...), a4 a8 bf16
 //! (default q4k q6k q8_0 a4). Shapes: `[512 x 2048]` (an expert's gate/up)
 //! and `[2048 x 512]` (its down projection).
 

@@ -147,14 +147,21 @@ pub(crate) unsafe fn q5_k(w: &[__m256i; 8], scales: __m256i, mins: __m256, d: __
     );
 }
 
-/// Q6_K: `acc += d x_d (Σ pairs · scales - 32 sc · bsums)` per lane. The
-/// codes reach 63, so the i16 sums take two columns at a time; columns 0..4
-/// take the scales of groups `2 ORDER[k]` (`sc_lo`), 4..8 those of
-/// `2 ORDER[k] + 1` (`sc_hi`); `sc16` are the sixteen group scales against
-/// the activations' group sums (the codes' `- 32`).
+/// Q6_K (`SHIFT` 5) and Q3_K (`SHIFT` 2), codes stored with an offset of
+/// `2^SHIFT`: `acc += d x_d (Σ pairs · scales - 2^SHIFT sc · bsums)` per
+/// lane. Q6_K's codes reach 63, so the i16 sums take two columns at a time;
+/// columns 0..4 take the scales of groups `2 ORDER[k]` (`sc_lo`), 4..8 those
+/// of `2 ORDER[k] + 1` (`sc_hi`); `sc16` are the sixteen group scales against
+/// the activations' group sums (the codes' offset).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn q6_k(w: &[__m256i; 8], [sc_lo, sc_hi, sc16]: [__m256i; 3], d: __m256, x: Cols, acc: &mut __m256) {
+pub(crate) unsafe fn groups16<const SHIFT: u32>(
+    w: &[__m256i; 8],
+    [sc_lo, sc_hi, sc16]: [__m256i; 3],
+    d: __m256,
+    x: Cols,
+    acc: &mut __m256,
+) {
     step!(
         w,
         x,
@@ -180,7 +187,7 @@ pub(crate) unsafe fn q6_k(w: &[__m256i; 8], [sc_lo, sc_hi, sc16]: [__m256i; 3], 
             "vpmaddwd {p}, {p}, {sc_hi}",
             "vpaddd {s}, {s}, {p}",
             "vpmaddwd {p}, {sc16}, ymmword ptr [{xsums}]",
-            "vpslld {p}, {p}, 5",
+            "vpslld {p}, {p}, {shift}",
             "vpsubd {s}, {s}, {p}",
             "vcvtdq2ps {s}, {s}",
             "vmulps {p}, {d}, ymmword ptr [{xd}]",
@@ -191,6 +198,64 @@ pub(crate) unsafe fn q6_k(w: &[__m256i; 8], [sc_lo, sc_hi, sc16]: [__m256i; 3], 
         sc_hi = in(ymm_reg) sc_hi,
         sc16 = in(ymm_reg) sc16,
         d = in(ymm_reg) d,
+        shift = const SHIFT,
+        s = out(ymm_reg) _,
+        p = out(ymm_reg) _,
+        t = out(ymm_reg) _
+    );
+}
+
+/// Q2_K: `acc += d x_d Σ pairs · scales - dmin x_d (m16 · bsums)` per lane,
+/// the scales and mins per 16-value group as in [`groups16`] (codes reach 3:
+/// still two columns per i16 sum, so the two share its shape). All sixteen
+/// vector registers are taken.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn q2_k(
+    w: &[__m256i; 8],
+    [sc_lo, sc_hi, m16]: [__m256i; 3],
+    [d, dmin]: [__m256; 2],
+    x: Cols,
+    acc: &mut __m256,
+) {
+    step!(
+        w,
+        x,
+        acc,
+        [
+            "vpmaddubsw {p}, {w0}, ymmword ptr [{x}]",
+            "vpmaddubsw {t}, {w1}, ymmword ptr [{x} + 32]",
+            "vpaddw {p}, {p}, {t}",
+            "vpmaddwd {s}, {p}, {sc_lo}",
+            "vpmaddubsw {p}, {w2}, ymmword ptr [{x} + 64]",
+            "vpmaddubsw {t}, {w3}, ymmword ptr [{x} + 96]",
+            "vpaddw {p}, {p}, {t}",
+            "vpmaddwd {p}, {p}, {sc_lo}",
+            "vpaddd {s}, {s}, {p}",
+            "vpmaddubsw {p}, {w4}, ymmword ptr [{x} + 128]",
+            "vpmaddubsw {t}, {w5}, ymmword ptr [{x} + 160]",
+            "vpaddw {p}, {p}, {t}",
+            "vpmaddwd {p}, {p}, {sc_hi}",
+            "vpaddd {s}, {s}, {p}",
+            "vpmaddubsw {p}, {w6}, ymmword ptr [{x} + 192]",
+            "vpmaddubsw {t}, {w7}, ymmword ptr [{x} + 224]",
+            "vpaddw {p}, {p}, {t}",
+            "vpmaddwd {p}, {p}, {sc_hi}",
+            "vpaddd {s}, {s}, {p}",
+            "vcvtdq2ps {s}, {s}",
+            "vmulps {t}, {d}, ymmword ptr [{xd}]",
+            "vfmadd213ps {s}, {t}, ymmword ptr [{acc}]",
+            "vpmaddwd {p}, {m16}, ymmword ptr [{xsums}]",
+            "vcvtdq2ps {p}, {p}",
+            "vmulps {t}, {dmin}, ymmword ptr [{xd}]",
+            "vfnmadd231ps {s}, {t}, {p}",
+            "vmovups ymmword ptr [{acc}], {s}",
+        ],
+        sc_lo = in(ymm_reg) sc_lo,
+        sc_hi = in(ymm_reg) sc_hi,
+        m16 = in(ymm_reg) m16,
+        d = in(ymm_reg) d,
+        dmin = in(ymm_reg) dmin,
         s = out(ymm_reg) _,
         p = out(ymm_reg) _,
         t = out(ymm_reg) _

@@ -16,9 +16,8 @@
 //! level likewise runs the single-token NEON kernel per token): the same
 //! integer sums per (sub-)block, so the levels agree to float rounding, and
 //! the AVX2 level agrees with [`super::gemv_q8k`] / [`super::gemv_q8x32`]
-//! per token to float rounding (bit for bit for Q2_K, Q3_K and IQ4_XS,
-//! which keep its summation order; Q4_K/Q5_K/Q6_K add sub-block sums in a
-//! transposed order, see `avx2/multi/kquants.rs`). The AVX-512 kernels
+//! per token to float rounding (the k-quants and IQ4_XS add sub-block sums
+//! in a transposed order, see `avx2/multi/kquants.rs`). The AVX-512 kernels
 //! scale each group's exact integer sum per lane in f32: they too agree to
 //! float rounding.
 

@@ -8,21 +8,18 @@
 //! them from L2, while the group's activations stay in L1.
 //!
 //! Per (block, token) the integer sums are those of the single-token kernels
-//! in [`super`], and so is the f32 scaling of each block; only the 32-wide
-//! types keep one accumulator per token where the single-token kernel
-//! alternates two, Q4_K / Q5_K / Q6_K / IQ4_XS ([`kquants`]) spread each
-//! block's sum over the eight lanes differently, and Q8_0 / Q4_0 / Q5_0 /
-//! IQ4_NL ([`sym32`]) give each of eight consecutive blocks a lane of its
-//! own, so for those results agree with it to float rounding (the other
-//! 256-wide types: bit for bit).
+//! in [`super`], and so is the f32 scaling of each block; the 32-wide types
+//! Q4_1 / Q5_1 keep one accumulator per token where the single-token kernel
+//! alternates two, the 256-wide types ([`kquants`]) spread each block's sum
+//! over the eight lanes differently, and Q8_0 / Q4_0 / Q5_0 / IQ4_NL
+//! ([`sym32`]) give each of eight consecutive blocks a lane of its own, so
+//! results agree with it to float rounding.
 
 use std::arch::x86_64::*;
 
 use qmoe_core::GgmlType;
 
-use super::{
-    bsums, f16_at, hsum, load128, load256, madd, mul_u8, pair_i8, q3_k_scales, q4_1_codes, q5_codes, PREFETCH_BYTES,
-};
+use super::{f16_at, hsum, load256, madd, q4_1_codes, q5_codes, PREFETCH_BYTES};
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
 
 mod kquants;
@@ -30,7 +27,7 @@ mod sym32;
 mod unpacked;
 
 use super::super::scratch::Kept;
-use kquants::{transposed, IQ4XS, Q45K, Q6K};
+use kquants::{transposed, IQ4XS, Q2K, Q3K, Q45K, Q6K};
 use sym32::{transposed32, Sym32};
 use unpacked::Unpacks;
 
@@ -163,8 +160,8 @@ pub(crate) unsafe fn gemm_q8k(
 ) {
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
-        GgmlType::Q2K => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 84, dot_q2_k),
-        GgmlType::Q3K => groups!(w, n_rows, x, n_tokens, y, y_stride, acts_id, 110, dot_q3_k),
+        GgmlType::Q2K => groups!(kept Q2K: w, n_rows, x, n_tokens, y, y_stride, acts_id, 8, transposed),
+        GgmlType::Q3K => groups!(kept Q3K: w, n_rows, x, n_tokens, y, y_stride, acts_id, 8, transposed),
         GgmlType::Q4K => groups!(kept Q45K<false>: w, n_rows, x, n_tokens, y, y_stride, acts_id, 8, transposed),
         GgmlType::Q5K => groups!(kept Q45K<true>: w, n_rows, x, n_tokens, y, y_stride, acts_id, 8, transposed),
         GgmlType::Q6K => groups!(kept Q6K: w, n_rows, x, n_tokens, y, y_stride, acts_id, 8, transposed),
@@ -247,83 +244,4 @@ unsafe fn dot_q4_1<const N: usize>(row: *const u8, xs: [*const BlockQ8x32; N], n
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q5_1<const N: usize>(row: *const u8, xs: [*const BlockQ8x32; N], nb: usize) -> [f32; N] {
     dot32!(row, xs, nb, 24, |b| q5_codes(b, 4, 8, false), f16_at(b.add(2)))
-}
-
-// ---- 256-value super-blocks (Q8K activations) -----------------------------------
-
-/// Q2_K: the four 2-bit runs of each half cut once per block.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q2_k<const N: usize>(row: *const u8, xs: [*const BlockQ8K; N], nb: usize) -> [f32; N] {
-    let m2 = _mm256_set1_epi8(3);
-    let mut acc = [_mm256_setzero_ps(); N];
-    for i in 0..nb {
-        let b = row.add(i * 84);
-        let (d, dmin) = (f16_at(b.add(80)), f16_at(b.add(82)));
-        let raw = load128(b);
-        let sc = _mm_and_si128(raw, _mm_set1_epi8(0x0F));
-        let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(raw), _mm_set1_epi8(0x0F)));
-        let mut sumi = [_mm256_setzero_si256(); N];
-        for n in 0..2 {
-            let qv = load256(b.add(16 + 32 * n));
-            for k in 0..4 {
-                let q = _mm256_and_si256(_mm256_srl_epi16(qv, _mm_cvtsi32_si128(2 * k as i32)), m2);
-                let g = (8 * n + 2 * k) as i64;
-                let s = pair_i8(sc, g, g + 1);
-                for t in 0..N {
-                    let xq = (*xs[t].add(i)).qs.as_ptr() as *const u8;
-                    let p = mul_u8(q, load256(xq.add(128 * n + 32 * k)));
-                    sumi[t] = _mm256_add_epi32(sumi[t], madd(p, s));
-                }
-            }
-        }
-        for t in 0..N {
-            let xb = &*xs[t].add(i);
-            let summ = madd(mins, bsums(xb));
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
-            acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * xb.d), _mm256_cvtepi32_ps(summ), acc[t]);
-        }
-    }
-    acc.map(|a| hsum(a))
-}
-
-/// Q3_K: codes `q2 + 4h` assembled once per run; the `- 4` through the
-/// group sums.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q3_k<const N: usize>(row: *const u8, xs: [*const BlockQ8K; N], nb: usize) -> [f32; N] {
-    let m2 = _mm256_set1_epi8(3);
-    let one = _mm256_set1_epi8(1);
-    let mut acc = [_mm256_setzero_ps(); N];
-    for i in 0..nb {
-        let b = row.add(i * 110);
-        let d = f16_at(b.add(108));
-        let scales = q3_k_scales(std::slice::from_raw_parts(b.add(96), 12));
-        let sc = load128(scales.as_ptr() as *const u8);
-        let sc16 = _mm256_cvtepi8_epi16(sc);
-        let hm = load256(b);
-        let mut sumi = [_mm256_setzero_si256(); N];
-        for n in 0..2 {
-            let qv = load256(b.add(32 + 32 * n));
-            for k in 0..4 {
-                let q2 = _mm256_and_si256(_mm256_srl_epi16(qv, _mm_cvtsi32_si128(2 * k as i32)), m2);
-                let h = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128((4 * n + k) as i32)), one);
-                let q = _mm256_or_si256(q2, _mm256_slli_epi16::<2>(h));
-                let g = (8 * n + 2 * k) as i64;
-                let s = pair_i8(sc, g, g + 1);
-                for t in 0..N {
-                    let xq = (*xs[t].add(i)).qs.as_ptr() as *const u8;
-                    let p = mul_u8(q, load256(xq.add(128 * n + 32 * k)));
-                    sumi[t] = _mm256_add_epi32(sumi[t], madd(p, s));
-                }
-            }
-        }
-        for t in 0..N {
-            let xb = &*xs[t].add(i);
-            let offs = madd(sc16, bsums(xb));
-            let s = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32::<2>(offs));
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(s), acc[t]);
-        }
-    }
-    acc.map(|a| hsum(a))
 }

@@ -1,5 +1,5 @@
-//! Q4_K / Q5_K / Q6_K / IQ4_XS many-token kernels on transposed sub-blocks:
-//! one, two or four scale multiplies per (block, token) instead of eight
+//! Q2_K..Q6_K / IQ4_XS many-token kernels on transposed sub-blocks: one, two
+//! or four scale multiplies per (block, token) instead of eight or sixteen
 //! (IQ4_XS: one f32 multiply by the eight sub-block scales).
 //!
 //! The plain layout multiplies each 32-value sub-block in its own register
@@ -30,7 +30,9 @@
 use std::arch::x86_64::*;
 
 use super::super::super::scratch::{Scratch, Whole};
-use super::super::{bsums, f16_at, iq4_codes, iq4_table, iq4_xs_ls32, load128, load256, madd, scales_mins_k4, top2};
+use super::super::{
+    bsums, f16_at, iq4_codes, iq4_table, iq4_xs_ls32, load128, load256, madd, q3_k_scales, scales_mins_k4, top2,
+};
 use super::unpacked::Unpacks;
 use crate::simd::act::BlockQ8K;
 use crate::simd::columns::steps::{self, Cols};
@@ -198,10 +200,11 @@ impl<const FIVE: bool> Unpacks for Q45K<FIVE> {
 /// instead of eight; the `- 32` through the group sums as before.
 pub(super) struct Q6K;
 
-/// A Q6_K block as [`steps::q6_k`] takes it: the transposed codes, the
-/// scales of the low and high columns and of the sixteen groups, and `d`.
+/// A Q6_K or Q3_K block as [`steps::groups16`] takes it: the transposed
+/// codes, the scales of the low and high columns and of the sixteen groups,
+/// and `d`.
 #[repr(C, align(32))]
-pub(super) struct Unpacked6 {
+pub(super) struct Unpacked16 {
     w: [__m256i; 8],
     scales: [__m256i; 3],
     d: __m256,
@@ -209,7 +212,7 @@ pub(super) struct Unpacked6 {
 
 impl Unpacks for Q6K {
     type X = TBlock;
-    type U = Unpacked6;
+    type U = Unpacked16;
     const BYTES: usize = 210;
 
     fn units(nb: usize) -> usize {
@@ -218,16 +221,12 @@ impl Unpacks for Q6K {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn unpack(row: *const u8, _nb: usize, i: usize) -> Unpacked6 {
+    unsafe fn unpack(row: *const u8, _nb: usize, i: usize) -> Unpacked16 {
         let b = row.add(i * Self::BYTES);
         let m4 = _mm256_set1_epi8(0x0F);
-        // Bytes of group 2 ORDER[k] (columns 0..4) and 2 ORDER[k] + 1, twice each.
-        let pick_lo = _mm_setr_epi8(0, 0, 4, 4, 8, 8, 12, 12, 2, 2, 6, 6, 10, 10, 14, 14);
-        let pick_hi = _mm_add_epi8(pick_lo, _mm_set1_epi8(1));
         let d = _mm256_set1_ps(f16_at(b.add(208)));
         let sc = load128(b.add(192));
-        let sc_lo = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, pick_lo));
-        let sc_hi = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, pick_hi));
+        let [sc_lo, sc_hi] = column_scales(sc);
         let sc16 = _mm256_cvtepi8_epi16(sc);
         // Run 4n + k of half n: low (k < 2) or high nibbles of ql bytes
         // 64n + 32 (k % 2).., topped by bit pair k of qh bytes 32n...
@@ -243,14 +242,122 @@ impl Unpacks for Q6K {
             runs[4 * n + 3] =
                 _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4), top2(_mm256_srli_epi16::<6>(qh)));
         }
-        Unpacked6 { w: transpose8(ORDER.map(|j| runs[j])), scales: [sc_lo, sc_hi, sc16], d }
+        Unpacked16 { w: transpose8(ORDER.map(|j| runs[j])), scales: [sc_lo, sc_hi, sc16], d }
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn step(u: &Unpacked6, x: &TBlock, acc: &mut __m256) {
+    unsafe fn step(u: &Unpacked16, x: &TBlock, acc: &mut __m256) {
         let x = Cols { cols: x.qs.as_ptr(), sums: &x.bsums as *const __m256i as *const __m256, d: &x.d };
-        steps::q6_k(&u.w, u.scales, u.d, x, acc);
+        steps::groups16::<5>(&u.w, u.scales, u.d, x, acc);
+    }
+}
+
+/// The scales of the low (groups `2 ORDER[k]`) and high (`2 ORDER[k] + 1`)
+/// columns from the sixteen i8 group scales `sc`, as i16 pairs.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn column_scales(sc: __m128i) -> [__m256i; 2] {
+    // Bytes of group 2 ORDER[k] (columns 0..4) and 2 ORDER[k] + 1, twice each.
+    let pick_lo = _mm_setr_epi8(0, 0, 4, 4, 8, 8, 12, 12, 2, 2, 6, 6, 10, 10, 14, 14);
+    let pick_hi = _mm_add_epi8(pick_lo, _mm_set1_epi8(1));
+    [_mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, pick_lo)), _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, pick_hi))]
+}
+
+/// Q3_K against activations from [`transposed`]: the codes `q2 + 4h`
+/// (0..7) of each 32-value run assembled as in the plain kernel, then
+/// transposed and stepped as Q6_K's, with the `- 4` through the group sums.
+pub(super) struct Q3K;
+
+impl Unpacks for Q3K {
+    type X = TBlock;
+    type U = Unpacked16;
+    const BYTES: usize = 110;
+
+    fn units(nb: usize) -> usize {
+        nb
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(row: *const u8, _nb: usize, i: usize) -> Unpacked16 {
+        let b = row.add(i * Self::BYTES);
+        let m2 = _mm256_set1_epi8(3);
+        let one = _mm256_set1_epi8(1);
+        let scales = q3_k_scales(std::slice::from_raw_parts(b.add(96), 12));
+        let sc = load128(scales.as_ptr() as *const u8);
+        let [sc_lo, sc_hi] = column_scales(sc);
+        let hm = load256(b);
+        // Run 4n + k: bit pair k of qs bytes 32n.., topped by bit 4n + k of hmask.
+        let mut runs = [_mm256_setzero_si256(); 8];
+        for n in 0..2 {
+            let qv = load256(b.add(32 + 32 * n));
+            for k in 0..4 {
+                let q2 = _mm256_and_si256(_mm256_srl_epi16(qv, _mm_cvtsi32_si128(2 * k as i32)), m2);
+                let h = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128((4 * n + k) as i32)), one);
+                runs[4 * n + k] = _mm256_or_si256(q2, _mm256_slli_epi16::<2>(h));
+            }
+        }
+        let d = _mm256_set1_ps(f16_at(b.add(108)));
+        Unpacked16 { w: transpose8(ORDER.map(|j| runs[j])), scales: [sc_lo, sc_hi, _mm256_cvtepi8_epi16(sc)], d }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn step(u: &Unpacked16, x: &TBlock, acc: &mut __m256) {
+        let x = Cols { cols: x.qs.as_ptr(), sums: &x.bsums as *const __m256i as *const __m256, d: &x.d };
+        steps::groups16::<2>(&u.w, u.scales, u.d, x, acc);
+    }
+}
+
+/// Q2_K against activations from [`transposed`]: the four 2-bit runs of
+/// each half cut as in the plain kernel, transposed; scales and mins per
+/// 16-value group as Q6_K's scales ([`steps::q2_k`]).
+pub(super) struct Q2K;
+
+/// A Q2_K block as [`steps::q2_k`] takes it: the transposed codes, the
+/// scales of the low and high columns, the sixteen group mins, `d` and
+/// `dmin`.
+#[repr(C, align(32))]
+pub(super) struct Unpacked2 {
+    w: [__m256i; 8],
+    scales: [__m256i; 3],
+    d: [__m256; 2],
+}
+
+impl Unpacks for Q2K {
+    type X = TBlock;
+    type U = Unpacked2;
+    const BYTES: usize = 84;
+
+    fn units(nb: usize) -> usize {
+        nb
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(row: *const u8, _nb: usize, i: usize) -> Unpacked2 {
+        let b = row.add(i * Self::BYTES);
+        let m2 = _mm256_set1_epi8(3);
+        let raw = load128(b);
+        let [sc_lo, sc_hi] = column_scales(_mm_and_si128(raw, _mm_set1_epi8(0x0F)));
+        let m16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(raw), _mm_set1_epi8(0x0F)));
+        let mut runs = [_mm256_setzero_si256(); 8];
+        for n in 0..2 {
+            let qv = load256(b.add(16 + 32 * n));
+            for k in 0..4 {
+                runs[4 * n + k] = _mm256_and_si256(_mm256_srl_epi16(qv, _mm_cvtsi32_si128(2 * k as i32)), m2);
+            }
+        }
+        let d = [_mm256_set1_ps(f16_at(b.add(80))), _mm256_set1_ps(f16_at(b.add(82)))];
+        Unpacked2 { w: transpose8(ORDER.map(|j| runs[j])), scales: [sc_lo, sc_hi, m16], d }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn step(u: &Unpacked2, x: &TBlock, acc: &mut __m256) {
+        let x = Cols { cols: x.qs.as_ptr(), sums: &x.bsums as *const __m256i as *const __m256, d: &x.d };
+        steps::q2_k(&u.w, u.scales, u.d, x, acc);
     }
 }
 
