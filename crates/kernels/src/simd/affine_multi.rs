@@ -5,14 +5,11 @@
 //! [`super::affine_dot`]'s: per 32-block an exact integer dot `Σ q_i qs_i`,
 //! scaled by `d_b · scale_g`, plus `bias_g` times the group's exact input sum.
 //!
-//! The AVX2 level (4- and 8-bit) reads each weight block once per group of
-//! tokens and multiplies it with every token of the group. 4-bit: transposed
-//! runs of eight blocks, eight tokens per unpacking ([`runs4`]). 8-bit:
-//! weight bytes and (once per token group) activation codes widened to i16,
-//! since `255 · 127 · 2` would saturate `maddubs`, groups of [`GROUP`]
-//! tokens. Token groups run outside, rows inside: the driver's run of rows
-//! stays in L2 for every group after the first. Other widths run the
-//! single-token kernel per token.
+//! The AVX2 level (4- and 8-bit) unpacks each run of eight weight blocks
+//! once per call and multiplies it with eight tokens at a time, on
+//! transposed runs ([`runs`]). Token groups run outside, rows inside: the
+//! driver's run of rows stays in L2 for every group after the first. Other
+//! widths run the single-token kernel per token.
 //!
 //! The scalar twin is the single-token scalar kernel per token: the same
 //! integer block sums, so the levels (and the per-token kernels) agree to
@@ -26,10 +23,6 @@ use crate::linear::MatRef;
 use crate::simd::act::BlockQ8x32;
 use crate::simd::affine_dot::{gemv_affine, supports_affine};
 use crate::simd::Level;
-
-/// Tokens per weight-block unpacking of the 8-bit kernel.
-#[cfg(target_arch = "x86_64")]
-const GROUP: usize = 4;
 
 /// Whether the many-token kernel is worth taking for `bits`-bit weights in
 /// groups of `group_size` (4 and 8 bits: the MLX releases' widths).
@@ -110,9 +103,9 @@ pub(crate) unsafe fn gemm_affine_raw(
             // blocks; `y` is the caller's contract.
             unsafe {
                 if bits == 4 {
-                    runs4::run(&m, rows, x, n_tokens, y, y_stride)
+                    runs::run::<runs::Four>(&m, rows, x, n_tokens, y, y_stride)
                 } else {
-                    x86::run(&m, rows, x, n_tokens, y, y_stride)
+                    runs::run::<runs::Eight>(&m, rows, x, n_tokens, y, y_stride)
                 }
             }
             return;
@@ -124,19 +117,14 @@ pub(crate) unsafe fn gemm_affine_raw(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod runs4;
+mod runs;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
-    use std::cell::RefCell;
     use std::ops::Range;
 
     use qmoe_core::dtype::DType;
-
-    use super::GROUP;
-    use crate::simd::act::BlockQ8x32;
-    use crate::simd::float_dot::x86::hsum;
 
     /// Bytes of the weight stream prefetched ahead of the row being read
     /// (as the ggml kernels), in the first token group only.
@@ -154,63 +142,6 @@ mod x86 {
         pub groups: usize,
         /// 32-blocks per group.
         pub per_group: usize,
-    }
-
-    /// # Safety
-    /// AVX2 + FMA + F16C; `m` checked against its shape with 8 bits,
-    /// `rows` inside it, `x` `n_tokens` rows of `cols / 32` blocks, `y`
-    /// valid for writes at `t * y_stride + i`, `i < rows.len()`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn run(
-        m: &Mat,
-        rows: Range<usize>,
-        x: &[BlockQ8x32],
-        n_tokens: usize,
-        y: *mut f32,
-        y_stride: usize,
-    ) {
-        let nb = m.groups * m.per_group;
-        let mut t0 = 0;
-        while t0 < n_tokens {
-            let n = (n_tokens - t0).min(GROUP);
-            let first = t0 == 0;
-            // SAFETY (each arm): the contract above; tokens t0 .. t0 + n exist.
-            match n {
-                4 => group::<4>(m, rows.clone(), x.as_ptr().add(t0 * nb), nb, y.add(t0 * y_stride), y_stride, first),
-                3 => group::<3>(m, rows.clone(), x.as_ptr().add(t0 * nb), nb, y.add(t0 * y_stride), y_stride, first),
-                2 => group::<2>(m, rows.clone(), x.as_ptr().add(t0 * nb), nb, y.add(t0 * y_stride), y_stride, first),
-                _ => group::<1>(m, rows.clone(), x.as_ptr().add(t0 * nb), nb, y.add(t0 * y_stride), y_stride, first),
-            }
-            t0 += n;
-        }
-    }
-
-    /// Every row of `rows` against `N` tokens (`x` their blocks, `nb` per
-    /// token), into `y[t * y_stride + i]`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn group<const N: usize>(
-        m: &Mat,
-        rows: Range<usize>,
-        x: *const BlockQ8x32,
-        nb: usize,
-        y: *mut f32,
-        y_stride: usize,
-        prefetch: bool,
-    ) {
-        let per_token = 3 * nb;
-        WIDE.with(|wide| {
-            GSUM.with(|gsum| {
-                let (mut wide, mut gsum) = (wide.borrow_mut(), gsum.borrow_mut());
-                let gpad = m.groups.next_multiple_of(8);
-                wide.resize(N * per_token, _mm256_setzero_si256());
-                gsum.resize(N * gpad, 0.0);
-                for t in 0..N {
-                    let (pt, gt) = (&mut wide[t * per_token..][..per_token], &mut gsum[t * gpad..][..gpad]);
-                    prepare_wide(m, x.add(t * nb), pt, gt);
-                }
-                for_rows(m, rows, y, y_stride, prefetch, |r| row_wide::<N>(m, r, &wide, &gsum, gpad));
-            })
-        });
     }
 
     /// `y[t * y_stride + i] = row(r)[t]` for row `r = rows.start + i` of
@@ -246,32 +177,6 @@ mod x86 {
         }
     }
 
-    thread_local! {
-        /// A token group's widened activations (grow-only per worker), per
-        /// token `[nb][3]`: codes 0..16 and 16..32 as i16, `d ×8`.
-        static WIDE: RefCell<Vec<__m256i>> = const { RefCell::new(Vec::new()) };
-        /// Per token: the exact input sum of each group, zero-padded to 8.
-        static GSUM: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    }
-
-    /// One token's blocks `x` as `[nb][3]`: codes 0..16 and 16..32 widened
-    /// to i16, `d` broadcast; group sums into `gsum`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn prepare_wide(m: &Mat, x: *const BlockQ8x32, prep: &mut [__m256i], gsum: &mut [f32]) {
-        for (k, out) in prep.chunks_exact_mut(3).enumerate() {
-            let b = &*x.add(k);
-            out[0] = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.qs.as_ptr() as *const __m128i));
-            out[1] = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.qs.as_ptr().add(16) as *const __m128i));
-            out[2] = _mm256_castps_si256(_mm256_set1_ps(b.d));
-        }
-        gsum.fill(0.0);
-        for (g, s) in gsum.iter_mut().take(m.groups).enumerate() {
-            for k in g * m.per_group..(g + 1) * m.per_group {
-                *s += (*x.add(k)).sum;
-            }
-        }
-    }
-
     /// `n <= 8` floats of `dt` from element `i` of `p`, zero-padded to 8.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -290,66 +195,6 @@ mod x86 {
             _ => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(
                 src as *const __m128i,
             )))),
-        }
-    }
-
-    /// Row `r` against the `N` tokens prepared in `wide` / `gsum` (`gpad`
-    /// sums per token): per block the weights widened to i16 once, each
-    /// token two `madd` on its widened codes; the bias term one vector dot
-    /// of the row's biases with each token's group sums.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn row_wide<const N: usize>(m: &Mat, r: usize, wide: &[__m256i], gsum: &[f32], gpad: usize) -> [f32; N] {
-        let words = m.words.as_ptr().add(r * m.row_bytes);
-        let srow = m.scales.as_ptr().add(r * m.groups * m.dt.size());
-        let brow = m.biases.as_ptr().add(r * m.groups * m.dt.size());
-        let nb = m.groups * m.per_group;
-        let per_token = 3 * nb;
-        assert!(wide.len() >= N * per_token && gsum.len() >= N * gpad);
-        let pp = wide.as_ptr();
-        let mut lanes = [_mm256_setzero_ps(); N];
-        for g in 0..m.groups {
-            let sc = _mm256_set1_ps(float_at(m.dt, srow, g));
-            for k in g * m.per_group..(g + 1) * m.per_group {
-                let w = words.add(32 * k) as *const __m128i;
-                let (a, b) =
-                    (_mm256_cvtepu8_epi16(_mm_loadu_si128(w)), _mm256_cvtepu8_epi16(_mm_loadu_si128(w.add(1))));
-                for (t, lane) in lanes.iter_mut().enumerate() {
-                    let x = pp.add(t * per_token + 3 * k);
-                    let s = _mm256_add_epi32(_mm256_madd_epi16(a, *x), _mm256_madd_epi16(b, *x.add(1)));
-                    *lane = _mm256_fmadd_ps(
-                        _mm256_cvtepi32_ps(s),
-                        _mm256_mul_ps(_mm256_castsi256_ps(*x.add(2)), sc),
-                        *lane,
-                    );
-                }
-            }
-        }
-        // Bias term: Σ_g bias_g · gsum_g, 8 groups at a time.
-        let mut bsum = [_mm256_setzero_ps(); N];
-        let mut g = 0;
-        while g < m.groups {
-            let n = (m.groups - g).min(8);
-            let b = load8(m.dt, brow, g, n);
-            for (t, acc) in bsum.iter_mut().enumerate() {
-                *acc = _mm256_fmadd_ps(b, _mm256_loadu_ps(gsum.as_ptr().add(t * gpad + g)), *acc);
-            }
-            g += n;
-        }
-        std::array::from_fn(|t| hsum(lanes[t]) + hsum(bsum[t]))
-    }
-
-    /// Element `i` of a little-endian F32 / F16 / BF16 array at `p`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn float_at(dt: DType, p: *const u8, i: usize) -> f32 {
-        match dt {
-            DType::F32 => (p.add(4 * i) as *const f32).read_unaligned(),
-            DType::F16 => {
-                let h = (p.add(2 * i) as *const u16).read_unaligned();
-                _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
-            }
-            _ => f32::from_bits(((p.add(2 * i) as *const u16).read_unaligned() as u32) << 16),
         }
     }
 }

@@ -342,3 +342,68 @@ pub(crate) unsafe fn signed(
         options(nostack, preserves_flags),
     );
 }
+
+/// MLX 8-bit runs: unsigned codes (up to 255) against activations split as
+/// `x = 16 xh + xl` (`xl` in 0..16, `xh` in -8..8; columns 0..8 of `x` are
+/// `xh`, 8..16 `xl`), so that no `vpmaddubsw` pair saturates: `acc += d x_d
+/// (16 Σ w xh + Σ w xl) - mins xsums` per lane. An `xh` pair is at most
+/// 2 · 255 · 8 = 4080, so all eight columns add up as i16 (32640); an `xl`
+/// pair up to 7650, so four at a time.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn u8_split(w: &[__m256i; 8], mins: __m256, d: __m256, x: Cols, acc: &mut __m256) {
+    step!(
+        w,
+        x,
+        acc,
+        [
+            "vpmaddubsw {s}, {w0}, ymmword ptr [{x}]",
+            "vpmaddubsw {t}, {w1}, ymmword ptr [{x} + 32]",
+            "vpaddw {s}, {s}, {t}",
+            "vpmaddubsw {t}, {w2}, ymmword ptr [{x} + 64]",
+            "vpmaddubsw {p}, {w3}, ymmword ptr [{x} + 96]",
+            "vpaddw {t}, {t}, {p}",
+            "vpaddw {s}, {s}, {t}",
+            "vpmaddubsw {t}, {w4}, ymmword ptr [{x} + 128]",
+            "vpmaddubsw {p}, {w5}, ymmword ptr [{x} + 160]",
+            "vpaddw {t}, {t}, {p}",
+            "vpaddw {s}, {s}, {t}",
+            "vpmaddubsw {t}, {w6}, ymmword ptr [{x} + 192]",
+            "vpmaddubsw {p}, {w7}, ymmword ptr [{x} + 224]",
+            "vpaddw {t}, {t}, {p}",
+            "vpaddw {s}, {s}, {t}",
+            "vpmaddwd {s}, {s}, {ones}",
+            "vpslld {s}, {s}, 4",
+            "vpmaddubsw {p}, {w0}, ymmword ptr [{x} + 256]",
+            "vpmaddubsw {t}, {w1}, ymmword ptr [{x} + 288]",
+            "vpaddw {p}, {p}, {t}",
+            "vpmaddubsw {t}, {w2}, ymmword ptr [{x} + 320]",
+            "vpaddw {p}, {p}, {t}",
+            "vpmaddubsw {t}, {w3}, ymmword ptr [{x} + 352]",
+            "vpaddw {p}, {p}, {t}",
+            "vpmaddwd {p}, {p}, {ones}",
+            "vpaddd {s}, {s}, {p}",
+            "vpmaddubsw {p}, {w4}, ymmword ptr [{x} + 384]",
+            "vpmaddubsw {t}, {w5}, ymmword ptr [{x} + 416]",
+            "vpaddw {p}, {p}, {t}",
+            "vpmaddubsw {t}, {w6}, ymmword ptr [{x} + 448]",
+            "vpaddw {p}, {p}, {t}",
+            "vpmaddubsw {t}, {w7}, ymmword ptr [{x} + 480]",
+            "vpaddw {p}, {p}, {t}",
+            "vpmaddwd {p}, {p}, {ones}",
+            "vpaddd {s}, {s}, {p}",
+            "vcvtdq2ps {s}, {s}",
+            "vmovups {p}, ymmword ptr [{acc}]",
+            "vfnmadd231ps {p}, {mins}, ymmword ptr [{xsums}]",
+            "vmulps {t}, {d}, ymmword ptr [{xd}]",
+            "vfmadd231ps {p}, {t}, {s}",
+            "vmovups ymmword ptr [{acc}], {p}",
+        ],
+        ones = in(ymm_reg) _mm256_set1_epi16(1),
+        mins = in(ymm_reg) mins,
+        d = in(ymm_reg) d,
+        s = out(ymm_reg) _,
+        t = out(ymm_reg) _,
+        p = out(ymm_reg) _
+    );
+}

@@ -1,0 +1,426 @@
+//! MLX affine 4-bit and 8-bit many-token kernels (AVX2) on transposed runs
+//! of eight 32-value blocks, as the ggml k-quant kernels (`ggml_dot/avx2/multi`)
+//! do with their sub-blocks: u32 lane `k` of every register belongs to one
+//! block of the run throughout, so a (run, token) step sums its 256 products
+//! as i16 and widens, converts and scales them once (`d_x · scale_g` per
+//! lane), and the bias term is one FMA of the lanes' `bias_g` against the
+//! token's block sums.
+//!
+//! 4-bit ([`Four`]): the Q4_K step ([`steps::q4_k`]) with unit sub-block
+//! scales. The per-pair kernel this replaces converted and scaled every two
+//! blocks (28 vector operations per 256 products and token, against 20).
+//! Layout: a run's 128 weight bytes are four 32-byte loads, load `p` holding
+//! blocks `2p` (low 128 bits) and `2p + 1`; their u32 transpose gives, in
+//! register `i`, word `i` of every block, block [`ORDER`]`[k]` in lane `k`,
+//! and each word's low and high nibbles are values `8i + 2j` and `8i + 2j +
+//! 1` (`j` its byte). The activations are laid out to match once per token
+//! group: column `2i` holds values `8i, 8i + 2, 8i + 4, 8i + 6` of each
+//! block, column `2i + 1` the odd ones.
+//!
+//! 8-bit ([`Eight`]): codes reach 255, and `255 · 127 · 2` would saturate a
+//! `vpmaddubsw` pair, so the activations are split instead, `x = 16 xh + xl`
+//! with `xl` in 0..16 and `xh` in -8..8 ([`steps::u8_split`]): the run's
+//! 256 weight bytes transposed as they are (block `k` in lane `k`), sixteen
+//! `vpmaddubsw` per (run, token). The i16-widening kernel it replaces took
+//! four tokens per unpacking and a `vpmaddwd` per 16 products.
+//!
+//! Absent blocks of a last partial run are zero codes with zero scale and
+//! sum on the activation side. When a call has more than one token group,
+//! the first group keeps each weight run as it unpacked it for the later
+//! ones (as `ggml_dot/avx2/multi/unpacked.rs` does, which says why).
+//!
+//! Each block's integer dot is the single-token kernel's; the f32 scaling
+//! and the order of the sums differ, so results agree with it to rounding.
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+use std::ops::Range;
+use std::thread::LocalKey;
+
+use super::x86::{for_rows, load8, Mat};
+use crate::simd::act::BlockQ8x32;
+use crate::simd::columns::steps::{self, Cols};
+use crate::simd::columns::{transpose4, transpose8};
+use crate::simd::float_dot::x86::hsum;
+
+/// 4-bit: the block of the run in u32 lane `k` (low 128 bits: blocks 0, 2, 4, 6).
+const ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
+
+/// Tokens per weight unpacking: each step keeps its accumulator in memory,
+/// so the group size costs no registers.
+const GROUP: usize = 8;
+
+/// A code width's layout and step.
+pub(super) trait Width: Sized + 'static {
+    /// Bits per code.
+    const BITS: usize;
+    /// The block of the run in u32 lane `k`.
+    const LANES: [usize; 8];
+    /// One token's run of eight blocks, as the steps read it.
+    type XRun;
+
+    /// The thread's buffers (grow-only; each pool worker has its own).
+    fn bufs() -> &'static LocalKey<RefCell<Bufs<Self>>>;
+
+    /// A zeroed token run (to grow the buffer with).
+    fn empty() -> Self::XRun;
+
+    /// Up to eight activation blocks as a run.
+    ///
+    /// # Safety
+    /// AVX2 + FMA + F16C.
+    unsafe fn prepare(blocks: &[BlockQ8x32]) -> Self::XRun;
+
+    /// The code columns of the run at `b`, `here` blocks of it present.
+    ///
+    /// # Safety
+    /// AVX2 + FMA + F16C; `b` points at `here` blocks' codes.
+    unsafe fn columns(b: *const u8, here: usize) -> [__m256i; 8];
+
+    /// `acc += u · x` per lane.
+    ///
+    /// # Safety
+    /// AVX2 + FMA + F16C.
+    unsafe fn step(u: &Unpacked, x: &Self::XRun, acc: &mut __m256);
+}
+
+/// 4-bit codes (see the module doc).
+pub(super) struct Four;
+
+/// 8-bit codes (see the module doc).
+pub(super) struct Eight;
+
+/// One token's run for [`Four`].
+#[repr(C, align(32))]
+pub(super) struct Run4 {
+    cols: [__m256i; 8],
+    /// Lane `k`: the exact input sum of block `LANES[k]` (the bias term).
+    sums: __m256,
+    /// Lane `k`: the activation scale of block `LANES[k]`.
+    d: __m256,
+}
+
+/// One token's run for [`Eight`]: the columns of `xh`, then of `xl`.
+#[repr(C, align(32))]
+pub(super) struct Run8 {
+    cols: [__m256i; 16],
+    sums: __m256,
+    d: __m256,
+}
+
+/// Where a run's lanes find their group values (scales, biases): the run
+/// spans groups `g0 .. g0 + n` (at most 8: one per block), and lane `k`
+/// takes value `idx[k]` of those (any of them for an absent block, whose
+/// activations are zero).
+#[derive(Clone, Copy)]
+pub(super) struct RunGroups {
+    g0: usize,
+    n: usize,
+    idx: [i32; 8],
+}
+
+/// A run of weight blocks as the steps take it, kept for the later groups.
+#[repr(C, align(32))]
+pub(super) struct Unpacked {
+    w: [__m256i; 8],
+    neg_bias: __m256,
+    scale: __m256,
+}
+
+/// A width's per-thread buffers: a token group's runs, every run's groups
+/// and the kept weight runs.
+pub(super) struct Bufs<W: Width> {
+    runs: Vec<W::XRun>,
+    groups: Vec<RunGroups>,
+    kept: Vec<Unpacked>,
+}
+
+impl<W: Width> Bufs<W> {
+    const fn new() -> Self {
+        Bufs { runs: Vec::new(), groups: Vec::new(), kept: Vec::new() }
+    }
+}
+
+thread_local! {
+    static BUFS4: RefCell<Bufs<Four>> = const { RefCell::new(Bufs::new()) };
+    static BUFS8: RefCell<Bufs<Eight>> = const { RefCell::new(Bufs::new()) };
+}
+
+/// Up to eight f32 values of the blocks, in lane order `lanes`, zero for
+/// absent blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn lanes(blocks: &[BlockQ8x32], lanes: [usize; 8], f: fn(&BlockQ8x32) -> f32) -> __m256 {
+    let v: [f32; 8] = lanes.map(|j| blocks.get(j).map_or(0.0, f));
+    _mm256_loadu_ps(v.as_ptr())
+}
+
+impl Width for Four {
+    const BITS: usize = 4;
+    const LANES: [usize; 8] = ORDER;
+    type XRun = Run4;
+
+    fn bufs() -> &'static LocalKey<RefCell<Bufs<Self>>> {
+        &BUFS4
+    }
+
+    fn empty() -> Run4 {
+        // SAFETY: plain vectors; all zero bits is a valid value.
+        unsafe { std::mem::zeroed() }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn prepare(blocks: &[BlockQ8x32]) -> Run4 {
+        // Per 128-bit lane: even bytes of 0..8, odd bytes of 0..8, then of 8..16.
+        let split = _mm256_setr_epi8(
+            0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15, //
+            0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15,
+        );
+        let rows = ORDER.map(|j| match blocks.get(j) {
+            Some(b) => _mm256_shuffle_epi8(_mm256_loadu_si256(b.qs.as_ptr() as *const __m256i), split),
+            None => _mm256_setzero_si256(),
+        });
+        Run4 { cols: transpose8(rows), sums: lanes(blocks, ORDER, |b| b.sum), d: lanes(blocks, ORDER, |b| b.d) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn columns(b: *const u8, here: usize) -> [__m256i; 8] {
+        let q: [__m256i; 4] = if here == 8 {
+            std::array::from_fn(|p| _mm256_loadu_si256(b.add(32 * p) as *const __m256i))
+        } else {
+            // The row's last, partial run: its blocks, then zeros.
+            let mut pad = [0u8; 128];
+            std::ptr::copy_nonoverlapping(b, pad.as_mut_ptr(), 16 * here);
+            std::array::from_fn(|p| _mm256_loadu_si256(pad.as_ptr().add(32 * p) as *const __m256i))
+        };
+        let nib = _mm256_set1_epi8(0x0F);
+        let (c0, c1, c2, c3) = transpose4(q[0], q[1], q[2], q[3]);
+        let mut w = [_mm256_setzero_si256(); 8];
+        for (i, c) in [c0, c1, c2, c3].into_iter().enumerate() {
+            w[2 * i] = _mm256_and_si256(c, nib);
+            w[2 * i + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(c), nib);
+        }
+        w
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn step(u: &Unpacked, x: &Run4, acc: &mut __m256) {
+        let cols = Cols { cols: x.cols.as_ptr(), sums: &x.sums, d: &x.d };
+        steps::q4_k(&u.w, _mm256_set1_epi16(1), u.neg_bias, u.scale, cols, acc);
+    }
+}
+
+impl Width for Eight {
+    const BITS: usize = 8;
+    const LANES: [usize; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
+    type XRun = Run8;
+
+    fn bufs() -> &'static LocalKey<RefCell<Bufs<Self>>> {
+        &BUFS8
+    }
+
+    fn empty() -> Run8 {
+        // SAFETY: plain vectors; all zero bits is a valid value.
+        unsafe { std::mem::zeroed() }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn prepare(blocks: &[BlockQ8x32]) -> Run8 {
+        let rows = Self::LANES.map(|j| match blocks.get(j) {
+            Some(b) => _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i),
+            None => _mm256_setzero_si256(),
+        });
+        let x = transpose8(rows);
+        let nib = _mm256_set1_epi8(0x0F);
+        let eight = _mm256_set1_epi8(8);
+        let mut cols = [_mm256_setzero_si256(); 16];
+        for (c, &v) in x.iter().enumerate() {
+            // xh: the high nibble as a signed 4-bit value ((v ^ 8) - 8).
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib);
+            cols[c] = _mm256_sub_epi8(_mm256_xor_si256(hi, eight), eight);
+            cols[8 + c] = _mm256_and_si256(v, nib);
+        }
+        Run8 { cols, sums: lanes(blocks, Self::LANES, |b| b.sum), d: lanes(blocks, Self::LANES, |b| b.d) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn columns(b: *const u8, here: usize) -> [__m256i; 8] {
+        transpose8(std::array::from_fn(|k| {
+            if k < here {
+                _mm256_loadu_si256(b.add(32 * k) as *const __m256i)
+            } else {
+                _mm256_setzero_si256()
+            }
+        }))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn step(u: &Unpacked, x: &Run8, acc: &mut __m256) {
+        let cols = Cols { cols: x.cols.as_ptr(), sums: &x.sums, d: &x.d };
+        steps::u8_split(&u.w, u.neg_bias, u.scale, cols, acc);
+    }
+}
+
+/// The product of rows `rows` of `m` (codes of width `W`) with `n_tokens`
+/// tokens' blocks `x`, into `y[t * y_stride + i]`.
+///
+/// # Safety
+/// AVX2 + FMA + F16C; `m` checked against its shape with `W::BITS` bits,
+/// `rows` inside it, `x` `n_tokens` rows of `cols / 32` blocks, `y` valid
+/// for writes at `t * y_stride + i`, `i < rows.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn run<W: Width>(
+    m: &Mat,
+    rows: Range<usize>,
+    x: &[BlockQ8x32],
+    n_tokens: usize,
+    y: *mut f32,
+    y_stride: usize,
+) {
+    let nb = m.groups * m.per_group;
+    let runs = nb.div_ceil(8);
+    W::bufs().with(|cell| {
+        let Bufs { runs: buf, groups, kept } = &mut *cell.borrow_mut();
+        groups.clear();
+        groups.extend((0..runs).map(|run| {
+            let (b0, here) = (8 * run, (nb - 8 * run).min(8));
+            let g0 = b0 / m.per_group;
+            let idx = W::LANES.map(|j| ((b0 + j.min(here - 1)) / m.per_group - g0) as i32);
+            RunGroups { g0, n: (b0 + here - 1) / m.per_group - g0 + 1, idx }
+        }));
+        if buf.len() < GROUP.min(n_tokens) * runs {
+            buf.resize_with(GROUP.min(n_tokens) * runs, W::empty);
+        }
+        // Kept only when a later group reads them.
+        let first = if n_tokens >= GROUP { GROUP } else { n_tokens.min(4) };
+        let keep = if n_tokens > first {
+            let need = rows.len() * runs;
+            if kept.len() < need {
+                // SAFETY: plain vectors; all zero bits is a valid value.
+                kept.resize_with(need, || unsafe { std::mem::zeroed() });
+            }
+            kept.as_mut_ptr()
+        } else {
+            std::ptr::null_mut()
+        };
+        let mut t0 = 0;
+        while t0 < n_tokens {
+            // Groups of GROUP, the rest in groups of at most 4.
+            let left = n_tokens - t0;
+            let n = if left >= GROUP { GROUP } else { left.min(4) };
+            for t in 0..n {
+                let token = &x[(t0 + t) * nb..(t0 + t + 1) * nb];
+                for (blocks, out) in token.chunks(8).zip(&mut buf[t * runs..(t + 1) * runs]) {
+                    *out = W::prepare(blocks);
+                }
+            }
+            let (xp, yg, first) = (buf.as_ptr(), y.add(t0 * y_stride), t0 == 0);
+            let xs = |t: usize| xp.add(t * runs);
+            // Row `r`: unpacked here in the first group (and kept), else as kept.
+            let r0 = rows.start;
+            let unit = move |r: usize| if keep.is_null() { keep } else { keep.add((r - r0) * runs) };
+            macro_rules! tokens {
+                ($n:literal) => {
+                    for_rows(m, rows.clone(), yg, y_stride, first, |r| {
+                        let xs = std::array::from_fn(xs);
+                        if first {
+                            row::<W, $n>(m, r, xs, groups, unit(r))
+                        } else {
+                            row_kept::<W, $n>(unit(r), xs, runs)
+                        }
+                    })
+                };
+            }
+            // SAFETY (each arm): `xp` holds `n` tokens' runs; the rest is the contract.
+            match n {
+                8 => tokens!(8),
+                4 => tokens!(4),
+                3 => tokens!(3),
+                2 => tokens!(2),
+                _ => tokens!(1),
+            }
+            t0 += n;
+        }
+    });
+}
+
+/// Row `r` against `N` tokens' runs, writing its unpacked runs to `keep`
+/// unless it is null.
+///
+/// # Safety
+/// As [`run`], with `xs` holding `N` tokens' runs and `keep` (unless null)
+/// room for the row's runs.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn row<W: Width, const N: usize>(
+    m: &Mat,
+    r: usize,
+    xs: [*const W::XRun; N],
+    groups: &[RunGroups],
+    keep: *mut Unpacked,
+) -> [f32; N] {
+    let nb = m.groups * m.per_group;
+    let words = m.words.as_ptr().add(r * m.row_bytes);
+    let es = m.dt.size();
+    let (srow, brow) = (m.scales.as_ptr().add(r * m.groups * es), m.biases.as_ptr().add(r * m.groups * es));
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (run, rg) in groups.iter().enumerate() {
+        let here = (nb - 8 * run).min(8);
+        let w = W::columns(words.add(8 * run * 32 * W::BITS / 8), here);
+        // Eight values from the run's first group (one load; lanes past the
+        // run's groups, from the next row, are never picked), unless that
+        // would read past the matrix: then its `n`, padded.
+        let n = if (r * m.groups + rg.g0 + 8) * es <= m.scales.len() { 8 } else { rg.n };
+        let idx = _mm256_loadu_si256(rg.idx.as_ptr() as *const __m256i);
+        let scale = _mm256_permutevar8x32_ps(load8(m.dt, srow, rg.g0, n), idx);
+        // The step subtracts `mins · sums`: the bias, negated, adds it.
+        let bias = _mm256_permutevar8x32_ps(load8(m.dt, brow, rg.g0, n), idx);
+        let neg_bias = _mm256_sub_ps(_mm256_setzero_ps(), bias);
+        let u = Unpacked { w, neg_bias, scale };
+        if keep.is_null() {
+            token_steps::<W, N>(&u, &xs, run, &mut acc);
+        } else {
+            // The steps read the kept copy, as the later groups will.
+            keep.add(run).write(u);
+            token_steps::<W, N>(&*keep.add(run), &xs, run, &mut acc);
+        }
+    }
+    acc.map(|a| hsum(a))
+}
+
+/// As [`row`], on the runs it kept.
+///
+/// # Safety
+/// `kept` holds the `runs` runs [`row`] wrote, `xs` `N` tokens' runs.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn row_kept<W: Width, const N: usize>(kept: *const Unpacked, xs: [*const W::XRun; N], runs: usize) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    for run in 0..runs {
+        token_steps::<W, N>(&*kept.add(run), &xs, run, &mut acc);
+    }
+    acc.map(|a| hsum(a))
+}
+
+/// Each token's step against the weight run `u` (the run `run` of the row).
+///
+/// # Safety
+/// `xs` holds `N` tokens' runs, more than `run` each.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn token_steps<W: Width, const N: usize>(
+    u: &Unpacked,
+    xs: &[*const W::XRun; N],
+    run: usize,
+    acc: &mut [__m256; N],
+) {
+    for (t, a) in acc.iter_mut().enumerate() {
+        W::step(u, &*xs[t].add(run), a);
+    }
+}
