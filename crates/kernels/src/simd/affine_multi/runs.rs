@@ -21,8 +21,11 @@
 //! `vpmaddubsw` pair, so the activations are split instead, `x = 16 xh + xl`
 //! with `xl` in 0..16 and `xh` in -8..8 ([`steps::u8_split`]): the run's
 //! 256 weight bytes transposed as they are (block `k` in lane `k`), sixteen
-//! `vpmaddubsw` per (run, token). The i16-widening kernel it replaces took
-//! four tokens per unpacking and a `vpmaddwd` per 16 products.
+//! `vpmaddubsw` per (run, token), in groups of 4 tokens: a token's run is
+//! 576 bytes, and eight tokens' runs of a 2048-column row (36 KB) would not
+//! stay in L1 (`examples/prefill_gemm.rs a8`, 5 alternations: groups of 4
+//! best 94.7 and 88.3 GFLOP/s against 69.0 and 73.6 with 8). The
+//! i16-widening kernel it replaces took a `vpmaddwd` per 16 products.
 //!
 //! Absent blocks of a last partial run are zero codes with zero scale and
 //! sum on the activation side. When a call has more than one token group,
@@ -46,14 +49,14 @@ use crate::simd::float_dot::x86::hsum;
 /// 4-bit: the block of the run in u32 lane `k` (low 128 bits: blocks 0, 2, 4, 6).
 const ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
 
-/// Tokens per weight unpacking: each step keeps its accumulator in memory,
-/// so the group size costs no registers.
-const GROUP: usize = 8;
-
 /// A code width's layout and step.
 pub(super) trait Width: Sized + 'static {
     /// Bits per code.
     const BITS: usize;
+    /// Tokens per group (8 or 4): each step keeps its accumulator in memory,
+    /// so the group size costs no registers, but the group's runs of every
+    /// block of a row should stay in L1.
+    const GROUP: usize;
     /// The block of the run in u32 lane `k`.
     const LANES: [usize; 8];
     /// One token's run of eight blocks, as the steps read it.
@@ -157,6 +160,7 @@ unsafe fn lanes(blocks: &[BlockQ8x32], lanes: [usize; 8], f: fn(&BlockQ8x32) -> 
 
 impl Width for Four {
     const BITS: usize = 4;
+    const GROUP: usize = 8;
     const LANES: [usize; 8] = ORDER;
     type XRun = Run4;
 
@@ -215,6 +219,7 @@ impl Width for Four {
 
 impl Width for Eight {
     const BITS: usize = 8;
+    const GROUP: usize = 4;
     const LANES: [usize; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
     type XRun = Run8;
 
@@ -294,11 +299,11 @@ pub(super) unsafe fn run<W: Width>(
             let idx = W::LANES.map(|j| ((b0 + j.min(here - 1)) / m.per_group - g0) as i32);
             RunGroups { g0, n: (b0 + here - 1) / m.per_group - g0 + 1, idx }
         }));
-        if buf.len() < GROUP.min(n_tokens) * runs {
-            buf.resize_with(GROUP.min(n_tokens) * runs, W::empty);
+        if buf.len() < W::GROUP.min(n_tokens) * runs {
+            buf.resize_with(W::GROUP.min(n_tokens) * runs, W::empty);
         }
         // Kept only when a later group reads them.
-        let first = if n_tokens >= GROUP { GROUP } else { n_tokens.min(4) };
+        let first = if n_tokens >= W::GROUP { W::GROUP } else { n_tokens.min(4) };
         let keep = if n_tokens > first {
             let need = rows.len() * runs;
             if kept.len() < need {
@@ -311,9 +316,9 @@ pub(super) unsafe fn run<W: Width>(
         };
         let mut t0 = 0;
         while t0 < n_tokens {
-            // Groups of GROUP, the rest in groups of at most 4.
+            // Groups of W::GROUP, the rest in groups of at most 4.
             let left = n_tokens - t0;
-            let n = if left >= GROUP { GROUP } else { left.min(4) };
+            let n = if left >= W::GROUP { W::GROUP } else { left.min(4) };
             for t in 0..n {
                 let token = &x[(t0 + t) * nb..(t0 + t + 1) * nb];
                 for (blocks, out) in token.chunks(8).zip(&mut buf[t * runs..(t + 1) * runs]) {
