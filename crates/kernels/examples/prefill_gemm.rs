@@ -11,7 +11,7 @@
 //! and the share of `matmul`'s time spent quantizing the activations.
 //!
 //! `cargo run --release -p qmoe-kernels --example prefill_gemm -- [FORMAT ...]
-//!  [--tokens 64] [--iters 9]`; FORMAT: a ggml type (q2k .. q6k, q8_0, q4_0, iq4xs, ...), a4 a8 bf16
+//!  [--tokens 64] [--iters 9] [--shape ROWSxCOLS]`; FORMAT: a ggml type (q2k .. q6k, q8_0, q4_0, iq4xs, ...), a4 a8 bf16
 //! (default q4k q6k q8_0 a4). Shapes: `[512 x 2048]` (an expert's gate/up)
 //! and `[2048 x 512]` (its down projection).
 
@@ -85,11 +85,17 @@ fn format(name: &str) -> Format {
 fn main() {
     let mut names = vec![];
     let (mut tokens, mut iters) = (64usize, 9usize);
+    let mut shapes = vec![(512usize, 2048usize), (2048, 512)];
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--tokens" => tokens = it.next().unwrap().parse().unwrap(),
             "--iters" => iters = it.next().unwrap().parse().unwrap(),
+            "--shape" => {
+                let v = it.next().unwrap();
+                let (r, c) = v.split_once('x').expect("--shape ROWSxCOLS");
+                shapes = vec![(r.parse().unwrap(), c.parse().unwrap())];
+            }
             n => names.push(n.to_string()),
         }
     }
@@ -101,7 +107,7 @@ fn main() {
     println!("cpu: {}; level {level:?}; 1 thread; {tokens} tokens; median of {iters}; commit {}", cpu_name(), commit());
     let mut s = 0x2545_F491_4F6C_DD1Du64;
     for name in &names {
-        for (rows, cols) in [(512usize, 2048usize), (2048, 512)] {
+        for &(rows, cols) in &shapes {
             let x: Vec<f32> =
                 (0..tokens * cols).map(|_| (rng(&mut s) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0).collect();
             let flops = 2.0 * (rows * cols * tokens) as f64;

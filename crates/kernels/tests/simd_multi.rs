@@ -118,6 +118,21 @@ fn ggml_multi_equals_per_token_gemv() {
     }
 }
 
+/// Rows too wide for a token group's activations to stay in L1 run in
+/// column chunks whose partial sums add up in the output (AVX2 kernels:
+/// over 40 KB per group of eight tokens, 15 Q8K blocks or 18 runs of
+/// eight 32-value blocks).
+#[test]
+fn wide_rows_run_in_column_chunks() {
+    let mut rng = Rng(0xC4C4);
+    for ty in [GgmlType::Q4K, GgmlType::Q6K, GgmlType::Q2K] {
+        check_ggml(ty, &[3], &[17, 33], &[9, 17], &mut rng);
+    }
+    for ty in [GgmlType::Q8_0, GgmlType::IQ4NL] {
+        check_ggml(ty, &[3], &[150], &[9, 17], &mut rng);
+    }
+}
+
 /// The AVX2 kernels of the symmetric 32-wide types work on runs of eight
 /// blocks: whole runs, a whole run and a partial one, and two runs with a
 /// partial third.

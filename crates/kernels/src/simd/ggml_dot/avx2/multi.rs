@@ -26,10 +26,8 @@ mod kquants;
 mod sym32;
 mod unpacked;
 
-use super::super::scratch::Kept;
 use kquants::{transposed, IQ4XS, Q2K, Q3K, Q45K, Q6K};
 use sym32::{transposed32, Sym32};
-use unpacked::Unpacks;
 
 /// Tokens multiplied per weight-block unpacking: 4 tokens' integer and f32
 /// accumulators (8 registers) plus the codes and scales fit AVX2's 16.
@@ -46,32 +44,18 @@ pub(crate) const GROUP: usize = 4;
 /// The plain form: `$dot::<N>(row, xs, nb) -> [f32; N]`, one row against
 /// `N` tokens' blocks as they are, in groups of [`GROUP`].
 ///
-/// The `kept K:` form, for a type's transposed [`Unpacks`] kernel, in
-/// groups of `$max`: `$prep(x, t0, n, nb, id, scratch)` gives the group's
-/// activations (`n` tokens of `nb` blocks from token `t0`) as a rearranged
-/// copy in `scratch` (once per group, for every row of the run; or once per
-/// thread for the whole input when the driver names it with a non-zero
-/// `id`), and the distance from one token's to the next's in its units. The
-/// first group keeps each row's unpacked units for the later groups (see
-/// [`unpacked`]).
+/// The `kept K:` form, for a type's transposed [`Unpacks`] kernel:
+/// [`unpacked::groups`] in groups of `$max`, `$prep(x, t0, n, nb, id,
+/// scratch)` giving the group's activations (`n` tokens of `nb` blocks from
+/// token `t0`) as a rearranged copy in `scratch` (once per group, for every
+/// row of the run; or once per thread for the whole input when the driver
+/// names it with a non-zero `id`), and the distance from one token's to the
+/// next's in its units.
 macro_rules! groups {
     (kept $k:ty: $w:expr, $n_rows:expr, $x:expr, $n_tokens:expr, $y:expr, $stride:expr, $id:expr, $max:expr,
-     $prep:ident) => {{
-        let n_tokens: usize = $n_tokens;
-        let nb = $x.len() / n_tokens.max(1);
-        // Kept only when a later group reads them (the first group is
-        // `$max` tokens, or at most 4: see the group loop).
-        let first = if n_tokens >= $max { $max } else { n_tokens.min(4) };
-        let mut kept = Kept::default();
-        let units = <$k as Unpacks>::units(nb);
-        let keep = if n_tokens > first { kept.room($n_rows * units) } else { std::ptr::null_mut() };
-        groups!(@loop $w, $n_rows, $x, n_tokens, $y, $stride, $id, <$k as Unpacks>::BYTES, $max, $prep,
-            |base, row_bytes, nb, t0, r, xs| if t0 == 0 {
-                <$k as Unpacks>::dot(base.add(r * row_bytes), xs, nb, nth_or_null(keep, r * units))
-            } else {
-                <$k as Unpacks>::dot_kept(nth_or_null(keep, r * units), xs, nb)
-            })
-    }};
+     $prep:ident) => {
+        unpacked::groups::<$k, _, _>($w, $n_rows, $x, $n_tokens, $y, $stride, $id, $max, $prep)
+    };
     ($w:expr, $n_rows:expr, $x:expr, $n_tokens:expr, $y:expr, $stride:expr, $id:expr, $ts:expr, $dot:ident) => {
         groups!(@loop $w, $n_rows, $x, $n_tokens, $y, $stride, $id, $ts, GROUP, as_is,
             |base, row_bytes, nb, _t0, r, xs| $dot(base.add(r * row_bytes), xs, nb))
@@ -122,16 +106,6 @@ macro_rules! groups {
             }
         }
     }};
-}
-
-/// `p + i`, or null for a null `p` (no weight blocks kept).
-#[inline(always)]
-fn nth_or_null<X>(p: *mut X, i: usize) -> *mut X {
-    if p.is_null() {
-        p
-    } else {
-        p.wrapping_add(i)
-    }
 }
 
 /// The group's activations as they are.

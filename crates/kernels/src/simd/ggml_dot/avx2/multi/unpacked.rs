@@ -13,9 +13,20 @@
 //! only, and the row task's kept units (about 2.4x its Q4_K bytes) stay in
 //! L2 for the task's later groups.
 
-use std::arch::x86_64::__m256;
+use std::arch::x86_64::{__m256, _mm_prefetch, _MM_HINT_T0};
+use std::ops::Range;
 
-use super::super::hsum;
+use super::super::super::scratch::Kept;
+use super::super::{hsum, PREFETCH_BYTES};
+
+/// Most bytes of one token group's activation units for one column chunk
+/// (see [`groups`]), about L1 (32 KB on the x86 cores of the day). Measured
+/// on Zen 3 with `examples/prefill_gemm.rs --shape 512x4096` (6
+/// alternations, best/mean GFLOP/s through the driver): Q4_K's 45 KB per
+/// group of 8 tokens as two chunks 150.7/114.5 against 113.7/99.6 as one;
+/// Q8_0's 36 KB as two chunks no better (93.0/76.8 against 98.0/78.3), so
+/// the bound sits above it.
+const L1_ACTS: usize = 40 << 10;
 
 /// A weight type's transposed many-token kernel.
 pub(super) trait Unpacks {
@@ -42,28 +53,35 @@ pub(super) trait Unpacks {
     /// Units per row of `nb` blocks.
     fn units(nb: usize) -> usize;
 
-    /// One row of `nb` blocks against `N` tokens, each unit unpacked here
-    /// (and written to `keep[i]` unless `keep` is null).
+    /// Units `units` of one row of `nb` blocks against `N` tokens, each
+    /// unit unpacked here (and written to `keep[i]` unless `keep` is null).
     ///
     /// # Safety
     /// `row` points at `nb` blocks of the type, each `xs[t]` at
     /// `Self::units(nb)` activation units, `keep` (unless null) has room for
-    /// as many weight units; the CPU runs AVX2 + FMA + F16C.
+    /// as many weight units, `units` lies within them; the CPU runs AVX2 +
+    /// FMA + F16C.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot<const N: usize>(row: *const u8, xs: [*const Self::X; N], nb: usize, keep: *mut Self::U) -> [f32; N] {
+    unsafe fn dot<const N: usize>(
+        row: *const u8,
+        xs: [*const Self::X; N],
+        nb: usize,
+        units: Range<usize>,
+        keep: *mut Self::U,
+    ) -> [f32; N] {
         let mut acc = [std::arch::x86_64::_mm256_setzero_ps(); N];
         // Two loops, so that without `keep` the unit is a local whose parts
         // stay in registers (one reference to either would put it in memory).
         if keep.is_null() {
-            for i in 0..Self::units(nb) {
+            for i in units {
                 let u = Self::unpack(row, nb, i);
                 for (t, a) in acc.iter_mut().enumerate() {
                     Self::step(&u, &*xs[t].add(i), a);
                 }
             }
         } else {
-            for i in 0..Self::units(nb) {
+            for i in units {
                 // The steps read the kept copy, as the later groups will.
                 keep.add(i).write(Self::unpack(row, nb, i));
                 for (t, a) in acc.iter_mut().enumerate() {
@@ -77,19 +95,131 @@ pub(super) trait Unpacks {
     /// As [`Unpacks::dot`], on the units it kept for the row.
     ///
     /// # Safety
-    /// `kept` points at the `Self::units(nb)` units [`Unpacks::dot`] wrote,
-    /// each `xs[t]` at as many activation units; the CPU runs AVX2 + FMA +
-    /// F16C.
+    /// `kept` points at the row's units, [`Unpacks::dot`] wrote those in
+    /// `units`, each `xs[t]` points at as many activation units; the CPU runs
+    /// AVX2 + FMA + F16C.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_kept<const N: usize>(kept: *const Self::U, xs: [*const Self::X; N], nb: usize) -> [f32; N] {
+    unsafe fn dot_kept<const N: usize>(kept: *const Self::U, xs: [*const Self::X; N], units: Range<usize>) -> [f32; N] {
         let mut acc = [std::arch::x86_64::_mm256_setzero_ps(); N];
-        for i in 0..Self::units(nb) {
+        for i in units {
             let u = &*kept.add(i);
             for (t, a) in acc.iter_mut().enumerate() {
                 Self::step(u, &*xs[t].add(i), a);
             }
         }
         acc.map(|a| hsum(a))
+    }
+}
+
+/// The group prep of a type's activations: `(x, t0, n, nb, id, scratch)` to
+/// the group's units and the distance from one token's to the next's.
+pub(super) type Prep<B, X, S> = unsafe fn(&[B], usize, usize, usize, u64, &mut S) -> (*const X, usize);
+
+/// `y[t * stride + r] = dot(row r of w, token t)` for `n_rows` rows of `nb`
+/// blocks of `K` and `n_tokens` tokens of activations `x`, in token groups
+/// of `max` (the rest in groups of at most 4), each group's activations
+/// prepared once by `prep`. Token groups run outside, then column chunks
+/// sized so that the group's activation units of a chunk stay in L1
+/// ([`L1_ACTS`]: a row of 4096 columns is two chunks of Q4_K for 8 tokens,
+/// chunk partial sums added in `y`),
+/// then rows: the driver's run of rows stays in L2. The first group
+/// streams the rows from memory (with the single-token kernels' prefetch)
+/// and keeps their unpacked units; the later groups load those.
+///
+/// # Safety
+/// The CPU runs AVX2 + FMA + F16C; `w` is `n_rows` rows of `nb` blocks of
+/// `K` where `nb = x.len() / n_tokens`, `n_tokens >= 1`; `y` is valid for
+/// writes at `t * stride + r`; `prep`'s contract holds for `x` and `id`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn groups<K: Unpacks, B, S: Default>(
+    w: &[u8],
+    n_rows: usize,
+    x: &[B],
+    n_tokens: usize,
+    y: *mut f32,
+    stride: usize,
+    id: u64,
+    max: usize,
+    prep: Prep<B, K::X, S>,
+) {
+    let nb = x.len() / n_tokens;
+    let units = K::units(nb);
+    // Kept only when a later group reads them.
+    let first = if n_tokens >= max { max } else { n_tokens.min(4) };
+    let mut kept = Kept::default();
+    let keep: *mut K::U = if n_tokens > first { kept.room(n_rows * units) } else { std::ptr::null_mut() };
+    let chunks = (units * max * std::mem::size_of::<K::X>()).div_ceil(L1_ACTS).max(1);
+    let chunk = units.div_ceil(chunks).max(1);
+    let rows = Rows { w, n_rows, nb, units, chunk, keep, y, stride };
+    let mut scratch = S::default();
+    let mut t0 = 0;
+    while t0 < n_tokens {
+        let left = n_tokens - t0;
+        let n = if left >= max { max } else { left.min(4) };
+        let (xg, xstride) = prep(x, t0, n, nb, id, &mut scratch);
+        match n {
+            8 => rows.group::<K, 8>(xg, xstride, t0),
+            4 => rows.group::<K, 4>(xg, xstride, t0),
+            3 => rows.group::<K, 3>(xg, xstride, t0),
+            2 => rows.group::<K, 2>(xg, xstride, t0),
+            _ => rows.group::<K, 1>(xg, xstride, t0),
+        }
+        t0 += n;
+    }
+}
+
+/// What every token group of [`groups`] shares.
+struct Rows<'a, U> {
+    w: &'a [u8],
+    n_rows: usize,
+    nb: usize,
+    units: usize,
+    chunk: usize,
+    keep: *mut U,
+    y: *mut f32,
+    stride: usize,
+}
+
+impl<U> Rows<'_, U> {
+    /// Every row against the `N` tokens from `t0` (their units at `xg`,
+    /// `xstride` apart), chunk by chunk.
+    ///
+    /// # Safety
+    /// As [`groups`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn group<K: Unpacks<U = U>, const N: usize>(&self, xg: *const K::X, xstride: usize, t0: usize) {
+        let xs: [*const K::X; N] = std::array::from_fn(|t| xg.add(t * xstride));
+        let row_bytes = self.nb * K::BYTES;
+        let base = self.w.as_ptr();
+        let mut u0 = 0;
+        while u0 < self.units {
+            let cols = u0..(u0 + self.chunk).min(self.units);
+            // Only the first pass reads the rows from memory: prefetch for it.
+            let prefetch = t0 == 0 && u0 == 0;
+            let mut fetched = 0;
+            for r in 0..self.n_rows {
+                if prefetch {
+                    let until = ((r + 1) * row_bytes + PREFETCH_BYTES).min(self.w.len());
+                    while fetched < until {
+                        _mm_prefetch::<_MM_HINT_T0>(base.add(fetched) as *const i8);
+                        fetched += 64;
+                    }
+                }
+                let kept = if self.keep.is_null() { self.keep } else { self.keep.add(r * self.units) };
+                let out: [f32; N] = if t0 == 0 {
+                    K::dot(base.add(r * row_bytes), xs, self.nb, cols.clone(), kept)
+                } else {
+                    K::dot_kept(kept, xs, cols.clone())
+                };
+                for (t, v) in out.into_iter().enumerate() {
+                    let at = self.y.add((t0 + t) * self.stride + r);
+                    *at = if u0 == 0 { v } else { *at + v };
+                }
+            }
+            u0 = cols.end;
+        }
     }
 }
