@@ -262,53 +262,79 @@ fn affine_multi_equals_per_token_gemv() {
     for bits in [2u32, 3, 4, 5, 6, 8] {
         for (group, n_groups) in [(32usize, 1usize), (32, 2), (32, 7), (32, 9), (64, 3), (64, 5), (96, 3), (128, 2)] {
             for dt in [DType::F32, DType::F16, DType::BF16] {
-                for rows in ROWS {
-                    let cols = group * n_groups;
-                    let words: Vec<u8> = (0..rows * cols * bits as usize / 8).map(|_| rng.next_u64() as u8).collect();
-                    let floats = |v: Vec<f32>| -> Vec<u8> {
-                        match dt {
-                            DType::F32 => v.iter().flat_map(|a| a.to_le_bytes()).collect(),
-                            DType::F16 => v.iter().flat_map(|&a| f16::from_f32(a).to_le_bytes()).collect(),
-                            _ => v.iter().flat_map(|&a| half::bf16::from_f32(a).to_le_bytes()).collect(),
-                        }
-                    };
-                    let scales = floats(rng.vec(rows * n_groups, 0.05));
-                    let biases = floats(rng.vec(rows * n_groups, 0.1));
-                    let w = MatRef::affine(rows, cols, &words, bits, group, &scales, &biases, dt).unwrap();
-                    let rows_f32: Vec<Vec<f32>> = (0..rows)
-                        .map(|r| {
-                            let mut v = vec![0.0; cols];
-                            w.row_to_f32(r, &mut v);
-                            v
-                        })
-                        .collect();
-                    let range = rows / 3..rows;
-                    let n = range.len();
-                    for n_tokens in TOKENS {
-                        let full = n_tokens % 2 == 0;
-                        let x = q8x32(cols, n_tokens, full, &mut rng);
-                        let nb = cols / 32;
-                        let nrm: Vec<Vec<f64>> = x
-                            .chunks_exact(nb)
-                            .map(|xt| {
-                                let xh: Vec<f32> = xt.iter().flat_map(|b| b.qs.map(|q| b.d * q as f32)).collect();
-                                let sums: Vec<f32> = xt.iter().map(|b| b.sum).collect();
-                                norms(&rows_f32[range.clone()], &xh, &sums)
-                            })
-                            .collect();
-                        let stride = n + 1;
-                        for level in available() {
-                            let mut want = vec![0.0; n_tokens * n];
-                            for (xt, yt) in x.chunks_exact(nb).zip(want.chunks_exact_mut(n)) {
-                                gemv_affine(level, &w, range.clone(), xt, yt);
-                            }
-                            let mut y = vec![f32::NAN; (n_tokens - 1) * stride + n];
-                            gemm_affine(level, &w, range.clone(), &x, n_tokens, &mut y, stride);
-                            let what = format!("{level:?} affine {bits}-bit g{group} x{n_groups} {dt} rows {range:?} tokens {n_tokens}");
-                            compare(&what, &y, stride, n, &want, &nrm, false);
-                        }
-                    }
+                check_affine(bits, group, n_groups, dt, &ROWS, &TOKENS, &mut rng);
+            }
+        }
+    }
+}
+
+/// As `wide_rows_run_in_column_chunks`, for the MLX 4- and 8-bit runs
+/// (150 blocks: 19 runs, over 40 KB per token group at either width).
+#[test]
+fn affine_wide_rows_run_in_column_chunks() {
+    let mut rng = Rng(0xAFC4);
+    for bits in [4u32, 8] {
+        check_affine(bits, 64, 75, DType::F16, &[3], &[9, 17], &mut rng);
+    }
+}
+
+/// The affine many-token product of random `bits`-bit weights (`rows` of
+/// `n_groups` groups of `group`, scales of `dt`) against the per-token one,
+/// on rows `rows / 3..rows`, at every level.
+fn check_affine(
+    bits: u32,
+    group: usize,
+    n_groups: usize,
+    dt: DType,
+    row_counts: &[usize],
+    token_counts: &[usize],
+    rng: &mut Rng,
+) {
+    for &rows in row_counts {
+        let cols = group * n_groups;
+        let words: Vec<u8> = (0..rows * cols * bits as usize / 8).map(|_| rng.next_u64() as u8).collect();
+        let floats = |v: Vec<f32>| -> Vec<u8> {
+            match dt {
+                DType::F32 => v.iter().flat_map(|a| a.to_le_bytes()).collect(),
+                DType::F16 => v.iter().flat_map(|&a| f16::from_f32(a).to_le_bytes()).collect(),
+                _ => v.iter().flat_map(|&a| half::bf16::from_f32(a).to_le_bytes()).collect(),
+            }
+        };
+        let scales = floats(rng.vec(rows * n_groups, 0.05));
+        let biases = floats(rng.vec(rows * n_groups, 0.1));
+        let w = MatRef::affine(rows, cols, &words, bits, group, &scales, &biases, dt).unwrap();
+        let rows_f32: Vec<Vec<f32>> = (0..rows)
+            .map(|r| {
+                let mut v = vec![0.0; cols];
+                w.row_to_f32(r, &mut v);
+                v
+            })
+            .collect();
+        let range = rows / 3..rows;
+        let n = range.len();
+        for &n_tokens in token_counts {
+            let full = n_tokens % 2 == 0;
+            let x = q8x32(cols, n_tokens, full, rng);
+            let nb = cols / 32;
+            let nrm: Vec<Vec<f64>> = x
+                .chunks_exact(nb)
+                .map(|xt| {
+                    let xh: Vec<f32> = xt.iter().flat_map(|b| b.qs.map(|q| b.d * q as f32)).collect();
+                    let sums: Vec<f32> = xt.iter().map(|b| b.sum).collect();
+                    norms(&rows_f32[range.clone()], &xh, &sums)
+                })
+                .collect();
+            let stride = n + 1;
+            for level in available() {
+                let mut want = vec![0.0; n_tokens * n];
+                for (xt, yt) in x.chunks_exact(nb).zip(want.chunks_exact_mut(n)) {
+                    gemv_affine(level, &w, range.clone(), xt, yt);
                 }
+                let mut y = vec![f32::NAN; (n_tokens - 1) * stride + n];
+                gemm_affine(level, &w, range.clone(), &x, n_tokens, &mut y, stride);
+                let what =
+                    format!("{level:?} affine {bits}-bit g{group} x{n_groups} {dt} rows {range:?} tokens {n_tokens}");
+                compare(&what, &y, stride, n, &want, &nrm, false);
             }
         }
     }

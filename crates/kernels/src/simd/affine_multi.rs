@@ -144,9 +144,10 @@ mod x86 {
         pub per_group: usize,
     }
 
-    /// `y[t * y_stride + i] = row(r)[t]` for row `r = rows.start + i` of
-    /// `rows`, in order; with `prefetch` (the token group that reads the rows
-    /// from memory) the weight stream is prefetched [`PREFETCH_BYTES`] ahead.
+    /// `y[t * y_stride + i] = row(r)[t]` (with `add`: `+=`) for row `r =
+    /// rows.start + i` of `rows`, in order; with `prefetch` (the token group
+    /// that reads the rows from memory) the weight stream is prefetched
+    /// [`PREFETCH_BYTES`] ahead.
     ///
     /// # Safety
     /// `rows` lies inside `m`; `y` is valid for writes at `t * y_stride + i`
@@ -159,6 +160,7 @@ mod x86 {
         y: *mut f32,
         y_stride: usize,
         prefetch: bool,
+        add: bool,
         mut row: impl FnMut(usize) -> [f32; N],
     ) {
         let base = m.words.as_ptr();
@@ -172,7 +174,8 @@ mod x86 {
                 }
             }
             for (t, v) in row(r).into_iter().enumerate() {
-                *y.add(t * y_stride + i) = v;
+                let at = y.add(t * y_stride + i);
+                *at = if add { *at + v } else { v };
             }
         }
     }

@@ -1,12 +1,29 @@
 //! Four-byte-column layouts of the AVX2 many-token int8 kernels (ggml
-//! k-quants and 32-value types in `ggml_dot/avx2/multi`, MLX affine 4-bit in
-//! `affine_multi`): the transposes that give every u32 lane of a register
-//! one block (or sub-block) throughout, and the per-(block, token) steps
-//! ([`steps`]).
+//! k-quants and 32-value types in `ggml_dot/avx2/multi`, MLX affine 4- and
+//! 8-bit in `affine_multi`): the transposes that give every u32 lane of a
+//! register one block (or sub-block) throughout, and the per-(block, token)
+//! steps ([`steps`]).
 
 use std::arch::x86_64::*;
 
 pub(crate) mod steps;
+
+/// Most bytes of one token group's prepared activations for one column
+/// chunk: the kernels split wider rows into column chunks (partial sums
+/// added in the output), so that the activations every row of the run reads
+/// stay in L1 (32 KB on the x86 cores of the day). Measured on Zen 3 with
+/// `examples/prefill_gemm.rs --shape 512x4096` (6 alternations, best/mean
+/// GFLOP/s through the driver): Q4_K's 45 KB per group of 8 tokens as two
+/// chunks 150.7/114.5 against 113.7/99.6 as one; Q8_0's 36 KB as two chunks
+/// no better (93.0/76.8 against 98.0/78.3), so the bound sits above it.
+pub(crate) const L1_ACTS: usize = 40 << 10;
+
+/// Column chunks of at most [`L1_ACTS`] bytes of activations for `units`
+/// units of `unit_bytes` each (all tokens of a group): the units per chunk.
+pub(crate) fn chunk_units(units: usize, unit_bytes: usize) -> usize {
+    let chunks = (units * unit_bytes).div_ceil(L1_ACTS).max(1);
+    units.div_ceil(chunks).max(1)
+}
 
 /// Eight rows of eight u32 to columns: register `i` of the result holds
 /// element `i` of every row, row `k` in lane `k`.

@@ -43,7 +43,7 @@ use std::thread::LocalKey;
 use super::x86::{for_rows, load8, Mat};
 use crate::simd::act::BlockQ8x32;
 use crate::simd::columns::steps::{self, Cols};
-use crate::simd::columns::{transpose4, transpose8};
+use crate::simd::columns::{chunk_units, transpose4, transpose8};
 use crate::simd::float_dot::x86::hsum;
 
 /// 4-bit: the block of the run in u32 lane `k` (low 128 bits: blocks 0, 2, 4, 6).
@@ -314,6 +314,7 @@ pub(super) unsafe fn run<W: Width>(
         } else {
             std::ptr::null_mut()
         };
+        let chunk = chunk_units(runs, W::GROUP * std::mem::size_of::<W::XRun>());
         let mut t0 = 0;
         while t0 < n_tokens {
             // Groups of W::GROUP, the rest in groups of at most 4.
@@ -330,37 +331,44 @@ pub(super) unsafe fn run<W: Width>(
             // Row `r`: unpacked here in the first group (and kept), else as kept.
             let r0 = rows.start;
             let unit = move |r: usize| if keep.is_null() { keep } else { keep.add((r - r0) * runs) };
-            macro_rules! tokens {
-                ($n:literal) => {
-                    for_rows(m, rows.clone(), yg, y_stride, first, |r| {
-                        let xs = std::array::from_fn(xs);
-                        if first {
-                            row::<W, $n>(m, r, xs, groups, unit(r))
-                        } else {
-                            row_kept::<W, $n>(unit(r), xs, runs)
-                        }
-                    })
-                };
-            }
-            // SAFETY (each arm): `xp` holds `n` tokens' runs; the rest is the contract.
-            match n {
-                8 => tokens!(8),
-                4 => tokens!(4),
-                3 => tokens!(3),
-                2 => tokens!(2),
-                _ => tokens!(1),
+            // Column chunks whose runs of the group stay in L1, partial sums added.
+            let mut c0 = 0;
+            while c0 < runs {
+                let cols = c0..(c0 + chunk).min(runs);
+                let (prefetch, add) = (first && c0 == 0, c0 > 0);
+                macro_rules! tokens {
+                    ($n:literal) => {
+                        for_rows(m, rows.clone(), yg, y_stride, prefetch, add, |r| {
+                            let xs = std::array::from_fn(xs);
+                            if first {
+                                row::<W, $n>(m, r, xs, groups, cols.clone(), unit(r))
+                            } else {
+                                row_kept::<W, $n>(unit(r), xs, cols.clone())
+                            }
+                        })
+                    };
+                }
+                // SAFETY (each arm): `xp` holds `n` tokens' runs; the rest is the contract.
+                match n {
+                    8 => tokens!(8),
+                    4 => tokens!(4),
+                    3 => tokens!(3),
+                    2 => tokens!(2),
+                    _ => tokens!(1),
+                }
+                c0 = cols.end;
             }
             t0 += n;
         }
     });
 }
 
-/// Row `r` against `N` tokens' runs, writing its unpacked runs to `keep`
-/// unless it is null.
+/// Runs `cols` of row `r` against `N` tokens' runs, writing its unpacked
+/// runs to `keep` unless it is null.
 ///
 /// # Safety
-/// As [`run`], with `xs` holding `N` tokens' runs and `keep` (unless null)
-/// room for the row's runs.
+/// As [`run`], with `xs` holding `N` tokens' runs, `cols` within the row's
+/// runs and `keep` (unless null) room for the row's runs.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn row<W: Width, const N: usize>(
@@ -368,6 +376,7 @@ unsafe fn row<W: Width, const N: usize>(
     r: usize,
     xs: [*const W::XRun; N],
     groups: &[RunGroups],
+    cols: Range<usize>,
     keep: *mut Unpacked,
 ) -> [f32; N] {
     let nb = m.groups * m.per_group;
@@ -375,7 +384,8 @@ unsafe fn row<W: Width, const N: usize>(
     let es = m.dt.size();
     let (srow, brow) = (m.scales.as_ptr().add(r * m.groups * es), m.biases.as_ptr().add(r * m.groups * es));
     let mut acc = [_mm256_setzero_ps(); N];
-    for (run, rg) in groups.iter().enumerate() {
+    for run in cols {
+        let rg = &groups[run];
         let here = (nb - 8 * run).min(8);
         let w = W::columns(words.add(8 * run * 32 * W::BITS / 8), here);
         // Eight values from the run's first group (one load; lanes past the
@@ -402,12 +412,17 @@ unsafe fn row<W: Width, const N: usize>(
 /// As [`row`], on the runs it kept.
 ///
 /// # Safety
-/// `kept` holds the `runs` runs [`row`] wrote, `xs` `N` tokens' runs.
+/// `kept` points at the row's runs, [`row`] wrote those in `cols`; `xs`
+/// holds `N` tokens' runs.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn row_kept<W: Width, const N: usize>(kept: *const Unpacked, xs: [*const W::XRun; N], runs: usize) -> [f32; N] {
+unsafe fn row_kept<W: Width, const N: usize>(
+    kept: *const Unpacked,
+    xs: [*const W::XRun; N],
+    cols: Range<usize>,
+) -> [f32; N] {
     let mut acc = [_mm256_setzero_ps(); N];
-    for run in 0..runs {
+    for run in cols {
         token_steps::<W, N>(&*kept.add(run), &xs, run, &mut acc);
     }
     acc.map(|a| hsum(a))

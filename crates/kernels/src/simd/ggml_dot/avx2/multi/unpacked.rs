@@ -18,15 +18,7 @@ use std::ops::Range;
 
 use super::super::super::scratch::Kept;
 use super::super::{hsum, PREFETCH_BYTES};
-
-/// Most bytes of one token group's activation units for one column chunk
-/// (see [`groups`]), about L1 (32 KB on the x86 cores of the day). Measured
-/// on Zen 3 with `examples/prefill_gemm.rs --shape 512x4096` (6
-/// alternations, best/mean GFLOP/s through the driver): Q4_K's 45 KB per
-/// group of 8 tokens as two chunks 150.7/114.5 against 113.7/99.6 as one;
-/// Q8_0's 36 KB as two chunks no better (93.0/76.8 against 98.0/78.3), so
-/// the bound sits above it.
-const L1_ACTS: usize = 40 << 10;
+use crate::simd::columns::chunk_units;
 
 /// A weight type's transposed many-token kernel.
 pub(super) trait Unpacks {
@@ -121,7 +113,7 @@ pub(super) type Prep<B, X, S> = unsafe fn(&[B], usize, usize, usize, u64, &mut S
 /// of `max` (the rest in groups of at most 4), each group's activations
 /// prepared once by `prep`. Token groups run outside, then column chunks
 /// sized so that the group's activation units of a chunk stay in L1
-/// ([`L1_ACTS`]: a row of 4096 columns is two chunks of Q4_K for 8 tokens,
+/// ([`crate::simd::columns::L1_ACTS`]: a row of 4096 columns is two chunks of Q4_K for 8 tokens,
 /// chunk partial sums added in `y`),
 /// then rows: the driver's run of rows stays in L2. The first group
 /// streams the rows from memory (with the single-token kernels' prefetch)
@@ -150,8 +142,7 @@ pub(super) unsafe fn groups<K: Unpacks, B, S: Default>(
     let first = if n_tokens >= max { max } else { n_tokens.min(4) };
     let mut kept = Kept::default();
     let keep: *mut K::U = if n_tokens > first { kept.room(n_rows * units) } else { std::ptr::null_mut() };
-    let chunks = (units * max * std::mem::size_of::<K::X>()).div_ceil(L1_ACTS).max(1);
-    let chunk = units.div_ceil(chunks).max(1);
+    let chunk = chunk_units(units, max * std::mem::size_of::<K::X>());
     let rows = Rows { w, n_rows, nb, units, chunk, keep, y, stride };
     let mut scratch = S::default();
     let mut t0 = 0;
