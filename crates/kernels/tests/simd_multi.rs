@@ -133,6 +133,17 @@ fn wide_rows_run_in_column_chunks() {
     }
 }
 
+/// A call whose kept weight units would pass 512 KB (a direct call with
+/// more rows than the driver's row tasks) runs in blocks of rows.
+#[test]
+fn many_rows_run_in_row_blocks() {
+    let mut rng = Rng(0xB10C);
+    check_ggml(GgmlType::Q4K, &[1500], &[1], &[9], &mut rng);
+    check_ggml(GgmlType::Q8_0, &[1000], &[8], &[9], &mut rng);
+    // MLX 4-bit, 2 runs of 320 bytes per row: 819 rows per block (rows 1000..3000).
+    check_affine(4, 64, 8, DType::F16, &[3000], &[9], &mut rng);
+}
+
 /// The AVX2 kernels of the symmetric 32-wide types work on runs of eight
 /// blocks: whole runs, a whole run and a partial one, and two runs with a
 /// partial third.

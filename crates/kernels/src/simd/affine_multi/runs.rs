@@ -49,6 +49,9 @@ use crate::simd::float_dot::x86::hsum;
 /// 4-bit: the block of the run in u32 lane `k` (low 128 bits: blocks 0, 2, 4, 6).
 const ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
 
+/// Most bytes of kept weight runs per call: about L2.
+const KEPT_BYTES: usize = 512 << 10;
+
 /// A code width's layout and step.
 pub(super) trait Width: Sized + 'static {
     /// Bits per code.
@@ -290,6 +293,16 @@ pub(super) unsafe fn run<W: Width>(
 ) {
     let nb = m.groups * m.per_group;
     let runs = nb.div_ceil(8);
+    // At most KEPT_BYTES of kept runs per call (direct calls with many rows
+    // run in blocks of rows; the driver's row tasks are smaller).
+    let block = (KEPT_BYTES / (runs * std::mem::size_of::<Unpacked>())).max(1);
+    if rows.len() > block {
+        for r0 in rows.clone().step_by(block) {
+            let sub = r0..(r0 + block).min(rows.end);
+            run::<W>(m, sub, x, n_tokens, y.add(r0 - rows.start), y_stride);
+        }
+        return;
+    }
     W::bufs().with(|cell| {
         let Bufs { runs: buf, groups, kept } = &mut *cell.borrow_mut();
         groups.clear();

@@ -104,6 +104,9 @@ pub(super) trait Unpacks {
     }
 }
 
+/// Most bytes of kept units per call: about L2.
+const KEPT_BYTES: usize = 512 << 10;
+
 /// The group prep of a type's activations: `(x, t0, n, nb, id, scratch)` to
 /// the group's units and the distance from one token's to the next's.
 pub(super) type Prep<B, X, S> = unsafe fn(&[B], usize, usize, usize, u64, &mut S) -> (*const X, usize);
@@ -113,11 +116,13 @@ pub(super) type Prep<B, X, S> = unsafe fn(&[B], usize, usize, usize, u64, &mut S
 /// of `max` (the rest in groups of at most 4), each group's activations
 /// prepared once by `prep`. Token groups run outside, then column chunks
 /// sized so that the group's activation units of a chunk stay in L1
-/// ([`crate::simd::columns::L1_ACTS`]: a row of 4096 columns is two chunks of Q4_K for 8 tokens,
-/// chunk partial sums added in `y`),
-/// then rows: the driver's run of rows stays in L2. The first group
-/// streams the rows from memory (with the single-token kernels' prefetch)
-/// and keeps their unpacked units; the later groups load those.
+/// ([`crate::simd::columns::L1_ACTS`]: a row of 4096 columns is two
+/// chunks of Q4_K for 8 tokens, chunk partial sums added in `y`), then rows:
+/// the driver's run of rows stays in L2. The first group streams the rows
+/// from memory (with the single-token kernels' prefetch) and keeps their
+/// unpacked units; the later groups load those. A call with more rows than
+/// [`KEPT_BYTES`] of kept units (not the driver's: its row tasks are
+/// smaller) runs in blocks of rows, each as a call of its own.
 ///
 /// # Safety
 /// The CPU runs AVX2 + FMA + F16C; `w` is `n_rows` rows of `nb` blocks of
@@ -138,6 +143,16 @@ pub(super) unsafe fn groups<K: Unpacks, B, S: Default>(
 ) {
     let nb = x.len() / n_tokens;
     let units = K::units(nb);
+    let block = (KEPT_BYTES / (units * std::mem::size_of::<K::U>()).max(1)).max(1);
+    if n_rows > block {
+        let row_bytes = nb * K::BYTES;
+        for r0 in (0..n_rows).step_by(block) {
+            let n = block.min(n_rows - r0);
+            let wb = &w[r0 * row_bytes..(r0 + n) * row_bytes];
+            groups::<K, B, S>(wb, n, x, n_tokens, y.add(r0), stride, id, max, prep);
+        }
+        return;
+    }
     // Kept only when a later group reads them.
     let first = if n_tokens >= max { max } else { n_tokens.min(4) };
     let mut kept = Kept::default();
