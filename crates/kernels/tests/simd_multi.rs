@@ -144,13 +144,13 @@ fn many_rows_run_in_row_blocks() {
     check_affine(4, 64, 8, DType::F16, &[3000], &[9], &mut rng);
 }
 
-/// The AVX2 kernels of the symmetric 32-wide types work on runs of eight
+/// The AVX2 kernels of the 32-wide types work on runs of eight
 /// blocks: whole runs, a whole run and a partial one, and two runs with a
 /// partial third.
 #[test]
-fn sym32_runs_of_eight_blocks() {
+fn runs_of_eight_32_value_blocks() {
     let mut rng = Rng(0x0808);
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::IQ4NL] {
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::IQ4NL, GgmlType::Q4_1, GgmlType::Q5_1] {
         check_ggml(ty, &ROWS, &[8, 9, 16, 23], &TOKENS, &mut rng);
     }
 }

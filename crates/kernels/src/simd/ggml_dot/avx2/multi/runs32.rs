@@ -1,7 +1,8 @@
-//! Many-token kernels of the symmetric 32-value types (Q8_0, Q4_0, Q5_0,
-//! IQ4_NL: `d · code`, the f16 `d` first in the block) on transposed runs of
-//! eight blocks: one scale multiply per eight (block, token) pairs instead of
-//! one per pair.
+//! Many-token kernels of the 32-value types on transposed runs of eight
+//! blocks: the symmetric ones (Q8_0, Q4_0, Q5_0, IQ4_NL: `d · code`, the f16
+//! `d` first in the block; [`Sym32`]) and the offset ones (Q4_1, Q5_1: `d ·
+//! code + m`; [`Offset32`]), one scale multiply per eight (block, token)
+//! pairs instead of one per pair.
 //!
 //! The plain loop gives every 32-value block of every token its own
 //! `vcvtdq2ps`, scalar `d_w · d_x`, broadcast and FMA, as many float
@@ -9,10 +10,12 @@
 //! Q4_K kernel's rate. Here eight consecutive blocks are transposed in 4-byte
 //! columns (register `c` holds bytes `4c..4c + 4` of block `k` in u32 lane
 //! `k`), weights per run and activations once per token group, so every
-//! lane belongs to one block throughout: the eight column products add up as
-//! i32 (each `vpmaddwd` lane is at most 2 · 2 · 128 · 127) into one register
+//! lane belongs to one block throughout: the eight column products add up
+//! (signed codes: as i32, each `vpmaddwd` lane at most 2 · 2 · 128 · 127;
+//! unsigned 4- and 5-bit codes: as i16, as the k-quants') into one register
 //! that holds the eight blocks' integer sums, scaled at once by the vector of
-//! their `d_w · d_x`.
+//! their `d_w · d_x`; the offset types add `m` times the blocks' input sums
+//! with one FMA.
 //!
 //! Each block's integer sum and its scale product are the single-token
 //! kernel's; the blocks are summed in another order, so results agree with it
@@ -23,18 +26,21 @@
 use std::arch::x86_64::*;
 
 use super::super::super::scratch::{Scratch, Whole};
-use super::super::{iq4_codes, iq4_table, load256, q4_0_codes, q5_codes};
+use super::super::{iq4_codes, iq4_table, load256, q4_0_codes, q4_1_codes, q5_codes};
 use super::kquants::UnpackedSigned;
 use super::unpacked::Unpacks;
 use crate::simd::act::BlockQ8x32;
-use crate::simd::columns::{steps, transpose8};
+use crate::simd::columns::steps::{self, Cols};
+use crate::simd::columns::transpose8;
 
-/// Eight consecutive activation blocks of one token as [`dot_sym32_t`] reads
-/// them: the codes transposed (column `c`, lane `k`: codes `4c..4c + 4` of
-/// block `k`) and the eight scales.
+/// Eight consecutive activation blocks of one token as the steps read them:
+/// the codes transposed (column `c`, lane `k`: codes `4c..4c + 4` of block
+/// `k`), the eight exact input sums (the offset types' `m` term) and the
+/// eight scales.
 #[repr(C, align(32))]
 pub(super) struct TRun {
     cols: [__m256i; 8],
+    sums: __m256,
     d: __m256,
 }
 
@@ -79,8 +85,11 @@ unsafe fn transpose_runs(x: &[BlockQ8x32], nb: usize, mut p: *mut TRun) {
                 Some(b) => load256(b.qs.as_ptr() as *const u8),
                 None => _mm256_setzero_si256(),
             });
-            let d: [f32; 8] = std::array::from_fn(|k| blocks.get(k).map_or(0.0, |b| b.d));
-            p.write(TRun { cols: transpose8(rows), d: _mm256_loadu_ps(d.as_ptr()) });
+            let lane = |f: fn(&BlockQ8x32) -> f32| {
+                let v: [f32; 8] = std::array::from_fn(|k| blocks.get(k).map_or(0.0, f));
+                _mm256_loadu_ps(v.as_ptr())
+            };
+            p.write(TRun { cols: transpose8(rows), sums: lane(|b| b.sum), d: lane(|b| b.d) });
             p = p.add(1);
         }
     }
@@ -97,6 +106,11 @@ pub(super) const Q8_0: u8 = 0;
 pub(super) const Q4_0: u8 = 1;
 pub(super) const Q5_0: u8 = 2;
 pub(super) const IQ4_NL: u8 = 3;
+
+pub(super) type Q80Runs = Sym32<Q8_0>;
+pub(super) type Q40Runs = Sym32<Q4_0>;
+pub(super) type Q50Runs = Sym32<Q5_0>;
+pub(super) type IQ4NLRuns = Sym32<IQ4_NL>;
 
 impl<const TYPE: u8> Sym32<TYPE> {
     /// The signed codes of the block at `b`.
@@ -132,11 +146,7 @@ impl<const TYPE: u8> Unpacks for Sym32<TYPE> {
         let here = (nb - 8 * r).min(8);
         let b = row.add(8 * r * ts);
         let rows = std::array::from_fn(|k| if k < here { Self::codes(b.add(k * ts)) } else { _mm256_setzero_si256() });
-        let mut h = [0u16; 8];
-        for (k, hk) in h.iter_mut().enumerate().take(here) {
-            *hk = (b.add(k * ts) as *const u16).read_unaligned();
-        }
-        let scale = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i));
+        let scale = f16_lanes(b, ts, 0, here);
         let w = transpose8(rows);
         UnpackedSigned { aw: w.map(|c| _mm256_sign_epi8(c, c)), w, scale }
     }
@@ -145,5 +155,76 @@ impl<const TYPE: u8> Unpacks for Sym32<TYPE> {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn step(u: &UnpackedSigned, x: &TRun, acc: &mut __m256) {
         steps::signed(&u.aw, &u.w, u.scale, x.cols.as_ptr(), &x.d, acc);
+    }
+}
+
+/// The f16 at byte `at` of each of the `here` blocks of `ts` bytes from `b`,
+/// as eight f32 lanes (zero past `here`).
+///
+/// # Safety
+/// AVX2 + FMA + F16C; `b` points at `here` blocks of `ts` bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_lanes(b: *const u8, ts: usize, at: usize, here: usize) -> __m256 {
+    let mut h = [0u16; 8];
+    for (k, hk) in h.iter_mut().enumerate().take(here) {
+        *hk = (b.add(k * ts + at) as *const u16).read_unaligned();
+    }
+    _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i))
+}
+
+/// The offset 32-value type `TYPE` ([`Q4_1`] or [`Q5_1`]) on runs of eight
+/// blocks against activations from [`transposed32`]: the unsigned codes
+/// transposed once per run; per token the Q4_K step (Q5_1: the Q5_K step,
+/// its codes reaching 31) with unit scales, `d_w · d_x` per lane, and `m`
+/// against the blocks' input sums.
+pub(super) struct Offset32<const TYPE: u8>;
+
+pub(super) const Q4_1: u8 = 4;
+pub(super) const Q5_1: u8 = 5;
+
+pub(super) type Q41Runs = Offset32<Q4_1>;
+pub(super) type Q51Runs = Offset32<Q5_1>;
+
+/// A run of offset blocks as the steps take it: the transposed codes, the
+/// blocks' `-m` and `d`.
+#[repr(C, align(32))]
+pub(super) struct UnpackedOffset {
+    w: [__m256i; 8],
+    neg_m: __m256,
+    d: __m256,
+}
+
+impl<const TYPE: u8> Unpacks for Offset32<TYPE> {
+    type X = TRun;
+    type U = UnpackedOffset;
+    const BYTES: usize = if TYPE == Q4_1 { 20 } else { 24 };
+
+    fn units(nb: usize) -> usize {
+        nb.div_ceil(8)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(row: *const u8, nb: usize, r: usize) -> UnpackedOffset {
+        let ts = Self::BYTES;
+        let here = (nb - 8 * r).min(8);
+        let b = row.add(8 * r * ts);
+        let codes = |p: *const u8| if TYPE == Q4_1 { q4_1_codes(p) } else { q5_codes(p, 4, 8, false) };
+        let rows = std::array::from_fn(|k| if k < here { codes(b.add(k * ts)) } else { _mm256_setzero_si256() });
+        let neg_m = _mm256_sub_ps(_mm256_setzero_ps(), f16_lanes(b, ts, 2, here));
+        UnpackedOffset { w: transpose8(rows), neg_m, d: f16_lanes(b, ts, 0, here) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn step(u: &UnpackedOffset, x: &TRun, acc: &mut __m256) {
+        let cols = Cols { cols: x.cols.as_ptr(), sums: &x.sums, d: &x.d };
+        // The steps subtract `mins · sums`: `-m` adds the offset term.
+        if TYPE == Q4_1 {
+            steps::q4_k(&u.w, _mm256_set1_epi16(1), u.neg_m, u.d, cols, acc);
+        } else {
+            steps::q5_k(&u.w, _mm256_set1_epi16(1), u.neg_m, u.d, cols, acc);
+        }
     }
 }
