@@ -39,7 +39,7 @@ pub(crate) struct Cols {
 /// columns, sums and scales (`x`, `xsums`, `xd`), the accumulator (`acc`)
 /// and the eight weight columns (`w0` .. `w7`); then the step's own.
 macro_rules! step {
-    ($w:expr, $x:expr, $acc:expr, [$($line:literal),+ $(,)?], $($own:tt)*) => {
+    ($w:expr, $x:expr, $acc:expr, [$($line:expr),+ $(,)?], $($own:tt)*) => {
         asm!(
             $($line),+,
             x = in(reg) $x.cols,
@@ -147,6 +147,35 @@ pub(crate) unsafe fn q5_k(w: &[__m256i; 8], scales: __m256i, mins: __m256, d: __
     );
 }
 
+/// The start of the 16-value-group steps ([`groups16`], [`q2_k`]): the
+/// eight columns' `vpmaddubsw` summed as i16 two at a time, each pair
+/// widened against its columns' scales (`sc_lo`, `sc_hi`) into `s`.
+macro_rules! pair_sums16 {
+    () => {
+        concat!(
+            "vpmaddubsw {p}, {w0}, ymmword ptr [{x}]\n",
+            "vpmaddubsw {t}, {w1}, ymmword ptr [{x} + 32]\n",
+            "vpaddw {p}, {p}, {t}\n",
+            "vpmaddwd {s}, {p}, {sc_lo}\n",
+            "vpmaddubsw {p}, {w2}, ymmword ptr [{x} + 64]\n",
+            "vpmaddubsw {t}, {w3}, ymmword ptr [{x} + 96]\n",
+            "vpaddw {p}, {p}, {t}\n",
+            "vpmaddwd {p}, {p}, {sc_lo}\n",
+            "vpaddd {s}, {s}, {p}\n",
+            "vpmaddubsw {p}, {w4}, ymmword ptr [{x} + 128]\n",
+            "vpmaddubsw {t}, {w5}, ymmword ptr [{x} + 160]\n",
+            "vpaddw {p}, {p}, {t}\n",
+            "vpmaddwd {p}, {p}, {sc_hi}\n",
+            "vpaddd {s}, {s}, {p}\n",
+            "vpmaddubsw {p}, {w6}, ymmword ptr [{x} + 192]\n",
+            "vpmaddubsw {t}, {w7}, ymmword ptr [{x} + 224]\n",
+            "vpaddw {p}, {p}, {t}\n",
+            "vpmaddwd {p}, {p}, {sc_hi}\n",
+            "vpaddd {s}, {s}, {p}",
+        )
+    };
+}
+
 /// Q6_K (`SHIFT` 5) and Q3_K (`SHIFT` 2), codes stored with an offset of
 /// `2^SHIFT`: `acc += d x_d (Σ pairs · scales - 2^SHIFT sc · bsums)` per
 /// lane. Q6_K's codes reach 63, so the i16 sums take two columns at a time;
@@ -167,25 +196,7 @@ pub(crate) unsafe fn groups16<const SHIFT: u32>(
         x,
         acc,
         [
-            "vpmaddubsw {p}, {w0}, ymmword ptr [{x}]",
-            "vpmaddubsw {t}, {w1}, ymmword ptr [{x} + 32]",
-            "vpaddw {p}, {p}, {t}",
-            "vpmaddwd {s}, {p}, {sc_lo}",
-            "vpmaddubsw {p}, {w2}, ymmword ptr [{x} + 64]",
-            "vpmaddubsw {t}, {w3}, ymmword ptr [{x} + 96]",
-            "vpaddw {p}, {p}, {t}",
-            "vpmaddwd {p}, {p}, {sc_lo}",
-            "vpaddd {s}, {s}, {p}",
-            "vpmaddubsw {p}, {w4}, ymmword ptr [{x} + 128]",
-            "vpmaddubsw {t}, {w5}, ymmword ptr [{x} + 160]",
-            "vpaddw {p}, {p}, {t}",
-            "vpmaddwd {p}, {p}, {sc_hi}",
-            "vpaddd {s}, {s}, {p}",
-            "vpmaddubsw {p}, {w6}, ymmword ptr [{x} + 192]",
-            "vpmaddubsw {t}, {w7}, ymmword ptr [{x} + 224]",
-            "vpaddw {p}, {p}, {t}",
-            "vpmaddwd {p}, {p}, {sc_hi}",
-            "vpaddd {s}, {s}, {p}",
+            pair_sums16!(),
             "vpmaddwd {p}, {sc16}, ymmword ptr [{xsums}]",
             "vpslld {p}, {p}, {shift}",
             "vpsubd {s}, {s}, {p}",
@@ -223,25 +234,7 @@ pub(crate) unsafe fn q2_k(
         x,
         acc,
         [
-            "vpmaddubsw {p}, {w0}, ymmword ptr [{x}]",
-            "vpmaddubsw {t}, {w1}, ymmword ptr [{x} + 32]",
-            "vpaddw {p}, {p}, {t}",
-            "vpmaddwd {s}, {p}, {sc_lo}",
-            "vpmaddubsw {p}, {w2}, ymmword ptr [{x} + 64]",
-            "vpmaddubsw {t}, {w3}, ymmword ptr [{x} + 96]",
-            "vpaddw {p}, {p}, {t}",
-            "vpmaddwd {p}, {p}, {sc_lo}",
-            "vpaddd {s}, {s}, {p}",
-            "vpmaddubsw {p}, {w4}, ymmword ptr [{x} + 128]",
-            "vpmaddubsw {t}, {w5}, ymmword ptr [{x} + 160]",
-            "vpaddw {p}, {p}, {t}",
-            "vpmaddwd {p}, {p}, {sc_hi}",
-            "vpaddd {s}, {s}, {p}",
-            "vpmaddubsw {p}, {w6}, ymmword ptr [{x} + 192]",
-            "vpmaddubsw {t}, {w7}, ymmword ptr [{x} + 224]",
-            "vpaddw {p}, {p}, {t}",
-            "vpmaddwd {p}, {p}, {sc_hi}",
-            "vpaddd {s}, {s}, {p}",
+            pair_sums16!(),
             "vcvtdq2ps {s}, {s}",
             "vmulps {t}, {d}, ymmword ptr [{xd}]",
             "vfmadd213ps {s}, {t}, ymmword ptr [{acc}]",

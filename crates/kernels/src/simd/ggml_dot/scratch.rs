@@ -5,12 +5,12 @@
 //! (also on unwind).
 //!
 //! [`Scratch`] holds one token group for one call; [`Kept`] a call's weight
-//! blocks as the first token group unpacked them, for the later groups
-//! (a second buffer of the same kind: both are borrowed at once). [`Whole`] holds a whole
-//! product's activations from call to call, named by the id the matmul
-//! driver gives each quantized input: the driver runs a product as several
-//! row tasks, and each task would otherwise rearrange every token again
-//! (3-4% of a prefill's samples went to that).
+//! blocks as the first token group unpacked them, for the later groups (a
+//! second buffer of the same kind: both are borrowed at once). [`Whole`]
+//! holds a whole product's activations from call to call, named by the id
+//! the matmul driver gives each quantized input: the driver runs a product
+//! as several row tasks, and each task would otherwise rearrange every
+//! token again (3-4% of a prefill's samples went to that).
 
 use std::cell::Cell;
 
