@@ -6,6 +6,8 @@
 
 use std::arch::x86_64::*;
 
+use crate::simd::act::BlockQ8x32;
+
 pub(crate) mod steps;
 
 /// Most bytes of one token group's prepared activations for one column
@@ -23,6 +25,15 @@ pub(crate) const L1_ACTS: usize = 40 << 10;
 pub(crate) fn chunk_units(units: usize, unit_bytes: usize) -> usize {
     let chunks = (units * unit_bytes).div_ceil(L1_ACTS).max(1);
     units.div_ceil(chunks).max(1)
+}
+
+/// One f32 field `f` of up to eight activation blocks as eight lanes, lane
+/// `k` from block `order[k]` (zero where the run has no such block).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn block_lanes(blocks: &[BlockQ8x32], order: [usize; 8], f: fn(&BlockQ8x32) -> f32) -> __m256 {
+    let v: [f32; 8] = order.map(|j| blocks.get(j).map_or(0.0, f));
+    _mm256_loadu_ps(v.as_ptr())
 }
 
 /// Eight rows of eight u32 to columns: register `i` of the result holds

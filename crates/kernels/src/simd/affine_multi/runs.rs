@@ -43,7 +43,7 @@ use std::thread::LocalKey;
 use super::x86::{for_rows, load8, Mat};
 use crate::simd::act::BlockQ8x32;
 use crate::simd::columns::steps::{self, Cols};
-use crate::simd::columns::{chunk_units, transpose4, transpose8};
+use crate::simd::columns::{block_lanes, chunk_units, transpose4, transpose8};
 use crate::simd::float_dot::x86::hsum;
 
 /// 4-bit: the block of the run in u32 lane `k` (low 128 bits: blocks 0, 2, 4, 6).
@@ -67,9 +67,6 @@ pub(super) trait Width: Sized + 'static {
 
     /// The thread's buffers (grow-only; each pool worker has its own).
     fn bufs() -> &'static LocalKey<RefCell<Bufs<Self>>>;
-
-    /// A zeroed token run (to grow the buffer with).
-    fn empty() -> Self::XRun;
 
     /// Up to eight activation blocks as a run.
     ///
@@ -152,15 +149,6 @@ thread_local! {
     static BUFS8: RefCell<Bufs<Eight>> = const { RefCell::new(Bufs::new()) };
 }
 
-/// Up to eight f32 values of the blocks, in lane order `lanes`, zero for
-/// absent blocks.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn lanes(blocks: &[BlockQ8x32], lanes: [usize; 8], f: fn(&BlockQ8x32) -> f32) -> __m256 {
-    let v: [f32; 8] = lanes.map(|j| blocks.get(j).map_or(0.0, f));
-    _mm256_loadu_ps(v.as_ptr())
-}
-
 impl Width for Four {
     const BITS: usize = 4;
     const GROUP: usize = 8;
@@ -169,11 +157,6 @@ impl Width for Four {
 
     fn bufs() -> &'static LocalKey<RefCell<Bufs<Self>>> {
         &BUFS4
-    }
-
-    fn empty() -> Run4 {
-        // SAFETY: plain vectors; all zero bits is a valid value.
-        unsafe { std::mem::zeroed() }
     }
 
     #[inline]
@@ -188,7 +171,11 @@ impl Width for Four {
             Some(b) => _mm256_shuffle_epi8(_mm256_loadu_si256(b.qs.as_ptr() as *const __m256i), split),
             None => _mm256_setzero_si256(),
         });
-        Run4 { cols: transpose8(rows), sums: lanes(blocks, ORDER, |b| b.sum), d: lanes(blocks, ORDER, |b| b.d) }
+        Run4 {
+            cols: transpose8(rows),
+            sums: block_lanes(blocks, ORDER, |b| b.sum),
+            d: block_lanes(blocks, ORDER, |b| b.d),
+        }
     }
 
     #[inline]
@@ -230,11 +217,6 @@ impl Width for Eight {
         &BUFS8
     }
 
-    fn empty() -> Run8 {
-        // SAFETY: plain vectors; all zero bits is a valid value.
-        unsafe { std::mem::zeroed() }
-    }
-
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn prepare(blocks: &[BlockQ8x32]) -> Run8 {
@@ -252,7 +234,7 @@ impl Width for Eight {
             cols[c] = _mm256_sub_epi8(_mm256_xor_si256(hi, eight), eight);
             cols[8 + c] = _mm256_and_si256(v, nib);
         }
-        Run8 { cols, sums: lanes(blocks, Self::LANES, |b| b.sum), d: lanes(blocks, Self::LANES, |b| b.d) }
+        Run8 { cols, sums: block_lanes(blocks, Self::LANES, |b| b.sum), d: block_lanes(blocks, Self::LANES, |b| b.d) }
     }
 
     #[inline]
@@ -313,11 +295,12 @@ pub(super) unsafe fn run<W: Width>(
             RunGroups { g0, n: (b0 + here - 1) / m.per_group - g0 + 1, idx }
         }));
         if buf.len() < W::GROUP.min(n_tokens) * runs {
-            buf.resize_with(W::GROUP.min(n_tokens) * runs, W::empty);
+            // SAFETY: runs are plain vectors; all zero bits is a valid value.
+            buf.resize_with(W::GROUP.min(n_tokens) * runs, || unsafe { std::mem::zeroed() });
         }
         // Kept only when a later group reads them.
-        let first = if n_tokens >= W::GROUP { W::GROUP } else { n_tokens.min(4) };
-        let keep = if n_tokens > first {
+        let first_n = if n_tokens >= W::GROUP { W::GROUP } else { n_tokens.min(4) };
+        let keep = if n_tokens > first_n {
             let need = rows.len() * runs;
             if kept.len() < need {
                 // SAFETY: plain vectors; all zero bits is a valid value.

@@ -31,7 +31,7 @@ use super::kquants::UnpackedSigned;
 use super::unpacked::Unpacks;
 use crate::simd::act::BlockQ8x32;
 use crate::simd::columns::steps::{self, Cols};
-use crate::simd::columns::transpose8;
+use crate::simd::columns::{block_lanes, transpose8};
 
 /// Eight consecutive activation blocks of one token as the steps read them:
 /// the codes transposed (column `c`, lane `k`: codes `4c..4c + 4` of block
@@ -85,11 +85,9 @@ unsafe fn transpose_runs(x: &[BlockQ8x32], nb: usize, mut p: *mut TRun) {
                 Some(b) => load256(b.qs.as_ptr() as *const u8),
                 None => _mm256_setzero_si256(),
             });
-            let lane = |f: fn(&BlockQ8x32) -> f32| {
-                let v: [f32; 8] = std::array::from_fn(|k| blocks.get(k).map_or(0.0, f));
-                _mm256_loadu_ps(v.as_ptr())
-            };
-            p.write(TRun { cols: transpose8(rows), sums: lane(|b| b.sum), d: lane(|b| b.d) });
+            const IN_ORDER: [usize; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
+            let (sums, d) = (block_lanes(blocks, IN_ORDER, |b| b.sum), block_lanes(blocks, IN_ORDER, |b| b.d));
+            p.write(TRun { cols: transpose8(rows), sums, d });
             p = p.add(1);
         }
     }
