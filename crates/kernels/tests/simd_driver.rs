@@ -138,3 +138,59 @@ fn many_token_products_split_into_tasks_equal_one_kernel_call() {
         qmoe_kernels::threads::set(0);
     }
 }
+
+/// As above for MLX affine 4- and 8-bit weights, with one input shared by a
+/// Q8_0 product and both affine ones in one `matmul_many` call: the driver
+/// names the input once, and each kernel keeps its own rearranged layout of
+/// it per thread (a copy in another kernel's layout must not be taken for
+/// its own). Each product must equal its kernel called directly, bit for bit.
+#[test]
+fn one_input_shared_by_kernels_of_different_layouts() {
+    use qmoe_core::GgmlType;
+    use qmoe_kernels::simd::act::{quantize_q8x32, BlockQ8x32};
+    use qmoe_kernels::simd::gemm::{matmul_many, Product};
+    use qmoe_kernels::simd::{affine_multi, ggml_dot, level};
+
+    let mut rng = Rng(23);
+    // 600 rows of 512 columns (several tasks each); 19 tokens: 8, 8, 3.
+    let (rows, cols, t, group) = (600, 512, 19, 64);
+    let q8 = GgmlType::Q8_0;
+    let Some(quantize) = qmoe_kernels::ggml::quantizer(q8) else { return };
+    let mut q8_bytes = vec![0u8; rows * q8.row_bytes(cols).unwrap()];
+    quantize(&rng.vec(rows * cols, 1.0), &mut q8_bytes);
+    let words: Vec<Vec<u8>> =
+        [4usize, 8].map(|bits| (0..rows * cols * bits / 8).map(|_| rng.next_u64() as u8).collect()).into();
+    let scales: Vec<u8> = rng.vec(rows * cols / group, 0.05).iter().flat_map(|v| v.to_le_bytes()).collect();
+    let biases: Vec<u8> = rng.vec(rows * cols / group, 0.1).iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mats = [
+        MatRef::ggml(q8, rows, cols, &q8_bytes).unwrap(),
+        MatRef::affine(rows, cols, &words[0], 4, group, &scales, &biases, DType::F32).unwrap(),
+        MatRef::affine(rows, cols, &words[1], 8, group, &scales, &biases, DType::F32).unwrap(),
+    ];
+    qmoe_kernels::threads::set(2);
+    for round in 0..2 {
+        let x = rng.vec(t * cols, 1.5);
+        let mut got = vec![vec![f32::NAN; t * rows]; mats.len()];
+        let mut products: Vec<Product> = mats
+            .iter()
+            .zip(got.iter_mut())
+            .map(|(w, y)| Product { w: *w, x: &x, y: y.as_mut_slice(), n_tokens: t })
+            .collect();
+        matmul_many(&mut products);
+        let mut xq = vec![BlockQ8x32::default(); t * cols / 32];
+        quantize_q8x32(&x, &mut xq);
+        for (k, w) in mats.iter().enumerate() {
+            let mut want = vec![f32::NAN; t * rows];
+            if k == 0 {
+                ggml_dot::multi::gemm_q8x32(level(), q8, &q8_bytes, rows, &xq, t, &mut want, rows);
+            } else {
+                affine_multi::gemm_affine(level(), w, 0..rows, &xq, t, &mut want, rows);
+            }
+            for i in 0..want.len() {
+                let g = got[k][i];
+                assert_eq!(g.to_bits(), want[i].to_bits(), "product {k} round {round} [{i}]: {g} vs {}", want[i]);
+            }
+        }
+    }
+    qmoe_kernels::threads::set(0);
+}

@@ -169,9 +169,8 @@ mod x86 {
     use crate::simd::act::BlockQ8x32;
     use crate::simd::float_dot::x86::{hsum, prefetch};
 
-    /// Least distance in bytes from a row read to its prefetch (as the ggml
-    /// kernels' `PREFETCH_BYTES`).
-    const PREFETCH_LEAD: usize = 4096;
+    // Least distance in bytes from a row read to its prefetch.
+    use crate::simd::PREFETCH_BYTES as PREFETCH_LEAD;
     /// Rows ahead whose scales and biases are prefetched.
     const PREFETCH_ROWS: usize = 4;
     /// Blocks of 32 columns per pass over the rows (8192 columns): the

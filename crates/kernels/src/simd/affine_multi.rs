@@ -52,15 +52,19 @@ pub fn gemm_affine(
         assert!(need.is_some_and(|n| n <= y.len()), "gemm_affine: y of {} for {n_tokens} tokens", y.len());
     }
     // SAFETY: every `t * y_stride + i` lies inside `y` (checked just above).
-    unsafe { gemm_affine_raw(level, w, rows, x, n_tokens, y.as_mut_ptr(), y_stride) }
+    unsafe { gemm_affine_raw(level, w, rows, x, n_tokens, y.as_mut_ptr(), y_stride, 0) }
 }
 
 /// [`gemm_affine`] into a raw output, so that threads can fill disjoint rows
-/// of one product.
+/// of one product. `acts_id` (0: none) names `x` for the AVX2 kernel's
+/// per-thread copy of its rearranged runs (the matmul driver's id, as for
+/// the ggml kernels).
 ///
 /// # Safety
 /// `y` is valid for writes at `t * y_stride + i` for every `t < n_tokens`,
-/// `i < rows.len()`, and nothing else accesses those elements during the call.
+/// `i < rows.len()`, and nothing else accesses those elements during the call;
+/// an `acts_id` other than 0 always comes with the same `x` contents.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_affine_raw(
     level: Level,
     w: &MatRef,
@@ -69,6 +73,7 @@ pub(crate) unsafe fn gemm_affine_raw(
     n_tokens: usize,
     y: *mut f32,
     y_stride: usize,
+    acts_id: u64,
 ) {
     let nb = w.cols / 32;
     assert_eq!(x.len(), n_tokens * nb, "gemm_affine: {} blocks for {n_tokens} tokens of {} columns", x.len(), w.cols);
@@ -100,12 +105,12 @@ pub(crate) unsafe fn gemm_affine_raw(
             // SAFETY: the CPU runs AVX2 + FMA + F16C (checked just above);
             // the shapes of `w` were checked by `gemv_affine` and `MatRef`,
             // `rows` lies inside it, `x` holds `n_tokens` rows of `nb`
-            // blocks; `y` is the caller's contract.
+            // blocks; `y` and `acts_id` are the caller's contract.
             unsafe {
                 if bits == 4 {
-                    runs::run::<runs::Four>(&m, rows, x, n_tokens, y, y_stride)
+                    runs::run::<runs::Four>(&m, rows, x, n_tokens, y, y_stride, acts_id)
                 } else {
-                    runs::run::<runs::Eight>(&m, rows, x, n_tokens, y, y_stride)
+                    runs::run::<runs::Eight>(&m, rows, x, n_tokens, y, y_stride, acts_id)
                 }
             }
             return;
@@ -121,14 +126,8 @@ mod runs;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use std::arch::x86_64::*;
-    use std::ops::Range;
-
     use qmoe_core::dtype::DType;
-
-    /// Bytes of the weight stream prefetched ahead of the row being read
-    /// (as the ggml kernels), in the first token group only.
-    const PREFETCH_BYTES: usize = 4096;
+    use std::arch::x86_64::*;
 
     /// A checked affine matrix.
     pub(super) struct Mat<'a> {
@@ -142,42 +141,6 @@ mod x86 {
         pub groups: usize,
         /// 32-blocks per group.
         pub per_group: usize,
-    }
-
-    /// `y[t * y_stride + i] = row(r)[t]` (with `add`: `+=`) for row `r =
-    /// rows.start + i` of `rows`, in order; with `prefetch` (the token group
-    /// that reads the rows from memory) the weight stream is prefetched
-    /// [`PREFETCH_BYTES`] ahead.
-    ///
-    /// # Safety
-    /// `rows` lies inside `m`; `y` is valid for writes at `t * y_stride + i`
-    /// for `t < N`, `i < rows.len()`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn for_rows<const N: usize>(
-        m: &Mat,
-        rows: Range<usize>,
-        y: *mut f32,
-        y_stride: usize,
-        prefetch: bool,
-        add: bool,
-        mut row: impl FnMut(usize) -> [f32; N],
-    ) {
-        let base = m.words.as_ptr();
-        let mut fetched = rows.start * m.row_bytes;
-        for (i, r) in rows.enumerate() {
-            if prefetch {
-                let until = ((r + 1) * m.row_bytes + PREFETCH_BYTES).min(m.words.len());
-                while fetched < until {
-                    _mm_prefetch::<_MM_HINT_T0>(base.add(fetched) as *const i8);
-                    fetched += 64;
-                }
-            }
-            for (t, v) in row(r).into_iter().enumerate() {
-                let at = y.add(t * y_stride + i);
-                *at = if add { *at + v } else { v };
-            }
-        }
     }
 
     /// `n <= 8` floats of `dt` from element `i` of `p`, zero-padded to 8.

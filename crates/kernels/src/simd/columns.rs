@@ -9,6 +9,7 @@ use std::arch::x86_64::*;
 use crate::simd::act::BlockQ8x32;
 
 pub(crate) mod steps;
+pub(crate) mod unpacked;
 
 /// Most bytes of one token group's prepared activations for one column
 /// chunk: the kernels split wider rows into column chunks (partial sums

@@ -354,6 +354,8 @@ fn run_multi(level: Level, p: &Product, kind: ActKind, prep: &Prepared, out: Sha
             }
         }
         // SAFETY: as above.
-        _ => unsafe { super::affine_multi::gemm_affine_raw(level, &p.w, rows, &prep.q8x32, n_tokens, y, n_rows) },
+        _ => unsafe {
+            super::affine_multi::gemm_affine_raw(level, &p.w, rows, &prep.q8x32, n_tokens, y, n_rows, prep.id)
+        },
     }
 }

@@ -32,9 +32,22 @@ pub mod gemm;
 pub mod ggml_dot;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+#[cfg(target_arch = "x86_64")]
+mod scratch;
 mod tile;
 
 use std::sync::OnceLock;
+
+/// How far ahead of the row being multiplied the row loop keeps software
+/// prefetches (bytes of the weight stream, whatever the row length, so
+/// short rows such as a down projection's get the same lead as long ones).
+/// Measured with `examples/gemv_ggml.rs` (256 MB, 1 thread, quiet 16-core
+/// Xeon host): no lead 7-9 GB/s, 1-2 KB 10-12, 4-8 KB 12-14 (at or above a
+/// plain streaming read), 16 KB no better. The AVX-512 kernels, the MLX
+/// affine kernels and the many-token kernels' first pass stream the same
+/// rows and use the same lead (not re-measured for AVX-512: no such machine
+/// here).
+pub(crate) const PREFETCH_BYTES: usize = 4096;
 
 /// The activation form a fast kernel consumes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -30,27 +30,25 @@
 //! Absent blocks of a last partial run are zero codes with zero scale and
 //! sum on the activation side. When a call has more than one token group,
 //! the first group keeps each weight run as it unpacked it for the later
-//! ones (as `ggml_dot/avx2/multi/unpacked.rs` does, which says why).
+//! ones, in the loop the ggml kernels share (`columns/unpacked.rs`, which
+//! says why).
 //!
 //! Each block's integer dot is the single-token kernel's; the f32 scaling
 //! and the order of the sums differ, so results agree with it to rounding.
 
 use std::arch::x86_64::*;
-use std::cell::RefCell;
+use std::marker::PhantomData;
 use std::ops::Range;
-use std::thread::LocalKey;
 
-use super::x86::{for_rows, load8, Mat};
+use super::x86::{load8, Mat};
 use crate::simd::act::BlockQ8x32;
 use crate::simd::columns::steps::{self, Cols};
-use crate::simd::columns::{block_lanes, chunk_units, transpose4, transpose8};
-use crate::simd::float_dot::x86::hsum;
+use crate::simd::columns::unpacked::{groups, Unpacks};
+use crate::simd::columns::{block_lanes, transpose4, transpose8};
+use crate::simd::scratch::{Scratch, Table, Whole};
 
 /// 4-bit: the block of the run in u32 lane `k` (low 128 bits: blocks 0, 2, 4, 6).
 const ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
-
-/// Most bytes of kept weight runs per call: about L2.
-const KEPT_BYTES: usize = 512 << 10;
 
 /// A code width's layout and step.
 pub(super) trait Width: Sized + 'static {
@@ -63,10 +61,7 @@ pub(super) trait Width: Sized + 'static {
     /// The block of the run in u32 lane `k`.
     const LANES: [usize; 8];
     /// One token's run of eight blocks, as the steps read it.
-    type XRun;
-
-    /// The thread's buffers (grow-only; each pool worker has its own).
-    fn bufs() -> &'static LocalKey<RefCell<Bufs<Self>>>;
+    type XRun: 'static;
 
     /// Up to eight activation blocks as a run.
     ///
@@ -130,34 +125,11 @@ pub(super) struct Unpacked {
     scale: __m256,
 }
 
-/// A width's per-thread buffers: a token group's runs, every run's groups
-/// and the kept weight runs.
-pub(super) struct Bufs<W: Width> {
-    runs: Vec<W::XRun>,
-    groups: Vec<RunGroups>,
-    kept: Vec<Unpacked>,
-}
-
-impl<W: Width> Bufs<W> {
-    const fn new() -> Self {
-        Bufs { runs: Vec::new(), groups: Vec::new(), kept: Vec::new() }
-    }
-}
-
-thread_local! {
-    static BUFS4: RefCell<Bufs<Four>> = const { RefCell::new(Bufs::new()) };
-    static BUFS8: RefCell<Bufs<Eight>> = const { RefCell::new(Bufs::new()) };
-}
-
 impl Width for Four {
     const BITS: usize = 4;
     const GROUP: usize = 8;
     const LANES: [usize; 8] = ORDER;
     type XRun = Run4;
-
-    fn bufs() -> &'static LocalKey<RefCell<Bufs<Self>>> {
-        &BUFS4
-    }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -213,10 +185,6 @@ impl Width for Eight {
     const LANES: [usize; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
     type XRun = Run8;
 
-    fn bufs() -> &'static LocalKey<RefCell<Bufs<Self>>> {
-        &BUFS8
-    }
-
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn prepare(blocks: &[BlockQ8x32]) -> Run8 {
@@ -257,13 +225,67 @@ impl Width for Eight {
     }
 }
 
+/// The matrix of a call, with every run's groups.
+pub(super) struct MatRuns<'a> {
+    m: &'a Mat<'a>,
+    groups: *const RunGroups,
+    runs: usize,
+}
+
+/// A width's runs as the shared many-token loop takes them.
+pub(super) struct Affine<W>(PhantomData<W>);
+
+impl<W: Width> Unpacks for Affine<W> {
+    type X = W::XRun;
+    type U = Unpacked;
+    type M<'a> = MatRuns<'a>;
+
+    fn units(m: &MatRuns) -> usize {
+        m.runs
+    }
+
+    fn stream<'a>(m: &Self::M<'a>) -> (&'a [u8], usize) {
+        (m.m.words, m.m.row_bytes)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(mr: &MatRuns, r: usize, run: usize) -> Unpacked {
+        let m = mr.m;
+        let nb = m.groups * m.per_group;
+        let es = m.dt.size();
+        let rg = &*mr.groups.add(run);
+        let here = (nb - 8 * run).min(8);
+        let w = W::columns(m.words.as_ptr().add(r * m.row_bytes + 8 * run * 32 * W::BITS / 8), here);
+        // Eight values from the run's first group (one load; lanes past the
+        // run's groups, from the next row, are never picked), unless that
+        // would read past the matrix: then its `n`, padded.
+        let g = r * m.groups + rg.g0;
+        let n = if (g + 8) * es <= m.scales.len() { 8 } else { rg.n };
+        let idx = _mm256_loadu_si256(rg.idx.as_ptr() as *const __m256i);
+        let scale = _mm256_permutevar8x32_ps(load8(m.dt, m.scales.as_ptr(), g, n), idx);
+        // The step subtracts `mins · sums`: the bias, negated, adds it.
+        let bias = _mm256_permutevar8x32_ps(load8(m.dt, m.biases.as_ptr(), g, n), idx);
+        let neg_bias = _mm256_sub_ps(_mm256_setzero_ps(), bias);
+        Unpacked { w, neg_bias, scale }
+    }
+
+    #[inline(always)]
+    unsafe fn step(u: &Unpacked, x: &W::XRun, acc: &mut __m256) {
+        W::step(u, x, acc)
+    }
+}
+
 /// The product of rows `rows` of `m` (codes of width `W`) with `n_tokens`
-/// tokens' blocks `x`, into `y[t * y_stride + i]`.
+/// tokens' blocks `x`, into `y[t * y_stride + i]`, in the shared many-token
+/// loop ([`groups`]). With an `id` (non-zero), the thread keeps every
+/// token's runs from call to call, as the ggml kernels do.
 ///
 /// # Safety
 /// AVX2 + FMA + F16C; `m` checked against its shape with `W::BITS` bits,
-/// `rows` inside it, `x` `n_tokens` rows of `cols / 32` blocks, `y` valid
-/// for writes at `t * y_stride + i`, `i < rows.len()`.
+/// `rows` inside it, `x` `n_tokens >= 1` rows of `cols / 32` blocks, `y`
+/// valid for writes at `t * y_stride + i`, `i < rows.len()`; an `id` other
+/// than 0 always comes with the same `x` contents.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn run<W: Width>(
     m: &Mat,
@@ -272,171 +294,45 @@ pub(super) unsafe fn run<W: Width>(
     n_tokens: usize,
     y: *mut f32,
     y_stride: usize,
+    id: u64,
 ) {
     let nb = m.groups * m.per_group;
     let runs = nb.div_ceil(8);
-    // At most KEPT_BYTES of kept runs per call (direct calls with many rows
-    // run in blocks of rows; the driver's row tasks are smaller).
-    let block = (KEPT_BYTES / (runs * std::mem::size_of::<Unpacked>())).max(1);
-    if rows.len() > block {
-        for r0 in rows.clone().step_by(block) {
-            let sub = r0..(r0 + block).min(rows.end);
-            run::<W>(m, sub, x, n_tokens, y.add(r0 - rows.start), y_stride);
-        }
-        return;
+    let mut table = Table::default();
+    let groups_at = table.room::<RunGroups>(runs);
+    for run in 0..runs {
+        let (b0, here) = (8 * run, (nb - 8 * run).min(8));
+        let g0 = b0 / m.per_group;
+        let idx = W::LANES.map(|j| ((b0 + j.min(here - 1)) / m.per_group - g0) as i32);
+        groups_at.add(run).write(RunGroups { g0, n: (b0 + here - 1) / m.per_group - g0 + 1, idx });
     }
-    W::bufs().with(|cell| {
-        let Bufs { runs: buf, groups, kept } = &mut *cell.borrow_mut();
-        groups.clear();
-        groups.extend((0..runs).map(|run| {
-            let (b0, here) = (8 * run, (nb - 8 * run).min(8));
-            let g0 = b0 / m.per_group;
-            let idx = W::LANES.map(|j| ((b0 + j.min(here - 1)) / m.per_group - g0) as i32);
-            RunGroups { g0, n: (b0 + here - 1) / m.per_group - g0 + 1, idx }
-        }));
-        if buf.len() < W::GROUP.min(n_tokens) * runs {
-            // SAFETY: runs are plain vectors; all zero bits is a valid value.
-            buf.resize_with(W::GROUP.min(n_tokens) * runs, || unsafe { std::mem::zeroed() });
-        }
-        // Kept only when a later group reads them.
-        let first_n = if n_tokens >= W::GROUP { W::GROUP } else { n_tokens.min(4) };
-        let keep = if n_tokens > first_n {
-            let need = rows.len() * runs;
-            if kept.len() < need {
-                // SAFETY: plain vectors; all zero bits is a valid value.
-                kept.resize_with(need, || unsafe { std::mem::zeroed() });
-            }
-            kept.as_mut_ptr()
+    let (mut scratch, mut whole) = (Scratch::default(), Whole::default());
+    let mut prep = |t0: usize, n: usize| {
+        if id != 0 {
+            // SAFETY (closure): room for every token's runs.
+            let all = whole.get::<W::XRun>(id, n_tokens * runs, |p| unsafe { prepare::<W>(x, nb, 0..n_tokens, p) });
+            (all.add(t0 * runs), runs)
         } else {
-            std::ptr::null_mut()
-        };
-        let chunk = chunk_units(runs, W::GROUP * std::mem::size_of::<W::XRun>());
-        let mut t0 = 0;
-        while t0 < n_tokens {
-            // Groups of W::GROUP, the rest in groups of at most 4.
-            let left = n_tokens - t0;
-            let n = if left >= W::GROUP { W::GROUP } else { left.min(4) };
-            for t in 0..n {
-                let token = &x[(t0 + t) * nb..(t0 + t + 1) * nb];
-                for (blocks, out) in token.chunks(8).zip(&mut buf[t * runs..(t + 1) * runs]) {
-                    *out = W::prepare(blocks);
-                }
-            }
-            let (xp, yg, first) = (buf.as_ptr(), y.add(t0 * y_stride), t0 == 0);
-            let xs = |t: usize| xp.add(t * runs);
-            // Row `r`: unpacked here in the first group (and kept), else as kept.
-            let r0 = rows.start;
-            let unit = move |r: usize| if keep.is_null() { keep } else { keep.add((r - r0) * runs) };
-            // Column chunks whose runs of the group stay in L1, partial sums added.
-            let mut c0 = 0;
-            while c0 < runs {
-                let cols = c0..(c0 + chunk).min(runs);
-                let (prefetch, add) = (first && c0 == 0, c0 > 0);
-                macro_rules! tokens {
-                    ($n:literal) => {
-                        for_rows(m, rows.clone(), yg, y_stride, prefetch, add, |r| {
-                            let xs = std::array::from_fn(xs);
-                            if first {
-                                row::<W, $n>(m, r, xs, groups, cols.clone(), unit(r))
-                            } else {
-                                row_kept::<W, $n>(unit(r), xs, cols.clone())
-                            }
-                        })
-                    };
-                }
-                // SAFETY (each arm): `xp` holds `n` tokens' runs; the rest is the contract.
-                match n {
-                    8 => tokens!(8),
-                    4 => tokens!(4),
-                    3 => tokens!(3),
-                    2 => tokens!(2),
-                    _ => tokens!(1),
-                }
-                c0 = cols.end;
-            }
-            t0 += n;
+            let p = scratch.room::<W::XRun>(n * runs);
+            prepare::<W>(x, nb, t0..t0 + n, p);
+            (p as *const W::XRun, runs)
         }
-    });
+    };
+    let mr = MatRuns { m, groups: groups_at, runs };
+    groups::<Affine<W>>(&mr, rows, n_tokens, W::GROUP, y, y_stride, &mut prep)
 }
 
-/// Runs `cols` of row `r` against `N` tokens' runs, writing its unpacked
-/// runs to `keep` unless it is null.
+/// Tokens `tokens` of `x` (`nb` blocks each) as runs at `p`, `nb.div_ceil(8)`
+/// per token.
 ///
 /// # Safety
-/// As [`run`], with `xs` holding `N` tokens' runs, `cols` within the row's
-/// runs and `keep` (unless null) room for the row's runs.
-#[inline]
+/// AVX2 + FMA + F16C; `p` has room for the tokens' runs.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn row<W: Width, const N: usize>(
-    m: &Mat,
-    r: usize,
-    xs: [*const W::XRun; N],
-    groups: &[RunGroups],
-    cols: Range<usize>,
-    keep: *mut Unpacked,
-) -> [f32; N] {
-    let nb = m.groups * m.per_group;
-    let words = m.words.as_ptr().add(r * m.row_bytes);
-    let es = m.dt.size();
-    let (srow, brow) = (m.scales.as_ptr().add(r * m.groups * es), m.biases.as_ptr().add(r * m.groups * es));
-    let mut acc = [_mm256_setzero_ps(); N];
-    for run in cols {
-        let rg = &groups[run];
-        let here = (nb - 8 * run).min(8);
-        let w = W::columns(words.add(8 * run * 32 * W::BITS / 8), here);
-        // Eight values from the run's first group (one load; lanes past the
-        // run's groups, from the next row, are never picked), unless that
-        // would read past the matrix: then its `n`, padded.
-        let n = if (r * m.groups + rg.g0 + 8) * es <= m.scales.len() { 8 } else { rg.n };
-        let idx = _mm256_loadu_si256(rg.idx.as_ptr() as *const __m256i);
-        let scale = _mm256_permutevar8x32_ps(load8(m.dt, srow, rg.g0, n), idx);
-        // The step subtracts `mins · sums`: the bias, negated, adds it.
-        let bias = _mm256_permutevar8x32_ps(load8(m.dt, brow, rg.g0, n), idx);
-        let neg_bias = _mm256_sub_ps(_mm256_setzero_ps(), bias);
-        let u = Unpacked { w, neg_bias, scale };
-        if keep.is_null() {
-            token_steps::<W, N>(&u, &xs, run, &mut acc);
-        } else {
-            // The steps read the kept copy, as the later groups will.
-            keep.add(run).write(u);
-            token_steps::<W, N>(&*keep.add(run), &xs, run, &mut acc);
+unsafe fn prepare<W: Width>(x: &[BlockQ8x32], nb: usize, tokens: Range<usize>, p: *mut W::XRun) {
+    let runs = nb.div_ceil(8);
+    for (i, t) in tokens.enumerate() {
+        for (k, blocks) in x[t * nb..(t + 1) * nb].chunks(8).enumerate() {
+            p.add(i * runs + k).write(W::prepare(blocks));
         }
-    }
-    acc.map(|a| hsum(a))
-}
-
-/// As [`row`], on the runs it kept.
-///
-/// # Safety
-/// `kept` points at the row's runs, [`row`] wrote those in `cols`; `xs`
-/// holds `N` tokens' runs.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn row_kept<W: Width, const N: usize>(
-    kept: *const Unpacked,
-    xs: [*const W::XRun; N],
-    cols: Range<usize>,
-) -> [f32; N] {
-    let mut acc = [_mm256_setzero_ps(); N];
-    for run in cols {
-        token_steps::<W, N>(&*kept.add(run), &xs, run, &mut acc);
-    }
-    acc.map(|a| hsum(a))
-}
-
-/// Each token's step against the weight run `u` (the run `run` of the row).
-///
-/// # Safety
-/// `xs` holds `N` tokens' runs, more than `run` each.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn token_steps<W: Width, const N: usize>(
-    u: &Unpacked,
-    xs: &[*const W::XRun; N],
-    run: usize,
-    acc: &mut [__m256; N],
-) {
-    for (t, a) in acc.iter_mut().enumerate() {
-        W::step(u, &*xs[t].add(run), a);
     }
 }

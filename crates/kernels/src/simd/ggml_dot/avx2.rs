@@ -18,15 +18,8 @@ use super::scalar::q3_k_scales;
 use super::scales_mins_k4;
 use crate::ggml::IQ4_LEVELS;
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
-
-/// How far ahead of the row being multiplied the row loop keeps software
-/// prefetches (bytes of the weight stream, whatever the row length, so
-/// short rows such as a down projection's get the same lead as long ones).
-/// Measured with `examples/gemv_ggml.rs` (256 MB, 1 thread, quiet 16-core
-/// Xeon host): no lead 7-9 GB/s, 1-2 KB 10-12, 4-8 KB 12-14 (at or above a
-/// plain streaming read), 16 KB no better. The AVX-512 kernels stream the
-/// same rows and use the same lead (not re-measured: no such machine here).
-pub(super) const PREFETCH_BYTES: usize = 4096;
+use crate::simd::float_dot::x86::hsum;
+use crate::simd::PREFETCH_BYTES;
 
 /// The row loop, expanded inside each `#[target_feature]` function so the
 /// per-type dot (`#[inline]`, same features) is inlined into it. Before row
@@ -86,14 +79,6 @@ unsafe fn load256(p: *const u8) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn load128(p: *const u8) -> __m128i {
     _mm_loadu_si128(p as *const __m128i)
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
 /// Signed codes `w` times signed `x`, pairs summed to i16 (`|w| ≤ 128`,

@@ -43,7 +43,7 @@ use crate::simd::act::{BlockQ8K, BlockQ8x32};
 
 // How far ahead of the row being multiplied the row loop keeps software
 // prefetches: the lead `avx2.rs` measured best.
-use super::avx2::PREFETCH_BYTES;
+use crate::simd::PREFETCH_BYTES;
 
 /// Whether `ty` has a kernel here (the others run their AVX2 kernel).
 pub(super) fn has_kernel(ty: GgmlType) -> bool {

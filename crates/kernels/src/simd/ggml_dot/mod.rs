@@ -72,8 +72,6 @@ pub mod multi;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod scalar;
-#[cfg(target_arch = "x86_64")]
-mod scratch;
 
 use qmoe_core::GgmlType;
 

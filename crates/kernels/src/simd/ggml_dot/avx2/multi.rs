@@ -3,7 +3,8 @@
 //! and multiplied with the int8 activations of a group of 8 tokens (one
 //! accumulator per token, in memory), weights and activations both
 //! transposed in 4-byte columns ([`kquants`], [`runs32`]); the loop, the
-//! kept units and the column chunks are [`unpacked::groups`]'s.
+//! kept units and the column chunks are [`crate::simd::columns::unpacked`]'s
+//! (shared with the MLX affine kernels).
 //!
 //! Loop order: token groups outside, rows inside. The driver hands a run of
 //! rows sized to stay in L2, so the first group streams the rows from DRAM
@@ -16,17 +17,19 @@
 //! ones give each of eight consecutive blocks a lane of its own, so results
 //! agree with it to float rounding.
 
+use std::arch::x86_64::__m256;
+
 use qmoe_core::GgmlType;
 
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
+use crate::simd::columns::unpacked::{groups, Unpacks};
+use crate::simd::scratch::{Scratch, Whole};
 
 mod kquants;
 mod runs32;
-mod unpacked;
 
 use kquants::{transposed, IQ4XS, Q2K, Q3K, Q45K, Q6K};
 use runs32::{transposed32, IQ4NLRuns, Q40Runs, Q41Runs, Q50Runs, Q51Runs, Q80Runs};
-use unpacked::groups;
 
 /// Tokens per group: each block's unpacking (or its kept copy) is shared by
 /// the group, and the steps keep their f32 accumulators in memory (touched
@@ -55,12 +58,12 @@ pub(crate) unsafe fn gemm_q8k(
 ) {
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
-        GgmlType::Q2K => groups::<Q2K, _, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, GROUP, transposed),
-        GgmlType::Q3K => groups::<Q3K, _, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, GROUP, transposed),
-        GgmlType::Q4K => groups::<Q45K<false>, _, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, GROUP, transposed),
-        GgmlType::Q5K => groups::<Q45K<true>, _, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, GROUP, transposed),
-        GgmlType::Q6K => groups::<Q6K, _, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, GROUP, transposed),
-        GgmlType::IQ4XS => groups::<IQ4XS, _, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, GROUP, transposed),
+        GgmlType::Q2K => rows::<Q2K, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transposed),
+        GgmlType::Q3K => rows::<Q3K, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transposed),
+        GgmlType::Q4K => rows::<Q45K<false>, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transposed),
+        GgmlType::Q5K => rows::<Q45K<true>, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transposed),
+        GgmlType::Q6K => rows::<Q6K, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transposed),
+        GgmlType::IQ4XS => rows::<IQ4XS, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transposed),
         _ => unreachable!("gemm_q8k: {ty} (checked by the caller)"),
     }
 }
@@ -81,12 +84,97 @@ pub(crate) unsafe fn gemm_q8x32(
 ) {
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
-        GgmlType::Q8_0 => groups::<Q80Runs, _, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, GROUP, transposed32),
-        GgmlType::Q4_0 => groups::<Q40Runs, _, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, GROUP, transposed32),
-        GgmlType::Q4_1 => groups::<Q41Runs, _, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, GROUP, transposed32),
-        GgmlType::Q5_0 => groups::<Q50Runs, _, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, GROUP, transposed32),
-        GgmlType::Q5_1 => groups::<Q51Runs, _, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, GROUP, transposed32),
-        GgmlType::IQ4NL => groups::<IQ4NLRuns, _, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, GROUP, transposed32),
+        GgmlType::Q8_0 => rows::<Q80Runs, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transposed32),
+        GgmlType::Q4_0 => rows::<Q40Runs, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transposed32),
+        GgmlType::Q4_1 => rows::<Q41Runs, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transposed32),
+        GgmlType::Q5_0 => rows::<Q50Runs, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transposed32),
+        GgmlType::Q5_1 => rows::<Q51Runs, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transposed32),
+        GgmlType::IQ4NL => rows::<IQ4NLRuns, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transposed32),
         _ => unreachable!("gemm_q8x32: {ty} (checked by the caller)"),
     }
+}
+
+/// A ggml type's units, read from one row of its fixed-size blocks.
+pub(crate) trait BlockUnits {
+    /// As [`Unpacks::X`].
+    type X;
+    /// As [`Unpacks::U`].
+    type U;
+    /// Bytes per weight block.
+    const BYTES: usize;
+
+    /// Units per row of `nb` blocks.
+    fn units(nb: usize) -> usize;
+
+    /// The unit `i` of the row at `row` (`nb` blocks).
+    ///
+    /// # Safety
+    /// `row` points at `nb` blocks of the type, `i < Self::units(nb)`; the
+    /// CPU runs AVX2 + FMA + F16C.
+    unsafe fn unpack(row: *const u8, nb: usize, i: usize) -> Self::U;
+
+    /// As [`Unpacks::step`].
+    ///
+    /// # Safety
+    /// The CPU runs AVX2 + FMA + F16C.
+    unsafe fn step(u: &Self::U, x: &Self::X, acc: &mut __m256);
+}
+
+/// A call's rows: `w` holds rows of `nb` blocks each.
+pub(crate) struct BlockRows<'a> {
+    w: &'a [u8],
+    nb: usize,
+}
+
+impl<K: BlockUnits> Unpacks for K {
+    type X = K::X;
+    type U = K::U;
+    type M<'a> = BlockRows<'a>;
+
+    fn units(m: &BlockRows) -> usize {
+        K::units(m.nb)
+    }
+
+    fn stream<'a>(m: &Self::M<'a>) -> (&'a [u8], usize) {
+        (m.w, m.nb * K::BYTES)
+    }
+
+    #[inline(always)]
+    unsafe fn unpack(m: &BlockRows, r: usize, i: usize) -> K::U {
+        K::unpack(m.w.as_ptr().add(r * m.nb * K::BYTES), m.nb, i)
+    }
+
+    #[inline(always)]
+    unsafe fn step(u: &K::U, x: &K::X, acc: &mut __m256) {
+        K::step(u, x, acc)
+    }
+}
+
+/// The group prep of a type's activations: `(x, t0, n, nb, id, buffers)` to
+/// the group's units and the distance from one token's to the next's.
+type Prep<B, X> = unsafe fn(&[B], usize, usize, usize, u64, &mut (Scratch, Whole)) -> (*const X, usize);
+
+/// `y[t * stride + r] = dot(row r of w, token t)` for `n_rows` rows of `K`
+/// and the `n_tokens` tokens of `x`, in token groups of [`GROUP`], each
+/// group's activations prepared by `prep`.
+///
+/// # Safety
+/// As [`gemm_q8k`], with `prep` the layout of `K`'s activations.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows<K: BlockUnits, B>(
+    w: &[u8],
+    n_rows: usize,
+    x: &[B],
+    n_tokens: usize,
+    y: *mut f32,
+    stride: usize,
+    id: u64,
+    prep: Prep<B, K::X>,
+) {
+    let nb = x.len() / n_tokens;
+    let mut bufs = (Scratch::default(), Whole::default());
+    // SAFETY (closure): groups asks for tokens inside `x`; `id` is the caller's.
+    let mut prep = |t0: usize, n: usize| unsafe { prep(x, t0, n, nb, id, &mut bufs) };
+    groups::<K>(&BlockRows { w, nb }, 0..n_rows, n_tokens, GROUP, y, stride, &mut prep)
 }

@@ -46,8 +46,8 @@ use qmoe_core::GgmlType;
 
 use super::super::avx512::{f16_at, load256, load512};
 use super::super::scales_mins_k4;
-use super::super::scratch::Scratch;
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
+use crate::simd::scratch::Scratch;
 
 /// Tokens multiplied per weight-block unpacking: eight float accumulators,
 /// the block's four code registers and its scale vectors leave room in the
@@ -57,7 +57,7 @@ const GROUP: usize = 8;
 
 // Software prefetch lead of the first group's row stream (the AVX2 level's
 // measured value: the row stream is the same).
-use super::super::avx2::PREFETCH_BYTES;
+use crate::simd::PREFETCH_BYTES;
 
 /// Whether `ty` has a kernel here.
 pub(super) fn has_kernel(ty: GgmlType) -> bool {

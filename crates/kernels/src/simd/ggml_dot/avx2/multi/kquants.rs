@@ -29,14 +29,14 @@
 
 use std::arch::x86_64::*;
 
-use super::super::super::scratch::{Scratch, Whole};
 use super::super::{
     bsums, f16_at, iq4_codes, iq4_table, iq4_xs_ls32, load128, load256, madd, q3_k_scales, scales_mins_k4, top2,
 };
-use super::unpacked::Unpacks;
+use super::BlockUnits;
 use crate::simd::act::BlockQ8K;
 use crate::simd::columns::steps::{self, Cols};
 use crate::simd::columns::{transpose4, transpose8};
+use crate::simd::scratch::{Scratch, Whole};
 
 /// The sub-block in u32 lane `k` of a transposed register: the nibble split
 /// of four 32-byte rows of Q4_K codes gives sub-blocks 0, 2, 4, 6 (low
@@ -48,7 +48,7 @@ const ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
 /// no load of the token loop straddles a cache line (a `BlockQ8K`'s codes
 /// sit at offset 4 of 292 bytes: half of their 32-byte loads do).
 #[repr(C, align(32))]
-pub(super) struct TBlock {
+pub(crate) struct TBlock {
     qs: [__m256i; 8],
     bsums: __m256i,
     /// Lane `k`: `d` times the sum of the 32 codes of sub-block `k` (in
@@ -122,14 +122,14 @@ pub(super) struct Q45K<const FIVE: bool>;
 /// transposed columns (lane `k`: sub-block `ORDER[k]`), the lanes' scales as
 /// i16 pairs, `dmin · m_k` and `d`.
 #[repr(C, align(32))]
-pub(super) struct Unpacked45 {
+pub(crate) struct Unpacked45 {
     w: [__m256i; 8],
     scales: __m256i,
     mins: __m256,
     d: __m256,
 }
 
-impl<const FIVE: bool> Unpacks for Q45K<FIVE> {
+impl<const FIVE: bool> BlockUnits for Q45K<FIVE> {
     type X = TBlock;
     type U = Unpacked45;
     const BYTES: usize = if FIVE { 176 } else { 144 };
@@ -204,13 +204,13 @@ pub(super) struct Q6K;
 /// codes, the scales of the low and high columns and of the sixteen groups,
 /// and `d`.
 #[repr(C, align(32))]
-pub(super) struct Unpacked16 {
+pub(crate) struct Unpacked16 {
     w: [__m256i; 8],
     scales: [__m256i; 3],
     d: __m256,
 }
 
-impl Unpacks for Q6K {
+impl BlockUnits for Q6K {
     type X = TBlock;
     type U = Unpacked16;
     const BYTES: usize = 210;
@@ -269,7 +269,7 @@ unsafe fn column_scales(sc: __m128i) -> [__m256i; 2] {
 /// transposed and stepped as Q6_K's, with the `- 4` through the group sums.
 pub(super) struct Q3K;
 
-impl Unpacks for Q3K {
+impl BlockUnits for Q3K {
     type X = TBlock;
     type U = Unpacked16;
     const BYTES: usize = 110;
@@ -319,13 +319,13 @@ pub(super) struct Q2K;
 /// scales of the low and high columns, the sixteen group mins, `d` and
 /// `dmin`.
 #[repr(C, align(32))]
-pub(super) struct Unpacked2 {
+pub(crate) struct Unpacked2 {
     w: [__m256i; 8],
     scales: [__m256i; 3],
     d: [__m256; 2],
 }
 
-impl Unpacks for Q2K {
+impl BlockUnits for Q2K {
     type X = TBlock;
     type U = Unpacked2;
     const BYTES: usize = 84;
@@ -374,13 +374,13 @@ pub(super) struct IQ4XS;
 /// absolute values (`aw`) and the codes themselves (`w`), and the lanes'
 /// f32 scales.
 #[repr(C, align(32))]
-pub(super) struct UnpackedSigned {
+pub(crate) struct UnpackedSigned {
     pub(super) aw: [__m256i; 8],
     pub(super) w: [__m256i; 8],
     pub(super) scale: __m256,
 }
 
-impl Unpacks for IQ4XS {
+impl BlockUnits for IQ4XS {
     type X = TBlock;
     type U = UnpackedSigned;
     const BYTES: usize = 136;

@@ -25,20 +25,20 @@
 
 use std::arch::x86_64::*;
 
-use super::super::super::scratch::{Scratch, Whole};
 use super::super::{iq4_codes, iq4_table, load256, q4_0_codes, q4_1_codes, q5_codes};
 use super::kquants::UnpackedSigned;
-use super::unpacked::Unpacks;
+use super::BlockUnits;
 use crate::simd::act::BlockQ8x32;
 use crate::simd::columns::steps::{self, Cols};
 use crate::simd::columns::{block_lanes, transpose8};
+use crate::simd::scratch::{Scratch, Whole};
 
 /// Eight consecutive activation blocks of one token as the steps read them:
 /// the codes transposed (column `c`, lane `k`: codes `4c..4c + 4` of block
 /// `k`), the eight exact input sums (the offset types' `m` term) and the
 /// eight scales.
 #[repr(C, align(32))]
-pub(super) struct TRun {
+pub(crate) struct TRun {
     cols: [__m256i; 8],
     sums: __m256,
     d: __m256,
@@ -124,7 +124,7 @@ impl<const TYPE: u8> Sym32<TYPE> {
     }
 }
 
-impl<const TYPE: u8> Unpacks for Sym32<TYPE> {
+impl<const TYPE: u8> BlockUnits for Sym32<TYPE> {
     type X = TRun;
     type U = UnpackedSigned;
     const BYTES: usize = match TYPE {
@@ -187,13 +187,13 @@ pub(super) type Q51Runs = Offset32<Q5_1>;
 /// A run of offset blocks as the steps take it: the transposed codes, the
 /// blocks' `-m` and `d`.
 #[repr(C, align(32))]
-pub(super) struct UnpackedOffset {
+pub(crate) struct UnpackedOffset {
     w: [__m256i; 8],
     neg_m: __m256,
     d: __m256,
 }
 
-impl<const TYPE: u8> Unpacks for Offset32<TYPE> {
+impl<const TYPE: u8> BlockUnits for Offset32<TYPE> {
     type X = TRun;
     type U = UnpackedOffset;
     const BYTES: usize = if TYPE == Q4_1 { 20 } else { 24 };

@@ -1,17 +1,19 @@
-//! The per-thread buffers the x86 many-token kernels (AVX2 and AVX-512)
-//! rearrange activations into: one buffer of 64-byte chunks serves every
-//! prepared layout, it only grows (steady prefill and decoding allocate
+//! The per-thread buffers the x86 many-token kernels (ggml AVX2 and AVX-512,
+//! MLX affine) rearrange activations into: one buffer of 64-byte chunks
+//! serves every prepared layout, it only grows (steady prefill and decoding allocate
 //! nothing once it is warm), and a call borrows it and hands it back on drop
 //! (also on unwind).
 //!
 //! [`Scratch`] holds one token group for one call; [`Kept`] a call's weight
 //! blocks as the first token group unpacked them, for the later groups (a
-//! second buffer of the same kind: both are borrowed at once). [`Whole`]
+//! second buffer of the same kind: both are borrowed at once); [`Table`] a
+//! call's small per-column tables (a third). [`Whole`]
 //! holds a whole product's activations from call to call, named by the id
 //! the matmul driver gives each quantized input: the driver runs a product
 //! as several row tasks, and each task would otherwise rearrange every
 //! token again (3-4% of a prefill's samples went to that).
 
+use std::any::TypeId;
 use std::cell::Cell;
 
 /// Storage unit: 64-byte aligned, so every prepared layout (alignment at
@@ -21,8 +23,8 @@ use std::cell::Cell;
 struct Chunk([u8; 64]);
 
 thread_local! {
-    static SCRATCH: [Cell<Vec<Chunk>>; 2] = const { [Cell::new(Vec::new()), Cell::new(Vec::new())] };
-    static WHOLE: Cell<(u64, Vec<Chunk>)> = const { Cell::new((0, Vec::new())) };
+    static SCRATCH: [Cell<Vec<Chunk>>; 3] = const { [Cell::new(Vec::new()), Cell::new(Vec::new()), Cell::new(Vec::new())] };
+    static WHOLE: Cell<(Key, Vec<Chunk>)> = const { Cell::new((None, Vec::new())) };
 }
 
 /// Room for `n` values of `X` at the start of `buf`, grown if need be.
@@ -42,6 +44,8 @@ pub(super) struct Buffer<const SLOT: usize>(Vec<Chunk>);
 pub(super) type Scratch = Buffer<0>;
 /// The unpacked weight blocks kept for the later token groups.
 pub(super) type Kept = Buffer<1>;
+/// A call's per-column tables (the MLX runs' group maps).
+pub(super) type Table = Buffer<2>;
 
 impl<const SLOT: usize> Default for Buffer<SLOT> {
     fn default() -> Self {
@@ -64,33 +68,38 @@ impl<const SLOT: usize> Drop for Buffer<SLOT> {
     }
 }
 
+/// What a [`Whole`] holds: the input's id and the layout it was rearranged
+/// to (one input can meet kernels of several layouts in turn).
+type Key = Option<(u64, TypeId)>;
+
 /// The thread's rearranged copy of one product's activations, borrowed for
-/// one call: `id` names the input it holds (0: none).
+/// one call.
 pub(super) struct Whole {
-    id: u64,
+    key: Key,
     buf: Vec<Chunk>,
 }
 
 impl Default for Whole {
     fn default() -> Self {
-        let (id, buf) = WHOLE.with(|s| s.take());
-        Whole { id, buf }
+        let (key, buf) = WHOLE.with(|s| s.take());
+        Whole { key, buf }
     }
 }
 
 impl Whole {
     /// `n` values of `X` holding the input named `id` (non-zero): `fill`
-    /// writes them unless this buffer holds `id` already (valid until the
-    /// next call of `get` or the drop). One id must always be filled with
-    /// the same `X` and `n`.
-    pub(super) fn get<X>(&mut self, id: u64, n: usize, fill: impl FnOnce(*mut X)) -> *const X {
+    /// writes them unless this buffer holds `id` as `X` already (valid until
+    /// the next call of `get` or the drop). One id must always be filled
+    /// with the same `n` for one `X`.
+    pub(super) fn get<X: 'static>(&mut self, id: u64, n: usize, fill: impl FnOnce(*mut X)) -> *const X {
         debug_assert_ne!(id, 0);
         let p = room::<X>(&mut self.buf, n);
-        if self.id != id {
+        let key = Some((id, TypeId::of::<X>()));
+        if self.key != key {
             // Not valid while `fill` runs (nor if it unwinds).
-            self.id = 0;
+            self.key = None;
             fill(p);
-            self.id = id;
+            self.key = key;
         }
         p
     }
@@ -98,7 +107,7 @@ impl Whole {
 
 impl Drop for Whole {
     fn drop(&mut self) {
-        let v = (self.id, std::mem::take(&mut self.buf));
+        let v = (self.key.take(), std::mem::take(&mut self.buf));
         WHOLE.with(|s| s.set(v));
     }
 }
