@@ -139,34 +139,43 @@ fn many_token_products_split_into_tasks_equal_one_kernel_call() {
     }
 }
 
-/// As above for MLX affine 4- and 8-bit weights, with one input shared by a
-/// Q8_0 product and both affine ones in one `matmul_many` call: the driver
-/// names the input once, and each kernel keeps its own rearranged layout of
-/// it per thread (a copy in another kernel's layout must not be taken for
-/// its own). Each product must equal its kernel called directly, bit for bit.
+/// As above for MLX affine 4- and 8-bit weights, with one input shared by
+/// Q8_0, Q4_K, Q6_K and both affine products in one `matmul_many` call: the
+/// driver names the input once (per activation form), and each kernel keeps
+/// its own rearranged layout of it per thread (a copy in another kernel's
+/// layout, such as Q6_K's against Q4_K's at the AVX-512 level, must not be
+/// taken for its own). Each product must equal its kernel called directly,
+/// bit for bit.
 #[test]
 fn one_input_shared_by_kernels_of_different_layouts() {
     use qmoe_core::GgmlType;
-    use qmoe_kernels::simd::act::{quantize_q8x32, BlockQ8x32};
+    use qmoe_kernels::simd::act::{quantize_q8k, quantize_q8x32, BlockQ8K, BlockQ8x32};
     use qmoe_kernels::simd::gemm::{matmul_many, Product};
     use qmoe_kernels::simd::{affine_multi, ggml_dot, level};
 
     let mut rng = Rng(23);
     // 600 rows of 512 columns (several tasks each); 19 tokens: 8, 8, 3.
     let (rows, cols, t, group) = (600, 512, 19, 64);
-    let q8 = GgmlType::Q8_0;
-    let Some(quantize) = qmoe_kernels::ggml::quantizer(q8) else { return };
-    let mut q8_bytes = vec![0u8; rows * q8.row_bytes(cols).unwrap()];
-    quantize(&rng.vec(rows * cols, 1.0), &mut q8_bytes);
+    let types = [GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K];
+    let ggml_bytes: Vec<Vec<u8>> = types
+        .iter()
+        .map(|&ty| {
+            let quantize = qmoe_kernels::ggml::quantizer(ty).expect("quantizer");
+            let mut bytes = vec![0u8; rows * ty.row_bytes(cols).unwrap()];
+            quantize(&rng.vec(rows * cols, 1.0), &mut bytes);
+            bytes
+        })
+        .collect();
     let words: Vec<Vec<u8>> =
         [4usize, 8].map(|bits| (0..rows * cols * bits / 8).map(|_| rng.next_u64() as u8).collect()).into();
     let scales: Vec<u8> = rng.vec(rows * cols / group, 0.05).iter().flat_map(|v| v.to_le_bytes()).collect();
     let biases: Vec<u8> = rng.vec(rows * cols / group, 0.1).iter().flat_map(|v| v.to_le_bytes()).collect();
-    let mats = [
-        MatRef::ggml(q8, rows, cols, &q8_bytes).unwrap(),
+    let mut mats: Vec<MatRef> =
+        types.iter().zip(&ggml_bytes).map(|(&ty, b)| MatRef::ggml(ty, rows, cols, b).unwrap()).collect();
+    mats.extend([
         MatRef::affine(rows, cols, &words[0], 4, group, &scales, &biases, DType::F32).unwrap(),
         MatRef::affine(rows, cols, &words[1], 8, group, &scales, &biases, DType::F32).unwrap(),
-    ];
+    ]);
     qmoe_kernels::threads::set(2);
     for round in 0..2 {
         let x = rng.vec(t * cols, 1.5);
@@ -179,12 +188,16 @@ fn one_input_shared_by_kernels_of_different_layouts() {
         matmul_many(&mut products);
         let mut xq = vec![BlockQ8x32::default(); t * cols / 32];
         quantize_q8x32(&x, &mut xq);
+        let mut xk = vec![BlockQ8K::default(); t * cols / 256];
+        quantize_q8k(&x, &mut xk);
         for (k, w) in mats.iter().enumerate() {
             let mut want = vec![f32::NAN; t * rows];
-            if k == 0 {
-                ggml_dot::multi::gemm_q8x32(level(), q8, &q8_bytes, rows, &xq, t, &mut want, rows);
-            } else {
-                affine_multi::gemm_affine(level(), w, 0..rows, &xq, t, &mut want, rows);
+            match types.get(k) {
+                Some(&GgmlType::Q8_0) => {
+                    ggml_dot::multi::gemm_q8x32(level(), types[k], &ggml_bytes[k], rows, &xq, t, &mut want, rows)
+                }
+                Some(&ty) => ggml_dot::multi::gemm_q8k(level(), ty, &ggml_bytes[k], rows, &xk, t, &mut want, rows),
+                None => affine_multi::gemm_affine(level(), w, 0..rows, &xq, t, &mut want, rows),
             }
             for i in 0..want.len() {
                 let g = got[k][i];

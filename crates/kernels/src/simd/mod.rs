@@ -85,15 +85,17 @@ impl Level {
     }
 }
 
-/// The best level this CPU runs, detected once. `QMOE_SIMD=scalar` forces
-/// the portable kernels (for comparisons and bug hunts).
+/// The best level this CPU runs, detected once. `QMOE_SIMD` names a lower
+/// one (`scalar`, `avx2`, `avx512`, `neon`; ignored if this CPU lacks it),
+/// for comparisons and bug hunts.
 pub fn level() -> Level {
     static LEVEL: OnceLock<Level> = OnceLock::new();
     *LEVEL.get_or_init(|| {
-        if std::env::var("QMOE_SIMD").is_ok_and(|v| v.eq_ignore_ascii_case("scalar")) {
-            return Level::Scalar;
-        }
-        *available().last().unwrap_or(&Level::Scalar)
+        let levels = available();
+        let named = std::env::var("QMOE_SIMD")
+            .ok()
+            .and_then(|v| levels.iter().copied().find(|l| format!("{l:?}").eq_ignore_ascii_case(&v)));
+        named.unwrap_or(*levels.last().unwrap_or(&Level::Scalar))
     })
 }
 

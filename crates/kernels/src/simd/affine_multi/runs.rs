@@ -43,7 +43,7 @@ use std::ops::Range;
 use super::x86::{load8, Mat};
 use crate::simd::act::BlockQ8x32;
 use crate::simd::columns::steps::{self, Cols};
-use crate::simd::columns::unpacked::{groups, Unpacks};
+use crate::simd::columns::unpacked::avx2::{groups, Unpacks};
 use crate::simd::columns::{block_lanes, transpose4, transpose8};
 use crate::simd::scratch::{Scratch, Table, Whole};
 

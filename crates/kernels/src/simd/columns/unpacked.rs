@@ -1,5 +1,6 @@
-//! The loop every AVX2 many-token int8 kernel shares (ggml k-quants and
-//! 32-value types in `ggml_dot/avx2/multi`, MLX affine in `affine_multi`): a
+//! The loop every x86 many-token int8 kernel shares (ggml types in
+//! `ggml_dot/avx2/multi` and `ggml_dot/multi/avx512.rs`, MLX affine in
+//! `affine_multi`): a
 //! unit of weight blocks (one 256-value block, or a run of eight 32-value
 //! blocks) is unpacked once, into registers, then each token of the group
 //! takes one step against it ([`super::steps`]).
@@ -13,213 +14,253 @@
 //! unpacking, 56 loading the kept unit). Loading a kept unit costs loads
 //! only, and the row task's kept units (about 2.4x its Q4_K bytes) stay in
 //! L2 for the task's later groups.
+//!
+//! The loop is written once and compiled per instruction set ([`avx2`],
+//! [`avx512`]): the steps must inline into it, and a function can only
+//! inline code compiled for the features it has itself.
 
-use std::arch::x86_64::{__m256, _mm256_setzero_ps, _mm_prefetch, _MM_HINT_T0};
-use std::ops::Range;
+/// The trait and loop for one instruction set: `$features` its
+/// `target_feature` list, `$acc` its f32 accumulator, `$zero` and `$hsum`
+/// its zero and lane sum.
+macro_rules! level {
+    ($name:ident, $features:literal, $acc:ident, $zero:path, $hsum:path) => {
+        pub(crate) mod $name {
+            use std::arch::x86_64::{_mm_prefetch, $acc, _MM_HINT_T0};
+            use std::ops::Range;
 
-use super::chunk_units;
-use crate::simd::float_dot::x86::hsum;
-use crate::simd::scratch::Kept;
-use crate::simd::PREFETCH_BYTES;
+            use crate::simd::columns::chunk_units;
+            use crate::simd::scratch::Kept;
+            use crate::simd::PREFETCH_BYTES;
+            use $hsum as hsum;
+            use $zero as zero;
 
-/// A weight format's transposed many-token kernel.
-pub(crate) trait Unpacks {
-    /// One token's activation unit, as the group's prepared copy holds it.
-    type X;
-    /// A unit of weight blocks as the steps take it.
-    type U;
-    /// The matrix a call reads: its rows of units.
-    type M<'a>;
+            /// A weight format's transposed many-token kernel.
+            pub(crate) trait Unpacks {
+                /// One token's activation unit, as the group's prepared copy holds it.
+                type X;
+                /// A unit of weight blocks as the steps take it.
+                type U;
+                /// The matrix a call reads: its rows of units.
+                type M<'a>;
 
-    /// Units per row.
-    fn units(m: &Self::M<'_>) -> usize;
+                /// Units per row.
+                fn units(m: &Self::M<'_>) -> usize;
 
-    /// The bytes the rows stream from (the codes), and bytes per row: the
-    /// first pass prefetches them ahead of the row it reads.
-    fn stream<'a>(m: &Self::M<'a>) -> (&'a [u8], usize);
+                /// The bytes the rows stream from (the codes), and bytes per row: the
+                /// first pass prefetches them ahead of the row it reads.
+                fn stream<'a>(m: &Self::M<'a>) -> (&'a [u8], usize);
 
-    /// The unit `i` of row `r`.
-    ///
-    /// # Safety
-    /// Row `r` lies inside `m`, `i < Self::units(m)`; the CPU runs AVX2 +
-    /// FMA + F16C.
-    unsafe fn unpack(m: &Self::M<'_>, r: usize, i: usize) -> Self::U;
+                /// The unit `i` of row `r`.
+                ///
+                /// # Safety
+                /// Row `r` lies inside `m`, `i < Self::units(m)`; the CPU runs the level's
+                /// features.
+                unsafe fn unpack(m: &Self::M<'_>, r: usize, i: usize) -> Self::U;
 
-    /// `acc += u · x` (per lane; the row's result is the lanes' sum).
-    ///
-    /// # Safety
-    /// The CPU runs AVX2 + FMA + F16C.
-    unsafe fn step(u: &Self::U, x: &Self::X, acc: &mut __m256);
+                /// `acc += u · x` (per lane; the row's result is the lanes' sum).
+                ///
+                /// # Safety
+                /// The CPU runs the level's features.
+                unsafe fn step(u: &Self::U, x: &Self::X, acc: &mut $acc);
 
-    /// Units `units` of row `r` against `N` tokens, each unit unpacked here
-    /// (and written to `keep[i]` unless `keep` is null).
-    ///
-    /// # Safety
-    /// As [`Unpacks::unpack`] for every unit of `units`; each `xs[t]` points
-    /// at `Self::units(m)` activation units; `keep` (unless null) has room
-    /// for as many weight units.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot<const N: usize>(
-        m: &Self::M<'_>,
-        r: usize,
-        xs: [*const Self::X; N],
-        units: Range<usize>,
-        keep: *mut Self::U,
-    ) -> [f32; N] {
-        let mut acc = [_mm256_setzero_ps(); N];
-        // Two loops, so that without `keep` the unit is a local whose parts
-        // stay in registers (one reference to either would put it in memory).
-        if keep.is_null() {
-            for i in units {
-                let u = Self::unpack(m, r, i);
-                for (t, a) in acc.iter_mut().enumerate() {
-                    Self::step(&u, &*xs[t].add(i), a);
+                /// Units `units` of row `r` against `N` tokens, each unit unpacked here
+                /// (and written to `keep[i]` unless `keep` is null).
+                ///
+                /// # Safety
+                /// As [`Unpacks::unpack`] for every unit of `units`; each `xs[t]` points
+                /// at `Self::units(m)` activation units; `keep` (unless null) has room
+                /// for as many weight units.
+                #[inline]
+                #[target_feature(enable = $features)]
+                unsafe fn dot<const N: usize>(
+                    m: &Self::M<'_>,
+                    r: usize,
+                    xs: [*const Self::X; N],
+                    units: Range<usize>,
+                    keep: *mut Self::U,
+                ) -> [f32; N] {
+                    let mut acc = [zero(); N];
+                    // Two loops, so that without `keep` the unit is a local whose parts
+                    // stay in registers (one reference to either would put it in memory).
+                    if keep.is_null() {
+                        for i in units {
+                            let u = Self::unpack(m, r, i);
+                            for (t, a) in acc.iter_mut().enumerate() {
+                                Self::step(&u, &*xs[t].add(i), a);
+                            }
+                        }
+                    } else {
+                        for i in units {
+                            // The steps read the kept copy, as the later groups will.
+                            keep.add(i).write(Self::unpack(m, r, i));
+                            for (t, a) in acc.iter_mut().enumerate() {
+                                Self::step(&*keep.add(i), &*xs[t].add(i), a);
+                            }
+                        }
+                    }
+                    acc.map(|a| hsum(a))
+                }
+
+                /// As [`Unpacks::dot`], on the units it kept for the row.
+                ///
+                /// # Safety
+                /// `kept` points at the row's units, [`Unpacks::dot`] wrote those in
+                /// `units`, each `xs[t]` points at as many activation units; the CPU runs
+                /// the level's features.
+                #[inline]
+                #[target_feature(enable = $features)]
+                unsafe fn dot_kept<const N: usize>(
+                    kept: *const Self::U,
+                    xs: [*const Self::X; N],
+                    units: Range<usize>,
+                ) -> [f32; N] {
+                    let mut acc = [zero(); N];
+                    for i in units {
+                        let u = &*kept.add(i);
+                        for (t, a) in acc.iter_mut().enumerate() {
+                            Self::step(u, &*xs[t].add(i), a);
+                        }
+                    }
+                    acc.map(|a| hsum(a))
                 }
             }
-        } else {
-            for i in units {
-                // The steps read the kept copy, as the later groups will.
-                keep.add(i).write(Self::unpack(m, r, i));
-                for (t, a) in acc.iter_mut().enumerate() {
-                    Self::step(&*keep.add(i), &*xs[t].add(i), a);
+
+            /// Most bytes of kept units per call: about L2.
+            const KEPT_BYTES: usize = 512 << 10;
+
+            /// `y[t * stride + i] = dot(row rows.start + i of m, token t)` for `n_tokens`
+            /// tokens, in token groups of `max` (the rest in groups of at most 4), each
+            /// group's activation units given by `prep(t0, n)` (a pointer to token
+            /// `t0`'s and the distance from one token's to the next's). Token groups run
+            /// outside, then column chunks sized so that the group's activation units of
+            /// a chunk stay in L1 ([`crate::simd::columns::L1_ACTS`]: a row of 4096 columns is two
+            /// chunks of Q4_K for 8 tokens, chunk partial sums added in `y`), then rows:
+            /// the driver's run of rows stays in L2. The first group streams the rows
+            /// from memory (with the single-token kernels' prefetch) and keeps their
+            /// unpacked units; the later groups load those. A call with more rows than
+            /// [`KEPT_BYTES`] of kept units (not the driver's: its row tasks are
+            /// smaller) runs in blocks of rows, each as a call of its own.
+            ///
+            /// # Safety
+            /// The CPU runs the level's features; `rows` lies inside `m`, `n_tokens >= 1`;
+            /// `prep(t0, n)` for `t0 + n <= n_tokens` gives `n` tokens' units; `y` is
+            /// valid for writes at `t * stride + i` for `t < n_tokens`, `i < rows.len()`.
+            #[target_feature(enable = $features)]
+            pub(crate) unsafe fn groups<K: Unpacks>(
+                m: &K::M<'_>,
+                rows: Range<usize>,
+                n_tokens: usize,
+                max: usize,
+                y: *mut f32,
+                stride: usize,
+                prep: &mut impl FnMut(usize, usize) -> (*const K::X, usize),
+            ) {
+                let units = K::units(m);
+                let block = (KEPT_BYTES / (units * std::mem::size_of::<K::U>()).max(1)).max(1);
+                if rows.len() > block {
+                    for r0 in rows.clone().step_by(block) {
+                        let sub = r0..(r0 + block).min(rows.end);
+                        groups::<K>(m, sub, n_tokens, max, y.add(r0 - rows.start), stride, prep);
+                    }
+                    return;
+                }
+                // Kept only when a later group reads them.
+                let first = if n_tokens >= max { max } else { n_tokens.min(4) };
+                let mut kept = Kept::default();
+                let keep: *mut K::U =
+                    if n_tokens > first { kept.room(rows.len() * units) } else { std::ptr::null_mut() };
+                let chunk = chunk_units(units, max * std::mem::size_of::<K::X>());
+                let pass = Pass { rows, units, chunk, keep, y, stride };
+                let mut t0 = 0;
+                while t0 < n_tokens {
+                    let left = n_tokens - t0;
+                    let n = if left >= max { max } else { left.min(4) };
+                    let (xg, xstride) = prep(t0, n);
+                    match n {
+                        8 => pass.group::<K, 8>(m, xg, xstride, t0),
+                        4 => pass.group::<K, 4>(m, xg, xstride, t0),
+                        3 => pass.group::<K, 3>(m, xg, xstride, t0),
+                        2 => pass.group::<K, 2>(m, xg, xstride, t0),
+                        _ => pass.group::<K, 1>(m, xg, xstride, t0),
+                    }
+                    t0 += n;
                 }
             }
-        }
-        acc.map(|a| hsum(a))
-    }
 
-    /// As [`Unpacks::dot`], on the units it kept for the row.
-    ///
-    /// # Safety
-    /// `kept` points at the row's units, [`Unpacks::dot`] wrote those in
-    /// `units`, each `xs[t]` points at as many activation units; the CPU runs
-    /// AVX2 + FMA + F16C.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_kept<const N: usize>(kept: *const Self::U, xs: [*const Self::X; N], units: Range<usize>) -> [f32; N] {
-        let mut acc = [_mm256_setzero_ps(); N];
-        for i in units {
-            let u = &*kept.add(i);
-            for (t, a) in acc.iter_mut().enumerate() {
-                Self::step(u, &*xs[t].add(i), a);
+            /// What every token group of [`groups`] shares.
+            struct Pass<U> {
+                rows: Range<usize>,
+                units: usize,
+                chunk: usize,
+                keep: *mut U,
+                y: *mut f32,
+                stride: usize,
             }
-        }
-        acc.map(|a| hsum(a))
-    }
-}
 
-/// Most bytes of kept units per call: about L2.
-const KEPT_BYTES: usize = 512 << 10;
-
-/// `y[t * stride + i] = dot(row rows.start + i of m, token t)` for `n_tokens`
-/// tokens, in token groups of `max` (the rest in groups of at most 4), each
-/// group's activation units given by `prep(t0, n)` (a pointer to token
-/// `t0`'s and the distance from one token's to the next's). Token groups run
-/// outside, then column chunks sized so that the group's activation units of
-/// a chunk stay in L1 ([`super::L1_ACTS`]: a row of 4096 columns is two
-/// chunks of Q4_K for 8 tokens, chunk partial sums added in `y`), then rows:
-/// the driver's run of rows stays in L2. The first group streams the rows
-/// from memory (with the single-token kernels' prefetch) and keeps their
-/// unpacked units; the later groups load those. A call with more rows than
-/// [`KEPT_BYTES`] of kept units (not the driver's: its row tasks are
-/// smaller) runs in blocks of rows, each as a call of its own.
-///
-/// # Safety
-/// The CPU runs AVX2 + FMA + F16C; `rows` lies inside `m`, `n_tokens >= 1`;
-/// `prep(t0, n)` for `t0 + n <= n_tokens` gives `n` tokens' units; `y` is
-/// valid for writes at `t * stride + i` for `t < n_tokens`, `i < rows.len()`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn groups<K: Unpacks>(
-    m: &K::M<'_>,
-    rows: Range<usize>,
-    n_tokens: usize,
-    max: usize,
-    y: *mut f32,
-    stride: usize,
-    prep: &mut impl FnMut(usize, usize) -> (*const K::X, usize),
-) {
-    let units = K::units(m);
-    let block = (KEPT_BYTES / (units * std::mem::size_of::<K::U>()).max(1)).max(1);
-    if rows.len() > block {
-        for r0 in rows.clone().step_by(block) {
-            let sub = r0..(r0 + block).min(rows.end);
-            groups::<K>(m, sub, n_tokens, max, y.add(r0 - rows.start), stride, prep);
-        }
-        return;
-    }
-    // Kept only when a later group reads them.
-    let first = if n_tokens >= max { max } else { n_tokens.min(4) };
-    let mut kept = Kept::default();
-    let keep: *mut K::U = if n_tokens > first { kept.room(rows.len() * units) } else { std::ptr::null_mut() };
-    let chunk = chunk_units(units, max * std::mem::size_of::<K::X>());
-    let pass = Pass { rows, units, chunk, keep, y, stride };
-    let mut t0 = 0;
-    while t0 < n_tokens {
-        let left = n_tokens - t0;
-        let n = if left >= max { max } else { left.min(4) };
-        let (xg, xstride) = prep(t0, n);
-        match n {
-            8 => pass.group::<K, 8>(m, xg, xstride, t0),
-            4 => pass.group::<K, 4>(m, xg, xstride, t0),
-            3 => pass.group::<K, 3>(m, xg, xstride, t0),
-            2 => pass.group::<K, 2>(m, xg, xstride, t0),
-            _ => pass.group::<K, 1>(m, xg, xstride, t0),
-        }
-        t0 += n;
-    }
-}
-
-/// What every token group of [`groups`] shares.
-struct Pass<U> {
-    rows: Range<usize>,
-    units: usize,
-    chunk: usize,
-    keep: *mut U,
-    y: *mut f32,
-    stride: usize,
-}
-
-impl<U> Pass<U> {
-    /// Every row against the `N` tokens from `t0` (their units at `xg`,
-    /// `xstride` apart), chunk by chunk.
-    ///
-    /// # Safety
-    /// As [`groups`].
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn group<K: Unpacks<U = U>, const N: usize>(
-        &self,
-        m: &K::M<'_>,
-        xg: *const K::X,
-        xstride: usize,
-        t0: usize,
-    ) {
-        let xs: [*const K::X; N] = std::array::from_fn(|t| xg.add(t * xstride));
-        let (bytes, row_bytes) = K::stream(m);
-        let mut u0 = 0;
-        while u0 < self.units {
-            let cols = u0..(u0 + self.chunk).min(self.units);
-            // Only the first pass reads the rows from memory: prefetch for it.
-            let prefetch = t0 == 0 && u0 == 0;
-            let mut fetched = self.rows.start * row_bytes;
-            for (i, r) in self.rows.clone().enumerate() {
-                if prefetch {
-                    let until = ((r + 1) * row_bytes + PREFETCH_BYTES).min(bytes.len());
-                    while fetched < until {
-                        _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().add(fetched) as *const i8);
-                        fetched += 64;
+            impl<U> Pass<U> {
+                /// Every row against the `N` tokens from `t0` (their units at `xg`,
+                /// `xstride` apart), chunk by chunk.
+                ///
+                /// # Safety
+                /// As [`groups`].
+                #[inline]
+                #[target_feature(enable = $features)]
+                unsafe fn group<K: Unpacks<U = U>, const N: usize>(
+                    &self,
+                    m: &K::M<'_>,
+                    xg: *const K::X,
+                    xstride: usize,
+                    t0: usize,
+                ) {
+                    let xs: [*const K::X; N] = std::array::from_fn(|t| xg.add(t * xstride));
+                    let (bytes, row_bytes) = K::stream(m);
+                    let mut u0 = 0;
+                    while u0 < self.units {
+                        let cols = u0..(u0 + self.chunk).min(self.units);
+                        // Only the first pass reads the rows from memory: prefetch for it.
+                        let prefetch = t0 == 0 && u0 == 0;
+                        let mut fetched = self.rows.start * row_bytes;
+                        for (i, r) in self.rows.clone().enumerate() {
+                            if prefetch {
+                                let until = ((r + 1) * row_bytes + PREFETCH_BYTES).min(bytes.len());
+                                while fetched < until {
+                                    _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().add(fetched) as *const i8);
+                                    fetched += 64;
+                                }
+                            }
+                            let kept = if self.keep.is_null() { self.keep } else { self.keep.add(i * self.units) };
+                            let out: [f32; N] = if t0 == 0 {
+                                K::dot(m, r, xs, cols.clone(), kept)
+                            } else {
+                                K::dot_kept(kept, xs, cols.clone())
+                            };
+                            for (t, v) in out.into_iter().enumerate() {
+                                let at = self.y.add((t0 + t) * self.stride + i);
+                                *at = if u0 == 0 { v } else { *at + v };
+                            }
+                        }
+                        u0 = cols.end;
                     }
                 }
-                let kept = if self.keep.is_null() { self.keep } else { self.keep.add(i * self.units) };
-                let out: [f32; N] =
-                    if t0 == 0 { K::dot(m, r, xs, cols.clone(), kept) } else { K::dot_kept(kept, xs, cols.clone()) };
-                for (t, v) in out.into_iter().enumerate() {
-                    let at = self.y.add((t0 + t) * self.stride + i);
-                    *at = if u0 == 0 { v } else { *at + v };
-                }
             }
-            u0 = cols.end;
         }
-    }
+    };
+}
+
+level!(avx2, "avx2,fma,f16c", __m256, std::arch::x86_64::_mm256_setzero_ps, crate::simd::float_dot::x86::hsum);
+level!(
+    avx512,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+    __m512,
+    std::arch::x86_64::_mm512_setzero_ps,
+    super::hsum512
+);
+
+/// Sum of the 16 lanes (halves, then as the AVX2 level's [`crate::simd::float_dot::x86::hsum`]).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn hsum512(v: std::arch::x86_64::__m512) -> f32 {
+    use std::arch::x86_64::*;
+    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+    crate::simd::float_dot::x86::hsum(_mm256_add_ps(_mm512_castps512_ps256(v), hi))
 }

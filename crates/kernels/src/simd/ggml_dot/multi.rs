@@ -111,7 +111,7 @@ pub(crate) unsafe fn gemm_q8k_raw(
         // (checked just above) and `ty` has a kernel there; `w` is exactly
         // `n_rows` rows of `nb` blocks, `x` `n_tokens` rows of `nb`; `y` is
         // the caller's contract.
-        unsafe { avx512::gemm_q8k(ty, w, n_rows, x, n_tokens, y, y_stride) };
+        unsafe { avx512::gemm_q8k(ty, w, n_rows, x, n_tokens, y, y_stride, acts_id) };
         return;
     }
     if avx2_usable(level) {
@@ -158,7 +158,7 @@ pub(crate) unsafe fn gemm_q8x32_raw(
     #[cfg(target_arch = "x86_64")]
     if avx512_usable(level) && avx512::has_kernel(ty) {
         // SAFETY: as in `gemm_q8k_raw`'s AVX-512 branch.
-        unsafe { avx512::gemm_q8x32(ty, w, n_rows, x, n_tokens, y, y_stride) };
+        unsafe { avx512::gemm_q8x32(ty, w, n_rows, x, n_tokens, y, y_stride, acts_id) };
         return;
     }
     if avx2_usable(level) {

@@ -22,7 +22,7 @@ use std::arch::x86_64::__m256;
 use qmoe_core::GgmlType;
 
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
-use crate::simd::columns::unpacked::{groups, Unpacks};
+use crate::simd::columns::unpacked::avx2::{groups, Unpacks};
 use crate::simd::scratch::{Scratch, Whole};
 
 mod kquants;

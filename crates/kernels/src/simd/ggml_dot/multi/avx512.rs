@@ -47,17 +47,14 @@ use qmoe_core::GgmlType;
 use super::super::avx512::{f16_at, load256, load512};
 use super::super::scales_mins_k4;
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
-use crate::simd::scratch::Scratch;
+use crate::simd::columns::unpacked::avx512::{groups, Unpacks};
+use crate::simd::scratch::{Scratch, Whole};
 
 /// Tokens multiplied per weight-block unpacking: eight float accumulators,
 /// the block's four code registers and its scale vectors leave room in the
 /// 32 zmm registers for the unpacking constants (the AVX2 level measured 8
 /// as better than 4 for these types).
 const GROUP: usize = 8;
-
-// Software prefetch lead of the first group's row stream (the AVX2 level's
-// measured value: the row stream is the same).
-use crate::simd::PREFETCH_BYTES;
 
 /// Whether `ty` has a kernel here.
 pub(super) fn has_kernel(ty: GgmlType) -> bool {
@@ -68,7 +65,9 @@ pub(super) fn has_kernel(ty: GgmlType) -> bool {
 /// The CPU runs AVX-512 F/BW/VL + VNNI, AVX2, FMA and F16C; `ty` is Q4_K,
 /// Q5_K or Q6_K; `x` holds `n_tokens >= 1` rows of `nb` blocks; `w` is
 /// exactly `n_rows` rows of `nb` blocks of `ty`; `y` is valid for writes at
-/// `t * y_stride + r` for every `t < n_tokens`, `r < n_rows`.
+/// `t * y_stride + r` for every `t < n_tokens`, `r < n_rows`; an `acts_id`
+/// other than 0 always comes with the same `x` contents.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn gemm_q8k(
     ty: GgmlType,
@@ -78,18 +77,20 @@ pub(super) unsafe fn gemm_q8k(
     n_tokens: usize,
     y: *mut f32,
     y_stride: usize,
+    acts_id: u64,
 ) {
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
-        GgmlType::Q4K => gemm::<Q4K>(w, n_rows, x, n_tokens, y, y_stride),
-        GgmlType::Q5K => gemm::<Q5K>(w, n_rows, x, n_tokens, y, y_stride),
-        GgmlType::Q6K => gemm::<Q6K>(w, n_rows, x, n_tokens, y, y_stride),
+        GgmlType::Q4K => gemm::<Q45K<false>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
+        GgmlType::Q5K => gemm::<Q45K<true>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
+        GgmlType::Q6K => gemm::<Q6K>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
         _ => unreachable!("avx512 gemm_q8k: {ty} (checked by the caller)"),
     }
 }
 
 /// # Safety
 /// As [`gemm_q8k`], for Q8_0 with Q8x32 activations.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn gemm_q8x32(
     ty: GgmlType,
@@ -99,127 +100,81 @@ pub(super) unsafe fn gemm_q8x32(
     n_tokens: usize,
     y: *mut f32,
     y_stride: usize,
+    acts_id: u64,
 ) {
     match ty {
         // SAFETY: the caller's contract, passed on unchanged.
-        GgmlType::Q8_0 => gemm::<Q8_0>(w, n_rows, x, n_tokens, y, y_stride),
+        GgmlType::Q8_0 => gemm::<Q8_0>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
         _ => unreachable!("avx512 gemm_q8x32: {ty} (checked by the caller)"),
     }
 }
 
 // ---- the group driver -----------------------------------------------------------
 
-/// One weight type: how its activations are prepared and how a row is
-/// multiplied with a group of prepared tokens.
-trait Kernel {
+/// A call's rows: `w` holds rows of `nb` blocks of `ts` bytes.
+struct Rows<'a> {
+    w: &'a [u8],
+    nb: usize,
+    ts: usize,
+}
+
+impl Rows<'_> {
+    /// Block `i` of row `r`.
+    ///
+    /// # Safety
+    /// Row `r` and its block `i` lie inside `w`.
+    #[inline(always)]
+    unsafe fn block(&self, r: usize, i: usize) -> *const u8 {
+        self.w.as_ptr().add((r * self.nb + i) * self.ts)
+    }
+}
+
+/// One weight type: how its activations are prepared for the shared loop.
+trait Kernel: Unpacks<X: 'static> {
     /// Activation block as it comes (`BlockQ8K` or `BlockQ8x32`).
     type Src;
-    /// Prepared activation unit: 64-byte aligned, a multiple of 64 bytes
-    /// (it lives in the [`Chunk`] scratch).
-    type X;
-    /// Weight block bytes.
-    const TS: usize;
     /// Prepared units per token of `nb` blocks.
-    fn units(nb: usize) -> usize;
-    /// Writes the `units(src.len())` units of one token's blocks at `dst`.
+    fn x_units(nb: usize) -> usize;
+    /// The call's matrix.
+    fn rows(w: &[u8], nb: usize) -> Self::M<'_>;
+    /// Writes the `x_units(src.len())` units of one token's blocks at `dst`.
     ///
     /// # Safety
     /// The CPU runs this file's features; `dst` is valid for those writes.
     unsafe fn prep(src: &[Self::Src], dst: *mut Self::X);
-    /// One row (`nb` blocks at `row`) against `N` prepared tokens.
-    ///
-    /// # Safety
-    /// The CPU runs this file's features; `row` points at `nb` blocks, each
-    /// `xs[t]` at `units(nb)` prepared units.
-    unsafe fn dot<const N: usize>(row: *const u8, xs: [*const Self::X; N], nb: usize) -> [f32; N];
 }
 
-/// Token groups outside, rows inside (see the module doc).
+/// The shared many-token loop ([`groups`]) on `K`'s rows, each group's
+/// activations prepared in the call's scratch, or, with an `id`, once per
+/// input in the thread's copy of every token (`scratch::Whole`).
 ///
 /// # Safety
 /// As [`gemm_q8k`] for `K`'s type and activations.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn gemm<K: Kernel>(w: &[u8], n_rows: usize, x: &[K::Src], n_tokens: usize, y: *mut f32, stride: usize) {
+unsafe fn gemm<K: Kernel>(w: &[u8], n_rows: usize, x: &[K::Src], n_tokens: usize, y: *mut f32, stride: usize, id: u64) {
     let nb = x.len() / n_tokens;
-    let units = K::units(nb);
-    let mut scratch = Scratch::default();
-    let xp = scratch.room::<K::X>(GROUP.min(n_tokens) * units);
-    let mut t0 = 0;
-    while t0 < n_tokens {
-        // Groups of GROUP, the rest in groups of at most 4 (fewer instances
-        // of each kernel than one per remainder).
-        let left = n_tokens - t0;
-        let n = if left >= GROUP { GROUP } else { left.min(4) };
-        for t in 0..n {
-            let tok = t0 + t;
-            K::prep(&x[tok * nb..(tok + 1) * nb], xp.add(t * units));
+    let units = K::x_units(nb);
+    let (mut scratch, mut whole) = (Scratch::default(), Whole::default());
+    let prep_tokens = |tokens: std::ops::Range<usize>, p: *mut K::X| {
+        for (i, t) in tokens.enumerate() {
+            // SAFETY: `p` has room for the tokens' units.
+            unsafe { K::prep(&x[t * nb..(t + 1) * nb], p.add(i * units)) };
         }
-        let yg = y.add(t0 * stride);
-        // Only the first group reads the rows from memory: prefetch for it.
-        let fetch = t0 == 0;
-        match n {
-            8 => rows::<K, 8>(w, n_rows, nb, xp, units, yg, stride, fetch),
-            4 => rows::<K, 4>(w, n_rows, nb, xp, units, yg, stride, fetch),
-            3 => rows::<K, 3>(w, n_rows, nb, xp, units, yg, stride, fetch),
-            2 => rows::<K, 2>(w, n_rows, nb, xp, units, yg, stride, fetch),
-            _ => rows::<K, 1>(w, n_rows, nb, xp, units, yg, stride, fetch),
+    };
+    let mut prep = |t0: usize, n: usize| {
+        if id != 0 {
+            let all = whole.get::<K::X>(id, n_tokens * units, |p| prep_tokens(0..n_tokens, p));
+            (all.add(t0 * units), units)
+        } else {
+            let p = scratch.room::<K::X>(n * units);
+            prep_tokens(t0..t0 + n, p);
+            (p as *const K::X, units)
         }
-        t0 += n;
-    }
-}
-
-/// Every row against the `N` prepared tokens at `xp` (`units` apart); the
-/// results to `y[t * stride + r]`.
-///
-/// # Safety
-/// As [`gemm`], with `xp` holding `N` prepared tokens.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn rows<K: Kernel, const N: usize>(
-    w: &[u8],
-    n_rows: usize,
-    nb: usize,
-    xp: *const K::X,
-    units: usize,
-    y: *mut f32,
-    stride: usize,
-    fetch: bool,
-) {
-    let mut xs = [xp; N];
-    for (t, p) in xs.iter_mut().enumerate() {
-        *p = xp.add(t * units);
-    }
-    let row_bytes = nb * K::TS;
-    let base = w.as_ptr();
-    let mut fetched = 0;
-    for r in 0..n_rows {
-        if fetch {
-            // A cache line at a time, up to PREFETCH_BYTES past this row.
-            let until = ((r + 1) * row_bytes + PREFETCH_BYTES).min(w.len());
-            while fetched < until {
-                _mm_prefetch::<_MM_HINT_T0>(base.add(fetched) as *const i8);
-                fetched += 64;
-            }
-        }
-        let out = K::dot::<N>(base.add(r * row_bytes), xs, nb);
-        for (t, v) in out.into_iter().enumerate() {
-            *y.add(t * stride + r) = v;
-        }
-    }
+    };
+    groups::<K>(&K::rows(w, nb), 0..n_rows, n_tokens, GROUP, y, stride, &mut prep)
 }
 
 // ---- helpers ------------------------------------------------------------------
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn hsum(v: __m512) -> f32 {
-    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
-    let h = _mm256_add_ps(_mm512_castps512_ps256(v), hi);
-    let s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-}
 
 /// Eight u8 (a little-endian u64, as [`scales_mins_k4`] gives them) to 16
 /// f32 lanes, each value twice: lane `k` = byte `k / 2` (group `k` belongs
@@ -237,8 +192,10 @@ unsafe fn pairs_u8_ps(v: u64) -> __m512 {
 /// of group `k` (values `16k + 4r..`); `bs` the group sums, as f32 for
 /// Q4_K / Q5_K (their mins are applied in f32) or as `-32 * sum` i32 for
 /// Q6_K (the start of its integer accumulator); `d` the block scale.
+/// (`Q6` names the form of `bs`, so that a thread's copy of an input in
+/// one form is never taken for the other.)
 #[repr(C, align(64))]
-struct KBlock {
+struct KBlock<const Q6: bool> {
     qs: [__m512i; 4],
     bs: __m512i,
     d: f32,
@@ -250,7 +207,7 @@ struct KBlock {
 /// The CPU runs this file's features; `dst` is valid for `src.len()` writes.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn prep_k<const Q6: bool>(src: &[BlockQ8K], dst: *mut KBlock) {
+unsafe fn prep_k<const Q6: bool>(src: &[BlockQ8K], dst: *mut KBlock<Q6>) {
     // Word 4k + r of the codes is register r's lane k; 64-byte load a holds
     // words 16a..16a + 16 (groups 4a..4a + 4). Lanes 0..8 come from loads
     // 0, 1 and lanes 8..16 from 2, 3 with the same indices.
@@ -275,7 +232,7 @@ unsafe fn prep_k<const Q6: bool>(src: &[BlockQ8K], dst: *mut KBlock) {
     }
 }
 
-/// Q4_K (`FIVE` false) / Q5_K rows against prepared tokens.
+/// Q4_K (`FIVE` false) / Q5_K.
 ///
 /// Codes: 128 bytes of nibbles, 32-byte chunk `p` holding sub-block `2p`
 /// (low nibbles) and `2p + 1` (high), byte `l` = value `l` of each; group
@@ -289,26 +246,46 @@ unsafe fn prep_k<const Q6: bool>(src: &[BlockQ8K], dst: *mut KBlock) {
 /// Per lane: `d sc S - dmin m B` with `S` the group's code dot and `B` its
 /// activation sum, both exact integers, then `x_d` times that.
 ///
-/// # Safety
-/// As [`Kernel::dot`].
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dot_q45_k<const FIVE: bool, const N: usize>(row: *const u8, xs: [*const KBlock; N], nb: usize) -> [f32; N] {
-    let (ts, qs_at) = if FIVE { (176, 48) } else { (144, 16) };
-    let idx = _mm512_setr_epi32(0, 4, 0, 4, 8, 12, 8, 12, 16, 20, 16, 20, 24, 28, 24, 28);
-    let shift = _mm512_setr_epi32(0, 0, 4, 4, 0, 0, 4, 4, 0, 0, 4, 4, 0, 0, 4, 4);
-    let m4 = _mm512_set1_epi8(0x0F);
-    let hidx = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
-    // (4 - k / 2) mod 32.
-    let hrot = _mm512_setr_epi32(4, 4, 3, 3, 2, 2, 1, 1, 0, 0, 31, 31, 30, 30, 29, 29);
-    let bit4 = _mm512_set1_epi8(0x10);
-    let mut acc = [_mm512_setzero_ps(); N];
-    for i in 0..nb {
-        let b = row.add(i * ts);
+struct Q45K<const FIVE: bool>;
+
+/// A Q4_K / Q5_K block as the steps take it: the four code registers, and
+/// per lane `d sc` and `dmin m` of the lane's sub-block.
+#[repr(C, align(64))]
+struct Unpacked45 {
+    wq: [__m512i; 4],
+    scale: __m512,
+    mins: __m512,
+}
+
+impl<const FIVE: bool> Unpacks for Q45K<FIVE> {
+    type X = KBlock<false>;
+    type U = Unpacked45;
+    type M<'a> = Rows<'a>;
+
+    fn units(m: &Self::M<'_>) -> usize {
+        m.nb
+    }
+
+    fn stream<'a>(m: &Self::M<'a>) -> (&'a [u8], usize) {
+        (m.w, m.nb * m.ts)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn unpack(m: &Self::M<'_>, r: usize, i: usize) -> Unpacked45 {
+        let qs_at = if FIVE { 48 } else { 16 };
+        let idx = _mm512_setr_epi32(0, 4, 0, 4, 8, 12, 8, 12, 16, 20, 16, 20, 24, 28, 24, 28);
+        let shift = _mm512_setr_epi32(0, 0, 4, 4, 0, 0, 4, 4, 0, 0, 4, 4, 0, 0, 4, 4);
+        let m4 = _mm512_set1_epi8(0x0F);
+        let hidx = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
+        // (4 - k / 2) mod 32.
+        let hrot = _mm512_setr_epi32(4, 4, 3, 3, 2, 2, 1, 1, 0, 0, 31, 31, 30, 30, 29, 29);
+        let bit4 = _mm512_set1_epi8(0x10);
+        let b = m.block(r, i);
         let (d, dmin) = (f16_at(b), f16_at(b.add(2)));
-        let (sc, m) = scales_mins_k4(&*(b.add(4) as *const [u8; 12]));
+        let (sc, mn) = scales_mins_k4(&*(b.add(4) as *const [u8; 12]));
         let scale = _mm512_mul_ps(_mm512_set1_ps(d), pairs_u8_ps(sc));
-        let mins = _mm512_mul_ps(_mm512_set1_ps(dmin), pairs_u8_ps(m));
+        let mins = _mm512_mul_ps(_mm512_set1_ps(dmin), pairs_u8_ps(mn));
         let (q0, q1) = (load512(b.add(qs_at)), load512(b.add(qs_at + 64)));
         // Q5_K: the 32 qh bytes in the low half (the indices stay below 8).
         let qh = if FIVE { _mm512_castsi256_si512(load256(b.add(16))) } else { _mm512_setzero_si512() };
@@ -324,25 +301,22 @@ unsafe fn dot_q45_k<const FIVE: bool, const N: usize>(row: *const u8, xs: [*cons
             }
             *wr = v;
         }
-        for t in 0..N {
-            let xb = &*xs[t].add(i);
-            let mut s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[0], xb.qs[0]);
-            s = _mm512_dpbusd_epi32(s, wq[1], xb.qs[1]);
-            s = _mm512_dpbusd_epi32(s, wq[2], xb.qs[2]);
-            s = _mm512_dpbusd_epi32(s, wq[3], xb.qs[3]);
-            let offs = _mm512_mul_ps(_mm512_castsi512_ps(xb.bs), mins);
-            let v = _mm512_fmsub_ps(_mm512_cvtepi32_ps(s), scale, offs);
-            acc[t] = _mm512_fmadd_ps(v, _mm512_set1_ps(xb.d), acc[t]);
-        }
+        Unpacked45 { wq, scale, mins }
     }
-    let mut out = [0.0; N];
-    for (o, a) in out.iter_mut().zip(acc) {
-        *o = hsum(a);
+
+    #[inline(always)]
+    unsafe fn step(u: &Unpacked45, xb: &KBlock<false>, acc: &mut __m512) {
+        let mut s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u.wq[0], xb.qs[0]);
+        s = _mm512_dpbusd_epi32(s, u.wq[1], xb.qs[1]);
+        s = _mm512_dpbusd_epi32(s, u.wq[2], xb.qs[2]);
+        s = _mm512_dpbusd_epi32(s, u.wq[3], xb.qs[3]);
+        let offs = _mm512_mul_ps(_mm512_castsi512_ps(xb.bs), u.mins);
+        let v = _mm512_fmsub_ps(_mm512_cvtepi32_ps(s), u.scale, offs);
+        *acc = _mm512_fmadd_ps(v, _mm512_set1_ps(xb.d), *acc);
     }
-    out
 }
 
-/// Q6_K rows against prepared tokens.
+/// Q6_K.
 ///
 /// Half `n = k / 8` of the block holds group `k`, as half `k % 2` of its
 /// 32-value run `j = (k % 8) / 2`; value `l` of run `j` has its low four
@@ -354,21 +328,40 @@ unsafe fn dot_q45_k<const FIVE: bool, const N: usize>(row: *const u8, xs: [*cons
 ///
 /// Per lane: `d sc_k (S - 32 B)`, the offset in the integer sum.
 ///
-/// # Safety
-/// As [`Kernel::dot`].
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dot_q6_k<const N: usize>(row: *const u8, xs: [*const KBlock; N], nb: usize) -> [f32; N] {
-    let lidx = _mm512_setr_epi32(0, 4, 8, 12, 0, 4, 8, 12, 16, 20, 24, 28, 16, 20, 24, 28);
-    let lshift = _mm512_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4, 0, 0, 0, 0, 4, 4, 4, 4);
-    let hidx = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 8, 12, 8, 12, 8, 12, 8, 12);
-    // (4 - 2j) mod 32.
-    let hrot = _mm512_setr_epi32(4, 4, 2, 2, 0, 0, 30, 30, 4, 4, 2, 2, 0, 0, 30, 30);
-    let m4 = _mm512_set1_epi8(0x0F);
-    let bits45 = _mm512_set1_epi8(0x30);
-    let mut acc = [_mm512_setzero_ps(); N];
-    for i in 0..nb {
-        let b = row.add(i * 210);
+struct Q6K;
+
+/// A Q6_K block as the steps take it: the four code registers and per lane
+/// `d sc_k`.
+#[repr(C, align(64))]
+struct Unpacked6 {
+    wq: [__m512i; 4],
+    scale: __m512,
+}
+
+impl Unpacks for Q6K {
+    type X = KBlock<true>;
+    type U = Unpacked6;
+    type M<'a> = Rows<'a>;
+
+    fn units(m: &Self::M<'_>) -> usize {
+        m.nb
+    }
+
+    fn stream<'a>(m: &Self::M<'a>) -> (&'a [u8], usize) {
+        (m.w, m.nb * m.ts)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn unpack(m: &Self::M<'_>, r: usize, i: usize) -> Unpacked6 {
+        let lidx = _mm512_setr_epi32(0, 4, 8, 12, 0, 4, 8, 12, 16, 20, 24, 28, 16, 20, 24, 28);
+        let lshift = _mm512_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4, 0, 0, 0, 0, 4, 4, 4, 4);
+        let hidx = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 8, 12, 8, 12, 8, 12, 8, 12);
+        // (4 - 2j) mod 32.
+        let hrot = _mm512_setr_epi32(4, 4, 2, 2, 0, 0, 30, 30, 4, 4, 2, 2, 0, 0, 30, 30);
+        let m4 = _mm512_set1_epi8(0x0F);
+        let bits45 = _mm512_set1_epi8(0x30);
+        let b = m.block(r, i);
         let d = f16_at(b.add(208));
         let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(b.add(192) as *const __m128i)));
         let scale = _mm512_mul_ps(_mm512_set1_ps(d), sc);
@@ -382,54 +375,49 @@ unsafe fn dot_q6_k<const N: usize>(row: *const u8, xs: [*const KBlock; N], nb: u
             // lo | (h & 0x30)
             *wr = _mm512_ternarylogic_epi32::<0xF8>(lo, h, bits45);
         }
-        for t in 0..N {
-            let xb = &*xs[t].add(i);
-            let mut s = _mm512_dpbusd_epi32(xb.bs, wq[0], xb.qs[0]);
-            s = _mm512_dpbusd_epi32(s, wq[1], xb.qs[1]);
-            s = _mm512_dpbusd_epi32(s, wq[2], xb.qs[2]);
-            s = _mm512_dpbusd_epi32(s, wq[3], xb.qs[3]);
-            let sx = _mm512_mul_ps(scale, _mm512_set1_ps(xb.d));
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sx, acc[t]);
-        }
+        Unpacked6 { wq, scale }
     }
-    let mut out = [0.0; N];
-    for (o, a) in out.iter_mut().zip(acc) {
-        *o = hsum(a);
+
+    #[inline(always)]
+    unsafe fn step(u: &Unpacked6, xb: &KBlock<true>, acc: &mut __m512) {
+        let mut s = _mm512_dpbusd_epi32(xb.bs, u.wq[0], xb.qs[0]);
+        s = _mm512_dpbusd_epi32(s, u.wq[1], xb.qs[1]);
+        s = _mm512_dpbusd_epi32(s, u.wq[2], xb.qs[2]);
+        s = _mm512_dpbusd_epi32(s, u.wq[3], xb.qs[3]);
+        let sx = _mm512_mul_ps(u.scale, _mm512_set1_ps(xb.d));
+        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sx, *acc);
     }
-    out
 }
 
-/// Q4_K, Q5_K and Q6_K as [`Kernel`]s.
-struct Q4K;
-struct Q5K;
-struct Q6K;
-
-macro_rules! k_kernel {
-    ($name:ident, $ts:expr, $q6:expr, $dot:expr) => {
-        impl Kernel for $name {
-            type Src = BlockQ8K;
-            type X = KBlock;
-            const TS: usize = $ts;
-            fn units(nb: usize) -> usize {
-                nb
-            }
-            #[inline]
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-            unsafe fn prep(src: &[BlockQ8K], dst: *mut KBlock) {
-                prep_k::<$q6>(src, dst)
-            }
-            #[inline]
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-            unsafe fn dot<const N: usize>(row: *const u8, xs: [*const KBlock; N], nb: usize) -> [f32; N] {
-                $dot(row, xs, nb)
-            }
-        }
-    };
+impl<const FIVE: bool> Kernel for Q45K<FIVE> {
+    type Src = BlockQ8K;
+    fn x_units(nb: usize) -> usize {
+        nb
+    }
+    fn rows(w: &[u8], nb: usize) -> Self::M<'_> {
+        Rows { w, nb, ts: if FIVE { 176 } else { 144 } }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn prep(src: &[BlockQ8K], dst: *mut KBlock<false>) {
+        prep_k::<false>(src, dst)
+    }
 }
 
-k_kernel!(Q4K, 144, false, dot_q45_k::<false, N>);
-k_kernel!(Q5K, 176, false, dot_q45_k::<true, N>);
-k_kernel!(Q6K, 210, true, dot_q6_k::<N>);
+impl Kernel for Q6K {
+    type Src = BlockQ8K;
+    fn x_units(nb: usize) -> usize {
+        nb
+    }
+    fn rows(w: &[u8], nb: usize) -> Self::M<'_> {
+        Rows { w, nb, ts: 210 }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn prep(src: &[BlockQ8K], dst: *mut KBlock<true>) {
+        prep_k::<true>(src, dst)
+    }
+}
 
 // ---- Q8_0: 32-value blocks, two per register --------------------------------------
 
@@ -463,13 +451,59 @@ unsafe fn two_blocks(lo: *const u8, hi: *const u8) -> __m512i {
 
 struct Q8_0;
 
+/// A pair of Q8_0 blocks as the steps take it: the codes, each block's
+/// `d_w` on its lanes, and `-128 Σ w` per lane (shared by the tokens).
+#[repr(C, align(64))]
+struct UnpackedPair {
+    w: __m512i,
+    dw: __m512,
+    neg: __m512i,
+}
+
+impl Unpacks for Q8_0 {
+    type X = QPair;
+    type U = UnpackedPair;
+    type M<'a> = Rows<'a>;
+
+    fn units(m: &Self::M<'_>) -> usize {
+        m.nb.div_ceil(2)
+    }
+
+    fn stream<'a>(m: &Self::M<'a>) -> (&'a [u8], usize) {
+        (m.w, m.nb * m.ts)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn unpack(m: &Self::M<'_>, r: usize, p: usize) -> UnpackedPair {
+        let b = m.block(r, 2 * p);
+        // The second block of the last pair may be past the row's end.
+        let (hi, dw1) = if 2 * p + 1 < m.nb { (b.add(36), f16_at(b.add(34))) } else { (std::ptr::null(), 0.0) };
+        let w = two_blocks(b.add(2), hi);
+        let dw = halves(f16_at(b), dw1);
+        let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), w);
+        UnpackedPair { w, dw, neg: _mm512_sub_epi32(_mm512_setzero_si512(), sums) }
+    }
+
+    /// Per pair of blocks: `S = Σ (x + 128) w - 128 Σ w = Σ x w` per lane,
+    /// exact; scaled by `d_w d_x` per block (the single-token kernel's
+    /// product, same rounding) and accumulated per lane.
+    #[inline(always)]
+    unsafe fn step(u: &UnpackedPair, xp: &QPair, acc: &mut __m512) {
+        let s = _mm512_dpbusd_epi32(u.neg, xp.qs, u.w);
+        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(u.dw, xp.d), *acc);
+    }
+}
+
 impl Kernel for Q8_0 {
     type Src = BlockQ8x32;
-    type X = QPair;
-    const TS: usize = 34;
 
-    fn units(nb: usize) -> usize {
+    fn x_units(nb: usize) -> usize {
         nb.div_ceil(2)
+    }
+
+    fn rows(w: &[u8], nb: usize) -> Self::M<'_> {
+        Rows { w, nb, ts: 34 }
     }
 
     #[inline]
@@ -486,34 +520,5 @@ impl Kernel for Q8_0 {
             let qs = _mm512_xor_si512(two_blocks(a.qs.as_ptr() as *const u8, hi), flip);
             dst.add(p).write(QPair { qs, d: halves(a.d, db) });
         }
-    }
-
-    /// Per pair of blocks: `S = Σ (x + 128) w - 128 Σ w = Σ x w` per lane,
-    /// exact; scaled by `d_w d_x` per block (the single-token kernel's
-    /// product, same rounding) and accumulated per lane.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn dot<const N: usize>(row: *const u8, xs: [*const QPair; N], nb: usize) -> [f32; N] {
-        let u128s = _mm512_set1_epi8(-128);
-        let mut acc = [_mm512_setzero_ps(); N];
-        for p in 0..nb.div_ceil(2) {
-            let b = row.add(2 * p * 34);
-            // The second block of the last pair may be past the row's end.
-            let (hi, dw1) = if 2 * p + 1 < nb { (b.add(36), f16_at(b.add(34))) } else { (std::ptr::null(), 0.0) };
-            let w = two_blocks(b.add(2), hi);
-            let dw = halves(f16_at(b), dw1);
-            // -128 Σ w per lane, shared by the group's tokens.
-            let neg = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), u128s, w));
-            for t in 0..N {
-                let xp = &*xs[t].add(p);
-                let s = _mm512_dpbusd_epi32(neg, xp.qs, w);
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, xp.d), acc[t]);
-            }
-        }
-        let mut out = [0.0; N];
-        for (o, a) in out.iter_mut().zip(acc) {
-            *o = hsum(a);
-        }
-        out
     }
 }
