@@ -40,6 +40,7 @@ use qmoe_core::GgmlType;
 use super::scales_mins_k4;
 use crate::ggml::IQ4_LEVELS;
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
+use crate::simd::scratch::Scratch;
 
 // How far ahead of the row being multiplied the row loop keeps software
 // prefetches: the lead `avx2.rs` measured best.
@@ -56,7 +57,7 @@ pub(super) fn has_kernel(ty: GgmlType) -> bool {
 /// at a time, the weight bytes up to [`PREFETCH_BYTES`] past the row's end
 /// (never past the matrix).
 macro_rules! rows {
-    ($w:expr, $x:expr, $y:expr, $ts:expr, $dot:ident) => {{
+    ($w:expr, $x:expr, $y:expr, $ts:expr, $dot:expr $(, $arg:expr)*) => {{
         let (w, x, y): (&[u8], _, &mut [f32]) = ($w, $x, $y);
         let row_bytes = x.len() * $ts;
         let base = w.as_ptr();
@@ -67,7 +68,7 @@ macro_rules! rows {
                 _mm_prefetch::<_MM_HINT_T0>(base.add(fetched) as *const i8);
                 fetched += 64;
             }
-            *yr = $dot(base.add(r * row_bytes), x);
+            *yr = $dot(base.add(r * row_bytes), x $(, $arg)*);
         }
     }};
 }
@@ -80,8 +81,15 @@ macro_rules! rows {
 pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f32]) {
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
-        GgmlType::Q4K => rows!(w, x, y, 144, dot_q4_k),
-        GgmlType::Q5K => rows!(w, x, y, 176, dot_q5_k),
+        GgmlType::Q4K | GgmlType::Q5K => {
+            let mut scratch = Scratch::default();
+            let xp = prep_q45(x, &mut scratch);
+            if ty == GgmlType::Q4K {
+                rows!(w, x, y, 144, dot_q45_k::<false>, xp)
+            } else {
+                rows!(w, x, y, 176, dot_q45_k::<true>, xp)
+            }
+        }
         GgmlType::Q6K => rows!(w, x, y, 210, dot_q6_k),
         GgmlType::IQ4XS => rows!(w, x, y, 136, dot_iq4_xs),
         ty => unreachable!("avx512::gemv_q8k: {ty} has no kernel here (checked by the caller)"),
@@ -298,63 +306,110 @@ unsafe fn dot_q4_0(row: *const u8, x: &[BlockQ8x32]) -> f32 {
 
 // ---- 256-value super-blocks (Q8K activations) -----------------------------------
 
-/// Q4_K / Q5_K: 64-value chunk `p` is sub-blocks `2p` (low nibbles of the 32
-/// bytes `qs[32p..]`) and `2p + 1` (their high nibbles), whose activations
-/// are contiguous: the 32 bytes go to both halves, the high half shifted a
-/// nibble down. Q5_K's fifth bit of value `l` of sub-block `j` is bit `j`
-/// of `qh[l]`.
+/// Q4_K / Q5_K, with the sub-block scales applied once per block.
+///
+/// The 128 code bytes are chunks `a = 0..4` of 32 bytes, byte `l` of chunk
+/// `a` holding value `l` of sub-block `2a` (low nibble) and `2a + 1` (high).
+/// Register `J` (0, 1) gathers qword `i` (0..8) from chunk `i % 4`, bytes
+/// `8 j ..` with `j = 2J + i / 4`, so its low nibbles put sub-block
+/// `2 (i % 4)` in lanes `2i, 2i + 1` and its high nibbles sub-block
+/// `2 (i % 4) + 1`: the same lanes hold the same sub-blocks in both
+/// registers. Their `vpdpbusd` (against the activations laid out to match,
+/// [`XQ45`]) add up in two accumulators, eight products per lane (at most
+/// `8 · 31 · 127 < 2^15`, one i16), and one `vpdpwssd` each scales them:
+/// per block 4 `vpdpbusd` and 2 `vpdpwssd`, against 4 `vpdpbusd`, 4
+/// permutes and 4 `vpdpwssd` when each 64-value chunk keeps its natural
+/// order. Q5_K's fifth bit of value `l` of sub-block `s` is bit `s` of
+/// `qh[l]`, gathered per qword the same way.
+///
+/// # Safety
+/// `xp` holds [`prep_q45`] of `x`; the rest as the other dots.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dot_q45_k<const FIVE: bool>(row: *const u8, x: &[BlockQ8K]) -> f32 {
+unsafe fn dot_q45_k<const FIVE: bool>(row: *const u8, x: &[BlockQ8K], xp: *const XQ45) -> f32 {
     let (ts, qs_at) = if FIVE { (176, 48) } else { (144, 16) };
     let m4 = _mm512_set1_epi8(0x0F);
+    let sixteen = _mm512_set1_epi8(16);
+    // Qword i of register J: chunk i % 4 (qwords 4a.. of the two loads), qword 2J + i / 4 in it.
+    let gather = [0, 1].map(|jj| {
+        let q: [i64; 8] = std::array::from_fn(|i| (4 * (i % 4) + 2 * jj + i / 4) as i64);
+        _mm512_loadu_si512(q.as_ptr() as *const __m512i)
+    });
+    let gather_qh = [0, 1].map(|jj| {
+        let q: [i64; 8] = std::array::from_fn(|i| (2 * jj + i / 4) as i64);
+        _mm512_loadu_si512(q.as_ptr() as *const __m512i)
+    });
+    // Bit 2 (i % 4) (the low nibbles' sub-block) and the next (the high) of each byte of qword i.
+    let bits = [0, 1].map(|h| {
+        let q: [u8; 64] = std::array::from_fn(|b| 1u8 << (2 * ((b / 8) % 4) + h));
+        _mm512_loadu_si512(q.as_ptr() as *const __m512i)
+    });
+    // Scale lanes: [s0, s0, s2, s2, s4, s4, s6, s6] twice (low nibbles), the odd ones (high).
+    let lane_sc = [0, 1].map(|h| {
+        let q: [i8; 16] = std::array::from_fn(|l| (2 * ((l / 2) % 4) + h) as i8);
+        _mm_loadu_si128(q.as_ptr() as *const __m128i)
+    });
     let mut acc = _mm512_setzero_ps();
     for (i, xb) in x.iter().enumerate() {
         let b = row.add(i * ts);
-        let xq = xb.qs.as_ptr() as *const u8;
+        let xq = &*xp.add(i);
         let d = f16_at(b) * xb.d;
         let dmin = f16_at(b.add(2)) * xb.d;
         let (sc, m) = scales_mins_k4(&*(b.add(4) as *const [u8; 12]));
         // Σ_j m_j B_j: mins [m0, m0, m1, m1, ..] as i16 against the 16 group sums.
         let m8 = _mm_cvtsi64_si128(m as i64);
         let summ = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)), bsums(xb));
-        // Scale j (0..64) in lane j, its high i16 zero (for vpdpwssd).
-        let scales = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128(sc as i64));
-        let qh = if FIVE { bcast256(b.add(16)) } else { _mm512_setzero_si512() };
-        let mut sumi = _mm512_setzero_si512();
-        for p in 0..4 {
-            let q = bcast256(b.add(qs_at + 32 * p));
-            let mut c = _mm512_and_si512(_mm512_mask_srli_epi16::<4>(q, 0xFFFF_0000, q), m4);
+        // Each lane's scale (0..64) as i32, its high i16 zero (for vpdpwssd).
+        let sc8 = _mm_cvtsi64_si128(sc as i64);
+        let scales = lane_sc.map(|l| _mm512_cvtepu8_epi32(_mm_shuffle_epi8(sc8, l)));
+        let (q0, q1) = (load512(b.add(qs_at)), load512(b.add(qs_at + 64)));
+        let qh = if FIVE { _mm512_castsi256_si512(load256(b.add(16))) } else { _mm512_setzero_si512() };
+        let (mut lo, mut hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        for jj in 0..2 {
+            let z = _mm512_permutex2var_epi64(q0, gather[jj], q1);
+            let mut cl = _mm512_and_si512(z, m4);
+            let mut ch = _mm512_and_si512(_mm512_srli_epi16::<4>(z), m4);
             if FIVE {
-                // Bit 2p of qh (low half, sub-block 2p) or 2p + 1 (high half) adds 16.
-                let bit = _mm512_mask_blend_epi64(
-                    0xF0,
-                    _mm512_set1_epi8((1u8 << (2 * p)) as i8),
-                    _mm512_set1_epi8((1u8 << (2 * p + 1)) as i8),
-                );
-                let set = _mm512_test_epi8_mask(qh, bit);
-                c = _mm512_mask_add_epi8(c, set, c, _mm512_set1_epi8(16));
+                let h = _mm512_permutexvar_epi64(gather_qh[jj], qh);
+                cl = _mm512_mask_add_epi8(cl, _mm512_test_epi8_mask(h, bits[0]), cl, sixteen);
+                ch = _mm512_mask_add_epi8(ch, _mm512_test_epi8_mask(h, bits[1]), ch, sixteen);
             }
-            // Four-code sums ≤ 4 · 31 · 127: one i16 each, times the scale.
-            let s = dot4(c, load512(xq.add(64 * p)));
-            sumi = _mm512_dpwssd_epi32(sumi, s, pair_lanes(scales, p));
+            lo = _mm512_dpbusd_epi32(lo, cl, xq.lo[jj]);
+            hi = _mm512_dpbusd_epi32(hi, ch, xq.hi[jj]);
         }
+        let sumi = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(_mm512_setzero_si512(), lo, scales[0]), hi, scales[1]);
         acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
         acc = _mm512_fnmadd_ps(_mm512_set1_ps(dmin), _mm512_cvtepi32_ps(widen(summ)), acc);
     }
     _mm512_reduce_add_ps(acc)
 }
 
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dot_q4_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
-    dot_q45_k::<false>(row, x)
+/// One Q8K block's codes in [`dot_q45_k`]'s order: `lo[J]` qword `i` holds
+/// values `8 j ..` (`j = 2J + i / 4`) of sub-block `2 (i % 4)`, `hi[J]` of
+/// sub-block `2 (i % 4) + 1`.
+#[repr(C, align(64))]
+pub(super) struct XQ45 {
+    lo: [__m512i; 2],
+    hi: [__m512i; 2],
 }
 
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dot_q5_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
-    dot_q45_k::<true>(row, x)
+/// `x` as [`XQ45`]s in `scratch` (valid until its next use).
+fn prep_q45(x: &[BlockQ8K], scratch: &mut Scratch) -> *const XQ45 {
+    // The same bytes as plain qwords: `lo[0], lo[1], hi[0], hi[1]`.
+    let p = scratch.room::<[[u64; 8]; 4]>(x.len());
+    for (k, xb) in x.iter().enumerate() {
+        let mut v = [[0u64; 8]; 4];
+        for (r, reg) in v.iter_mut().enumerate() {
+            let (half, jj) = (r / 2, r % 2);
+            for (i, q) in reg.iter_mut().enumerate() {
+                let at = 32 * (2 * (i % 4) + half) + 8 * (2 * jj + i / 4);
+                *q = u64::from_le_bytes(std::array::from_fn(|e| xb.qs[at + e] as u8));
+            }
+        }
+        // SAFETY: `p` has room for `x.len()` values.
+        unsafe { p.add(k).write(v) };
+    }
+    p as *const XQ45
 }
 
 /// Q6_K: per 128-value half `n`, the 64 bytes `ql[64n..]` hold the low
