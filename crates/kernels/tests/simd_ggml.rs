@@ -247,10 +247,12 @@ fn every_level_matches_the_scalar_twin() {
     for_grid(levels_match_the_twin);
 }
 
-/// The types with AVX-512 kernels (`ggml_dot/avx512.rs`) on a smaller
+/// The types with AVX-512 gemv kernels (`ggml_dot/avx512.rs`) on a smaller
 /// grid, for `tools/test-avx512.sh`, which runs under an emulated CPU where
 /// the full grid of every type takes long. 7 blocks take every path of the
-/// 32-wide loop (four blocks a step, a pair, a single block).
+/// 32-wide loop (four blocks a step, a pair, a single block). Q6_K runs its
+/// AVX2 gemv at that level (it stays here so the emulated run checks it
+/// there too).
 #[test]
 fn vnni_types_match_the_scalar_twin() {
     use GgmlType::*;

@@ -1,9 +1,9 @@
 //! The loop every x86 many-token int8 kernel shares (ggml types in
 //! `ggml_dot/avx2/multi` and `ggml_dot/multi/avx512.rs`, MLX affine in
-//! `affine_multi`): a
-//! unit of weight blocks (one 256-value block, or a run of eight 32-value
-//! blocks) is unpacked once, into registers, then each token of the group
-//! takes one step against it ([`super::steps`]).
+//! `affine_multi`): a unit of weight blocks (one 256-value block, or a run
+//! of eight 32-value blocks) is unpacked once, into registers, then each
+//! token of the group takes one step against it (at the AVX2 level
+//! [`super::steps`]).
 //!
 //! When a call has more than one token group, the first group also writes
 //! each unit as it unpacked it to a per-thread buffer (`scratch::Kept`),
@@ -133,8 +133,9 @@ macro_rules! level {
             /// group's activation units given by `prep(t0, n)` (a pointer to token
             /// `t0`'s and the distance from one token's to the next's). Token groups run
             /// outside, then column chunks sized so that the group's activation units of
-            /// a chunk stay in L1 ([`crate::simd::columns::L1_ACTS`]: a row of 4096 columns is two
-            /// chunks of Q4_K for 8 tokens, chunk partial sums added in `y`), then rows:
+            /// a chunk stay in L1 ([`crate::simd::columns::L1_ACTS`]: a row of 4096
+            /// columns is two chunks of Q4_K for 8 tokens at the AVX2 level, chunk
+            /// partial sums added in `y`), then rows:
             /// the driver's run of rows stays in L2. The first group streams the rows
             /// from memory (with the single-token kernels' prefetch) and keeps their
             /// unpacked units; the later groups load those. A call with more rows than

@@ -1,7 +1,14 @@
-//! AVX-512 F/BW/VL + VNNI kernels (Ice Lake, Sapphire Rapids, Zen 4 and
-//! later) for Q8_0, Q4_0, Q4_K, Q5_K, Q6_K and IQ4_XS; every other type runs
+//! AVX-512 F/BW/VL + VNNI gemv kernels (Ice Lake, Sapphire Rapids, Zen 4
+//! and later) for Q8_0, Q4_0, Q4_K, Q5_K and IQ4_XS; every other type runs
 //! its AVX2 kernel at [`Level::Avx512`](crate::simd::Level::Avx512)
 //! ([`has_kernel`] tells the caller which).
+//!
+//! Q6_K had a kernel here (chunks of 64 codes in their stored order, each
+//! scaled by a permute and a `vpdpwssd`) and lost it to the AVX2 one: on a
+//! Zen 4 (`examples/gemv_ggml.rs 256 q6_k`, 1 thread, mean of 5 runs)
+//! 17.2 GB/s against 21.1. Its codes take more work to unpack than Q4_K's
+//! (two bits from `qh` per byte), and a constant lane order would cost a
+//! permute per register.
 //!
 //! The integer core is `vpdpbusd`: unsigned weight bytes times signed
 //! activation codes, four adjacent products summed into each i32 lane and
@@ -14,24 +21,22 @@
 //!   `off · Σ x` comes from a second `vpdpbusd` against the constant `off`;
 //! * IQ4_XS looks its nibbles up in the level table plus 128 (1..=241) and
 //!   takes `128 Σ_j ls_j B_j` off through `bsums`;
-//! * Q4_K / Q5_K codes are unsigned already; Q6_K's codes are multiplied
-//!   unsigned (0..64) and the `- 32` comes off through `bsums`, as at the
-//!   other levels.
+//! * Q4_K / Q5_K codes are unsigned already.
 //!
 //! 512-bit registers hold 64 values: two 32-value blocks (Q8_0, Q4_0: each
 //! half scaled in f32 by its own block's `d_w d_x`) or a quarter of a
 //! 256-value super-block. The k-quants' per-(sub-)block integer scales are
-//! applied with `vpdpwssd`: the four-product sums of a `vpdpbusd` on
-//! Q4_K / Q5_K / Q6_K codes fit in i16 (at most `4 · 63 · 127 = 32004`), so
-//! a lane times an i32 scale whose high i16 is zero is one i16 product, and
-//! `vpdpwssd` multiplies and accumulates it. IQ4_XS's sums do not fit i16
+//! applied with `vpdpwssd`: the sums of a `vpdpbusd` on Q4_K / Q5_K codes
+//! fit in i16 (at most `8 · 31 · 127 = 31496`: two `vpdpbusd` add up per
+//! lane in [`dot_q45_k`]), so a lane times an i32 scale whose high i16 is
+//! zero is one i16 product, and `vpdpwssd` multiplies and accumulates it. IQ4_XS's sums do not fit i16
 //! (`4 · 241 · 127`), so its scales go through `vpmulld`.
 //!
 //! Rows are streamed in order with software prefetch, as the AVX2 level does.
 //!
-//! No machine here has AVX-512: `tests/simd_ggml.rs` checks these kernels
-//! against the scalar twin under an emulated Tiger Lake CPU, run by
-//! `tools/test-avx512.sh simd_ggml`.
+//! `tests/simd_ggml.rs` checks these kernels against the scalar twin on any
+//! CPU that has the level, and `tools/test-avx512.sh simd_ggml` runs it
+//! under an emulated Tiger Lake CPU on machines without it.
 
 use std::arch::x86_64::*;
 
@@ -49,7 +54,7 @@ use crate::simd::PREFETCH_BYTES;
 /// Whether `ty` has a kernel here (the others run their AVX2 kernel).
 pub(super) fn has_kernel(ty: GgmlType) -> bool {
     use GgmlType::*;
-    matches!(ty, Q8_0 | Q4_0 | Q4K | Q5K | Q6K | IQ4XS)
+    matches!(ty, Q8_0 | Q4_0 | Q4K | Q5K | IQ4XS)
 }
 
 /// The row loop, expanded inside each `#[target_feature]` function so the
@@ -75,7 +80,7 @@ macro_rules! rows {
 
 /// # Safety
 /// The CPU runs AVX-512 F/BW/VL + VNNI, AVX2, FMA and F16C; `ty` is one of
-/// Q4_K, Q5_K, Q6_K, IQ4_XS; `w` is exactly `y.len()` rows of `x.len()`
+/// Q4_K, Q5_K, IQ4_XS; `w` is exactly `y.len()` rows of `x.len()`
 /// blocks of `ty`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f32]) {
@@ -90,7 +95,6 @@ pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f
                 rows!(w, x, y, 176, dot_q45_k::<true>, xp)
             }
         }
-        GgmlType::Q6K => rows!(w, x, y, 210, dot_q6_k),
         GgmlType::IQ4XS => rows!(w, x, y, 136, dot_iq4_xs),
         ty => unreachable!("avx512::gemv_q8k: {ty} has no kernel here (checked by the caller)"),
     }
@@ -145,13 +149,6 @@ unsafe fn load_2x256(lo: *const u8, hi: *const u8) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(load256(lo)), load256(hi))
 }
 
-/// The 32 bytes at `p` in both 256-bit halves.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn bcast256(p: *const u8) -> __m512i {
-    _mm512_broadcast_i64x4(load256(p))
-}
-
 /// Unsigned bytes `c` times signed bytes `x`, each group of four summed
 /// into its i32 lane (`vpdpbusd` on a zero accumulator).
 #[inline]
@@ -173,15 +170,6 @@ unsafe fn dot4_256(c: __m256i, x: __m256i) -> __m256i {
 unsafe fn pair_lanes(v: __m512i, p: usize) -> __m512i {
     let idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     _mm512_permutexvar_epi32(_mm512_add_epi32(idx, _mm512_set1_epi32(2 * p as i32)), v)
-}
-
-/// Lanes `[v[4c] × 4, .., v[4c + 3] × 4]` of `v`: the values of the four
-/// 16-value groups that 64-value chunk `c` of a super-block covers.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn quad_lanes(v: __m512i, c: usize) -> __m512i {
-    let idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    _mm512_permutexvar_epi32(_mm512_add_epi32(idx, _mm512_set1_epi32(4 * c as i32)), v)
 }
 
 /// The 16 activation code sums of 16-value groups, as i16.
@@ -410,50 +398,6 @@ fn prep_q45(x: &[BlockQ8K], scratch: &mut Scratch) -> *const XQ45 {
         unsafe { p.add(k).write(v) };
     }
     p as *const XQ45
-}
-
-/// Q6_K: per 128-value half `n`, the 64 bytes `ql[64n..]` hold the low
-/// nibbles of runs 0 (low 32 bytes) and 1 (high 32), their high nibbles
-/// runs 2 and 3; the 32 bytes `qh[32n..]` hold bit pair `k` of run `k`. So
-/// one 512-bit load of `ql` makes the chunk of runs 0 + 1 and the chunk of
-/// runs 2 + 3, with `qh` in both halves, the high half shifted down a pair.
-/// Codes 0..64 are multiplied unsigned; `- 32` comes off through `bsums`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dot_q6_k(row: *const u8, x: &[BlockQ8K]) -> f32 {
-    let m4 = _mm512_set1_epi8(0x0F);
-    let m30 = _mm512_set1_epi8(0x30);
-    let mut acc = _mm512_setzero_ps();
-    for (i, xb) in x.iter().enumerate() {
-        let b = row.add(i * 210);
-        let xq = xb.qs.as_ptr() as *const u8;
-        let d = f16_at(b.add(208)) * xb.d;
-        let sc = load128(b.add(192));
-        // Σ_g sc_g B_g, for the offset.
-        let offs = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc), bsums(xb));
-        // Scale g as i16 in lane g, high i16 zero (for vpdpwssd).
-        let scales = _mm512_and_si512(_mm512_cvtepi8_epi32(sc), _mm512_set1_epi32(0xFFFF));
-        let mut sumi = _mm512_setzero_si512();
-        for n in 0..2 {
-            let ql = load512(b.add(64 * n));
-            let qh = bcast256(b.add(128 + 32 * n));
-            // Low half: pairs 0 and 2 at bits 0-1 and 4-5; high half: pairs 1 and 3.
-            let qh = _mm512_mask_srli_epi16::<2>(qh, 0xFFFF_0000, qh);
-            let chunks = [
-                _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_slli_epi16::<4>(qh), m30)),
-                _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4), _mm512_and_si512(qh, m30)),
-            ];
-            for (t, c) in chunks.into_iter().enumerate() {
-                // Chunk 2n + t: groups 4(2n + t)..; four-code sums ≤ 4 · 63 · 127 < 2^15.
-                let k = 2 * n + t;
-                let s = dot4(c, load512(xq.add(64 * k)));
-                sumi = _mm512_dpwssd_epi32(sumi, s, quad_lanes(scales, k));
-            }
-        }
-        let sumi = _mm512_sub_epi32(sumi, widen(_mm256_slli_epi32::<5>(offs)));
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
-    }
-    _mm512_reduce_add_ps(acc)
 }
 
 /// IQ4_XS's eight sub-block scales `ls_j - 32` as i32: `ls_j` is nibble `j`

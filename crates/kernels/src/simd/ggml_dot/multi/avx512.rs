@@ -8,11 +8,12 @@
 //! (each lane adds a run of four products), with no intermediate
 //! saturation, so a lane can sum a whole group of a block exactly.
 //!
-//! Structure as at the AVX2 level (`avx2/multi.rs`): token groups outside
-//! ([`GROUP`], the rest in groups of at most 4), rows inside; each weight
-//! block is unpacked to byte codes once per group and multiplied with every
-//! token of the group; the group's activations are rearranged once into a
-//! per-thread scratch copy that every row of the run reads.
+//! The loop is the AVX2 level's, compiled for this level
+//! (`crate::simd::columns::unpacked`): token groups outside ([`GROUP`], the
+//! rest in groups of at most 4), column chunks, then rows; each weight block
+//! is unpacked to byte codes once, kept for the later token groups, and
+//! multiplied with every token of the group; each input's activations are
+//! rearranged once per thread (`scratch::Whole`).
 //!
 //! Layouts, chosen so that every `vpdpbusd` of a block leaves each i32 lane
 //! with values of one scale only:
