@@ -170,7 +170,7 @@ fn assert_twin(
     st_ref: &[f32],
     what: &str,
 ) {
-    if level == qmoe_kernels::simd::Level::Avx2 && blocked(s) {
+    if level.runs_avx2() && blocked(s) {
         let d_out = max_diff(out, out_ref) / max_abs(out_ref).max(1.0);
         let d_st = max_diff(st, st_ref) / max_abs(st_ref).max(1.0);
         assert!(d_out <= TWIN_TOL && d_st <= TWIN_TOL, "{what}: out {d_out:e} state {d_st:e}");
