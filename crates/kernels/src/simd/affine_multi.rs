@@ -65,6 +65,7 @@ pub fn gemm_affine(
 /// `i < rows.len()`, and nothing else accesses those elements during the call;
 /// an `acts_id` other than 0 always comes with the same `x` contents.
 #[allow(clippy::too_many_arguments)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub(crate) unsafe fn gemm_affine_raw(
     level: Level,
     w: &MatRef,

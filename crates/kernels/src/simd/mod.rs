@@ -48,6 +48,7 @@ use std::sync::OnceLock;
 /// affine kernels and the many-token kernels' first pass stream the same
 /// rows and use the same lead (not re-measured for AVX-512: no such machine
 /// here).
+#[cfg(target_arch = "x86_64")]
 pub(crate) const PREFETCH_BYTES: usize = 4096;
 
 /// The activation form a fast kernel consumes.
