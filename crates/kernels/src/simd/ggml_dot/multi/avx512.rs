@@ -130,15 +130,29 @@ impl Rows<'_> {
     }
 }
 
+/// The [`Unpacks`] items every type here shares: its matrix is [`Rows`],
+/// with `$units(nb)` units per row of `nb` blocks.
+macro_rules! rows_of_blocks {
+    ($units:expr) => {
+        type M<'a> = Rows<'a>;
+
+        fn units(m: &Rows) -> usize {
+            ($units)(m.nb)
+        }
+
+        fn stream<'a>(m: &Self::M<'a>) -> (&'a [u8], usize) {
+            (m.w, m.nb * m.ts)
+        }
+    };
+}
+
 /// One weight type: how its activations are prepared for the shared loop.
 trait Kernel: Unpacks<X: 'static> {
     /// Activation block as it comes (`BlockQ8K` or `BlockQ8x32`).
     type Src;
-    /// Prepared units per token of `nb` blocks.
-    fn x_units(nb: usize) -> usize;
     /// The call's matrix.
     fn rows(w: &[u8], nb: usize) -> Self::M<'_>;
-    /// Writes the `x_units(src.len())` units of one token's blocks at `dst`.
+    /// Writes one token's units (as many as a row of `src.len()` blocks has) at `dst`.
     ///
     /// # Safety
     /// The CPU runs this file's features; `dst` is valid for those writes.
@@ -154,7 +168,8 @@ trait Kernel: Unpacks<X: 'static> {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn gemm<K: Kernel>(w: &[u8], n_rows: usize, x: &[K::Src], n_tokens: usize, y: *mut f32, stride: usize, id: u64) {
     let nb = x.len() / n_tokens;
-    let units = K::x_units(nb);
+    let rows = K::rows(w, nb);
+    let units = K::units(&rows);
     let (mut scratch, mut whole) = (Scratch::default(), Whole::default());
     let prep_tokens = |tokens: std::ops::Range<usize>, p: *mut K::X| {
         for (i, t) in tokens.enumerate() {
@@ -172,7 +187,7 @@ unsafe fn gemm<K: Kernel>(w: &[u8], n_rows: usize, x: &[K::Src], n_tokens: usize
             (p as *const K::X, units)
         }
     };
-    groups::<K>(&K::rows(w, nb), 0..n_rows, n_tokens, GROUP, y, stride, &mut prep)
+    groups::<K>(&rows, 0..n_rows, n_tokens, GROUP, y, stride, &mut prep)
 }
 
 // ---- helpers ------------------------------------------------------------------
@@ -261,15 +276,7 @@ struct Unpacked45 {
 impl<const FIVE: bool> Unpacks for Q45K<FIVE> {
     type X = KBlock<false>;
     type U = Unpacked45;
-    type M<'a> = Rows<'a>;
-
-    fn units(m: &Self::M<'_>) -> usize {
-        m.nb
-    }
-
-    fn stream<'a>(m: &Self::M<'a>) -> (&'a [u8], usize) {
-        (m.w, m.nb * m.ts)
-    }
+    rows_of_blocks!(|nb: usize| nb);
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -342,15 +349,7 @@ struct Unpacked6 {
 impl Unpacks for Q6K {
     type X = KBlock<true>;
     type U = Unpacked6;
-    type M<'a> = Rows<'a>;
-
-    fn units(m: &Self::M<'_>) -> usize {
-        m.nb
-    }
-
-    fn stream<'a>(m: &Self::M<'a>) -> (&'a [u8], usize) {
-        (m.w, m.nb * m.ts)
-    }
+    rows_of_blocks!(|nb: usize| nb);
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -392,9 +391,6 @@ impl Unpacks for Q6K {
 
 impl<const FIVE: bool> Kernel for Q45K<FIVE> {
     type Src = BlockQ8K;
-    fn x_units(nb: usize) -> usize {
-        nb
-    }
     fn rows(w: &[u8], nb: usize) -> Self::M<'_> {
         Rows { w, nb, ts: if FIVE { 176 } else { 144 } }
     }
@@ -407,9 +403,6 @@ impl<const FIVE: bool> Kernel for Q45K<FIVE> {
 
 impl Kernel for Q6K {
     type Src = BlockQ8K;
-    fn x_units(nb: usize) -> usize {
-        nb
-    }
     fn rows(w: &[u8], nb: usize) -> Self::M<'_> {
         Rows { w, nb, ts: 210 }
     }
@@ -464,15 +457,7 @@ struct UnpackedPair {
 impl Unpacks for Q8_0 {
     type X = QPair;
     type U = UnpackedPair;
-    type M<'a> = Rows<'a>;
-
-    fn units(m: &Self::M<'_>) -> usize {
-        m.nb.div_ceil(2)
-    }
-
-    fn stream<'a>(m: &Self::M<'a>) -> (&'a [u8], usize) {
-        (m.w, m.nb * m.ts)
-    }
+    rows_of_blocks!(|nb: usize| nb.div_ceil(2));
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -498,10 +483,6 @@ impl Unpacks for Q8_0 {
 
 impl Kernel for Q8_0 {
     type Src = BlockQ8x32;
-
-    fn x_units(nb: usize) -> usize {
-        nb.div_ceil(2)
-    }
 
     fn rows(w: &[u8], nb: usize) -> Self::M<'_> {
         Rows { w, nb, ts: 34 }
