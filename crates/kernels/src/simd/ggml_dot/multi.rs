@@ -156,9 +156,10 @@ pub(crate) unsafe fn gemm_q8x32_raw(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if avx512_usable(level) && avx512::has_kernel(ty) {
-        // SAFETY: as in `gemm_q8k_raw`'s AVX-512 branch.
-        unsafe { avx512::gemm_q8x32(ty, w, n_rows, x, n_tokens, y, y_stride, acts_id) };
+    if avx512_usable(level) && ty == GgmlType::Q8_0 {
+        // SAFETY: as in `gemm_q8k_raw`'s AVX-512 branch (the CPU has
+        // AVX-512 VL + VNNI, checked just above).
+        unsafe { super::avx2::multi::vnni::gemm_q8_0(w, n_rows, x, n_tokens, y, y_stride, acts_id) };
         return;
     }
     if avx2_usable(level) {

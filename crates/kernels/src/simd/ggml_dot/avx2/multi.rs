@@ -27,6 +27,7 @@ use crate::simd::scratch::{Scratch, Whole};
 
 mod kquants;
 mod runs32;
+pub(crate) mod vnni;
 
 use kquants::{transposed, IQ4XS, Q2K, Q3K, Q45K, Q6K};
 use runs32::{transposed32, IQ4NLRuns, Q40Runs, Q41Runs, Q50Runs, Q51Runs, Q80Runs};
@@ -122,8 +123,8 @@ pub(crate) trait BlockUnits {
 
 /// A call's rows: `w` holds rows of `nb` blocks each.
 pub(crate) struct BlockRows<'a> {
-    w: &'a [u8],
-    nb: usize,
+    pub(super) w: &'a [u8],
+    pub(super) nb: usize,
 }
 
 impl<K: BlockUnits> Unpacks for K {

@@ -1,5 +1,9 @@
-//! AVX-512 many-token kernels (F/BW/VL + VNNI) for Q8_0, Q4_K, Q5_K and
-//! Q6_K; every other type runs the AVX2 many-token kernel at this level.
+//! AVX-512 many-token kernels (F/BW/VL + VNNI) for Q4_K, Q5_K and Q6_K;
+//! Q8_0 runs the AVX2 layout with 256-bit `vpdpbusd` at this level
+//! (`avx2/multi/vnni.rs`: it had a 512-bit kernel here, which scaled every
+//! pair of blocks on its own and ran at half the rate, 101.8 against 203.8
+//! GFLOP/s in `prefill_gemm q8_0` on a Zen 4), and every other type its
+//! AVX2 many-token kernel.
 //!
 //! Why a separate level: on AVX2 an int8 product costs `vpmaddubsw` (u8 x
 //! s8, pairs to i16) plus `vpmaddwd` (to i32) per 32 multiply-adds, and the
@@ -24,22 +28,16 @@
 //!   holds the exact integer dot of group `k`, and one per-lane f32 vector
 //!   scales it: `d sc_{k/2}` for Q4_K / Q5_K (32-value sub-blocks), `d sc_k`
 //!   for Q6_K.
-//! * Q8_0 ([`QPair`]): two 32-value blocks per register (lanes 0..8 and
-//!   8..16), scaled by a vector holding each block's `d_w d_x` on its lanes.
 //!
 //! `vpdpbusd` multiplies unsigned bytes (first operand) by signed ones:
 //! * Q4_K / Q5_K codes are unsigned; their mins go through `bsums` in f32;
 //! * Q6_K codes `0..64` are multiplied unsigned; the accumulator starts at
 //!   `-32 * bsums[k]` (prepared once per group), so the `- 32` offset is
-//!   taken in the exact integer sum, as the other levels take it;
-//! * Q8_0 weights are signed, so the roles swap: the activations (`-127..=
-//!   127`) get `+128` in the prepared copy (u8 `1..=255`), and each weight
-//!   block's `128 Σ w`, one `vpdpbusd` against 128s shared by the group's
-//!   tokens, is subtracted by starting the accumulator at its negation.
+//!   taken in the exact integer sum, as the other levels take it.
 //!
 //! Every (block, token) integer sum equals the single-token kernels'; only
 //! the f32 scaling and summation order differ, so results agree with
-//! [`crate::simd::ggml_dot::gemv_q8k`] / `gemv_q8x32` to float rounding.
+//! [`crate::simd::ggml_dot::gemv_q8k`] to float rounding.
 
 use std::arch::x86_64::*;
 
@@ -47,7 +45,7 @@ use qmoe_core::GgmlType;
 
 use super::super::avx512::{f16_at, load256, load512};
 use super::super::scales_mins_k4;
-use crate::simd::act::{BlockQ8K, BlockQ8x32};
+use crate::simd::act::BlockQ8K;
 use crate::simd::columns::unpacked::avx512::{groups, Unpacks};
 use crate::simd::scratch::{Scratch, Whole};
 
@@ -59,7 +57,7 @@ const GROUP: usize = 8;
 
 /// Whether `ty` has a kernel here.
 pub(super) fn has_kernel(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K)
+    matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K)
 }
 
 /// # Safety
@@ -86,27 +84,6 @@ pub(super) unsafe fn gemm_q8k(
         GgmlType::Q5K => gemm::<Q45K<true>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
         GgmlType::Q6K => gemm::<Q6K>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
         _ => unreachable!("avx512 gemm_q8k: {ty} (checked by the caller)"),
-    }
-}
-
-/// # Safety
-/// As [`gemm_q8k`], for Q8_0 with Q8x32 activations.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(super) unsafe fn gemm_q8x32(
-    ty: GgmlType,
-    w: &[u8],
-    n_rows: usize,
-    x: &[BlockQ8x32],
-    n_tokens: usize,
-    y: *mut f32,
-    y_stride: usize,
-    acts_id: u64,
-) {
-    match ty {
-        // SAFETY: the caller's contract, passed on unchanged.
-        GgmlType::Q8_0 => gemm::<Q8_0>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
-        _ => unreachable!("avx512 gemm_q8x32: {ty} (checked by the caller)"),
     }
 }
 
@@ -148,7 +125,7 @@ macro_rules! rows_of_blocks {
 
 /// One weight type: how its activations are prepared for the shared loop.
 trait Kernel: Unpacks<X: 'static> {
-    /// Activation block as it comes (`BlockQ8K` or `BlockQ8x32`).
+    /// Activation block as it comes (`BlockQ8K`).
     type Src;
     /// The call's matrix.
     fn rows(w: &[u8], nb: usize) -> Self::M<'_>;
@@ -410,97 +387,5 @@ impl Kernel for Q6K {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn prep(src: &[BlockQ8K], dst: *mut KBlock<true>) {
         prep_k::<true>(src, dst)
-    }
-}
-
-// ---- Q8_0: 32-value blocks, two per register --------------------------------------
-
-/// Two prepared Q8x32 blocks (`2p`, `2p + 1`): codes plus 128 as u8 (the
-/// unsigned operand of `vpdpbusd`), and each block's `d` on its eight
-/// lanes. A missing second block (odd count) has codes 128 and `d = 0`.
-#[repr(C, align(64))]
-struct QPair {
-    qs: __m512i,
-    d: __m512,
-}
-
-/// `[a; 8]` then `[b; 8]`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn halves(a: f32, b: f32) -> __m512 {
-    _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b))
-}
-
-/// 32 code bytes of two blocks, the second absent (zero) when `hi` is null.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn two_blocks(lo: *const u8, hi: *const u8) -> __m512i {
-    let v = _mm512_inserti64x4::<0>(_mm512_setzero_si512(), load256(lo));
-    if hi.is_null() {
-        v
-    } else {
-        _mm512_inserti64x4::<1>(v, load256(hi))
-    }
-}
-
-struct Q8_0;
-
-/// A pair of Q8_0 blocks as the steps take it: the codes, each block's
-/// `d_w` on its lanes, and `-128 Σ w` per lane (shared by the tokens).
-#[repr(C, align(64))]
-struct UnpackedPair {
-    w: __m512i,
-    dw: __m512,
-    neg: __m512i,
-}
-
-impl Unpacks for Q8_0 {
-    type X = QPair;
-    type U = UnpackedPair;
-    rows_of_blocks!(|nb: usize| nb.div_ceil(2));
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn unpack(m: &Self::M<'_>, r: usize, p: usize) -> UnpackedPair {
-        let b = m.block(r, 2 * p);
-        // The second block of the last pair may be past the row's end.
-        let (hi, dw1) = if 2 * p + 1 < m.nb { (b.add(36), f16_at(b.add(34))) } else { (std::ptr::null(), 0.0) };
-        let w = two_blocks(b.add(2), hi);
-        let dw = halves(f16_at(b), dw1);
-        let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), w);
-        UnpackedPair { w, dw, neg: _mm512_sub_epi32(_mm512_setzero_si512(), sums) }
-    }
-
-    /// Per pair of blocks: `S = Σ (x + 128) w - 128 Σ w = Σ x w` per lane,
-    /// exact; scaled by `d_w d_x` per block (the single-token kernel's
-    /// product, same rounding) and accumulated per lane.
-    #[inline(always)]
-    unsafe fn step(u: &UnpackedPair, xp: &QPair, acc: &mut __m512) {
-        let s = _mm512_dpbusd_epi32(u.neg, xp.qs, u.w);
-        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(u.dw, xp.d), *acc);
-    }
-}
-
-impl Kernel for Q8_0 {
-    type Src = BlockQ8x32;
-
-    fn rows(w: &[u8], nb: usize) -> Self::M<'_> {
-        Rows { w, nb, ts: 34 }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn prep(src: &[BlockQ8x32], dst: *mut QPair) {
-        let flip = _mm512_set1_epi8(-128);
-        for (p, pair) in src.chunks(2).enumerate() {
-            let a = &pair[0];
-            let (hi, db) = match pair.get(1) {
-                Some(b) => (b.qs.as_ptr() as *const u8, b.d),
-                None => (std::ptr::null(), 0.0),
-            };
-            // -127..=127 to 1..=255 (the missing block's zeros to 128).
-            let qs = _mm512_xor_si512(two_blocks(a.qs.as_ptr() as *const u8, hi), flip);
-            dst.add(p).write(QPair { qs, d: halves(a.d, db) });
-        }
     }
 }

@@ -1,0 +1,131 @@
+//! Q8_0 on runs of eight blocks with 256-bit `vpdpbusd` (CPUs with AVX-512
+//! VL + VNNI), in the AVX2 layout and loop: lane `k` of every column is
+//! block `k` of the run, so one (run, token) step is eight `vpdpbusd` into
+//! one i32 register and a single scaling, where the 512-bit kernel
+//! (`ggml_dot/multi/avx512.rs`) scales every pair of blocks on its own and
+//! the AVX2 one needs a sign trick and a widening per column.
+//!
+//! `vpdpbusd` takes unsigned bytes first: the weights go in as `w + 128`
+//! (their top bit flipped, once per kept run) and the activations as they
+//! are, and the step starts from `-128 Σ x` per block, prepared with the
+//! token's run, so each lane's i32 sum is exactly `Σ w x`.
+
+use std::arch::x86_64::*;
+
+use super::super::{f16_at, load256};
+use super::BlockRows;
+use crate::simd::act::BlockQ8x32;
+use crate::simd::columns::steps::{self, Cols};
+use crate::simd::columns::transpose8;
+use crate::simd::columns::unpacked::avx2_vnni::{groups, Unpacks};
+use crate::simd::scratch::{Scratch, Whole};
+
+/// Eight activation blocks of one token for [`Q80Vnni`]: the codes
+/// transposed as in `TRun`, `-128 Σ x` per block and the scales.
+#[repr(C, align(32))]
+pub(crate) struct XRunV {
+    cols: [__m256i; 8],
+    neg: __m256i,
+    d: __m256,
+}
+
+/// A run of eight Q8_0 blocks as the steps take it: `w + 128` transposed,
+/// and each block's `d` on its lane.
+#[repr(C, align(32))]
+pub(crate) struct UnpackedV {
+    w: [__m256i; 8],
+    d: __m256,
+}
+
+/// Q8_0 runs of eight blocks with 256-bit VNNI steps.
+pub(crate) struct Q80Vnni;
+
+impl Unpacks for Q80Vnni {
+    type X = XRunV;
+    type U = UnpackedV;
+    type M<'a> = BlockRows<'a>;
+
+    fn units(m: &BlockRows) -> usize {
+        m.nb.div_ceil(8)
+    }
+
+    fn stream<'a>(m: &Self::M<'a>) -> (&'a [u8], usize) {
+        (m.w, m.nb * 34)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(m: &BlockRows, r: usize, i: usize) -> UnpackedV {
+        let here = (m.nb - 8 * i).min(8);
+        let b = m.w.as_ptr().add((r * m.nb + 8 * i) * 34);
+        let flip = _mm256_set1_epi8(i8::MIN);
+        // An absent block: codes 0 (128 after the flip) against zero activations, d 0.
+        let rows = std::array::from_fn(|k| if k < here { load256(b.add(k * 34 + 2)) } else { _mm256_setzero_si256() });
+        let d: [f32; 8] = std::array::from_fn(|k| if k < here { f16_at(b.add(k * 34)) } else { 0.0 });
+        UnpackedV { w: transpose8(rows).map(|c| _mm256_xor_si256(c, flip)), d: _mm256_loadu_ps(d.as_ptr()) }
+    }
+
+    #[inline(always)]
+    unsafe fn step(u: &UnpackedV, x: &XRunV, acc: &mut __m256) {
+        let cols = Cols { cols: x.cols.as_ptr(), sums: &x.neg as *const __m256i as *const __m256, d: &x.d };
+        steps::q8_0_vnni(&u.w, u.d, cols, acc);
+    }
+}
+
+/// The tokens of `x` (`nb` blocks each) as [`XRunV`]s at `p`.
+///
+/// # Safety
+/// AVX2; `p` has room for `nb.div_ceil(8)` runs per token.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn prepare(x: &[BlockQ8x32], nb: usize, mut p: *mut XRunV) {
+    for token in x.chunks_exact(nb) {
+        for blocks in token.chunks(8) {
+            let rows = std::array::from_fn(|k| match blocks.get(k) {
+                Some(b) => load256(b.qs.as_ptr() as *const u8),
+                None => _mm256_setzero_si256(),
+            });
+            let neg: [i32; 8] = std::array::from_fn(|k| {
+                blocks.get(k).map_or(0, |b| -128 * b.qs.iter().map(|&q| q as i32).sum::<i32>())
+            });
+            let d: [f32; 8] = std::array::from_fn(|k| blocks.get(k).map_or(0.0, |b| b.d));
+            p.write(XRunV {
+                cols: transpose8(rows),
+                neg: _mm256_loadu_si256(neg.as_ptr() as *const __m256i),
+                d: _mm256_loadu_ps(d.as_ptr()),
+            });
+            p = p.add(1);
+        }
+    }
+}
+
+/// Q8_0 on a CPU with AVX-512 VL + VNNI (see the module doc).
+///
+/// # Safety
+/// As `gemm_q8x32` for Q8_0, on a CPU with AVX-512 F/BW/VL + VNNI.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn gemm_q8_0(
+    w: &[u8],
+    n_rows: usize,
+    x: &[BlockQ8x32],
+    n_tokens: usize,
+    y: *mut f32,
+    stride: usize,
+    id: u64,
+) {
+    let nb = x.len() / n_tokens;
+    let runs = nb.div_ceil(8);
+    let (mut scratch, mut whole) = (Scratch::default(), Whole::default());
+    let mut prep = |t0: usize, n: usize| {
+        if id != 0 {
+            // SAFETY (closure): room for every token's runs.
+            let all = whole.get::<XRunV>(id, n_tokens * runs, |p| unsafe { prepare(x, nb, p) });
+            (all.add(t0 * runs), runs)
+        } else {
+            let p = scratch.room::<XRunV>(n * runs);
+            prepare(&x[t0 * nb..(t0 + n) * nb], nb, p);
+            (p as *const XRunV, runs)
+        }
+    };
+    groups::<Q80Vnni>(&BlockRows { w, nb }, 0..n_rows, n_tokens, super::GROUP, y, stride, &mut prep)
+}
