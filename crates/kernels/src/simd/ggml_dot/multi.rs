@@ -156,10 +156,10 @@ pub(crate) unsafe fn gemm_q8x32_raw(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if avx512_usable(level) && ty == GgmlType::Q8_0 {
+    if avx512_usable(level) && super::avx2::multi::vnni::has_kernel(ty) {
         // SAFETY: as in `gemm_q8k_raw`'s AVX-512 branch (the CPU has
-        // AVX-512 VL + VNNI, checked just above).
-        unsafe { super::avx2::multi::vnni::gemm_q8_0(w, n_rows, x, n_tokens, y, y_stride, acts_id) };
+        // AVX-512 VL + VNNI, checked just above; `ty` has a kernel there).
+        unsafe { super::avx2::multi::vnni::gemm(ty, w, n_rows, x, n_tokens, y, y_stride, acts_id) };
         return;
     }
     if avx2_usable(level) {

@@ -114,7 +114,7 @@ impl<const TYPE: u8> Sym32<TYPE> {
     /// The signed codes of the block at `b`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn codes(b: *const u8) -> __m256i {
+    pub(super) unsafe fn codes(b: *const u8) -> __m256i {
         match TYPE {
             Q8_0 => load256(b.add(2)),
             Q4_0 => q4_0_codes(b),

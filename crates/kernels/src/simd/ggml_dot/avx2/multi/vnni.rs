@@ -1,9 +1,10 @@
-//! Q8_0 on runs of eight blocks with 256-bit `vpdpbusd` (CPUs with AVX-512
-//! VL + VNNI), in the AVX2 layout and loop: lane `k` of every column is
-//! block `k` of the run, so one (run, token) step is eight `vpdpbusd` into
-//! one i32 register and a single scaling, where the 512-bit kernel
-//! (`ggml_dot/multi/avx512.rs`) scales every pair of blocks on its own and
-//! the AVX2 one needs a sign trick and a widening per column.
+//! The symmetric 32-value types (Q8_0, Q4_0, Q5_0, IQ4_NL: signed codes,
+//! `d` first in the block) on runs of eight blocks with 256-bit `vpdpbusd`
+//! (CPUs with AVX-512 VL + VNNI), in the AVX2 layout and loop: lane `k` of
+//! every column is block `k` of the run, so one (run, token) step is eight
+//! `vpdpbusd` into one i32 register and a single scaling, where a 512-bit
+//! kernel scaled every pair of blocks on its own and the AVX2 one
+//! ([`super::runs32::Sym32`]) needs a sign trick and a widening per column.
 //!
 //! `vpdpbusd` takes unsigned bytes first: the weights go in as `w + 128`
 //! (their top bit flipped, once per kept run) and the activations as they
@@ -12,15 +13,18 @@
 
 use std::arch::x86_64::*;
 
+use qmoe_core::GgmlType;
+
 use super::super::{f16_at, load256};
-use super::BlockRows;
+use super::runs32::{self, Sym32};
+use super::{BlockRows, BlockUnits};
 use crate::simd::act::BlockQ8x32;
 use crate::simd::columns::steps::{self, Cols};
 use crate::simd::columns::transpose8;
 use crate::simd::columns::unpacked::avx2_vnni::{groups, Unpacks};
 use crate::simd::scratch::{Scratch, Whole};
 
-/// Eight activation blocks of one token for [`Q80Vnni`]: the codes
+/// Eight activation blocks of one token for [`SymVnni`]: the codes
 /// transposed as in `TRun`, `-128 Σ x` per block and the scales.
 #[repr(C, align(32))]
 pub(crate) struct XRunV {
@@ -29,18 +33,19 @@ pub(crate) struct XRunV {
     d: __m256,
 }
 
-/// A run of eight Q8_0 blocks as the steps take it: `w + 128` transposed,
-/// and each block's `d` on its lane.
+/// A run of eight blocks as the steps take it: `w + 128` transposed, and
+/// each block's `d` on its lane.
 #[repr(C, align(32))]
 pub(crate) struct UnpackedV {
     w: [__m256i; 8],
     d: __m256,
 }
 
-/// Q8_0 runs of eight blocks with 256-bit VNNI steps.
-pub(crate) struct Q80Vnni;
+/// The symmetric type `TYPE` (`runs32::Q8_0` ..) on runs of eight blocks
+/// with 256-bit VNNI steps.
+pub(crate) struct SymVnni<const TYPE: u8>;
 
-impl Unpacks for Q80Vnni {
+impl<const TYPE: u8> Unpacks for SymVnni<TYPE> {
     type X = XRunV;
     type U = UnpackedV;
     type M<'a> = BlockRows<'a>;
@@ -50,18 +55,22 @@ impl Unpacks for Q80Vnni {
     }
 
     fn stream<'a>(m: &Self::M<'a>) -> (&'a [u8], usize) {
-        (m.w, m.nb * 34)
+        (m.w, m.nb * <Sym32<TYPE> as BlockUnits>::BYTES)
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn unpack(m: &BlockRows, r: usize, i: usize) -> UnpackedV {
+        let ts = <Sym32<TYPE> as BlockUnits>::BYTES;
         let here = (m.nb - 8 * i).min(8);
-        let b = m.w.as_ptr().add((r * m.nb + 8 * i) * 34);
+        let b = m.w.as_ptr().add((r * m.nb + 8 * i) * ts);
         let flip = _mm256_set1_epi8(i8::MIN);
         // An absent block: codes 0 (128 after the flip) against zero activations, d 0.
-        let rows = std::array::from_fn(|k| if k < here { load256(b.add(k * 34 + 2)) } else { _mm256_setzero_si256() });
-        let d: [f32; 8] = std::array::from_fn(|k| if k < here { f16_at(b.add(k * 34)) } else { 0.0 });
+        let rows =
+            std::array::from_fn(
+                |k| if k < here { Sym32::<TYPE>::codes(b.add(k * ts)) } else { _mm256_setzero_si256() },
+            );
+        let d: [f32; 8] = std::array::from_fn(|k| if k < here { f16_at(b.add(k * ts)) } else { 0.0 });
         UnpackedV { w: transpose8(rows).map(|c| _mm256_xor_si256(c, flip)), d: _mm256_loadu_ps(d.as_ptr()) }
     }
 
@@ -98,13 +107,20 @@ unsafe fn prepare(x: &[BlockQ8x32], nb: usize, mut p: *mut XRunV) {
     }
 }
 
-/// Q8_0 on a CPU with AVX-512 VL + VNNI (see the module doc).
+/// Whether `ty` has a kernel here.
+pub(crate) fn has_kernel(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::IQ4NL)
+}
+
+/// `ty` (one [`has_kernel`] takes) on a CPU with AVX-512 VL + VNNI (see
+/// the module doc).
 ///
 /// # Safety
-/// As `gemm_q8x32` for Q8_0, on a CPU with AVX-512 F/BW/VL + VNNI.
+/// As `gemm_q8x32` for `ty`, on a CPU with AVX-512 F/BW/VL + VNNI.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) unsafe fn gemm_q8_0(
+pub(crate) unsafe fn gemm(
+    ty: GgmlType,
     w: &[u8],
     n_rows: usize,
     x: &[BlockQ8x32],
@@ -127,5 +143,13 @@ pub(crate) unsafe fn gemm_q8_0(
             (p as *const XRunV, runs)
         }
     };
-    groups::<Q80Vnni>(&BlockRows { w, nb }, 0..n_rows, n_tokens, super::GROUP, y, stride, &mut prep)
+    let m = BlockRows { w, nb };
+    let (rows, group) = (0..n_rows, super::GROUP);
+    match ty {
+        GgmlType::Q8_0 => groups::<SymVnni<{ runs32::Q8_0 }>>(&m, rows, n_tokens, group, y, stride, &mut prep),
+        GgmlType::Q4_0 => groups::<SymVnni<{ runs32::Q4_0 }>>(&m, rows, n_tokens, group, y, stride, &mut prep),
+        GgmlType::Q5_0 => groups::<SymVnni<{ runs32::Q5_0 }>>(&m, rows, n_tokens, group, y, stride, &mut prep),
+        GgmlType::IQ4NL => groups::<SymVnni<{ runs32::IQ4_NL }>>(&m, rows, n_tokens, group, y, stride, &mut prep),
+        _ => unreachable!("vnni::gemm: {ty} (checked by the caller)"),
+    }
 }
