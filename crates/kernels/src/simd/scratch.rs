@@ -15,6 +15,7 @@
 
 use std::any::TypeId;
 use std::cell::Cell;
+use std::ops::Range;
 
 /// Storage unit: 64-byte aligned, so every prepared layout (alignment at
 /// most 64) can be laid over a run of them.
@@ -109,5 +110,41 @@ impl Drop for Whole {
     fn drop(&mut self) {
         let v = (self.key.take(), std::mem::take(&mut self.buf));
         WHOLE.with(|s| s.set(v));
+    }
+}
+
+/// Where a call's token groups find their prepared activations: a group's
+/// own copy in the call's [`Scratch`], or, when the driver names the input,
+/// every token's in the thread's [`Whole`] copy, made by the first call of
+/// the product on this thread.
+#[derive(Default)]
+pub(super) struct Tokens {
+    scratch: Scratch,
+    whole: Whole,
+}
+
+impl Tokens {
+    /// The units of tokens `t0..t0 + n` of an input of `n_tokens` tokens,
+    /// `units` per token: `fill(tokens, dst)` writes the units of `tokens`
+    /// at `dst` (all tokens once per thread and input when `id` names the
+    /// input, else just these). One id must always come with the same
+    /// input, `n_tokens` and `units` for one `X`.
+    pub(super) fn group<X: 'static>(
+        &mut self,
+        id: u64,
+        (n_tokens, units): (usize, usize),
+        (t0, n): (usize, usize),
+        mut fill: impl FnMut(Range<usize>, *mut X),
+    ) -> *const X {
+        debug_assert!(t0 + n <= n_tokens);
+        if id != 0 {
+            let all = self.whole.get::<X>(id, n_tokens * units, |p| fill(0..n_tokens, p));
+            // SAFETY: `all` holds `n_tokens * units` values.
+            unsafe { all.add(t0 * units) }
+        } else {
+            let p = self.scratch.room::<X>(n * units);
+            fill(t0..t0 + n, p);
+            p
+        }
     }
 }

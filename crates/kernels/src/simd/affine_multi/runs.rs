@@ -45,7 +45,7 @@ use crate::simd::act::BlockQ8x32;
 use crate::simd::columns::steps::{self, Cols};
 use crate::simd::columns::unpacked::avx2::{groups, Unpacks};
 use crate::simd::columns::{block_lanes, transpose4, transpose8};
-use crate::simd::scratch::{Scratch, Table, Whole};
+use crate::simd::scratch::{Table, Tokens};
 
 /// 4-bit: the block of the run in u32 lane `k` (low 128 bits: blocks 0, 2, 4, 6).
 const ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
@@ -306,17 +306,11 @@ pub(super) unsafe fn run<W: Width>(
         let idx = W::LANES.map(|j| ((b0 + j.min(here - 1)) / m.per_group - g0) as i32);
         groups_at.add(run).write(RunGroups { g0, n: (b0 + here - 1) / m.per_group - g0 + 1, idx });
     }
-    let (mut scratch, mut whole) = (Scratch::default(), Whole::default());
+    let mut tokens = Tokens::default();
     let mut prep = |t0: usize, n: usize| {
-        if id != 0 {
-            // SAFETY (closure): room for every token's runs.
-            let all = whole.get::<W::XRun>(id, n_tokens * runs, |p| unsafe { prepare::<W>(x, nb, 0..n_tokens, p) });
-            (all.add(t0 * runs), runs)
-        } else {
-            let p = scratch.room::<W::XRun>(n * runs);
-            prepare::<W>(x, nb, t0..t0 + n, p);
-            (p as *const W::XRun, runs)
-        }
+        // SAFETY (closure): `p` has room for the tokens' runs.
+        let fill = |ts, p| unsafe { prepare::<W>(x, nb, ts, p) };
+        (tokens.group(id, (n_tokens, runs), (t0, n), fill), runs)
     };
     let mr = MatRuns { m, groups: groups_at, runs };
     groups::<Affine<W>>(&mr, rows, n_tokens, W::GROUP, y, y_stride, &mut prep)

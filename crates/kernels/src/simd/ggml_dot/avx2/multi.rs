@@ -23,14 +23,14 @@ use qmoe_core::GgmlType;
 
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
 use crate::simd::columns::unpacked::avx2::{groups, Unpacks};
-use crate::simd::scratch::{Scratch, Whole};
+use crate::simd::scratch::Tokens;
 
 mod kquants;
 mod runs32;
 pub(crate) mod vnni;
 
-use kquants::{transposed, IQ4XS, Q2K, Q3K, Q45K, Q6K};
-use runs32::{transposed32, IQ4NLRuns, Q40Runs, Q41Runs, Q50Runs, Q51Runs, Q80Runs};
+use kquants::{transpose_blocks, IQ4XS, Q2K, Q3K, Q45K, Q6K};
+use runs32::{transpose_runs, IQ4NLRuns, Q40Runs, Q41Runs, Q50Runs, Q51Runs, Q80Runs};
 
 /// Tokens per group: each block's unpacking (or its kept copy) is shared by
 /// the group, and the steps keep their f32 accumulators in memory (touched
@@ -59,12 +59,12 @@ pub(crate) unsafe fn gemm_q8k(
 ) {
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
-        GgmlType::Q2K => rows::<Q2K, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transposed),
-        GgmlType::Q3K => rows::<Q3K, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transposed),
-        GgmlType::Q4K => rows::<Q45K<false>, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transposed),
-        GgmlType::Q5K => rows::<Q45K<true>, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transposed),
-        GgmlType::Q6K => rows::<Q6K, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transposed),
-        GgmlType::IQ4XS => rows::<IQ4XS, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transposed),
+        GgmlType::Q2K => rows::<Q2K, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transpose_blocks),
+        GgmlType::Q3K => rows::<Q3K, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transpose_blocks),
+        GgmlType::Q4K => rows::<Q45K<false>, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transpose_blocks),
+        GgmlType::Q5K => rows::<Q45K<true>, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transpose_blocks),
+        GgmlType::Q6K => rows::<Q6K, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transpose_blocks),
+        GgmlType::IQ4XS => rows::<IQ4XS, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transpose_blocks),
         _ => unreachable!("gemm_q8k: {ty} (checked by the caller)"),
     }
 }
@@ -85,12 +85,12 @@ pub(crate) unsafe fn gemm_q8x32(
 ) {
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
-        GgmlType::Q8_0 => rows::<Q80Runs, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transposed32),
-        GgmlType::Q4_0 => rows::<Q40Runs, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transposed32),
-        GgmlType::Q4_1 => rows::<Q41Runs, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transposed32),
-        GgmlType::Q5_0 => rows::<Q50Runs, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transposed32),
-        GgmlType::Q5_1 => rows::<Q51Runs, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transposed32),
-        GgmlType::IQ4NL => rows::<IQ4NLRuns, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transposed32),
+        GgmlType::Q8_0 => rows::<Q80Runs, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transpose_runs),
+        GgmlType::Q4_0 => rows::<Q40Runs, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transpose_runs),
+        GgmlType::Q4_1 => rows::<Q41Runs, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transpose_runs),
+        GgmlType::Q5_0 => rows::<Q50Runs, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transpose_runs),
+        GgmlType::Q5_1 => rows::<Q51Runs, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transpose_runs),
+        GgmlType::IQ4NL => rows::<IQ4NLRuns, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transpose_runs),
         _ => unreachable!("gemm_q8x32: {ty} (checked by the caller)"),
     }
 }
@@ -151,16 +151,16 @@ impl<K: BlockUnits> Unpacks for K {
     }
 }
 
-/// The group prep of a type's activations: `(x, t0, n, nb, id, buffers)` to
-/// the group's units and the distance from one token's to the next's.
-type Prep<B, X> = unsafe fn(&[B], usize, usize, usize, u64, &mut (Scratch, Whole)) -> (*const X, usize);
+/// A type's activation layout: `(x, nb, p)` writes the units of the tokens'
+/// blocks `x` (`nb` per token) at `p`.
+type Fill<B, X> = unsafe fn(&[B], usize, *mut X);
 
 /// `y[t * stride + r] = dot(row r of w, token t)` for `n_rows` rows of `K`
 /// and the `n_tokens` tokens of `x`, in token groups of [`GROUP`], each
-/// group's activations prepared by `prep`.
+/// group's activations laid out by `fill` ([`Tokens`]).
 ///
 /// # Safety
-/// As [`gemm_q8k`], with `prep` the layout of `K`'s activations.
+/// As [`gemm_q8k`], with `fill` the layout of `K`'s activations.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows<K: BlockUnits, B>(
@@ -171,11 +171,17 @@ unsafe fn rows<K: BlockUnits, B>(
     y: *mut f32,
     stride: usize,
     id: u64,
-    prep: Prep<B, K::X>,
-) {
+    fill: Fill<B, K::X>,
+) where
+    K::X: 'static,
+{
     let nb = x.len() / n_tokens;
-    let mut bufs = (Scratch::default(), Whole::default());
-    // SAFETY (closure): groups asks for tokens inside `x`; `id` is the caller's.
-    let mut prep = |t0: usize, n: usize| unsafe { prep(x, t0, n, nb, id, &mut bufs) };
+    let units = K::units(nb);
+    let mut tokens = Tokens::default();
+    let mut prep = |t0: usize, n: usize| {
+        // SAFETY (closure): `p` has room for the tokens' units.
+        let fill = |ts: std::ops::Range<usize>, p| unsafe { fill(&x[ts.start * nb..ts.end * nb], nb, p) };
+        (tokens.group(id, (n_tokens, units), (t0, n), fill), units)
+    };
     groups::<K>(&BlockRows { w, nb }, 0..n_rows, n_tokens, GROUP, y, stride, &mut prep)
 }

@@ -47,7 +47,7 @@ use super::super::avx512::{f16_at, load256, load512};
 use super::super::scales_mins_k4;
 use crate::simd::act::BlockQ8K;
 use crate::simd::columns::unpacked::avx512::{groups, Unpacks};
-use crate::simd::scratch::{Scratch, Whole};
+use crate::simd::scratch::Tokens;
 
 /// Tokens multiplied per weight-block unpacking: eight float accumulators,
 /// the block's four code registers and its scale vectors leave room in the
@@ -147,23 +147,14 @@ unsafe fn gemm<K: Kernel>(w: &[u8], n_rows: usize, x: &[K::Src], n_tokens: usize
     let nb = x.len() / n_tokens;
     let rows = K::rows(w, nb);
     let units = K::units(&rows);
-    let (mut scratch, mut whole) = (Scratch::default(), Whole::default());
     let prep_tokens = |tokens: std::ops::Range<usize>, p: *mut K::X| {
         for (i, t) in tokens.enumerate() {
             // SAFETY: `p` has room for the tokens' units.
             unsafe { K::prep(&x[t * nb..(t + 1) * nb], p.add(i * units)) };
         }
     };
-    let mut prep = |t0: usize, n: usize| {
-        if id != 0 {
-            let all = whole.get::<K::X>(id, n_tokens * units, |p| prep_tokens(0..n_tokens, p));
-            (all.add(t0 * units), units)
-        } else {
-            let p = scratch.room::<K::X>(n * units);
-            prep_tokens(t0..t0 + n, p);
-            (p as *const K::X, units)
-        }
-    };
+    let mut tokens = Tokens::default();
+    let mut prep = |t0: usize, n: usize| (tokens.group(id, (n_tokens, units), (t0, n), prep_tokens), units);
     groups::<K>(&rows, 0..n_rows, n_tokens, GROUP, y, stride, &mut prep)
 }
 

@@ -36,7 +36,6 @@ use super::BlockUnits;
 use crate::simd::act::BlockQ8K;
 use crate::simd::columns::steps::{self, Cols};
 use crate::simd::columns::{transpose4, transpose8};
-use crate::simd::scratch::{Scratch, Whole};
 
 /// The sub-block in u32 lane `k` of a transposed register: the nibble split
 /// of four 32-byte rows of Q4_K codes gives sub-blocks 0, 2, 4, 6 (low
@@ -62,39 +61,13 @@ pub(crate) struct TBlock {
     d: __m256,
 }
 
-/// The group's activation blocks (tokens `t0..t0 + n`) as [`TBlock`]s: in
-/// the call's scratch, or, when the driver names the input (`id` non-zero),
-/// at their place in the thread's copy of every token ([`Whole`]), made by
-/// the first call of the product on this thread.
-///
-/// # Safety
-/// The CPU runs AVX2; `x` holds tokens `t0..t0 + n` of `nb` blocks, and an
-/// `id` other than 0 always comes with the same `x` contents.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn transposed(
-    x: &[BlockQ8K],
-    t0: usize,
-    n: usize,
-    nb: usize,
-    id: u64,
-    scratch: &mut (Scratch, Whole),
-) -> (*const TBlock, usize) {
-    if id != 0 {
-        // SAFETY (closure): `p` has room for every block of `x`.
-        let all = scratch.1.get::<TBlock>(id, x.len(), |p| unsafe { transpose_blocks(x, p) });
-        return (all.add(t0 * nb), nb);
-    }
-    let p = scratch.0.room::<TBlock>(n * nb);
-    transpose_blocks(&x[t0 * nb..(t0 + n) * nb], p);
-    (p, nb)
-}
-
-/// `x` as [`TBlock`]s at `p`.
+/// The tokens' blocks `x` as [`TBlock`]s at `p` (one per block, whatever
+/// the row length `_nb`).
 ///
 /// # Safety
 /// The CPU runs AVX2; `p` has room for `x.len()` blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn transpose_blocks(x: &[BlockQ8K], p: *mut TBlock) {
+pub(super) unsafe fn transpose_blocks(x: &[BlockQ8K], _nb: usize, p: *mut TBlock) {
     for (i, b) in x.iter().enumerate() {
         let bs = bsums(b);
         let d = _mm256_set1_ps(b.d);
@@ -113,7 +86,7 @@ unsafe fn transpose(qs: &[i8; 256]) -> [__m256i; 8] {
     transpose8(ORDER.map(|j| load256(p.add(32 * j))))
 }
 
-/// Q4_K (`FIVE` false) / Q5_K against activations from [`transposed`].
+/// Q4_K (`FIVE` false) / Q5_K against activations from [`transpose_blocks`].
 /// Q5_K's codes reach 31, so its i16 sums take four registers at a time
 /// (4 * 2 * 31 * 127 = 31496 < 2^15) and two `vpmaddwd`.
 pub(super) struct Q45K<const FIVE: bool>;
@@ -191,7 +164,7 @@ impl<const FIVE: bool> BlockUnits for Q45K<FIVE> {
     }
 }
 
-/// Q6_K against activations from [`transposed`]: each block's eight 32-value
+/// Q6_K against activations from [`transpose_blocks`]: each block's eight 32-value
 /// runs of 6-bit codes assembled as in the plain kernel, then transposed.
 /// Lane `k` of column `i` holds values `4i..4i + 4` of sub-block `ORDER[k]`: its
 /// 16-value group is `2 ORDER[k]` for columns 0..4 and `2 ORDER[k] + 1` for
@@ -264,7 +237,7 @@ unsafe fn column_scales(sc: __m128i) -> [__m256i; 2] {
     [_mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, pick_lo)), _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, pick_hi))]
 }
 
-/// Q3_K against activations from [`transposed`]: the codes `q2 + 4h`
+/// Q3_K against activations from [`transpose_blocks`]: the codes `q2 + 4h`
 /// (0..7) of each 32-value run assembled as in the plain kernel, then
 /// transposed and stepped as Q6_K's, with the `- 4` through the group sums.
 pub(super) struct Q3K;
@@ -310,7 +283,7 @@ impl BlockUnits for Q3K {
     }
 }
 
-/// Q2_K against activations from [`transposed`]: the four 2-bit runs of
+/// Q2_K against activations from [`transpose_blocks`]: the four 2-bit runs of
 /// each half cut as in the plain kernel, transposed; scales and mins per
 /// 16-value group as Q6_K's scales ([`steps::q2_k`]).
 pub(super) struct Q2K;
@@ -361,7 +334,7 @@ impl BlockUnits for Q2K {
     }
 }
 
-/// IQ4_XS against activations from [`transposed`]: each sub-block's 32
+/// IQ4_XS against activations from [`transpose_blocks`]: each sub-block's 32
 /// codes looked up in the level table (low nibbles are values 0..16, high
 /// 16..32), the sub-blocks in [`ORDER`] transposed to columns as the
 /// activations are, so lane `k` of every column belongs to sub-block

@@ -31,7 +31,6 @@ use super::BlockUnits;
 use crate::simd::act::BlockQ8x32;
 use crate::simd::columns::steps::{self, Cols};
 use crate::simd::columns::{block_lanes, transpose8};
-use crate::simd::scratch::{Scratch, Whole};
 
 /// Eight consecutive activation blocks of one token as the steps read them:
 /// the codes transposed (column `c`, lane `k`: codes `4c..4c + 4` of block
@@ -44,57 +43,40 @@ pub(crate) struct TRun {
     d: __m256,
 }
 
-/// The group's activations (tokens `t0..t0 + n`, `nb` blocks each) as
-/// [`TRun`]s, `nb.div_ceil(8)` per token: in the call's scratch, or, when
-/// the driver names the input (`id` non-zero), at their place in the
-/// thread's copy of every token (as [`super::kquants::transposed`]).
-///
-/// # Safety
-/// The CPU runs AVX2; `x` holds tokens `t0..t0 + n` of `nb` blocks, and an
-/// `id` other than 0 always comes with the same `x` contents.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn transposed32(
-    x: &[BlockQ8x32],
-    t0: usize,
-    n: usize,
-    nb: usize,
-    id: u64,
-    scratch: &mut (Scratch, Whole),
-) -> (*const TRun, usize) {
-    let runs = nb.div_ceil(8);
-    if id != 0 {
-        let tokens = x.len() / nb;
-        // SAFETY (closure): `p` has room for every token's runs.
-        let all = scratch.1.get::<TRun>(id, tokens * runs, |p| unsafe { transpose_runs(x, nb, p) });
-        return (all.add(t0 * runs), runs);
-    }
-    let p = scratch.0.room::<TRun>(n * runs);
-    transpose_runs(&x[t0 * nb..(t0 + n) * nb], nb, p);
-    (p, runs)
-}
-
 /// The tokens of `x` (`nb` blocks each) as [`TRun`]s at `p`.
 ///
 /// # Safety
 /// The CPU runs AVX2; `p` has room for `nb.div_ceil(8)` runs per token.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn transpose_runs(x: &[BlockQ8x32], nb: usize, mut p: *mut TRun) {
+pub(super) unsafe fn transpose_runs(x: &[BlockQ8x32], nb: usize, mut p: *mut TRun) {
     for token in x.chunks_exact(nb) {
         for blocks in token.chunks(8) {
-            let rows = std::array::from_fn(|k| match blocks.get(k) {
-                Some(b) => load256(b.qs.as_ptr() as *const u8),
-                None => _mm256_setzero_si256(),
-            });
-            const IN_ORDER: [usize; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
             let (sums, d) = (block_lanes(blocks, IN_ORDER, |b| b.sum), block_lanes(blocks, IN_ORDER, |b| b.d));
-            p.write(TRun { cols: transpose8(rows), sums, d });
+            p.write(TRun { cols: run_columns(blocks), sums, d });
             p = p.add(1);
         }
     }
 }
 
+/// Lane `k` is block `k` of a run.
+pub(super) const IN_ORDER: [usize; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
+
+/// Up to eight activation blocks' codes transposed (column `c`, lane `k`:
+/// codes `4c..4c + 4` of block `k`; zero where the run has no block `k`).
+///
+/// # Safety
+/// The CPU runs AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn run_columns(blocks: &[BlockQ8x32]) -> [__m256i; 8] {
+    transpose8(std::array::from_fn(|k| match blocks.get(k) {
+        Some(b) => load256(b.qs.as_ptr() as *const u8),
+        None => _mm256_setzero_si256(),
+    }))
+}
+
 /// The symmetric 32-value type `TYPE` (one of the constants below) on runs
-/// of eight blocks against activations from [`transposed32`]: per run the
+/// of eight blocks against activations from [`transpose_runs`]: per run the
 /// weight codes (signed bytes) are transposed and their absolute values
 /// taken once; per token, eight sign-trick `vpmaddubsw` + `vpmaddwd` into
 /// one i32 register, then one convert and one FMA ([`steps::signed`]).
@@ -163,7 +145,7 @@ impl<const TYPE: u8> BlockUnits for Sym32<TYPE> {
 /// AVX2 + FMA + F16C; `b` points at `here` blocks of `ts` bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_lanes(b: *const u8, ts: usize, at: usize, here: usize) -> __m256 {
+pub(super) unsafe fn f16_lanes(b: *const u8, ts: usize, at: usize, here: usize) -> __m256 {
     let mut h = [0u16; 8];
     for (k, hk) in h.iter_mut().enumerate().take(here) {
         *hk = (b.add(k * ts + at) as *const u16).read_unaligned();
@@ -172,7 +154,7 @@ unsafe fn f16_lanes(b: *const u8, ts: usize, at: usize, here: usize) -> __m256 {
 }
 
 /// The offset 32-value type `TYPE` ([`Q4_1`] or [`Q5_1`]) on runs of eight
-/// blocks against activations from [`transposed32`]: the unsigned codes
+/// blocks against activations from [`transpose_runs`]: the unsigned codes
 /// transposed once per run; per token the Q4_K step (Q5_1: the Q5_K step,
 /// its codes reaching 31) with unit scales, `d_w · d_x` per lane, and `m`
 /// against the blocks' input sums.

@@ -15,14 +15,13 @@ use std::arch::x86_64::*;
 
 use qmoe_core::GgmlType;
 
-use super::super::{f16_at, load256};
-use super::runs32::{self, Sym32};
+use super::runs32::{self, f16_lanes, run_columns, Sym32, IN_ORDER};
 use super::{BlockRows, BlockUnits};
 use crate::simd::act::BlockQ8x32;
 use crate::simd::columns::steps::{self, Cols};
-use crate::simd::columns::transpose8;
 use crate::simd::columns::unpacked::avx2_vnni::{groups, Unpacks};
-use crate::simd::scratch::{Scratch, Whole};
+use crate::simd::columns::{block_lanes, transpose8};
+use crate::simd::scratch::Tokens;
 
 /// Eight activation blocks of one token for [`SymVnni`]: the codes
 /// transposed as in `TRun`, `-128 Σ x` per block and the scales.
@@ -70,8 +69,7 @@ impl<const TYPE: u8> Unpacks for SymVnni<TYPE> {
             std::array::from_fn(
                 |k| if k < here { Sym32::<TYPE>::codes(b.add(k * ts)) } else { _mm256_setzero_si256() },
             );
-        let d: [f32; 8] = std::array::from_fn(|k| if k < here { f16_at(b.add(k * ts)) } else { 0.0 });
-        UnpackedV { w: transpose8(rows).map(|c| _mm256_xor_si256(c, flip)), d: _mm256_loadu_ps(d.as_ptr()) }
+        UnpackedV { w: transpose8(rows).map(|c| _mm256_xor_si256(c, flip)), d: f16_lanes(b, ts, 0, here) }
     }
 
     #[inline(always)]
@@ -89,18 +87,13 @@ impl<const TYPE: u8> Unpacks for SymVnni<TYPE> {
 unsafe fn prepare(x: &[BlockQ8x32], nb: usize, mut p: *mut XRunV) {
     for token in x.chunks_exact(nb) {
         for blocks in token.chunks(8) {
-            let rows = std::array::from_fn(|k| match blocks.get(k) {
-                Some(b) => load256(b.qs.as_ptr() as *const u8),
-                None => _mm256_setzero_si256(),
-            });
             let neg: [i32; 8] = std::array::from_fn(|k| {
                 blocks.get(k).map_or(0, |b| -128 * b.qs.iter().map(|&q| q as i32).sum::<i32>())
             });
-            let d: [f32; 8] = std::array::from_fn(|k| blocks.get(k).map_or(0.0, |b| b.d));
             p.write(XRunV {
-                cols: transpose8(rows),
+                cols: run_columns(blocks),
                 neg: _mm256_loadu_si256(neg.as_ptr() as *const __m256i),
-                d: _mm256_loadu_ps(d.as_ptr()),
+                d: block_lanes(blocks, IN_ORDER, |b| b.d),
             });
             p = p.add(1);
         }
@@ -131,17 +124,11 @@ pub(crate) unsafe fn gemm(
 ) {
     let nb = x.len() / n_tokens;
     let runs = nb.div_ceil(8);
-    let (mut scratch, mut whole) = (Scratch::default(), Whole::default());
+    let mut tokens = Tokens::default();
     let mut prep = |t0: usize, n: usize| {
-        if id != 0 {
-            // SAFETY (closure): room for every token's runs.
-            let all = whole.get::<XRunV>(id, n_tokens * runs, |p| unsafe { prepare(x, nb, p) });
-            (all.add(t0 * runs), runs)
-        } else {
-            let p = scratch.room::<XRunV>(n * runs);
-            prepare(&x[t0 * nb..(t0 + n) * nb], nb, p);
-            (p as *const XRunV, runs)
-        }
+        // SAFETY (closure): `p` has room for the tokens' runs.
+        let fill = |ts: std::ops::Range<usize>, p| unsafe { prepare(&x[ts.start * nb..ts.end * nb], nb, p) };
+        (tokens.group(id, (n_tokens, runs), (t0, n), fill), runs)
     };
     let m = BlockRows { w, nb };
     let (rows, group) = (0..n_rows, super::GROUP);
