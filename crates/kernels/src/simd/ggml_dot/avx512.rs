@@ -145,7 +145,7 @@ pub(super) unsafe fn load512(p: *const u8) -> __m512i {
 /// 32 bytes at `lo` in the low half, 32 at `hi` in the high half.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn load_2x256(lo: *const u8, hi: *const u8) -> __m512i {
+pub(super) unsafe fn load_2x256(lo: *const u8, hi: *const u8) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(load256(lo)), load256(hi))
 }
 

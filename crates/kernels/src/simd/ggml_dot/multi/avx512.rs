@@ -19,15 +19,20 @@
 //! multiplied with every token of the group; each input's activations are
 //! rearranged once per thread (`scratch::Whole`).
 //!
-//! Layouts, chosen so that every `vpdpbusd` of a block leaves each i32 lane
+//! Layouts, chosen so that every `vpdpbusd` of a unit leaves each i32 lane
 //! with values of one scale only:
-//! * k-quants ([`KBlock`]): a 256-value block is 16 groups of 16 (the groups
-//!   of `bsums`). Codes and activations are both held as four 64-byte
-//!   registers where u32 lane `k` of register `r` is values `4r..4r + 4` of
-//!   group `k`. After the four `vpdpbusd` of a (block, token), lane `k`
-//!   holds the exact integer dot of group `k`, and one per-lane f32 vector
-//!   scales it: `d sc_{k/2}` for Q4_K / Q5_K (32-value sub-blocks), `d sc_k`
-//!   for Q6_K.
+//! * Q4_K / Q5_K ([`PairBlock`]): a unit is two 256-value blocks, each 8
+//!   sub-blocks of 32 (one scale and min each). Codes and activations are
+//!   both held as eight 64-byte registers where u32 lane `j` of register
+//!   `r` is values `4r..4r + 4` of sub-block `j` of the first block, lane
+//!   `8 + j` the same of the second. After the eight `vpdpbusd` of a (unit,
+//!   token), each lane holds the exact integer dot of its sub-block, and one
+//!   register of scaling (`d sc`, `dmin m`, the token's `d`) serves both
+//!   blocks.
+//! * Q6_K ([`KBlock`]): a 256-value block is 16 groups of 16 (the groups of
+//!   `bsums`, one scale each), held as four registers where lane `k` of
+//!   register `r` is values `4r..4r + 4` of group `k`; one per-lane vector
+//!   `d sc_k` scales them.
 //!
 //! `vpdpbusd` multiplies unsigned bytes (first operand) by signed ones:
 //! * Q4_K / Q5_K codes are unsigned; their mins go through `bsums` in f32;
@@ -43,16 +48,17 @@ use std::arch::x86_64::*;
 
 use qmoe_core::GgmlType;
 
-use super::super::avx512::{f16_at, load256, load512};
+use super::super::avx512::{f16_at, load256, load512, load_2x256};
 use super::super::scales_mins_k4;
 use crate::simd::act::BlockQ8K;
 use crate::simd::columns::unpacked::avx512::{groups, Unpacks};
 use crate::simd::scratch::Tokens;
 
-/// Tokens multiplied per weight-block unpacking: eight float accumulators,
-/// the block's four code registers and its scale vectors leave room in the
-/// 32 zmm registers for the unpacking constants (the AVX2 level measured 8
-/// as better than 4 for these types).
+/// Tokens multiplied per weight-unit unpacking: eight float accumulators,
+/// a Q4_K pair's eight code registers and two scale vectors (or a Q6_K
+/// block's four and one) leave room in the 32 zmm registers for the
+/// unpacking constants (the AVX2 level measured 8 as better than 4 for
+/// these types).
 const GROUP: usize = 8;
 
 /// Whether `ty` has a kernel here.
@@ -160,26 +166,78 @@ unsafe fn gemm<K: Kernel>(w: &[u8], n_rows: usize, x: &[K::Src], n_tokens: usize
 
 // ---- helpers ------------------------------------------------------------------
 
-/// Eight u8 (a little-endian u64, as [`scales_mins_k4`] gives them) to 16
-/// f32 lanes, each value twice: lane `k` = byte `k / 2` (group `k` belongs
-/// to 32-value sub-block `k / 2`).
+/// Two blocks' eight u8 each (little-endian u64s, as [`scales_mins_k4`]
+/// gives them) to 16 f32 lanes: `lo`'s bytes in lanes 0..8, `hi`'s in 8..16.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn pairs_u8_ps(v: u64) -> __m512 {
-    let b = _mm_cvtsi64_si128(v as i64);
-    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(b, b)))
+unsafe fn u8_ps(lo: u64, hi: u64) -> __m512 {
+    let b = _mm_set_epi64x(hi as i64, lo as i64);
+    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b))
 }
 
-// ---- k-quants: 256-value blocks, 16 groups of 16 ------------------------------------
+// ---- Q4_K / Q5_K: pairs of 256-value blocks, 8 sub-blocks of 32 each ------------------
 
-/// One prepared Q8K activation block: `qs[r]` lane `k` = codes `4r..4r + 4`
-/// of group `k` (values `16k + 4r..`); `bs` the group sums, as f32 for
-/// Q4_K / Q5_K (their mins are applied in f32) or as `-32 * sum` i32 for
-/// Q6_K (the start of its integer accumulator); `d` the block scale.
-/// (`Q6` names the form of `bs`, so that a thread's copy of an input in
-/// one form is never taken for the other.)
+/// Two prepared Q8K activation blocks (the second all zeros when a row has
+/// an odd block count): `qs[r]` lane `j` = codes `4r..4r + 4` of sub-block
+/// `j` of the first block (values `32j + 4r..`), lane `8 + j` the same of
+/// the second; `bs` the sub-blocks' sums (f32, lanes as `qs`); `d` the first
+/// block's scale in lanes 0..8, the second's in 8..16.
+///
+/// A lane holds one 32-value sub-block (one scale and min of Q4_K / Q5_K),
+/// so one register of scaling serves two blocks: per (pair, token), eight
+/// `vpdpbusd` and four scaling operations, against eight of each for two
+/// blocks whose lanes hold 16-value groups (a Q4_K block then fills a
+/// register alone).
 #[repr(C, align(64))]
-struct KBlock<const Q6: bool> {
+struct PairBlock {
+    qs: [__m512i; 8],
+    bs: __m512,
+    d: __m512,
+}
+
+/// The sub-block-major transpose of one token's blocks, two to a
+/// [`PairBlock`].
+///
+/// # Safety
+/// The CPU runs this file's features; `dst` is valid for
+/// `src.len().div_ceil(2)` writes.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn prep_pairs(src: &[BlockQ8K], dst: *mut PairBlock) {
+    // Word 8j + r of a block's codes is register r's lane j; 64-byte load
+    // a holds words 16a..16a + 16 (sub-blocks 2a, 2a + 1). Lanes 0..4 (j <
+    // 4) come from loads 0, 1 and lanes 4..8 from loads 2, 3, with the same
+    // indices.
+    let idx = _mm512_setr_epi32(0, 8, 16, 24, 0, 8, 16, 24, 0, 0, 0, 0, 0, 0, 0, 0);
+    let zero = BlockQ8K::default();
+    for (i, pair) in src.chunks(2).enumerate() {
+        let (a, b) = (&pair[0], pair.get(1).unwrap_or(&zero));
+        let half = |blk: &BlockQ8K, r: usize| {
+            let p = blk.qs.as_ptr() as *const u8;
+            let ix = _mm512_add_epi32(idx, _mm512_set1_epi32(r as i32));
+            let lo = _mm512_permutex2var_epi32(load512(p), ix, load512(p.add(64)));
+            let hi = _mm512_permutex2var_epi32(load512(p.add(128)), ix, load512(p.add(192)));
+            // Lanes 0..4 from the first pair of loads, 4..8 from the second.
+            _mm256_blend_epi32::<0xF0>(_mm512_castsi512_si256(lo), _mm512_castsi512_si256(hi))
+        };
+        let qs: [__m512i; 8] = std::array::from_fn(|r| {
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(half(a, r)), half(b, r))
+        });
+        // Sub-block j's sum: groups 2j and 2j + 1 of `bsums`.
+        let sums = |blk: &BlockQ8K| _mm256_madd_epi16(load256(blk.bsums.as_ptr() as *const u8), _mm256_set1_epi16(1));
+        let bs = _mm512_cvtepi32_ps(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(sums(a)), sums(b)));
+        let d = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a.d), _mm512_set1_ps(b.d));
+        dst.add(i).write(PairBlock { qs, bs, d });
+    }
+}
+
+// ---- Q6_K: 256-value blocks, 16 groups of 16 ------------------------------------------
+
+/// One prepared Q8K activation block for Q6_K: `qs[r]` lane `k` = codes
+/// `4r..4r + 4` of group `k` (values `16k + 4r..`); `bs` the group sums as
+/// `-32 * sum` (the start of the integer accumulator); `d` the block scale.
+#[repr(C, align(64))]
+struct KBlock {
     qs: [__m512i; 4],
     bs: __m512i,
     d: f32,
@@ -191,7 +249,7 @@ struct KBlock<const Q6: bool> {
 /// The CPU runs this file's features; `dst` is valid for `src.len()` writes.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn prep_k<const Q6: bool>(src: &[BlockQ8K], dst: *mut KBlock<Q6>) {
+unsafe fn prep_k(src: &[BlockQ8K], dst: *mut KBlock) {
     // Word 4k + r of the codes is register r's lane k; 64-byte load a holds
     // words 16a..16a + 16 (groups 4a..4a + 4). Lanes 0..8 come from loads
     // 0, 1 and lanes 8..16 from 2, 3 with the same indices.
@@ -207,88 +265,101 @@ unsafe fn prep_k<const Q6: bool>(src: &[BlockQ8K], dst: *mut KBlock<Q6>) {
             *q = _mm512_inserti64x4::<1>(lo, _mm512_castsi512_si256(hi));
         }
         let sums = _mm512_cvtepi16_epi32(load256(b.bsums.as_ptr() as *const u8));
-        let bs = if Q6 {
-            _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<5>(sums))
-        } else {
-            _mm512_castps_si512(_mm512_cvtepi32_ps(sums))
-        };
+        let bs = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<5>(sums));
         dst.add(i).write(KBlock { qs, bs, d: b.d });
     }
 }
 
-/// Q4_K (`FIVE` false) / Q5_K.
+/// Q4_K (`FIVE` false) / Q5_K, two blocks a unit ([`PairBlock`]).
 ///
 /// Codes: 128 bytes of nibbles, 32-byte chunk `p` holding sub-block `2p`
-/// (low nibbles) and `2p + 1` (high), byte `l` = value `l` of each; group
-/// `k` is half `k % 2` of sub-block `k / 2`. Register r's lane k therefore
-/// takes code word `8 (k / 4) + 4 (k % 2) + r`, shifted right by 4 when
-/// `k / 2` is odd. Q5_K's fifth bit of value `l` of sub-block `s` is bit
-/// `s` of `qh[l]`: qh word `4 (k % 2) + r`, rotated so that bit `k / 2` of
-/// each byte lands on bit 4 (a rotate keeps each byte's bits in that byte:
-/// bit `8j + s` goes to `8j + 4`).
+/// (low nibbles) and `2p + 1` (high), byte `l` = value `l` of each. So
+/// register `r`'s lane `j` of a block takes code word `8 (j / 2) + r`,
+/// shifted right by 4 when `j` is odd. Q5_K's fifth bit of value `l` of
+/// sub-block `s` is bit `s` of `qh[l]`: qh word `r`, rotated so that bit
+/// `j` of each byte lands on bit 4 (a rotate keeps each byte's bits in that
+/// byte: bit `8m + j` goes to `8m + 4`).
 ///
-/// Per lane: `d sc S - dmin m B` with `S` the group's code dot and `B` its
-/// activation sum, both exact integers, then `x_d` times that.
-///
+/// Per lane: `d sc S - dmin m B` with `S` the sub-block's code dot and `B`
+/// its activation sum, both exact integers, then `x_d` times that.
 struct Q45K<const FIVE: bool>;
 
-/// A Q4_K / Q5_K block as the steps take it: the four code registers, and
-/// per lane `d sc` and `dmin m` of the lane's sub-block.
+/// Two Q4_K / Q5_K blocks as the steps take them: the eight code registers
+/// (lanes as [`PairBlock::qs`]), and per lane `d sc` and `dmin m` of the
+/// lane's sub-block.
 #[repr(C, align(64))]
 struct Unpacked45 {
-    wq: [__m512i; 4],
+    wq: [__m512i; 8],
     scale: __m512,
     mins: __m512,
 }
 
+/// Bytes of a Q5_K block: a missing second block of a pair reads these
+/// zeros (all its codes, scales and mins 0, so it adds nothing).
+static ZERO_BLOCK: [u8; 176] = [0; 176];
+
 impl<const FIVE: bool> Unpacks for Q45K<FIVE> {
-    type X = KBlock<false>;
+    type X = PairBlock;
     type U = Unpacked45;
-    rows_of_blocks!(|nb: usize| nb);
+    rows_of_blocks!(|nb: usize| nb.div_ceil(2));
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn unpack(m: &Self::M<'_>, r: usize, i: usize) -> Unpacked45 {
         let qs_at = if FIVE { 48 } else { 16 };
-        let idx = _mm512_setr_epi32(0, 4, 0, 4, 8, 12, 8, 12, 16, 20, 16, 20, 24, 28, 24, 28);
-        let shift = _mm512_setr_epi32(0, 0, 4, 4, 0, 0, 4, 4, 0, 0, 4, 4, 0, 0, 4, 4);
+        // Registers r and r + 1 of one block: lanes 0..8 and 8..16.
+        let idx = _mm512_setr_epi32(0, 0, 8, 8, 16, 16, 24, 24, 1, 1, 9, 9, 17, 17, 25, 25);
+        let shift = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
         let m4 = _mm512_set1_epi8(0x0F);
-        let hidx = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
-        // (4 - k / 2) mod 32.
-        let hrot = _mm512_setr_epi32(4, 4, 3, 3, 2, 2, 1, 1, 0, 0, 31, 31, 30, 30, 29, 29);
+        // qh word r of each block (the second block's words are 8..16).
+        let hidx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8);
+        // (4 - j) mod 32.
+        let hrot = _mm512_setr_epi32(4, 3, 2, 1, 0, 31, 30, 29, 4, 3, 2, 1, 0, 31, 30, 29);
         let bit4 = _mm512_set1_epi8(0x10);
-        let b = m.block(r, i);
-        let (d, dmin) = (f16_at(b), f16_at(b.add(2)));
-        let (sc, mn) = scales_mins_k4(&*(b.add(4) as *const [u8; 12]));
-        let scale = _mm512_mul_ps(_mm512_set1_ps(d), pairs_u8_ps(sc));
-        let mins = _mm512_mul_ps(_mm512_set1_ps(dmin), pairs_u8_ps(mn));
-        let (q0, q1) = (load512(b.add(qs_at)), load512(b.add(qs_at + 64)));
-        // Q5_K: the 32 qh bytes in the low half (the indices stay below 8).
-        let qh = if FIVE { _mm512_castsi256_si512(load256(b.add(16))) } else { _mm512_setzero_si512() };
-        let mut wq = [_mm512_setzero_si512(); 4];
-        for (r, wr) in wq.iter_mut().enumerate() {
-            let rr = _mm512_set1_epi32(r as i32);
-            let c = _mm512_permutex2var_epi32(q0, _mm512_add_epi32(idx, rr), q1);
-            let mut v = _mm512_and_si512(_mm512_srlv_epi32(c, shift), m4);
-            if FIVE {
-                let h = _mm512_rolv_epi32(_mm512_permutexvar_epi32(_mm512_add_epi32(hidx, rr), qh), hrot);
-                // v | (h & 0x10)
-                v = _mm512_ternarylogic_epi32::<0xF8>(v, h, bit4);
+        let a = m.block(r, 2 * i);
+        let b = if 2 * i + 1 < m.nb { m.block(r, 2 * i + 1) } else { ZERO_BLOCK.as_ptr() };
+        let high = 0xFF00;
+        let d = _mm512_mask_blend_ps(high, _mm512_set1_ps(f16_at(a)), _mm512_set1_ps(f16_at(b)));
+        let dmin = _mm512_mask_blend_ps(high, _mm512_set1_ps(f16_at(a.add(2))), _mm512_set1_ps(f16_at(b.add(2))));
+        let (sa, ma) = scales_mins_k4(&*(a.add(4) as *const [u8; 12]));
+        let (sb, mb) = scales_mins_k4(&*(b.add(4) as *const [u8; 12]));
+        let scale = _mm512_mul_ps(d, u8_ps(sa, sb));
+        let mins = _mm512_mul_ps(dmin, u8_ps(ma, mb));
+        let (qa0, qa1) = (load512(a.add(qs_at)), load512(a.add(qs_at + 64)));
+        let (qb0, qb1) = (load512(b.add(qs_at)), load512(b.add(qs_at + 64)));
+        let qh = if FIVE { load_2x256(a.add(16), b.add(16)) } else { _mm512_setzero_si512() };
+        let mut wq = [_mm512_setzero_si512(); 8];
+        for r in (0..8).step_by(2) {
+            let ix = _mm512_add_epi32(idx, _mm512_set1_epi32(r as i32));
+            let ta = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutex2var_epi32(qa0, ix, qa1), shift), m4);
+            let tb = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutex2var_epi32(qb0, ix, qb1), shift), m4);
+            wq[r] = _mm512_shuffle_i64x2::<0b01_00_01_00>(ta, tb);
+            wq[r + 1] = _mm512_shuffle_i64x2::<0b11_10_11_10>(ta, tb);
+        }
+        if FIVE {
+            for (r, wr) in wq.iter_mut().enumerate() {
+                let hr = _mm512_add_epi32(hidx, _mm512_set1_epi32(r as i32));
+                let h = _mm512_rolv_epi32(_mm512_permutexvar_epi32(hr, qh), hrot);
+                // wr | (h & 0x10)
+                *wr = _mm512_ternarylogic_epi32::<0xF8>(*wr, h, bit4);
             }
-            *wr = v;
         }
         Unpacked45 { wq, scale, mins }
     }
 
     #[inline(always)]
-    unsafe fn step(u: &Unpacked45, xb: &KBlock<false>, acc: &mut __m512) {
-        let mut s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u.wq[0], xb.qs[0]);
-        s = _mm512_dpbusd_epi32(s, u.wq[1], xb.qs[1]);
-        s = _mm512_dpbusd_epi32(s, u.wq[2], xb.qs[2]);
-        s = _mm512_dpbusd_epi32(s, u.wq[3], xb.qs[3]);
-        let offs = _mm512_mul_ps(_mm512_castsi512_ps(xb.bs), u.mins);
+    unsafe fn step(u: &Unpacked45, xb: &PairBlock, acc: &mut __m512) {
+        // Two chains of four: the eight in one chain wait on each other's latency.
+        let mut s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u.wq[0], xb.qs[0]);
+        let mut s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u.wq[1], xb.qs[1]);
+        for r in (2..8).step_by(2) {
+            s0 = _mm512_dpbusd_epi32(s0, u.wq[r], xb.qs[r]);
+            s1 = _mm512_dpbusd_epi32(s1, u.wq[r + 1], xb.qs[r + 1]);
+        }
+        let s = _mm512_add_epi32(s0, s1);
+        let offs = _mm512_mul_ps(xb.bs, u.mins);
         let v = _mm512_fmsub_ps(_mm512_cvtepi32_ps(s), u.scale, offs);
-        *acc = _mm512_fmadd_ps(v, _mm512_set1_ps(xb.d), *acc);
+        *acc = _mm512_fmadd_ps(v, xb.d, *acc);
     }
 }
 
@@ -315,7 +386,7 @@ struct Unpacked6 {
 }
 
 impl Unpacks for Q6K {
-    type X = KBlock<true>;
+    type X = KBlock;
     type U = Unpacked6;
     rows_of_blocks!(|nb: usize| nb);
 
@@ -347,7 +418,7 @@ impl Unpacks for Q6K {
     }
 
     #[inline(always)]
-    unsafe fn step(u: &Unpacked6, xb: &KBlock<true>, acc: &mut __m512) {
+    unsafe fn step(u: &Unpacked6, xb: &KBlock, acc: &mut __m512) {
         let mut s = _mm512_dpbusd_epi32(xb.bs, u.wq[0], xb.qs[0]);
         s = _mm512_dpbusd_epi32(s, u.wq[1], xb.qs[1]);
         s = _mm512_dpbusd_epi32(s, u.wq[2], xb.qs[2]);
@@ -364,8 +435,8 @@ impl<const FIVE: bool> Kernel for Q45K<FIVE> {
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn prep(src: &[BlockQ8K], dst: *mut KBlock<false>) {
-        prep_k::<false>(src, dst)
+    unsafe fn prep(src: &[BlockQ8K], dst: *mut PairBlock) {
+        prep_pairs(src, dst)
     }
 }
 
@@ -376,7 +447,7 @@ impl Kernel for Q6K {
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn prep(src: &[BlockQ8K], dst: *mut KBlock<true>) {
-        prep_k::<true>(src, dst)
+    unsafe fn prep(src: &[BlockQ8K], dst: *mut KBlock) {
+        prep_k(src, dst)
     }
 }
