@@ -220,9 +220,8 @@ unsafe fn prep_pairs(src: &[BlockQ8K], dst: *mut PairBlock) {
             // Lanes 0..4 from the first pair of loads, 4..8 from the second.
             _mm256_blend_epi32::<0xF0>(_mm512_castsi512_si256(lo), _mm512_castsi512_si256(hi))
         };
-        let qs: [__m512i; 8] = std::array::from_fn(|r| {
-            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(half(a, r)), half(b, r))
-        });
+        let qs: [__m512i; 8] =
+            std::array::from_fn(|r| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(half(a, r)), half(b, r)));
         // Sub-block j's sum: groups 2j and 2j + 1 of `bsums`.
         let sums = |blk: &BlockQ8K| _mm256_madd_epi16(load256(blk.bsums.as_ptr() as *const u8), _mm256_set1_epi16(1));
         let bs = _mm512_cvtepi32_ps(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(sums(a)), sums(b)));
