@@ -238,6 +238,7 @@ pub(super) struct Affine<W>(PhantomData<W>);
 impl<W: Width> Unpacks for Affine<W> {
     type X = W::XRun;
     type U = Unpacked;
+    type A = __m256;
     type M<'a> = MatRuns<'a>;
 
     fn units(m: &MatRuns) -> usize {

@@ -1,9 +1,11 @@
 //! The loop every x86 many-token int8 kernel shares (ggml types in
 //! `ggml_dot/avx2/multi` and `ggml_dot/multi/avx512.rs`, MLX affine in
-//! `affine_multi`): a unit of weight blocks (one 256-value block, or a run
-//! of eight 32-value blocks) is unpacked once, into registers, then each
-//! token of the group takes one step against it (at the AVX2 level
-//! [`super::steps`]).
+//! `affine_multi`): a unit of weight blocks (one 256-value block, a pair of
+//! them, or a run of eight 32-value blocks) is unpacked once, into
+//! registers, then each token of the group takes one step against it (at
+//! the AVX2 level [`super::steps`]). A unit may span two rows (its step's
+//! accumulator, [`avx512::Acc`], says how many): each activation register
+//! the step loads then feeds both rows' products.
 //!
 //! When a call has more than one token group, the first group also writes
 //! each unit as it unpacked it to a per-thread buffer (`scratch::Kept`),
@@ -34,12 +36,55 @@ macro_rules! level {
             use $hsum as hsum;
             use $zero as zero;
 
+            /// A step's accumulator for one token: one row's (`$acc`), or two rows'
+            /// (`[$acc; 2]`, for a unit that spans two rows).
+            pub(crate) trait Acc: Copy {
+                /// Rows a unit spans.
+                const ROWS: usize;
+                /// All lanes zero.
+                ///
+                /// # Safety
+                /// The CPU runs the level's features.
+                unsafe fn zero() -> Self;
+                /// Each row's lane sum (the first `ROWS` count).
+                ///
+                /// # Safety
+                /// The CPU runs the level's features.
+                unsafe fn sums(self) -> [f32; 2];
+            }
+
+            impl Acc for $acc {
+                const ROWS: usize = 1;
+                #[inline(always)]
+                unsafe fn zero() -> Self {
+                    zero()
+                }
+                #[inline(always)]
+                unsafe fn sums(self) -> [f32; 2] {
+                    [hsum(self), 0.0]
+                }
+            }
+
+            impl Acc for [$acc; 2] {
+                const ROWS: usize = 2;
+                #[inline(always)]
+                unsafe fn zero() -> Self {
+                    [zero(); 2]
+                }
+                #[inline(always)]
+                unsafe fn sums(self) -> [f32; 2] {
+                    [hsum(self[0]), hsum(self[1])]
+                }
+            }
+
             /// A weight format's transposed many-token kernel.
             pub(crate) trait Unpacks {
                 /// One token's activation unit, as the group's prepared copy holds it.
                 type X;
                 /// A unit of weight blocks as the steps take it.
                 type U;
+                /// A step's accumulator: its row count is the unit's.
+                type A: Acc;
                 /// The matrix a call reads: its rows of units.
                 type M<'a>;
 
@@ -50,21 +95,24 @@ macro_rules! level {
                 /// first pass prefetches them ahead of the row it reads.
                 fn stream<'a>(m: &Self::M<'a>) -> (&'a [u8], usize);
 
-                /// The unit `i` of row `r`.
+                /// The unit `i` of row `r` (and of the rows after it up to the unit's
+                /// row count, those that `m` has: a unit past the last row reads the
+                /// rows it has again, and its other rows' results are not used).
                 ///
                 /// # Safety
                 /// Row `r` lies inside `m`, `i < Self::units(m)`; the CPU runs the level's
                 /// features.
                 unsafe fn unpack(m: &Self::M<'_>, r: usize, i: usize) -> Self::U;
 
-                /// `acc += u · x` (per lane; the row's result is the lanes' sum).
+                /// `acc += u · x` (per lane and row; a row's result is its lanes' sum).
                 ///
                 /// # Safety
                 /// The CPU runs the level's features.
-                unsafe fn step(u: &Self::U, x: &Self::X, acc: &mut $acc);
+                unsafe fn step(u: &Self::U, x: &Self::X, acc: &mut Self::A);
 
-                /// Units `units` of row `r` against `N` tokens, each unit unpacked here
-                /// (and written to `keep[i]` unless `keep` is null).
+                /// Units `units` of the unit's rows from `r` against `N` tokens, each
+                /// unit unpacked here (and written to `keep[i]` unless `keep` is null):
+                /// each token's sum per row.
                 ///
                 /// # Safety
                 /// As [`Unpacks::unpack`] for every unit of `units`; each `xs[t]` points
@@ -78,8 +126,8 @@ macro_rules! level {
                     xs: [*const Self::X; N],
                     units: Range<usize>,
                     keep: *mut Self::U,
-                ) -> [f32; N] {
-                    let mut acc = [zero(); N];
+                ) -> [[f32; 2]; N] {
+                    let mut acc = [Self::A::zero(); N];
                     // Two loops, so that without `keep` the unit is a local whose parts
                     // stay in registers (one reference to either would put it in memory).
                     if keep.is_null() {
@@ -98,7 +146,7 @@ macro_rules! level {
                             }
                         }
                     }
-                    acc.map(|a| hsum(a))
+                    acc.map(|a| a.sums())
                 }
 
                 /// As [`Unpacks::dot`], on the units it kept for the row.
@@ -113,15 +161,15 @@ macro_rules! level {
                     kept: *const Self::U,
                     xs: [*const Self::X; N],
                     units: Range<usize>,
-                ) -> [f32; N] {
-                    let mut acc = [zero(); N];
+                ) -> [[f32; 2]; N] {
+                    let mut acc = [Self::A::zero(); N];
                     for i in units {
                         let u = &*kept.add(i);
                         for (t, a) in acc.iter_mut().enumerate() {
                             Self::step(u, &*xs[t].add(i), a);
                         }
                     }
-                    acc.map(|a| hsum(a))
+                    acc.map(|a| a.sums())
                 }
             }
 
@@ -157,7 +205,8 @@ macro_rules! level {
                 prep: &mut impl FnMut(usize, usize) -> (*const K::X, usize),
             ) {
                 let units = K::units(m);
-                let block = (KEPT_BYTES / (units * std::mem::size_of::<K::U>()).max(1)).max(1);
+                let rows_per_unit = K::A::ROWS;
+                let block = (KEPT_BYTES / (units * std::mem::size_of::<K::U>()).max(1)).max(1) * rows_per_unit;
                 if rows.len() > block {
                     for r0 in rows.clone().step_by(block) {
                         let sub = r0..(r0 + block).min(rows.end);
@@ -168,8 +217,11 @@ macro_rules! level {
                 // Kept only when a later group reads them.
                 let first = if n_tokens >= max { max } else { n_tokens.min(4) };
                 let mut kept = Kept::default();
-                let keep: *mut K::U =
-                    if n_tokens > first { kept.room(rows.len() * units) } else { std::ptr::null_mut() };
+                let keep: *mut K::U = if n_tokens > first {
+                    kept.room(rows.len().div_ceil(rows_per_unit) * units)
+                } else {
+                    std::ptr::null_mut()
+                };
                 let chunk = chunk_units(units, max * std::mem::size_of::<K::X>());
                 let pass = Pass { rows, units, chunk, keep, y, stride };
                 let mut t0 = 0;
@@ -221,23 +273,29 @@ macro_rules! level {
                         // Only the first pass reads the rows from memory: prefetch for it.
                         let prefetch = t0 == 0 && u0 == 0;
                         let mut fetched = self.rows.start * row_bytes;
-                        for (i, r) in self.rows.clone().enumerate() {
+                        let rows_per_unit = K::A::ROWS;
+                        for (i, r) in self.rows.clone().step_by(rows_per_unit).enumerate() {
                             if prefetch {
-                                let until = ((r + 1) * row_bytes + PREFETCH_BYTES).min(bytes.len());
+                                let until = ((r + rows_per_unit) * row_bytes + PREFETCH_BYTES).min(bytes.len());
                                 while fetched < until {
                                     _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().add(fetched) as *const i8);
                                     fetched += 64;
                                 }
                             }
                             let kept = if self.keep.is_null() { self.keep } else { self.keep.add(i * self.units) };
-                            let out: [f32; N] = if t0 == 0 {
+                            let out: [[f32; 2]; N] = if t0 == 0 {
                                 K::dot(m, r, xs, cols.clone(), kept)
                             } else {
                                 K::dot_kept(kept, xs, cols.clone())
                             };
+                            let first = r - self.rows.start;
+                            let n_rows = rows_per_unit.min(self.rows.end - r);
                             for (t, v) in out.into_iter().enumerate() {
-                                let at = self.y.add((t0 + t) * self.stride + i);
-                                *at = if u0 == 0 { v } else { *at + v };
+                                let row = self.y.add((t0 + t) * self.stride + first);
+                                for (j, v) in v.into_iter().take(n_rows).enumerate() {
+                                    let at = row.add(j);
+                                    *at = if u0 == 0 { v } else { *at + v };
+                                }
                             }
                         }
                         u0 = cols.end;

@@ -130,6 +130,7 @@ pub(crate) struct BlockRows<'a> {
 impl<K: BlockUnits> Unpacks for K {
     type X = K::X;
     type U = K::U;
+    type A = __m256;
     type M<'a> = BlockRows<'a>;
 
     fn units(m: &BlockRows) -> usize {

@@ -47,6 +47,7 @@ pub(crate) struct SymVnni<const TYPE: u8>;
 impl<const TYPE: u8> Unpacks for SymVnni<TYPE> {
     type X = XRunV;
     type U = UnpackedV;
+    type A = __m256;
     type M<'a> = BlockRows<'a>;
 
     fn units(m: &BlockRows) -> usize {
