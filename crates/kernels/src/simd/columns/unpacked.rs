@@ -290,11 +290,14 @@ macro_rules! level {
                             };
                             let first = r - self.rows.start;
                             let n_rows = rows_per_unit.min(self.rows.end - r);
-                            for (t, v) in out.into_iter().enumerate() {
-                                let row = self.y.add((t0 + t) * self.stride + first);
-                                for (j, v) in v.into_iter().take(n_rows).enumerate() {
-                                    let at = row.add(j);
-                                    *at = if u0 == 0 { v } else { *at + v };
+                            // Row by row, not as a loop over the unit's rows: the compiler
+                            // turned that loop's copy into a call of `memcpy` per row and token.
+                            for (t, [v0, v1]) in out.into_iter().enumerate() {
+                                let at = self.y.add((t0 + t) * self.stride + first);
+                                *at = if u0 == 0 { v0 } else { *at + v0 };
+                                if n_rows == 2 {
+                                    let at = at.add(1);
+                                    *at = if u0 == 0 { v1 } else { *at + v1 };
                                 }
                             }
                         }
