@@ -291,13 +291,14 @@ unsafe fn prep_k(src: &[BlockQ8K], dst: *mut KBlock) {
 struct Q45K<const FIVE: bool>;
 
 /// Q4_K / Q5_K with two rows a unit, so that each activation register a
-/// step loads feeds two `vpdpbusd`. For rows of three blocks or more: a
-/// step microbenchmark on a Zen 4 (8 tokens of activations in L1) measured
-/// 6.1 cycles per block, row and token with one row a unit, 5.4 with two,
-/// but the two rows' unit takes 20 registers, so only four tokens' eight
-/// accumulators fit beside it, and rows of one or two blocks (an expert's
-/// down projection) lost more to reading the kept units twice as often
-/// (`prefill_gemm q4k`: 2048x512 207 -> 155 GFLOP/s, 512x2048 229 -> 251).
+/// step loads feeds two `vpdpbusd`. For rows of three blocks or more:
+/// `examples/vnni_step.rs` (Zen 4, 8 tokens of activations in L1) measures
+/// 6.4-6.9 cycles per block, row and token with one row a unit, 5.4-5.8
+/// with two, but the two rows' unit takes 20 registers, so only four
+/// tokens' eight accumulators fit beside it, and rows of one or two blocks
+/// (an expert's down projection) lost more to reading the kept units twice
+/// as often (`prefill_gemm q4k`: 2048x512 207 -> 155 GFLOP/s, 512x2048
+/// 229 -> 251).
 struct Q45K2<const FIVE: bool>;
 
 /// Two Q4_K / Q5_K blocks of a row as the steps take them: the eight code
