@@ -19,6 +19,10 @@
 //! `cargo run --release -p qmoe-kernels --example vnni_step -- [--ghz 3.6]`
 //! (x86-64 with AVX-512 VNNI only).
 
+// The loops index the weights and the activations with the same register
+// number, as the kernel's steps do.
+#![allow(clippy::needless_range_loop)]
+
 #[cfg(target_arch = "x86_64")]
 mod bench {
     use std::arch::x86_64::*;
