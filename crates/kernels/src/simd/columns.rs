@@ -12,14 +12,19 @@ pub(crate) mod steps;
 pub(crate) mod unpacked;
 
 /// Most bytes of one token group's prepared activations for one column
-/// chunk: the kernels split wider rows into column chunks (partial sums
-/// added in the output), so that the activations every row of the run reads
-/// stay in L1 (32 KB on the x86 cores of the day). Measured on Zen 3 with
-/// `examples/prefill_gemm.rs --shape 512x4096` (6 alternations, best/mean
-/// GFLOP/s through the driver): Q4_K's 45 KB per group of 8 tokens as two
-/// chunks 150.7/114.5 against 113.7/99.6 as one; Q8_0's 36 KB as two chunks
-/// no better (93.0/76.8 against 98.0/78.3), so the bound sits above it.
-pub(crate) const L1_ACTS: usize = 40 << 10;
+/// chunk, so that the activations every row of the run reads stay in L1
+/// (32 KB on the x86 cores of the day, beside the weight units passing
+/// through): a group that would pass it takes four tokens instead of eight,
+/// and rows wider still run in column chunks (partial sums added in the
+/// output). Measured on Zen 3 with `examples/prefill_gemm.rs --shape
+/// 512x4096` (6 alternations, best/mean GFLOP/s through the driver): Q4_K's
+/// 45 KB per group of 8 tokens as two chunks 150.7/114.5 against
+/// 113.7/99.6 as one. On Zen 4, 24 KB with the smaller groups against 40 KB
+/// (`--shape 2048x4096`, 64 tokens, 3 alternations, mean): q8_0 127.1 ->
+/// 176.9, q6k 163.6 -> 200.1, a4 144.3 -> 192.1, a8 77.1 -> 101.7, q4k
+/// and q3k unchanged, and at the AVX2 level q6k 124.9 -> 140.7, q8_0 96.6
+/// -> 109.0; `[512 x 2048]` and `[2048 x 512]` unchanged.
+pub(crate) const L1_ACTS: usize = 24 << 10;
 
 /// Column chunks of at most [`L1_ACTS`] bytes of activations for `units`
 /// units of `unit_bytes` each (all tokens of a group): the units per chunk.

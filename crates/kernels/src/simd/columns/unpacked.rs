@@ -30,7 +30,7 @@ macro_rules! level {
             use std::arch::x86_64::{_mm_prefetch, $acc, _MM_HINT_T0};
             use std::ops::Range;
 
-            use crate::simd::columns::chunk_units;
+            use crate::simd::columns::{chunk_units, L1_ACTS};
             use crate::simd::scratch::Kept;
             use crate::simd::PREFETCH_BYTES;
             use $hsum as hsum;
@@ -180,10 +180,10 @@ macro_rules! level {
             /// tokens, in token groups of `max` (the rest in groups of at most 4), each
             /// group's activation units given by `prep(t0, n)` (a pointer to token
             /// `t0`'s and the distance from one token's to the next's). Token groups run
-            /// outside, then column chunks sized so that the group's activation units of
-            /// a chunk stay in L1 ([`crate::simd::columns::L1_ACTS`]: a row of 4096
-            /// columns is two chunks of Q4_K for 8 tokens at the AVX2 level, chunk
-            /// partial sums added in `y`), then rows:
+            /// outside (of four tokens where `max` tokens' activation units of a row
+            /// would not stay in L1, [`crate::simd::columns::L1_ACTS`]), then column
+            /// chunks sized so that the group's activation units of a chunk stay in
+            /// L1 (chunk partial sums added in `y`), then rows:
             /// the driver's run of rows stays in L2. The first group streams the rows
             /// from memory (with the single-token kernels' prefetch) and keeps their
             /// unpacked units; the later groups load those. A call with more rows than
@@ -205,6 +205,10 @@ macro_rules! level {
                 prep: &mut impl FnMut(usize, usize) -> (*const K::X, usize),
             ) {
                 let units = K::units(m);
+                // A group of `max` tokens whose units of a row would not stay in L1
+                // takes four tokens instead; column chunks are left for rows wider
+                // still (see `L1_ACTS` for what that measured).
+                let max = if max > 4 && units * max * std::mem::size_of::<K::X>() > L1_ACTS { 4 } else { max };
                 let rows_per_unit = K::A::ROWS;
                 let block = (KEPT_BYTES / (units * std::mem::size_of::<K::U>()).max(1)).max(1) * rows_per_unit;
                 if rows.len() > block {
