@@ -77,12 +77,12 @@ pub(super) unsafe fn gemm_q8k(
     y_stride: usize,
     acts_id: u64,
 ) {
+    let short = x.len() / n_tokens < 3;
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
-        GgmlType::Q4K | GgmlType::Q5K if x.len() / n_tokens < 3 => match ty {
-            GgmlType::Q4K => gemm::<Q45K<false>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
-            _ => gemm::<Q45K<true>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
-        },
+        // Rows of one or two blocks take the one-row kernel (see `Q45K2`).
+        GgmlType::Q4K if short => gemm::<Q45K<false>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
+        GgmlType::Q5K if short => gemm::<Q45K<true>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
         GgmlType::Q4K => gemm::<Q45K2<false>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
         GgmlType::Q5K => gemm::<Q45K2<true>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
         GgmlType::Q6K => gemm::<Q6K>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
@@ -373,8 +373,14 @@ unsafe fn step_pair(u: &Unpacked45, xb: &PairBlock, acc: &mut __m512) {
         s0 = _mm512_dpbusd_epi32(s0, u.wq[r], xb.qs[r]);
         s1 = _mm512_dpbusd_epi32(s1, u.wq[r + 1], xb.qs[r + 1]);
     }
+    scale_pair(_mm512_add_epi32(s0, s1), u, xb, acc);
+}
+
+/// `acc += x_d (d sc S - dmin m B)` per lane, `s` the lanes' integer sums `S`.
+#[inline(always)]
+unsafe fn scale_pair(s: __m512i, u: &Unpacked45, xb: &PairBlock, acc: &mut __m512) {
     let offs = _mm512_mul_ps(xb.bs, u.mins);
-    let v = _mm512_fmsub_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), u.scale, offs);
+    let v = _mm512_fmsub_ps(_mm512_cvtepi32_ps(s), u.scale, offs);
     *acc = _mm512_fmadd_ps(v, xb.d, *acc);
 }
 
@@ -419,10 +425,9 @@ impl<const FIVE: bool> Unpacks for Q45K2<FIVE> {
             s0 = _mm512_dpbusd_epi32(s0, u[0].wq[r], x);
             s1 = _mm512_dpbusd_epi32(s1, u[1].wq[r], x);
         }
-        let v0 = _mm512_fmsub_ps(_mm512_cvtepi32_ps(s0), u[0].scale, _mm512_mul_ps(xb.bs, u[0].mins));
-        let v1 = _mm512_fmsub_ps(_mm512_cvtepi32_ps(s1), u[1].scale, _mm512_mul_ps(xb.bs, u[1].mins));
-        acc[0] = _mm512_fmadd_ps(v0, xb.d, acc[0]);
-        acc[1] = _mm512_fmadd_ps(v1, xb.d, acc[1]);
+        let [a0, a1] = acc;
+        scale_pair(s0, &u[0], xb, a0);
+        scale_pair(s1, &u[1], xb, a1);
     }
 }
 
