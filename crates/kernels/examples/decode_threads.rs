@@ -1,7 +1,7 @@
 //! Decode-shaped weight streaming on the pool, against a plain streaming
 //! read with the same threads, both in one process and alternating.
 //!
-//! Q4_K weights in the shapes of a 35B-A3B MoE layer (experts of
+//! Q4_K (or `--type q8_0`) weights in the shapes of a 35B-A3B MoE layer (experts of
 //! `[512 x 2048]` gate and up, `[2048 x 512]` down; `--experts` of them, 8
 //! chosen per step) and one large `[rows x 2048]` matrix, multiplied by one
 //! token through `linear::matmul` / `matmul_many` as the model's decode does;
@@ -13,7 +13,7 @@
 //! cancel.
 //!
 //! `cargo run --release -p qmoe-kernels --example decode_threads -- [--threads 2]
-//!  [--experts 32] [--mb 512] [--rounds 5]`
+//!  [--experts 32] [--mb 512] [--rounds 5] [--type q4_k|q8_0]`
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -21,9 +21,9 @@ use std::time::Instant;
 use half::f16;
 use qmoe_core::GgmlType;
 use qmoe_kernels::linear::{matmul, MatRef};
-use qmoe_kernels::simd::act::{quantize_q8k, BlockQ8K};
+use qmoe_kernels::simd::act::{quantize_q8k, quantize_q8x32, BlockQ8K, BlockQ8x32};
 use qmoe_kernels::simd::gemm::{matmul_many, Product};
-use qmoe_kernels::simd::{self, ggml_dot::gemv_q8k};
+use qmoe_kernels::simd::{self, ggml_dot::gemv_q8k, ggml_dot::gemv_q8x32};
 
 const COLS: usize = 2048;
 const INTER: usize = 512;
@@ -43,7 +43,13 @@ fn main() {
     let rounds = opt("--rounds", 5);
     qmoe_kernels::threads::set(threads);
 
-    let ty = GgmlType::Q4K;
+    let ty = match args.iter().position(|a| a == "--type").and_then(|i| args.get(i + 1)) {
+        Some(name) => match GgmlType::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(name)) {
+            Some(t) if matches!(t, GgmlType::Q4K | GgmlType::Q8_0) => t,
+            _ => panic!("--type {name}: q4_k or q8_0"),
+        },
+        None => GgmlType::Q4K,
+    };
     let bytes_of = |rows: usize, cols: usize| rows * cols / ty.block_size() * ty.type_size();
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
     let mut fill = |n: usize| -> Vec<u8> {
@@ -55,11 +61,14 @@ fn main() {
                 seed as u8
             })
             .collect();
-        // Finite block scales (d, dmin at bytes 0 and 2 of each 144-byte block).
+        // Finite block scales (Q4_K: d, dmin at bytes 0 and 2 of each
+        // block; Q8_0: d at byte 0).
         let s = f16::from_f32(0.01).to_le_bytes();
+        let fields: &[usize] = if ty == GgmlType::Q4K { &[0, 2] } else { &[0] };
         for b in v.chunks_exact_mut(ty.type_size()) {
-            b[0..2].copy_from_slice(&s);
-            b[2..4].copy_from_slice(&s);
+            for &at in fields {
+                b[at..at + 2].copy_from_slice(&s);
+            }
         }
         v
     };
@@ -72,7 +81,7 @@ fn main() {
     let xi: Vec<f32> = x[..INTER].to_vec();
     let stream_buf: Vec<u64> = (0..(mb << 20) / 8).map(|i| i as u64).collect();
 
-    println!("threads {threads}, Q4_K, big [{big_rows} x {COLS}] ({mb} MB), {n_experts} experts, 8 per step");
+    println!("threads {threads}, {ty}, big [{big_rows} x {COLS}] ({mb} MB), {n_experts} experts, 8 per step");
     let mut pick = 0usize;
     for round in 0..rounds {
         let stream = stream_gbs(&stream_buf, threads);
@@ -88,10 +97,11 @@ fn main() {
         let big_gbs = big.len() as f64 / best / 1e9;
         // The same rows split in `threads` contiguous parts, each thread
         // calling the kernel directly (no pool, no tasks).
-        let xq = {
-            let mut q = vec![BlockQ8K::default(); COLS / 256];
-            quantize_q8k(&x, &mut q);
-            q
+        let (xk, x32) = {
+            let (mut k, mut q) = (vec![BlockQ8K::default(); COLS / 256], vec![BlockQ8x32::default(); COLS / 32]);
+            quantize_q8k(&x, &mut k);
+            quantize_q8x32(&x, &mut q);
+            (k, q)
         };
         let rb = bytes_of(1, COLS);
         let per = big_rows.div_ceil(threads);
@@ -100,8 +110,11 @@ fn main() {
             let t = Instant::now();
             std::thread::scope(|s| {
                 for (w, y) in big.chunks(per * rb).zip(y.chunks_mut(per)) {
-                    let xq = &xq;
-                    s.spawn(move || gemv_q8k(simd::level(), ty, w, xq, y));
+                    let (xk, x32) = (&xk, &x32);
+                    s.spawn(move || match ty {
+                        GgmlType::Q4K => gemv_q8k(simd::level(), ty, w, xk, y),
+                        _ => gemv_q8x32(simd::level(), ty, w, x32, y),
+                    });
                 }
             });
             best = best.min(t.elapsed().as_secs_f64());

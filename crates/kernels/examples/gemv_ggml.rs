@@ -19,8 +19,14 @@ const COLS: usize = 2048;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mb: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(256);
-    let names: Vec<&String> = args.iter().filter(|a| a.parse::<usize>().is_err()).collect();
+    // The size in MB, or in KB with a `k` suffix (`256k` stays in L2: the
+    // kernel's compute ceiling).
+    let size = |a: &String| match a.strip_suffix('k') {
+        Some(kb) => kb.parse::<usize>().ok().map(|k| k << 10),
+        None => a.parse::<usize>().ok().map(|m| m << 20),
+    };
+    let bytes: usize = args.first().and_then(size).unwrap_or(256 << 20);
+    let names: Vec<&String> = args.iter().filter(|a| size(a).is_none()).collect();
     let types: Vec<GgmlType> = GgmlType::ALL
         .into_iter()
         .filter(|&t| {
@@ -37,8 +43,8 @@ fn main() {
     };
     // Small (cache-resident) matrices get more passes: their best pass is
     // the kernel's compute ceiling, taken where no other process interrupts.
-    let passes = (2048 / mb.max(1)).clamp(7, 500);
-    let mut buf = vec![0u8; mb << 20];
+    let passes = ((2048 << 20) / bytes.max(1)).clamp(7, 500);
+    let mut buf = vec![0u8; bytes];
     for c in buf.chunks_mut(8) {
         let v = next().to_le_bytes();
         c.copy_from_slice(&v[..c.len()]);
@@ -50,7 +56,7 @@ fn main() {
     quantize_q8x32(&x, &mut x32);
 
     println!("cpu: {}", cpu_name());
-    println!("matrix: {mb} MB, rows of {COLS} columns, 1 thread, best of {passes} passes");
+    println!("matrix: {} KB, rows of {COLS} columns, 1 thread, best of {passes} passes", bytes >> 10);
     println!("stream read: {:.1} GB/s", stream_gbs(&buf, passes));
     for ty in types {
         let row_bytes = COLS / ty.block_size() * ty.type_size();

@@ -260,6 +260,13 @@ fn vnni_types_match_the_scalar_twin() {
     for_grid_of(tys, &[1, 3], &[1, 2, 7], Rng(0xA5_12), levels_match_the_twin);
 }
 
+/// Q8_0's AVX-512 kernel takes sixteen blocks a step: whole steps, a short
+/// last one with an even and an odd count of blocks, one block past a step.
+#[test]
+fn q8_0_steps_of_sixteen_blocks_match_the_scalar_twin() {
+    for_grid_of([GgmlType::Q8_0], &[1, 5], &[15, 16, 17, 30, 32, 33, 64], Rng(0x16_B10C), levels_match_the_twin);
+}
+
 #[test]
 fn scalar_twin_matches_decode_then_f64_dot() {
     for_grid(|ty, what, w, acts, rows| {

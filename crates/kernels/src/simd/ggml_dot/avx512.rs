@@ -16,9 +16,12 @@
 //! `vpmaddubsw` + `vpmaddwd`. Its u8 × s8 asymmetry is met by making the
 //! weight codes unsigned with an offset and taking the offset back through
 //! a sum of activation codes, so the integer sums equal the scalar twin's:
-//! * Q8_0 (`w + 128`) and Q4_0 (nibble `q`, value `q - 8`): the Q8x32 blocks
-//!   carry only the f32 sum of the original inputs, not the code sum, so
-//!   `off · Σ x` comes from a second `vpdpbusd` against the constant `off`;
+//! * Q8_0 (`w + 128`): the call lays the activations out once with
+//!   `-128 Σ x` per lane as the accumulator `vpdpbusd` starts from
+//!   ([`q8_0`], which also takes sixteen blocks a step);
+//! * Q4_0 (nibble `q`, value `q - 8`): the Q8x32 blocks carry only the f32
+//!   sum of the original inputs, not the code sum, so `8 Σ x` comes from a
+//!   second `vpdpbusd` against the constant 8;
 //! * IQ4_XS looks its nibbles up in the level table plus 128 (1..=241) and
 //!   takes `128 Σ_j ls_j B_j` off through `bsums`;
 //! * Q4_K / Q5_K codes are unsigned already.
@@ -50,6 +53,8 @@ use crate::simd::scratch::Scratch;
 // How far ahead of the row being multiplied the row loop keeps software
 // prefetches: the lead `avx2.rs` measured best.
 use crate::simd::PREFETCH_BYTES;
+
+mod q8_0;
 
 /// Whether `ty` has a kernel here (the others run their AVX2 kernel).
 pub(super) fn has_kernel(ty: GgmlType) -> bool {
@@ -106,7 +111,11 @@ pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f
 pub(super) unsafe fn gemv_q8x32(ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mut [f32]) {
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
-        GgmlType::Q8_0 => rows!(w, x, y, 34, dot_q8_0),
+        GgmlType::Q8_0 => {
+            let mut scratch = Scratch::default();
+            let groups = q8_0::prep(x, &mut scratch);
+            rows!(w, x, y, 34, q8_0::dot, groups)
+        }
         GgmlType::Q4_0 => rows!(w, x, y, 18, dot_q4_0),
         ty => unreachable!("avx512::gemv_q8x32: {ty} has no kernel here (checked by the caller)"),
     }
@@ -188,108 +197,73 @@ unsafe fn widen(v: __m256i) -> __m512i {
 
 // ---- 32-value blocks (Q8x32 activations) --------------------------------------
 
-/// Q8_0 (`CODE = Q8`, 34-byte blocks: f16 `d`, 32 i8) or Q4_0 (18 bytes:
-/// f16 `d`, 16 bytes of nibbles, value `j` low and `j + 16` high, minus 8).
-const Q8: bool = false;
-const Q4: bool = true;
+/// Q4_0 (18-byte blocks: f16 `d`, 16 bytes of nibbles, value `j` low and
+/// `j + 16` high, minus 8). Q8_0 has its own sixteen-block loop, [`q8_0`].
+const TS_Q4_0: usize = 18;
 
-/// The block bytes and the offset its unsigned codes carry.
-#[inline(always)]
-const fn block32(q4: bool) -> (usize, i32) {
-    if q4 {
-        (18, 8)
-    } else {
-        (34, 128)
-    }
-}
-
-/// Two blocks' unsigned weight codes (value + offset): the block at `b` in
+/// Two blocks' nibbles as unsigned codes (value + 8): the block at `b` in
 /// the low half, the next one in the high half.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn codes_2x32<const CODE: bool>(b: *const u8) -> __m512i {
-    let (ts, _) = block32(CODE);
-    if CODE == Q4 {
-        // 128-bit lanes [qs0, qs0, qs1, qs1]; lanes 1 and 3 shifted down a
-        // nibble: the low nibbles (values 0..16) then the high (16..32).
-        let q = _mm512_inserti64x4::<1>(
-            _mm512_castsi256_si512(_mm256_broadcastsi128_si256(load128(b.add(2)))),
-            _mm256_broadcastsi128_si256(load128(b.add(ts + 2))),
-        );
-        let q = _mm512_mask_srli_epi16::<4>(q, 0xFF00_FF00, q);
-        _mm512_and_si512(q, _mm512_set1_epi8(0x0F))
-    } else {
-        // w + 128 as an unsigned byte is w with its top bit flipped.
-        let w = load_2x256(b.add(2), b.add(ts + 2));
-        _mm512_xor_si512(w, _mm512_set1_epi8(i8::MIN))
-    }
+unsafe fn codes_2x32(b: *const u8) -> __m512i {
+    // 128-bit lanes [qs0, qs0, qs1, qs1]; lanes 1 and 3 shifted down a
+    // nibble: the low nibbles (values 0..16) then the high (16..32).
+    let q = _mm512_inserti64x4::<1>(
+        _mm512_castsi256_si512(_mm256_broadcastsi128_si256(load128(b.add(2)))),
+        _mm256_broadcastsi128_si256(load128(b.add(TS_Q4_0 + 2))),
+    );
+    let q = _mm512_mask_srli_epi16::<4>(q, 0xFF00_FF00, q);
+    _mm512_and_si512(q, _mm512_set1_epi8(0x0F))
 }
 
-/// One block's unsigned weight codes, as [`codes_2x32`].
+/// One block's unsigned codes, as [`codes_2x32`].
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn codes_32<const CODE: bool>(b: *const u8) -> __m256i {
-    if CODE == Q4 {
-        let q = _mm256_broadcastsi128_si256(load128(b.add(2)));
-        let q = _mm256_mask_srli_epi16::<4>(q, 0xFF00, q);
-        _mm256_and_si256(q, _mm256_set1_epi8(0x0F))
-    } else {
-        _mm256_xor_si256(load256(b.add(2)), _mm256_set1_epi8(i8::MIN))
-    }
+unsafe fn codes_32(b: *const u8) -> __m256i {
+    let q = _mm256_broadcastsi128_si256(load128(b.add(2)));
+    let q = _mm256_mask_srli_epi16::<4>(q, 0xFF00, q);
+    _mm256_and_si256(q, _mm256_set1_epi8(0x0F))
 }
 
 /// Blocks `x[0]`, `x[1]` (weights at `b`) into `acc`: per lane the code dot
-/// of four values, `Σ (q + off) x - off Σ x`, scaled by its block's
-/// `d_w d_x`.
+/// of four values, `Σ (q + 8) x - 8 Σ x`, scaled by its block's `d_w d_x`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn step_2x32<const CODE: bool>(b: *const u8, x: &[BlockQ8x32], acc: __m512) -> __m512 {
-    let (ts, off) = block32(CODE);
+unsafe fn step_2x32(b: *const u8, x: &[BlockQ8x32], acc: __m512) -> __m512 {
     let (x0, x1) = (&x[0], &x[1]);
     let xv = load_2x256(x0.qs.as_ptr() as *const u8, x1.qs.as_ptr() as *const u8);
-    let s = _mm512_sub_epi32(dot4(codes_2x32::<CODE>(b), xv), dot4(_mm512_set1_epi8(off as u8 as i8), xv));
-    let scale = _mm512_mask_mov_ps(_mm512_set1_ps(f16_at(b) * x0.d), 0xFF00, _mm512_set1_ps(f16_at(b.add(ts)) * x1.d));
+    let s = _mm512_sub_epi32(dot4(codes_2x32(b), xv), dot4(_mm512_set1_epi8(8), xv));
+    let scale =
+        _mm512_mask_mov_ps(_mm512_set1_ps(f16_at(b) * x0.d), 0xFF00, _mm512_set1_ps(f16_at(b.add(TS_Q4_0)) * x1.d));
     _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc)
 }
 
-/// The shared block loop: four blocks a step into two accumulators
-/// (independent FMA chains), then a pair, then a single block in 256 bits.
+/// Q4_0: four blocks a step into two accumulators (independent FMA
+/// chains), then a pair, then a single block in 256 bits.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dot32<const CODE: bool>(row: *const u8, x: &[BlockQ8x32]) -> f32 {
-    let (ts, off) = block32(CODE);
+unsafe fn dot_q4_0(row: *const u8, x: &[BlockQ8x32]) -> f32 {
+    let ts = TS_Q4_0;
     let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
     let mut i = 0;
     while i + 4 <= x.len() {
-        acc0 = step_2x32::<CODE>(row.add(i * ts), &x[i..i + 2], acc0);
-        acc1 = step_2x32::<CODE>(row.add((i + 2) * ts), &x[i + 2..i + 4], acc1);
+        acc0 = step_2x32(row.add(i * ts), &x[i..i + 2], acc0);
+        acc1 = step_2x32(row.add((i + 2) * ts), &x[i + 2..i + 4], acc1);
         i += 4;
     }
     if i + 2 <= x.len() {
-        acc0 = step_2x32::<CODE>(row.add(i * ts), &x[i..i + 2], acc0);
+        acc0 = step_2x32(row.add(i * ts), &x[i..i + 2], acc0);
         i += 2;
     }
     let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
     if i < x.len() {
         let (b, xb) = (row.add(i * ts), &x[i]);
         let xv = load256(xb.qs.as_ptr() as *const u8);
-        let s = _mm256_sub_epi32(dot4_256(codes_32::<CODE>(b), xv), dot4_256(_mm256_set1_epi8(off as u8 as i8), xv));
+        let s = _mm256_sub_epi32(dot4_256(codes_32(b), xv), dot4_256(_mm256_set1_epi8(8), xv));
         // The block's exact integer sum, scaled once (as the scalar twin).
         sum += f16_at(b) * xb.d * _mm512_reduce_add_epi32(widen(s)) as f32;
     }
     sum
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dot_q8_0(row: *const u8, x: &[BlockQ8x32]) -> f32 {
-    dot32::<Q8>(row, x)
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dot_q4_0(row: *const u8, x: &[BlockQ8x32]) -> f32 {
-    dot32::<Q4>(row, x)
 }
 
 // ---- 256-value super-blocks (Q8K activations) -----------------------------------
