@@ -22,12 +22,18 @@ use super::{ActKind, Level};
 use crate::linear::{Encoding, MatRef};
 use crate::pool::SharedMut;
 
-/// Weight bytes per task for a single token. Measured on the synthetic
-/// 35B-A3B shape (2 threads, decode tok/s, Q4_K_M / MLX 4-bit): 32 KiB
-/// 7.5 / 6.0, 64 KiB 7.8 / 6.9, 128 KiB 8.9 / 7.4, 256 KiB 9.0 / 8.7, 512 KiB
-/// 9.0 / 9.2: long runs let the hardware prefetcher stream and pay the task
-/// hand-out once per run; 256 KiB still splits an expert matrix in two.
-const DECODE_TASK_BYTES: usize = 256 << 10;
+/// Weight bytes per task for a single token, at most: a product is cut into
+/// equal tasks no larger. Long runs let the hardware prefetcher stream and
+/// pay the hand-out once per run. Each task starts a new stream, and two
+/// threads taking 256 KiB runs in turn read a 512 MB Q8_0 matrix 5-8% below
+/// one contiguous half each (`examples/decode_threads.rs --type q8_0`, Zen 4).
+/// Measured on the synthetic 35B-A3B shape (2 threads, decode tok/s, means
+/// of alternating runs on a Zen 4 VM whose memory speed wanders): Q8_0 256
+/// KiB 9.42, 1 MiB 9.83 (4 each); Q4_K_M 13.80 against 14.34 (4 each); in a
+/// fast phase Q8_0 512 KiB 10.67, 1 MiB 10.93, 2 MiB 11.08 (2-3 each). An
+/// earlier host measured 32 KiB 7.5, 64 KiB 7.8, 128 KiB 8.9, 256 KiB 9.0,
+/// 512 KiB 9.0 on Q4_K_M.
+const DECODE_TASK_BYTES: usize = 1 << 20;
 /// Weight bytes per task for several tokens (a slice that stays in L2).
 const PREFILL_TASK_BYTES: usize = 96 << 10;
 /// From this many tokens a product runs as a many-token kernel: int8 for
@@ -223,7 +229,13 @@ pub fn matmul_many(products: &mut [Product]) {
             };
             let row_bytes = (p.w.storage_bytes() / p.w.rows.max(1)).max(1);
             let budget = if p.n_tokens == 1 { DECODE_TASK_BYTES } else { PREFILL_TASK_BYTES };
-            let rows_per_task = (budget / row_bytes).clamp(1, p.w.rows.max(1));
+            let rows_per_task = if p.n_tokens == 1 {
+                // Equal tasks of at most the budget, so no short one is left at the end.
+                let n = p.w.storage_bytes().div_ceil(budget).max(1);
+                p.w.rows.div_ceil(n).max(1)
+            } else {
+                (budget / row_bytes).clamp(1, p.w.rows.max(1))
+            };
             plans.push(Plan { route, prep, rows_per_task, first_task: n_tasks });
             n_tasks += p.w.rows.div_ceil(rows_per_task);
             total_bytes += p.w.storage_bytes() * p.n_tokens;
