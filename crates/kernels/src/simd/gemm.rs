@@ -6,10 +6,11 @@
 //! shared expert's) together, so their common input is quantized once and
 //! the threads stay busy across small matrices.
 //!
-//! Splitting: a task is a run of weight rows. For one token, tasks are small
-//! enough to balance ([`DECODE_TASK_BYTES`]); for many tokens a task's rows
-//! are sized to stay in L2 ([`PREFILL_TASK_BYTES`]) while every token passes
-//! over them, so a prefill reads each weight from DRAM once.
+//! Splitting: a task is a run of weight rows, a product cut into equal
+//! tasks of at most [`DECODE_TASK_BYTES`] for one token (long streams, few
+//! enough to balance) or [`PREFILL_TASK_BYTES`] for many (about a whole
+//! expert matrix; the kernels block its rows to stay in L2 while every
+//! token passes over them, so a prefill reads each weight from DRAM once).
 
 use std::cell::{Cell, RefCell};
 use std::ops::Range;
@@ -22,11 +23,14 @@ use super::{ActKind, Level};
 use crate::linear::{Encoding, MatRef};
 use crate::pool::SharedMut;
 
-/// Weight bytes per task for a single token, at most: a product is cut into
-/// equal tasks no larger. Long runs let the hardware prefetcher stream and
-/// pay the hand-out once per run. Each task starts a new stream, and two
-/// threads taking 256 KiB runs in turn read a 512 MB Q8_0 matrix 5-8% below
-/// one contiguous half each (`examples/decode_threads.rs --type q8_0`, Zen 4).
+/// Weight bytes per task, at most, for a single token and for several: a
+/// product is cut into equal tasks no larger, so no short one is left at
+/// the end.
+///
+/// One token: long runs let the hardware prefetcher stream and pay the
+/// hand-out once per run. Each task starts a new stream, and two threads
+/// taking 256 KiB runs in turn read a 512 MB Q8_0 matrix 5-8% below one
+/// contiguous half each (`examples/decode_threads.rs --type q8_0`, Zen 4).
 /// Measured on the synthetic 35B-A3B shape (2 threads, decode tok/s, means
 /// of alternating runs on a Zen 4 VM whose memory speed wanders): Q8_0 256
 /// KiB 9.42, 1 MiB 9.83 (4 each); Q4_K_M 13.80 against 14.34 (4 each); in a
@@ -34,8 +38,18 @@ use crate::pool::SharedMut;
 /// earlier host measured 32 KiB 7.5, 64 KiB 7.8, 128 KiB 8.9, 256 KiB 9.0,
 /// 512 KiB 9.0 on Q4_K_M.
 const DECODE_TASK_BYTES: usize = 1 << 20;
-/// Weight bytes per task for several tokens (a slice that stays in L2).
-const PREFILL_TASK_BYTES: usize = 96 << 10;
+/// Several tokens: the many-token kernels keep their own row blocks in L2
+/// (`columns::unpacked`), so a task need not fit there, and 768 KiB takes a
+/// whole expert matrix at Q4_K (576 KiB) as one task. `qmoe bench -p 512`
+/// at 2 threads on the synthetic shape (Zen 4, prefill tok/s, 2 runs each,
+/// alternating): Q4_K_M 96 KiB 68.6 / 68.9, 384 KiB 72.6 / 73.1, 768 KiB
+/// 75.5 / 76.5, 1.5 MiB 74.1 / 73.1; cut evenly at 768 KiB 79.5 / 78.6
+/// (1 MiB 77.5 / 76.0); bf16 96 KiB 23.3 / 25.1 against 26.0 / 28.2; Q8_0
+/// and MLX 4-bit no lower. At 1 thread Q4_K_M gains 3%, so most of the gain
+/// is in how two threads share the work; which cost it removes (each
+/// thread lays out an input's activations once for the tasks it takes of
+/// it; task ends leave the other thread idle) was not pinned down.
+const PREFILL_TASK_BYTES: usize = 768 << 10;
 /// From this many tokens a product runs as a many-token kernel: int8 for
 /// quantized weights that have one, else row-widening f32 tiles ([`super::tile`]).
 const TILE_MIN_TOKENS: usize = 4;
@@ -227,15 +241,9 @@ pub fn matmul_many(products: &mut [Product]) {
                 },
                 _ => 0,
             };
-            let row_bytes = (p.w.storage_bytes() / p.w.rows.max(1)).max(1);
             let budget = if p.n_tokens == 1 { DECODE_TASK_BYTES } else { PREFILL_TASK_BYTES };
-            let rows_per_task = if p.n_tokens == 1 {
-                // Equal tasks of at most the budget, so no short one is left at the end.
-                let n = p.w.storage_bytes().div_ceil(budget).max(1);
-                p.w.rows.div_ceil(n).max(1)
-            } else {
-                (budget / row_bytes).clamp(1, p.w.rows.max(1))
-            };
+            // Equal tasks of at most the budget.
+            let rows_per_task = p.w.rows.div_ceil(p.w.storage_bytes().div_ceil(budget).max(1)).max(1);
             plans.push(Plan { route, prep, rows_per_task, first_task: n_tasks });
             n_tasks += p.w.rows.div_ceil(rows_per_task);
             total_bytes += p.w.storage_bytes() * p.n_tokens;
