@@ -1,6 +1,6 @@
 //! Q8_0 gemv at AVX-512 VNNI, sixteen blocks a step.
 //!
-//! The shared 32-value loop ([`super::dot32`]) spends, per pair of blocks,
+//! The pair loop Q4_0 keeps ([`super::dot_q4_0`]) spent on Q8_0, per pair of blocks,
 //! two scalar f16 loads and conversions, two multiplies and a permute to
 //! build the scale register, and a second `vpdpbusd` for the `w + 128`
 //! offset: a compute ceiling of 31.8 GB/s on one Zen 4 core
@@ -13,9 +13,9 @@
 //! blocks as 64 contiguous codes beside `-128 Σ` of each lane's four codes,
 //! which is the accumulator `vpdpbusd` starts from, so `(w + 128) · x`
 //! comes out as the exact `w · x`. The sixteen weight scales of a group are
-//! gathered in one instruction, widened to f32 and multiplied by the
-//! activation scales; each pair takes its two from that register with a
-//! permute. Per pair that leaves an insert, an xor, a `vpdpbusd`, a permute,
+//! read on the integer side ([`weight_scales`]), widened to f32 in one
+//! conversion and multiplied by the activation scales; each pair takes its
+//! two from that register with a permute. Per pair that leaves an insert, an xor, a `vpdpbusd`, a permute,
 //! a conversion and an FMA.
 
 use std::arch::x86_64::*;
