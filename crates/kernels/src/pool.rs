@@ -281,9 +281,40 @@ pub fn run(n_tasks: usize, task: &(dyn Fn(usize) + Sync)) {
     sized(&mut guard, threads).run(n_tasks, task);
 }
 
+/// `f(a, b)` for the consecutive pieces `a..b` of `0..n` items, on the pool
+/// when there are at least `2 * min_items` (a few pieces per thread, each of
+/// `min_items` or more), else in one call here. For the row-wise work
+/// between products (activation quantization, norms) that a long prefill
+/// would otherwise leave to one thread.
+pub fn for_pieces(n: usize, min_items: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+    let threads = crate::threads::get();
+    let pieces = (n / min_items.max(1)).min(4 * threads);
+    if threads <= 1 || pieces < 2 {
+        f(0, n);
+        return;
+    }
+    let per = n.div_ceil(pieces);
+    run(n.div_ceil(per), &|i| f(i * per, ((i + 1) * per).min(n)));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pieces_cover_every_item_once() {
+        crate::threads::set(0);
+        for (n, min) in [(0usize, 4usize), (1, 4), (7, 4), (8, 4), (1000, 3), (1000, 1000), (4096, 64)] {
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            for_pieces(n, min, &|a, b| {
+                assert!(a <= b && b <= n);
+                for h in &hits[a..b] {
+                    h.fetch_add(1, Relaxed);
+                }
+            });
+            assert!(hits.iter().all(|h| h.load(Relaxed) == 1), "n = {n}, min = {min}");
+        }
+    }
 
     #[test]
     fn every_task_runs_exactly_once() {

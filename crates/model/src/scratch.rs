@@ -88,6 +88,8 @@ pub struct MoeScratch {
     pub order: Vec<(usize, f32)>,
     pub offsets: Vec<usize>,
     pub fill: Vec<usize>,
+    /// `[T, k]`: each token's slots in `order`, in increasing order.
+    pub token_slots: Vec<usize>,
     /// Capacity kept for the products of one kernel call.
     pub products: Vec<qmoe_kernels::simd::gemm::Product<'static>>,
 }
