@@ -168,7 +168,7 @@ impl Prepared {
 /// `quant(x, out)` (blocks of `block` values, each quantized on its own),
 /// in pieces on the pool for a prefill's inputs: done here alone it left
 /// the other thread idle for 1.3% of a Q4_K_M prefill's samples.
-fn quantize_on_pool<B>(x: &[f32], out: &mut [B], block: usize, quant: fn(&[f32], &mut [B])) {
+fn quantize_on_pool<B: Send>(x: &[f32], out: &mut [B], block: usize, quant: fn(&[f32], &mut [B])) {
     // Blocks a piece: 8 tokens of a 2048-wide input at 256 values a block.
     const MIN_VALUES: usize = 16 << 10;
     let n = out.len();

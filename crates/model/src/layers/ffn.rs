@@ -146,9 +146,12 @@ pub fn moe(w: &Moe, cfg: &Config, x: &[f32], n_tokens: usize, s: &mut MoeScratch
 /// (`memmove` of the gather alone 1.4% of a Q4_K_M prefill's samples).
 const ROWS_A_PIECE: usize = 8;
 
-/// [`swiglu`] in pieces of whole rows of `row` values (the SIMD level's
-/// split into vectors and a tail is the same as in one call).
+/// [`swiglu`] in pieces of whole rows of `row` values. Where a row is a
+/// whole number of vectors (every released model's: 256-1024 values), each
+/// piece splits into vectors and a scalar tail as one call would, so the
+/// values are that call's exactly.
 fn swiglu_rows(gate: &[f32], up: &[f32], act: &mut [f32], row: usize) {
+    debug_assert!(row > 0 && act.len().is_multiple_of(row));
     let n_rows = act.len() / row.max(1);
     let dst = SharedMut::new(act);
     for_pieces(n_rows, ROWS_A_PIECE, &|a, b| {
