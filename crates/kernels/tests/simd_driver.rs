@@ -207,3 +207,71 @@ fn one_input_shared_by_kernels_of_different_layouts() {
     }
     qmoe_kernels::threads::set(0);
 }
+
+/// One token: products on two inputs, each input shared by Q8_0 and Q4_K
+/// products of several row tasks, in one `matmul_many` call, twice with new
+/// contents at the same addresses. The driver names each input, and the
+/// AVX-512 gemv kernels keep their layout of a named input per thread for
+/// its later tasks (a layout of the other input, or of the first round's
+/// contents, must not be taken). Each product must equal its kernel called
+/// directly on an unnamed input, bit for bit.
+#[test]
+fn one_token_products_on_named_inputs_equal_the_gemv() {
+    use qmoe_core::GgmlType;
+    use qmoe_kernels::simd::act::{quantize_q8k, quantize_q8x32, BlockQ8K, BlockQ8x32};
+    use qmoe_kernels::simd::gemm::{matmul_many, Product};
+    use qmoe_kernels::simd::{ggml_dot, level};
+
+    let mut rng = Rng(29);
+    // 1000 rows of 2048 columns: 1.1 MB (Q4_K) and 2.2 MB (Q8_0), two and
+    // three tasks of at most 1 MiB.
+    let (rows, cols) = (1000, 2048);
+    let types = [GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q8_0, GgmlType::Q4K];
+    let bytes: Vec<Vec<u8>> = types
+        .iter()
+        .map(|&ty| {
+            let quantize = qmoe_kernels::ggml::quantizer(ty).expect("quantizer");
+            let mut b = vec![0u8; rows * ty.row_bytes(cols).unwrap()];
+            quantize(&rng.vec(rows * cols, 1.0), &mut b);
+            b
+        })
+        .collect();
+    let mats: Vec<MatRef> = types.iter().zip(&bytes).map(|(&ty, b)| MatRef::ggml(ty, rows, cols, b).unwrap()).collect();
+    let mut inputs = [vec![0.0f32; cols], vec![0.0f32; cols]];
+    qmoe_kernels::threads::set(2);
+    for round in 0..2 {
+        for x in inputs.iter_mut() {
+            x.copy_from_slice(&rng.vec(cols, 1.5));
+        }
+        // Products 0, 1 read input 0; 2, 3 input 1; in the order 0, 2, 1, 3.
+        let which = [0usize, 1, 0, 1];
+        let mut got = vec![vec![f32::NAN; rows]; mats.len()];
+        {
+            let mut outs: Vec<(usize, &mut Vec<f32>)> = got.iter_mut().enumerate().collect();
+            outs.sort_by_key(|(k, _)| (k % 2, *k));
+            let mut products: Vec<Product> = outs
+                .into_iter()
+                .map(|(k, y)| Product { w: mats[k], x: &inputs[which[k]], y: y.as_mut_slice(), n_tokens: 1 })
+                .collect();
+            matmul_many(&mut products);
+        }
+        for (k, &ty) in types.iter().enumerate() {
+            let x = &inputs[which[k]];
+            let mut want = vec![f32::NAN; rows];
+            if ty == GgmlType::Q8_0 {
+                let mut xq = vec![BlockQ8x32::default(); cols / 32];
+                quantize_q8x32(x, &mut xq);
+                ggml_dot::gemv_q8x32(level(), ty, &bytes[k], &xq, &mut want);
+            } else {
+                let mut xk = vec![BlockQ8K::default(); cols / 256];
+                quantize_q8k(x, &mut xk);
+                ggml_dot::gemv_q8k(level(), ty, &bytes[k], &xk, &mut want);
+            }
+            for i in 0..rows {
+                let g = got[k][i];
+                assert_eq!(g.to_bits(), want[i].to_bits(), "{ty} product {k} round {round} [{i}]: {g} vs {}", want[i]);
+            }
+        }
+    }
+    qmoe_kernels::threads::set(0);
+}

@@ -95,8 +95,10 @@ pub fn act_kind(enc: &Encoding) -> Option<ActKind> {
 }
 
 /// `y[i] = row (rows.start + i) · x` with the fast kernel for `w`'s encoding;
-/// `x` must be the form [`act_kind`] names.
-pub fn gemv(level: Level, w: &MatRef, rows: Range<usize>, x: ActRef, y: &mut [f32]) {
+/// `x` must be the form [`act_kind`] names. `acts_id` names a quantized `x`
+/// for the kernels that lay it out (see [`super::ggml_dot::gemv_q8k_named`];
+/// 0: unnamed).
+pub fn gemv(level: Level, w: &MatRef, rows: Range<usize>, x: ActRef, y: &mut [f32], acts_id: u64) {
     debug_assert_eq!(y.len(), rows.len());
     match (w.enc, x) {
         (Encoding::Float(_), ActRef::F32(x)) => super::float_dot::gemv_float(level, w, rows, x, y),
@@ -115,8 +117,8 @@ pub fn gemv(level: Level, w: &MatRef, rows: Range<usize>, x: ActRef, y: &mut [f3
                     let m = MatRef::new(dt, rows.len(), w.cols, bytes);
                     super::float_dot::gemv_float(level, &m, 0..rows.len(), x, y)
                 }
-                ActRef::Q8K(x) => super::ggml_dot::gemv_q8k(level, ty, bytes, x, y),
-                ActRef::Q8x32(x) => super::ggml_dot::gemv_q8x32(level, ty, bytes, x, y),
+                ActRef::Q8K(x) => super::ggml_dot::gemv_q8k_named(level, ty, bytes, x, y, acts_id),
+                ActRef::Q8x32(x) => super::ggml_dot::gemv_q8x32_named(level, ty, bytes, x, y, acts_id),
             }
         }
         _ => unreachable!("gemv: activation form does not match the encoding"),
@@ -136,8 +138,9 @@ pub struct Product<'a> {
 #[derive(Default)]
 struct Prepared {
     key: (usize, usize, Option<ActKind>),
-    /// Names these contents for the many-token kernels, which keep a
-    /// rearranged copy per thread across a product's row tasks: a fresh
+    /// Names these contents for the kernels that keep a rearranged copy
+    /// per thread across a product's row tasks (the many-token kernels, and
+    /// the AVX-512 Q4_K / Q5_K / Q8_0 gemv for one token): a fresh
     /// value from [`NEXT_ACTS_ID`] at every fill, so no later contents at
     /// the same address can be taken for these.
     id: u64,
@@ -328,6 +331,8 @@ fn run_rows(level: Level, p: &Product, plan: &Plan, prep: &Prepared, out: Shared
         }
         Route::Gemv(kind) => kind,
     };
+    // The input's name covers all its tokens; the kernels see one at a time.
+    let acts_id = if p.n_tokens == 1 { prep.id } else { 0 };
     for t in 0..p.n_tokens {
         // SAFETY: `t < n_tokens` and `rows` lies inside `0..n_rows`, so the
         // slice is inside this product's `[T, rows]` output; no other task
@@ -344,7 +349,7 @@ fn run_rows(level: Level, p: &Product, plan: &Plan, prep: &Prepared, out: Shared
                 ActRef::Q8x32(&prep.q8x32[t * nb..(t + 1) * nb])
             }
         };
-        gemv(level, &p.w, rows.clone(), x, y);
+        gemv(level, &p.w, rows.clone(), x, y, acts_id);
     }
 }
 

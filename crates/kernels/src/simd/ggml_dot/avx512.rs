@@ -48,7 +48,7 @@ use qmoe_core::GgmlType;
 use super::scales_mins_k4;
 use crate::ggml::IQ4_LEVELS;
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
-use crate::simd::scratch::Scratch;
+use crate::simd::scratch::Tokens;
 
 // How far ahead of the row being multiplied the row loop keeps software
 // prefetches: the lead `avx2.rs` measured best.
@@ -86,14 +86,15 @@ macro_rules! rows {
 /// # Safety
 /// The CPU runs AVX-512 F/BW/VL + VNNI, AVX2, FMA and F16C; `ty` is one of
 /// Q4_K, Q5_K, IQ4_XS; `w` is exactly `y.len()` rows of `x.len()`
-/// blocks of `ty`.
+/// blocks of `ty`; `acts_id` names `x` as [`super::gemv_q8k_named`] says.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f32]) {
+pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f32], acts_id: u64) {
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
         GgmlType::Q4K | GgmlType::Q5K => {
-            let mut scratch = Scratch::default();
-            let xp = prep_q45(x, &mut scratch);
+            let mut tokens = Tokens::default();
+            // SAFETY (closure): `tokens` gives room for `x.len()` values.
+            let xp = tokens.group(acts_id, (1, x.len()), (0, 1), |_, p| unsafe { prep_q45(x, p) });
             if ty == GgmlType::Q4K {
                 rows!(w, x, y, 144, dot_q45_k::<false>, xp)
             } else {
@@ -108,12 +109,14 @@ pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f
 /// # Safety
 /// As [`gemv_q8k`], for Q8_0 or Q4_0.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(super) unsafe fn gemv_q8x32(ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mut [f32]) {
+pub(super) unsafe fn gemv_q8x32(ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mut [f32], acts_id: u64) {
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
         GgmlType::Q8_0 => {
-            let mut scratch = Scratch::default();
-            let groups = q8_0::prep(x, &mut scratch);
+            let mut tokens = Tokens::default();
+            let n = q8_0::groups(x.len());
+            // SAFETY (closure): `tokens` gives room for `n` groups.
+            let groups = tokens.group(acts_id, (1, n), (0, 1), |_, p| unsafe { q8_0::prep(x, p) });
             rows!(w, x, y, 34, q8_0::dot, groups)
         }
         GgmlType::Q4_0 => rows!(w, x, y, 18, dot_q4_0),
@@ -355,10 +358,13 @@ pub(super) struct XQ45 {
     hi: [__m512i; 2],
 }
 
-/// `x` as [`XQ45`]s in `scratch` (valid until its next use).
-fn prep_q45(x: &[BlockQ8K], scratch: &mut Scratch) -> *const XQ45 {
+/// `x` as [`XQ45`]s at `dst`.
+///
+/// # Safety
+/// `dst` has room for `x.len()` values.
+unsafe fn prep_q45(x: &[BlockQ8K], dst: *mut XQ45) {
     // The same bytes as plain qwords: `lo[0], lo[1], hi[0], hi[1]`.
-    let p = scratch.room::<[[u64; 8]; 4]>(x.len());
+    let p = dst as *mut [[u64; 8]; 4];
     for (k, xb) in x.iter().enumerate() {
         let mut v = [[0u64; 8]; 4];
         for (r, reg) in v.iter_mut().enumerate() {
@@ -371,7 +377,6 @@ fn prep_q45(x: &[BlockQ8K], scratch: &mut Scratch) -> *const XQ45 {
         // SAFETY: `p` has room for `x.len()` values.
         unsafe { p.add(k).write(v) };
     }
-    p as *const XQ45
 }
 
 /// IQ4_XS's eight sub-block scales `ls_j - 32` as i32: `ls_j` is nibble `j`

@@ -96,6 +96,18 @@ pub fn act_kind(ty: GgmlType) -> Option<ActKind> {
 /// If `ty` does not take Q8K activations or `w` is not exactly the rows'
 /// bytes (the dispatcher validates shapes; this guards memory safety).
 pub fn gemv_q8k(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f32]) {
+    gemv_q8k_named(level, ty, w, x, y, 0)
+}
+
+/// [`gemv_q8k`] with the matmul driver's name for `x` (`acts_id`, non-zero,
+/// one value per input; 0: unnamed). The AVX-512 Q4_K / Q5_K kernel lays
+/// `x` out before its rows; with a name, a thread keeps that layout for its
+/// later calls on the same input (the other row tasks of the product, the
+/// products that share the input) instead of laying it out again.
+///
+/// # Panics
+/// As [`gemv_q8k`].
+pub fn gemv_q8k_named(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f32], acts_id: u64) {
     assert_eq!(act_kind(ty), Some(ActKind::Q8K), "gemv_q8k: {ty} does not take Q8K activations");
     check_bytes(ty, w.len(), x.len(), y.len());
     #[cfg(target_arch = "x86_64")]
@@ -103,7 +115,7 @@ pub fn gemv_q8k(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f
         // SAFETY: the CPU has AVX-512 F/BW/VL + VNNI besides AVX2, FMA and
         // F16C (checked just above), `ty` has a kernel there, and `w` holds
         // exactly `y.len()` rows of `x.len()` blocks of `ty`.
-        unsafe { avx512::gemv_q8k(ty, w, x, y) };
+        unsafe { avx512::gemv_q8k(ty, w, x, y, acts_id) };
         return;
     }
     if avx2_usable(level) {
@@ -133,12 +145,21 @@ pub fn gemv_q8k(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f
 /// # Panics
 /// As [`gemv_q8k`].
 pub fn gemv_q8x32(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mut [f32]) {
+    gemv_q8x32_named(level, ty, w, x, y, 0)
+}
+
+/// [`gemv_q8x32`] with the driver's name for `x`, as [`gemv_q8k_named`]
+/// (for the AVX-512 Q8_0 kernel's layout).
+///
+/// # Panics
+/// As [`gemv_q8k`].
+pub fn gemv_q8x32_named(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mut [f32], acts_id: u64) {
     assert_eq!(act_kind(ty), Some(ActKind::Q8x32), "gemv_q8x32: {ty} does not take Q8x32 activations");
     check_bytes(ty, w.len(), x.len(), y.len());
     #[cfg(target_arch = "x86_64")]
     if avx512_usable(level) && avx512::has_kernel(ty) {
         // SAFETY: as in `gemv_q8k`.
-        unsafe { avx512::gemv_q8x32(ty, w, x, y) };
+        unsafe { avx512::gemv_q8x32(ty, w, x, y, acts_id) };
         return;
     }
     if avx2_usable(level) {

@@ -22,11 +22,10 @@ use std::arch::x86_64::*;
 
 use super::{load256, load_2x256};
 use crate::simd::act::BlockQ8x32;
-use crate::simd::scratch::Scratch;
 
 /// Bytes of a Q8_0 block: f16 `d`, 32 i8 codes.
 const TS: usize = 34;
-/// Blocks a [`Group`] holds (one gather of weight scales).
+/// Blocks a [`Group`] holds (one read of weight scales, [`weight_scales`]).
 const BLOCKS: usize = 16;
 
 /// Two activation blocks as the kernel reads them: the codes of block `2k`
@@ -48,9 +47,16 @@ pub(super) struct Group {
     d: [f32; BLOCKS],
 }
 
-/// `x` as [`Group`]s in `scratch` (valid until its next use).
-pub(super) fn prep(x: &[BlockQ8x32], scratch: &mut Scratch) -> *const Group {
-    let p = scratch.room::<Group>(x.len().div_ceil(BLOCKS));
+/// The [`Group`]s that hold `n` blocks.
+pub(super) fn groups(n: usize) -> usize {
+    n.div_ceil(BLOCKS)
+}
+
+/// `x` as [`Group`]s at `dst`.
+///
+/// # Safety
+/// `dst` has room for [`groups`]`(x.len())` values.
+pub(super) unsafe fn prep(x: &[BlockQ8x32], dst: *mut Group) {
     for (gi, blocks) in x.chunks(BLOCKS).enumerate() {
         let mut g = Group { pairs: [Pair { qs: [0; 64], neg: [0; 16] }; BLOCKS / 2], d: [0.0; BLOCKS] };
         for (j, xb) in blocks.iter().enumerate() {
@@ -61,10 +67,9 @@ pub(super) fn prep(x: &[BlockQ8x32], scratch: &mut Scratch) -> *const Group {
                 pair.neg[8 * half + l] = -128 * four.iter().map(|&q| q as i32).sum::<i32>();
             }
         }
-        // SAFETY: `p` has room for `x.len().div_ceil(BLOCKS)` groups.
-        unsafe { p.add(gi).write(g) };
+        // SAFETY: `dst` has room for every group (the caller's contract).
+        unsafe { dst.add(gi).write(g) };
     }
-    p
 }
 
 /// Row `row` (`x.len()` blocks) times the activations `groups` prepared
