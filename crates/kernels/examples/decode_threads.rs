@@ -103,6 +103,11 @@ fn main() {
             quantize_q8x32(&x, &mut q);
             (k, q)
         };
+        // The gemv kernel for `ty` on rows `w`, called directly.
+        let gemv = |w: &[u8], y: &mut [f32]| match ty {
+            GgmlType::Q4K => gemv_q8k(simd::level(), ty, w, &xk, y),
+            _ => gemv_q8x32(simd::level(), ty, w, &x32, y),
+        };
         let rb = bytes_of(1, COLS);
         let per = big_rows.div_ceil(threads);
         let mut best = f64::INFINITY;
@@ -110,11 +115,8 @@ fn main() {
             let t = Instant::now();
             std::thread::scope(|s| {
                 for (w, y) in big.chunks(per * rb).zip(y.chunks_mut(per)) {
-                    let (xk, x32) = (&xk, &x32);
-                    s.spawn(move || match ty {
-                        GgmlType::Q4K => gemv_q8k(simd::level(), ty, w, xk, y),
-                        _ => gemv_q8x32(simd::level(), ty, w, x32, y),
-                    });
+                    let gemv = &gemv;
+                    s.spawn(move || gemv(w, y));
                 }
             });
             best = best.min(t.elapsed().as_secs_f64());
@@ -127,7 +129,7 @@ fn main() {
             let t = Instant::now();
             std::thread::scope(|s| {
                 for th in 0..threads {
-                    let (big, xk, x32) = (&big, &xk, &x32);
+                    let (big, gemv) = (&big, &gemv);
                     s.spawn(move || {
                         let mut yl = vec![0.0f32; chunk_rows];
                         let mut c = th;
@@ -135,10 +137,7 @@ fn main() {
                             let r1 = ((c + 1) * chunk_rows).min(big_rows);
                             let w = &big[c * chunk_rows * rb..r1 * rb];
                             let y = &mut yl[..r1 - c * chunk_rows];
-                            match ty {
-                                GgmlType::Q4K => gemv_q8k(simd::level(), ty, w, xk, y),
-                                _ => gemv_q8x32(simd::level(), ty, w, x32, y),
-                            }
+                            gemv(w, y);
                             c += threads;
                         }
                         black_box(&yl);
