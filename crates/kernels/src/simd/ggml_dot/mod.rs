@@ -108,6 +108,9 @@ pub fn gemv_q8k(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f
 /// # Panics
 /// As [`gemv_q8k`].
 pub fn gemv_q8k_named(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f32], acts_id: u64) {
+    // Only the AVX-512 kernels lay `x` out.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = acts_id;
     assert_eq!(act_kind(ty), Some(ActKind::Q8K), "gemv_q8k: {ty} does not take Q8K activations");
     check_bytes(ty, w.len(), x.len(), y.len());
     #[cfg(target_arch = "x86_64")]
@@ -154,6 +157,9 @@ pub fn gemv_q8x32(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mu
 /// # Panics
 /// As [`gemv_q8k`].
 pub fn gemv_q8x32_named(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mut [f32], acts_id: u64) {
+    // Only the AVX-512 kernels lay `x` out.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = acts_id;
     assert_eq!(act_kind(ty), Some(ActKind::Q8x32), "gemv_q8x32: {ty} does not take Q8x32 activations");
     check_bytes(ty, w.len(), x.len(), y.len());
     #[cfg(target_arch = "x86_64")]
