@@ -146,19 +146,21 @@ fn many_rows_run_in_row_blocks() {
 }
 
 /// The AVX2 kernels of the 32-wide types work on runs of eight
-/// blocks: whole runs, a whole run and a partial one, and two runs with a
-/// partial third.
+/// blocks, the AVX-512 ones of the symmetric types on units of sixteen:
+/// whole runs, a whole run and a partial one, two runs with a partial third
+/// (one whole unit and a partial one), and two whole units and a partial
+/// third.
 #[test]
 fn runs_of_eight_32_value_blocks() {
     let mut rng = Rng(0x0808);
     for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::IQ4NL, GgmlType::Q4_1, GgmlType::Q5_1] {
-        check_ggml(ty, &ROWS, &[8, 9, 16, 23], &TOKENS, &mut rng);
+        check_ggml(ty, &ROWS, &[8, 9, 16, 23, 33], &TOKENS, &mut rng);
     }
 }
 
 /// The types with AVX-512 (VNNI) many-token kernels, on a smaller grid that
 /// still has every token count of [`TOKENS`], odd row counts and an odd
-/// block count (Q8_0 multiplies blocks in pairs): the test
+/// block count: the test
 /// `tools/test-avx512.sh` runs under the emulated CPU, where the full grid
 /// of every type would take too long.
 #[test]

@@ -103,41 +103,6 @@ pub(crate) unsafe fn q4_k(w: &[__m256i; 8], scales: __m256i, mins: __m256, d: __
     );
 }
 
-/// Q8_0 runs with 256-bit VNNI (AVX-512 VL + VNNI CPUs): `acc += d_w x_d
-/// (neg + Σ_k (w_k + 128) x_k)` per lane, `neg = -128 Σ x` (in `sums`), the
-/// eight columns in two chains of `vpdpbusd`.
-#[inline]
-#[target_feature(enable = "avx2,fma,avx512vl,avx512vnni")]
-pub(crate) unsafe fn q8_0_vnni(w: &[__m256i; 8], d: __m256, x: Cols, acc: &mut __m256) {
-    step!(
-        w,
-        x,
-        acc,
-        [
-            "vmovdqa {s}, ymmword ptr [{xsums}]",
-            "vpxor {t}, {t}, {t}",
-            "vpdpbusd {s}, {w0}, ymmword ptr [{x}]",
-            "vpdpbusd {t}, {w1}, ymmword ptr [{x} + 32]",
-            "vpdpbusd {s}, {w2}, ymmword ptr [{x} + 64]",
-            "vpdpbusd {t}, {w3}, ymmword ptr [{x} + 96]",
-            "vpdpbusd {s}, {w4}, ymmword ptr [{x} + 128]",
-            "vpdpbusd {t}, {w5}, ymmword ptr [{x} + 160]",
-            "vpdpbusd {s}, {w6}, ymmword ptr [{x} + 192]",
-            "vpdpbusd {t}, {w7}, ymmword ptr [{x} + 224]",
-            "vpaddd {s}, {s}, {t}",
-            "vcvtdq2ps {s}, {s}",
-            "vmulps {t}, {d}, ymmword ptr [{xd}]",
-            "vmovups {a}, ymmword ptr [{acc}]",
-            "vfmadd231ps {a}, {t}, {s}",
-            "vmovups ymmword ptr [{acc}], {a}",
-        ],
-        d = in(ymm_reg) d,
-        s = out(ymm_reg) _,
-        t = out(ymm_reg) _,
-        a = out(ymm_reg) _
-    );
-}
-
 /// Q5_K: as [`q4_k`], the codes reaching 31, so the i16 sums take four
 /// columns at a time (`lo`, `hi`), each widened by the scales on its own.
 #[inline]

@@ -314,14 +314,6 @@ macro_rules! level {
 }
 
 level!(avx2, "avx2,fma,f16c", __m256, std::arch::x86_64::_mm256_setzero_ps, crate::simd::float_dot::x86::hsum);
-// The 256-bit loop on AVX-512 VL + VNNI CPUs, for steps that use 256-bit `vpdpbusd`.
-level!(
-    avx2_vnni,
-    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
-    __m256,
-    std::arch::x86_64::_mm256_setzero_ps,
-    crate::simd::float_dot::x86::hsum
-);
 level!(
     avx512,
     "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",

@@ -7,7 +7,8 @@
 //! once per token, and reads a run of rows from memory once for all tokens.
 //!
 //! The AVX-512 level (F/BW/VL + VNNI, `multi/avx512.rs`) has its own
-//! kernels for Q8_0, Q4_K, Q5_K and Q6_K, with the same structure: one
+//! kernels for Q4_K, Q5_K, Q6_K and the symmetric 32-value types (Q8_0, Q4_0,
+//! Q5_0, IQ4_NL), with the same structure: one
 //! `vpdpbusd` does 64 int8 multiply-adds straight into i32 lanes where AVX2
 //! needs `vpmaddubsw` + `vpmaddwd` per 32. At that level the other types run
 //! the AVX2 many-token kernels.
@@ -156,10 +157,10 @@ pub(crate) unsafe fn gemm_q8x32_raw(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if avx512_usable(level) && super::avx2::multi::vnni::has_kernel(ty) {
+    if avx512_usable(level) && avx512::has_q8x32_kernel(ty) {
         // SAFETY: as in `gemm_q8k_raw`'s AVX-512 branch (the CPU has
-        // AVX-512 VL + VNNI, checked just above; `ty` has a kernel there).
-        unsafe { super::avx2::multi::vnni::gemm(ty, w, n_rows, x, n_tokens, y, y_stride, acts_id) };
+        // AVX-512 F/BW/VL + VNNI, checked just above; `ty` has a kernel there).
+        unsafe { avx512::gemm_q8x32(ty, w, n_rows, x, n_tokens, y, y_stride, acts_id) };
         return;
     }
     if avx2_usable(level) {

@@ -26,8 +26,7 @@ use crate::simd::columns::unpacked::avx2::{groups, Unpacks};
 use crate::simd::scratch::Tokens;
 
 mod kquants;
-mod runs32;
-pub(crate) mod vnni;
+pub(crate) mod runs32;
 
 use kquants::{transpose_blocks, IQ4XS, Q2K, Q3K, Q45K, Q6K};
 use runs32::{transpose_runs, IQ4NLRuns, Q40Runs, Q41Runs, Q50Runs, Q51Runs, Q80Runs};

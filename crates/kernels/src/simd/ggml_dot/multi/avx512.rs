@@ -1,9 +1,7 @@
-//! AVX-512 many-token kernels (F/BW/VL + VNNI) for Q4_K, Q5_K and Q6_K;
-//! Q8_0 runs the AVX2 layout with 256-bit `vpdpbusd` at this level
-//! (`avx2/multi/vnni.rs`: it had a 512-bit kernel here, which scaled every
-//! pair of blocks on its own and ran at half the rate, 101.8 against 203.8
-//! GFLOP/s in `prefill_gemm q8_0` on a Zen 4), and every other type its
-//! AVX2 many-token kernel.
+//! AVX-512 many-token kernels (F/BW/VL + VNNI) for Q4_K, Q5_K and Q6_K,
+//! and for the symmetric 32-value types (Q8_0, Q4_0, Q5_0, IQ4_NL) in
+//! [`sym32`]; every other type runs its AVX2 many-token kernel at this
+//! level.
 //!
 //! Why a separate level: on AVX2 an int8 product costs `vpmaddubsw` (u8 x
 //! s8, pairs to i16) plus `vpmaddwd` (to i32) per 32 multiply-adds, and the
@@ -537,5 +535,36 @@ impl Kernel for Q6K {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn prep(src: &[BlockQ8K], dst: *mut KBlock) {
         prep_k(src, dst)
+    }
+}
+
+// After `rows_of_blocks!`, which it uses.
+mod sym32;
+
+pub(super) use sym32::has_kernel as has_q8x32_kernel;
+
+/// # Safety
+/// As [`gemm_q8k`], for Q8_0, Q4_0, Q5_0 or IQ4_NL and Q8x32 activations.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn gemm_q8x32(
+    ty: GgmlType,
+    w: &[u8],
+    n_rows: usize,
+    x: &[crate::simd::act::BlockQ8x32],
+    n_tokens: usize,
+    y: *mut f32,
+    y_stride: usize,
+    acts_id: u64,
+) {
+    use crate::simd::ggml_dot::avx2::multi::runs32::{IQ4_NL, Q4_0, Q5_0, Q8_0};
+    use sym32::Sym32x2;
+    // SAFETY (each arm): the caller's contract, passed on unchanged.
+    match ty {
+        GgmlType::Q8_0 => gemm::<Sym32x2<Q8_0>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
+        GgmlType::Q4_0 => gemm::<Sym32x2<Q4_0>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
+        GgmlType::Q5_0 => gemm::<Sym32x2<Q5_0>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
+        GgmlType::IQ4NL => gemm::<Sym32x2<IQ4_NL>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
+        _ => unreachable!("avx512 gemm_q8x32: {ty} (checked by the caller)"),
     }
 }

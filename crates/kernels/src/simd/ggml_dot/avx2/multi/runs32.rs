@@ -80,12 +80,12 @@ pub(super) unsafe fn run_columns(blocks: &[BlockQ8x32]) -> [__m256i; 8] {
 /// weight codes (signed bytes) are transposed and their absolute values
 /// taken once; per token, eight sign-trick `vpmaddubsw` + `vpmaddwd` into
 /// one i32 register, then one convert and one FMA ([`steps::signed`]).
-pub(super) struct Sym32<const TYPE: u8>;
+pub(crate) struct Sym32<const TYPE: u8>;
 
-pub(super) const Q8_0: u8 = 0;
-pub(super) const Q4_0: u8 = 1;
-pub(super) const Q5_0: u8 = 2;
-pub(super) const IQ4_NL: u8 = 3;
+pub(crate) const Q8_0: u8 = 0;
+pub(crate) const Q4_0: u8 = 1;
+pub(crate) const Q5_0: u8 = 2;
+pub(crate) const IQ4_NL: u8 = 3;
 
 pub(super) type Q80Runs = Sym32<Q8_0>;
 pub(super) type Q40Runs = Sym32<Q4_0>;
@@ -96,7 +96,7 @@ impl<const TYPE: u8> Sym32<TYPE> {
     /// The signed codes of the block at `b`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn codes(b: *const u8) -> __m256i {
+    pub(crate) unsafe fn codes(b: *const u8) -> __m256i {
         match TYPE {
             Q8_0 => load256(b.add(2)),
             Q4_0 => q4_0_codes(b),

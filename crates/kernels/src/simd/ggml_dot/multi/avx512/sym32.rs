@@ -1,0 +1,204 @@
+//! The symmetric 32-value types (Q8_0, Q4_0, Q5_0, IQ4_NL: signed codes,
+//! `d` first in the block) with 512-bit `vpdpbusd`: a unit is sixteen
+//! blocks of two rows.
+//!
+//! Lane `k` of every register is block `k` of the unit throughout: register
+//! `r` of the codes holds codes `4r..4r + 4` of each of the sixteen blocks,
+//! so after a (unit, row, token)'s eight `vpdpbusd` each i32 lane is one
+//! block's exact dot, and one convert, one multiply (`d_w d_x`) and one FMA
+//! scale all sixteen. Each activation register a step loads feeds both
+//! rows' `vpdpbusd`, and a group's accumulators stay in registers.
+//!
+//! This replaced a 256-bit kernel in the AVX2 layout (eight blocks a lane
+//! set, one row a unit, the token's accumulator loaded from memory and
+//! stored back every step). `examples/prefill_gemm q8_0 --tokens 128` on
+//! the Zen 4 VM, 1 thread, 31 runs, two alternations, GFLOP/s of the
+//! kernel alone, 256-bit / one row of sixteen blocks / two rows:
+//! `[512 x 2048]` 228-231 / 264-270 / 278-301, `[2048 x 512]` 146-196 /
+//! 184-219 / 206-246, `[2048 x 4096]` 190-193 / 222-226 / 259-267.
+//!
+//! `vpdpbusd` takes unsigned bytes first: the weights go in as `w + 128`
+//! (their top bit flipped, once per kept unit), the activations as they are,
+//! and the sums start from `-128 Σ x` per block, prepared with the token's
+//! unit, so each lane's i32 sum is exactly `Σ w x`.
+
+use std::arch::x86_64::*;
+
+use super::{Kernel, Rows};
+use crate::simd::act::BlockQ8x32;
+use crate::simd::columns::unpacked::avx512::Unpacks;
+use crate::simd::ggml_dot::avx2::multi::runs32::Sym32;
+use crate::simd::ggml_dot::avx2::multi::BlockUnits;
+use crate::simd::ggml_dot::avx512::load256;
+
+/// Blocks per unit: one per lane of a 512-bit register of i32.
+const BLOCKS: usize = 16;
+
+/// Sixteen activation blocks of one token: `cols[r]` lane `k` = codes
+/// `4r..4r + 4` of block `k`; `neg` lane `k` = `-128 Σ x` of block `k`;
+/// `d` its scale (all zero past the row's last block).
+#[repr(C, align(64))]
+pub(super) struct XRun16 {
+    cols: [__m512i; 8],
+    neg: __m512i,
+    d: __m512,
+}
+
+/// Sixteen weight blocks of one row as the steps take them: `w + 128` in
+/// the lanes of [`XRun16::cols`], and each block's `d` on its lane.
+#[repr(C, align(64))]
+pub(super) struct Unpacked16 {
+    w: [__m512i; 8],
+    d: __m512,
+}
+
+/// Sixteen blocks' eight u32 each (`b[k]` block `k`) to columns: register
+/// `r`, lane `k` = word `r` of block `k`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn columns16(b: &[__m256i; BLOCKS]) -> [__m512i; 8] {
+    let pair = |lo: __m256i, hi: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+    // A 4 x 4 transpose in every 128-bit lane: row `i` of lane `l` in, column
+    // `i` of lane `l` out.
+    let t4 = |a: __m512i, b: __m512i, c: __m512i, d: __m512i| {
+        let (ab_lo, ab_hi) = (_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+        let (cd_lo, cd_hi) = (_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
+        [
+            _mm512_unpacklo_epi64(ab_lo, cd_lo),
+            _mm512_unpackhi_epi64(ab_lo, cd_lo),
+            _mm512_unpacklo_epi64(ab_hi, cd_hi),
+            _mm512_unpackhi_epi64(ab_hi, cd_hi),
+        ]
+    };
+    // Register `k` of the first transpose is blocks `k` and `k + 4` (lanes
+    // 0, 1: words 0..4 and 4..8 of block `k`; lanes 2, 3: of block `k + 4`),
+    // so its output `j` holds word `j` of blocks 0..4 in lane 0, word `j + 4`
+    // in lane 1, and the same of blocks 4..8 in lanes 2, 3. The second takes
+    // blocks 8..16 alike.
+    let c = t4(pair(b[0], b[4]), pair(b[1], b[5]), pair(b[2], b[6]), pair(b[3], b[7]));
+    let d = t4(pair(b[8], b[12]), pair(b[9], b[13]), pair(b[10], b[14]), pair(b[11], b[15]));
+    let mut out = [_mm512_setzero_si512(); 8];
+    for j in 0..4 {
+        // Lanes 0 and 2 of each (word `j`), then lanes 1 and 3 (word `j + 4`).
+        out[j] = _mm512_shuffle_i64x2::<0b10_00_10_00>(c[j], d[j]);
+        out[j + 4] = _mm512_shuffle_i64x2::<0b11_01_11_01>(c[j], d[j]);
+    }
+    out
+}
+
+/// The f16 scale at the start of each of the `here` blocks of `ts` bytes
+/// from `b`, as sixteen f32 lanes (zero past `here`).
+///
+/// # Safety
+/// This file's features; `b` points at `here` blocks of `ts` bytes.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn f16_lanes16(b: *const u8, ts: usize, here: usize) -> __m512 {
+    let mut h = [0u16; BLOCKS];
+    for (k, hk) in h.iter_mut().enumerate().take(here) {
+        *hk = (b.add(k * ts) as *const u16).read_unaligned();
+    }
+    _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr() as *const __m256i))
+}
+
+/// Unit `i` (blocks `16i..`) of row `r` of the type `TYPE`.
+///
+/// # Safety
+/// Row `r` lies inside `m`, `16i < m.nb`; this file's features.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn unpack16<const TYPE: u8>(m: &Rows, r: usize, i: usize) -> Unpacked16 {
+    let here = (m.nb - BLOCKS * i).min(BLOCKS);
+    let b = m.block(r, BLOCKS * i);
+    // An absent block: codes 0 (128 after the flip) against zero activations, d 0.
+    let codes: [__m256i; BLOCKS] =
+        std::array::from_fn(|k| if k < here { Sym32::<TYPE>::codes(b.add(k * m.ts)) } else { _mm256_setzero_si256() });
+    let flip = _mm512_set1_epi8(i8::MIN);
+    Unpacked16 { w: columns16(&codes).map(|c| _mm512_xor_si512(c, flip)), d: f16_lanes16(b, m.ts, here) }
+}
+
+/// One token's blocks as [`XRun16`]s at `dst`.
+///
+/// # Safety
+/// This file's features; `dst` has room for `src.len().div_ceil(16)` units.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn prep16(src: &[BlockQ8x32], dst: *mut XRun16) {
+    let ones = _mm512_set1_epi8(1);
+    for (i, blocks) in src.chunks(BLOCKS).enumerate() {
+        let codes: [__m256i; BLOCKS] = std::array::from_fn(|k| match blocks.get(k) {
+            Some(b) => load256(b.qs.as_ptr() as *const u8),
+            None => _mm256_setzero_si256(),
+        });
+        let cols = columns16(&codes);
+        // Each lane's code sum, exact in i32 (1 x code per byte).
+        let sum = cols.iter().fold(_mm512_setzero_si512(), |s, &c| _mm512_dpbusd_epi32(s, ones, c));
+        let neg = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<7>(sum));
+        let d: [f32; BLOCKS] = std::array::from_fn(|k| blocks.get(k).map_or(0.0, |b| b.d));
+        dst.add(i).write(XRun16 { cols, neg, d: _mm512_loadu_ps(d.as_ptr()) });
+    }
+}
+
+/// `acc += d_w d_x s` per lane.
+#[inline(always)]
+unsafe fn scale16(s: __m512i, u: &Unpacked16, x: &XRun16, acc: &mut __m512) {
+    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(u.d, x.d), *acc);
+}
+
+/// The symmetric type `TYPE` (`runs32::Q8_0` ..), sixteen blocks of two
+/// rows a unit.
+pub(super) struct Sym32x2<const TYPE: u8>;
+
+/// The matrix of `TYPE`: rows of `nb` blocks.
+fn rows_of<const TYPE: u8>(w: &[u8], nb: usize) -> Rows<'_> {
+    Rows { w, nb, ts: <Sym32<TYPE> as BlockUnits>::BYTES }
+}
+
+impl<const TYPE: u8> Unpacks for Sym32x2<TYPE> {
+    type X = XRun16;
+    type U = [Unpacked16; 2];
+    type A = [__m512; 2];
+    rows_of_blocks!(|nb: usize| nb.div_ceil(BLOCKS));
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn unpack(m: &Rows, r: usize, i: usize) -> [Unpacked16; 2] {
+        let next = if m.has_row(r + 1) { r + 1 } else { r };
+        [unpack16::<TYPE>(m, r, i), unpack16::<TYPE>(m, next, i)]
+    }
+
+    #[inline(always)]
+    unsafe fn step(u: &[Unpacked16; 2], x: &XRun16, acc: &mut [__m512; 2]) {
+        // One chain per row, each activation register feeding both.
+        let mut s0 = _mm512_dpbusd_epi32(x.neg, u[0].w[0], x.cols[0]);
+        let mut s1 = _mm512_dpbusd_epi32(x.neg, u[1].w[0], x.cols[0]);
+        for r in 1..8 {
+            let c = x.cols[r];
+            s0 = _mm512_dpbusd_epi32(s0, u[0].w[r], c);
+            s1 = _mm512_dpbusd_epi32(s1, u[1].w[r], c);
+        }
+        let [a0, a1] = acc;
+        scale16(s0, &u[0], x, a0);
+        scale16(s1, &u[1], x, a1);
+    }
+}
+
+impl<const TYPE: u8> Kernel for Sym32x2<TYPE> {
+    /// Four: eight accumulators (two rows) beside the unit's 18 registers.
+    const GROUP: usize = 4;
+    type Src = BlockQ8x32;
+    fn rows(w: &[u8], nb: usize) -> Rows<'_> {
+        rows_of::<TYPE>(w, nb)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn prep(src: &[BlockQ8x32], dst: *mut XRun16) {
+        prep16(src, dst)
+    }
+}
+
+/// Whether `ty` has a kernel here.
+pub(in crate::simd::ggml_dot) fn has_kernel(ty: qmoe_core::GgmlType) -> bool {
+    use qmoe_core::GgmlType::*;
+    matches!(ty, Q8_0 | Q4_0 | Q5_0 | IQ4NL)
+}
