@@ -22,6 +22,7 @@
 //! and the sums start from `-128 Σ x` per block, prepared with the token's
 //! unit, so each lane's i32 sum is exactly `Σ w x`.
 
+use std::arch::asm;
 use std::arch::x86_64::*;
 
 use super::{Kernel, Rows};
@@ -139,12 +140,6 @@ unsafe fn prep16(src: &[BlockQ8x32], dst: *mut XRun16) {
     }
 }
 
-/// `acc += d_w d_x s` per lane.
-#[inline(always)]
-unsafe fn scale16(s: __m512i, u: &Unpacked16, x: &XRun16, acc: &mut __m512) {
-    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(u.d, x.d), *acc);
-}
-
 /// The symmetric type `TYPE` (`runs32::Q8_0` ..), sixteen blocks of two
 /// rows a unit.
 pub(super) struct Sym32x2<const TYPE: u8>;
@@ -169,18 +164,83 @@ impl<const TYPE: u8> Unpacks for Sym32x2<TYPE> {
 
     #[inline(always)]
     unsafe fn step(u: &[Unpacked16; 2], x: &XRun16, acc: &mut [__m512; 2]) {
-        // One chain per row, each activation register feeding both.
-        let mut s0 = _mm512_dpbusd_epi32(x.neg, u[0].w[0], x.cols[0]);
-        let mut s1 = _mm512_dpbusd_epi32(x.neg, u[1].w[0], x.cols[0]);
-        for r in 1..8 {
-            let c = x.cols[r];
-            s0 = _mm512_dpbusd_epi32(s0, u[0].w[r], c);
-            s1 = _mm512_dpbusd_epi32(s1, u[1].w[r], c);
-        }
-        let [a0, a1] = acc;
-        scale16(s0, &u[0], x, a0);
-        scale16(s1, &u[1], x, a1);
+        step2(u, x, acc)
     }
+}
+
+/// [`Sym32x2`]'s step: one chain of `vpdpbusd` per row, each activation
+/// register feeding both, then `acc += d_w d_x s` per row.
+///
+/// One `asm!` block, so that the compiler keeps the unit and the group's
+/// accumulators in registers: from intrinsics it interleaved the group's
+/// four steps and spilled to the stack.
+///
+/// # Safety
+/// This file's features.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn step2(u: &[Unpacked16; 2], x: &XRun16, acc: &mut [__m512; 2]) {
+    let [a0, a1] = acc;
+    let (_s0, _s1, _c): (__m512i, __m512i, __m512);
+    asm!(
+        "vmovdqa64 {s0:z}, zmmword ptr [{x} + 512]",
+        "vmovdqa64 {s1:z}, {s0:z}",
+        "vmovdqa64 {c:z}, zmmword ptr [{x} + 0]",
+        "vpdpbusd {s0:z}, {w00:z}, {c:z}",
+        "vpdpbusd {s1:z}, {w10:z}, {c:z}",
+        "vmovdqa64 {c:z}, zmmword ptr [{x} + 64]",
+        "vpdpbusd {s0:z}, {w01:z}, {c:z}",
+        "vpdpbusd {s1:z}, {w11:z}, {c:z}",
+        "vmovdqa64 {c:z}, zmmword ptr [{x} + 128]",
+        "vpdpbusd {s0:z}, {w02:z}, {c:z}",
+        "vpdpbusd {s1:z}, {w12:z}, {c:z}",
+        "vmovdqa64 {c:z}, zmmword ptr [{x} + 192]",
+        "vpdpbusd {s0:z}, {w03:z}, {c:z}",
+        "vpdpbusd {s1:z}, {w13:z}, {c:z}",
+        "vmovdqa64 {c:z}, zmmword ptr [{x} + 256]",
+        "vpdpbusd {s0:z}, {w04:z}, {c:z}",
+        "vpdpbusd {s1:z}, {w14:z}, {c:z}",
+        "vmovdqa64 {c:z}, zmmword ptr [{x} + 320]",
+        "vpdpbusd {s0:z}, {w05:z}, {c:z}",
+        "vpdpbusd {s1:z}, {w15:z}, {c:z}",
+        "vmovdqa64 {c:z}, zmmword ptr [{x} + 384]",
+        "vpdpbusd {s0:z}, {w06:z}, {c:z}",
+        "vpdpbusd {s1:z}, {w16:z}, {c:z}",
+        "vmovdqa64 {c:z}, zmmword ptr [{x} + 448]",
+        "vpdpbusd {s0:z}, {w07:z}, {c:z}",
+        "vpdpbusd {s1:z}, {w17:z}, {c:z}",
+        "vcvtdq2ps {s0:z}, {s0:z}",
+        "vcvtdq2ps {s1:z}, {s1:z}",
+        "vmulps {c:z}, {d0:z}, zmmword ptr [{x} + 576]",
+        "vfmadd231ps {a0:z}, {s0:z}, {c:z}",
+        "vmulps {c:z}, {d1:z}, zmmword ptr [{x} + 576]",
+        "vfmadd231ps {a1:z}, {s1:z}, {c:z}",
+        x = in(reg) x as *const XRun16,
+        w00 = in(zmm_reg) u[0].w[0],
+        w01 = in(zmm_reg) u[0].w[1],
+        w02 = in(zmm_reg) u[0].w[2],
+        w03 = in(zmm_reg) u[0].w[3],
+        w04 = in(zmm_reg) u[0].w[4],
+        w05 = in(zmm_reg) u[0].w[5],
+        w06 = in(zmm_reg) u[0].w[6],
+        w07 = in(zmm_reg) u[0].w[7],
+        w10 = in(zmm_reg) u[1].w[0],
+        w11 = in(zmm_reg) u[1].w[1],
+        w12 = in(zmm_reg) u[1].w[2],
+        w13 = in(zmm_reg) u[1].w[3],
+        w14 = in(zmm_reg) u[1].w[4],
+        w15 = in(zmm_reg) u[1].w[5],
+        w16 = in(zmm_reg) u[1].w[6],
+        w17 = in(zmm_reg) u[1].w[7],
+        d0 = in(zmm_reg) u[0].d,
+        d1 = in(zmm_reg) u[1].d,
+        a0 = inout(zmm_reg) *a0,
+        a1 = inout(zmm_reg) *a1,
+        s0 = out(zmm_reg) _s0,
+        s1 = out(zmm_reg) _s1,
+        c = out(zmm_reg) _c,
+        options(nostack, preserves_flags, readonly),
+    );
 }
 
 impl<const TYPE: u8> Kernel for Sym32x2<TYPE> {
