@@ -558,6 +558,35 @@ fn parallel_drivers_match_the_reference_kernels() {
     eprintln!("fused recurrent vs f64: max diff {worst:.3e}");
 }
 
+/// The recurrent step on value heads as wide as the released ones (128)
+/// and on the other widths the AVX-512 step keeps in registers (multiples
+/// of 16 up to 128), and one it leaves to the fused form (136), at every
+/// level, against the f64 recurrence, over several tokens (the state
+/// carried from step to step).
+#[test]
+fn recurrent_step_on_wide_value_heads() {
+    use qmoe_kernels::simd::gdn::gdn_recurrent_parallel;
+    let mut rng = Rng(61);
+    for level in qmoe_kernels::simd::available() {
+        for (dk, dv) in [(128usize, 128usize), (8, 48), (24, 112), (16, 16), (8, 136)] {
+            let s = GdnShape { n_k_heads: 2, n_v_heads: 4, head_k_dim: dk, head_v_dim: dv };
+            for map in MAPS {
+                let x = make_inputs(&mut rng, s, 9, Decay::Mixed);
+                let state0 = rng.vec(s.state_len(), 0.5);
+                let mut st = state0.clone();
+                let mut out = vec![f32::NAN; x.v.len()];
+                gdn_recurrent_parallel(level, &x.q, &x.k, &x.v, &x.beta, &x.g, &mut st, s, map, &mut out);
+                let mut st64: Vec<f64> = state0.iter().map(|&v| v as f64).collect();
+                let expected = recurrent_f64(&x, &mut st64, s, map);
+                let scale = expected.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+                let d_out = out.iter().zip(&expected).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+                let d_st = st.iter().zip(&st64).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+                assert!(d_out <= TOL * scale && d_st <= TOL, "{level:?} {s:?} {map:?}: out {d_out:e} state {d_st:e}");
+            }
+        }
+    }
+}
+
 /// The blocked AVX2 chunk kernel against its scalar twin on widths it blocks
 /// (and odd ones it must leave to the twin), the model's chunk of 64 and
 /// shorter ones, lengths on both sides of the chunk boundaries, every decay

@@ -153,6 +153,10 @@ pub fn gdn_recurrent_parallel(
             let (b, alpha) = (beta[t * hv + h], g[t * hv + h].exp());
             match level {
                 #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Level::Avx512` is only reported when the CPU has
+                // AVX-512 F (and AVX2 + FMA); `recurrent_512` takes this `dv`.
+                Level::Avx512 if recurrent_512::takes(dv) => unsafe { recurrent_512::head(qt, kt, vt, b, alpha, s, o) },
+                #[cfg(target_arch = "x86_64")]
                 // SAFETY: `Level::Avx2` is only reported when the CPU has AVX2 + FMA.
                 Level::Avx2 | Level::Avx512 => unsafe { recurrent_head_avx2(qt, kt, vt, b, alpha, s, o) },
                 _ => recurrent_head(qt, kt, vt, b, alpha, s, o),
@@ -215,6 +219,93 @@ pub fn recurrent_head(q: &[f32], k: &[f32], v: &[f32], beta: f32, alpha: f32, s:
         for (row, &q_i) in s.chunks_exact(dv).zip(q) {
             for (o_j, &s_ij) in o.iter_mut().zip(row) {
                 *o_j += q_i * s_ij;
+            }
+        }
+    }
+}
+
+/// The recurrent step at AVX-512 for value heads of up to 128 columns (a
+/// multiple of 16: eight registers at most, the released heads' 128
+/// included), the state's columns held in registers.
+///
+/// One pass reads the old state for both `p = k^T S` and `r = q^T S`; then
+/// `d = beta (v - a p)` and `o = a r + (q . k) d` (that is `q^T S_new`, with
+/// `S_new = a S + k d^T`), and a second pass writes `S_new`. The first pass
+/// is the one that reads the state from memory (2 MiB per layer at the
+/// 35B-A3B shape); the second finds it in L2. The fused form above, compiled
+/// for AVX2, kept `o` in memory across its rows and ran at about half the
+/// DRAM rate (8.4% of a Q8_0 decode's samples on the 2-core Zen 4, 30 layers
+/// x 4 MiB of state traffic per token in about 7.5 ms).
+#[cfg(target_arch = "x86_64")]
+mod recurrent_512 {
+    use std::arch::x86_64::*;
+
+    /// Most registers per state row.
+    const MAX_REGS: usize = 8;
+
+    /// Whether [`head`] takes rows of `dv` values.
+    pub(super) fn takes(dv: usize) -> bool {
+        dv % 16 == 0 && dv / 16 <= MAX_REGS && dv > 0
+    }
+
+    /// As [`super::recurrent_head`], for `dv` that [`takes`] accepts.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, AVX2 and FMA; `takes(o.len())`; `s` holds
+    /// `k.len()` rows of `o.len()`, `q`, `k` are as long and `v` as `o`.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn head(q: &[f32], k: &[f32], v: &[f32], beta: f32, alpha: f32, s: &mut [f32], o: &mut [f32]) {
+        match o.len() / 16 {
+            8 => head_n::<8>(q, k, v, beta, alpha, s, o),
+            7 => head_n::<7>(q, k, v, beta, alpha, s, o),
+            6 => head_n::<6>(q, k, v, beta, alpha, s, o),
+            5 => head_n::<5>(q, k, v, beta, alpha, s, o),
+            4 => head_n::<4>(q, k, v, beta, alpha, s, o),
+            3 => head_n::<3>(q, k, v, beta, alpha, s, o),
+            2 => head_n::<2>(q, k, v, beta, alpha, s, o),
+            _ => head_n::<1>(q, k, v, beta, alpha, s, o),
+        }
+    }
+
+    /// [`head`] for rows of `16 N` values.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn head_n<const N: usize>(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        beta: f32,
+        alpha: f32,
+        s: &mut [f32],
+        o: &mut [f32],
+    ) {
+        let dv = 16 * N;
+        debug_assert!(o.len() == dv && v.len() == dv && s.len() == k.len() * dv && q.len() == k.len());
+        // Pass 1: p = k^T S and r = q^T S on the old state.
+        let (mut p, mut r) = ([_mm512_setzero_ps(); N], [_mm512_setzero_ps(); N]);
+        for (row, (&k_i, &q_i)) in s.chunks_exact(dv).zip(k.iter().zip(q)) {
+            let (kb, qb) = (_mm512_set1_ps(k_i), _mm512_set1_ps(q_i));
+            for j in 0..N {
+                let x = _mm512_loadu_ps(row.as_ptr().add(16 * j));
+                p[j] = _mm512_fmadd_ps(kb, x, p[j]);
+                r[j] = _mm512_fmadd_ps(qb, x, r[j]);
+            }
+        }
+        let qk: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum();
+        let (a, b, qkb) = (_mm512_set1_ps(alpha), _mm512_set1_ps(beta), _mm512_set1_ps(qk));
+        let mut d = [_mm512_setzero_ps(); N];
+        for j in 0..N {
+            let vj = _mm512_loadu_ps(v.as_ptr().add(16 * j));
+            // d = beta (v - a p), o = a r + (q . k) d.
+            d[j] = _mm512_mul_ps(b, _mm512_fnmadd_ps(a, p[j], vj));
+            _mm512_storeu_ps(o.as_mut_ptr().add(16 * j), _mm512_fmadd_ps(a, r[j], _mm512_mul_ps(qkb, d[j])));
+        }
+        // Pass 2: S <- a S + k d^T.
+        for (row, &k_i) in s.chunks_exact_mut(dv).zip(k) {
+            let kb = _mm512_set1_ps(k_i);
+            for j in 0..N {
+                let at = row.as_mut_ptr().add(16 * j);
+                _mm512_storeu_ps(at, _mm512_fmadd_ps(kb, d[j], _mm512_mul_ps(a, _mm512_loadu_ps(at))));
             }
         }
     }
