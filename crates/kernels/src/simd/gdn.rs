@@ -245,7 +245,7 @@ mod recurrent_512 {
 
     /// Whether [`head`] takes rows of `dv` values.
     pub(super) fn takes(dv: usize) -> bool {
-        dv % 16 == 0 && dv / 16 <= MAX_REGS && dv > 0
+        dv.is_multiple_of(16) && dv / 16 <= MAX_REGS && dv > 0
     }
 
     /// As [`super::recurrent_head`], for `dv` that [`takes`] accepts.
@@ -303,9 +303,9 @@ mod recurrent_512 {
         // Pass 2: S <- a S + k d^T.
         for (row, &k_i) in s.chunks_exact_mut(dv).zip(k) {
             let kb = _mm512_set1_ps(k_i);
-            for j in 0..N {
+            for (j, &dj) in d.iter().enumerate() {
                 let at = row.as_mut_ptr().add(16 * j);
-                _mm512_storeu_ps(at, _mm512_fmadd_ps(kb, d[j], _mm512_mul_ps(a, _mm512_loadu_ps(at))));
+                _mm512_storeu_ps(at, _mm512_fmadd_ps(kb, dj, _mm512_mul_ps(a, _mm512_loadu_ps(at))));
             }
         }
     }
