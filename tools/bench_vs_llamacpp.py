@@ -10,7 +10,8 @@ For every GGUF file and thread count the two engines alternate, `--reps` times e
 llama.cpp (llama-cpp-python, built from source with native CPU flags, loaded once per file and
 thread count; memory cleared between repetitions) runs a prefill of `-p` random token ids in one
 batch and then `-n` single-token decode steps; qmoe runs `qmoe bench -p P -n N --reps 1` (the same
-measurement, fresh cache per repetition). Figures are medians; ratios are qmoe / llama.cpp (higher
+measurement, after an untimed forward of the prompt's first chunk that sizes its buffers, as
+llama.cpp sizes its own when the context is created). Figures are medians; ratios are qmoe / llama.cpp (higher
 is better for qmoe). `--qmoe-only` lists checkpoints only qmoe reads (MLX, HF bf16), measured
 with the same settings so they can be read against the GGUF rows.
 

@@ -30,7 +30,7 @@ pub struct Args {
     /// Worker threads (default: all cores); also used for the bandwidth test.
     #[arg(long)]
     threads: Option<usize>,
-    /// Repetitions, each on a fresh cache; rates are medians.
+    /// Repetitions, each from an empty cache; rates are medians.
     #[arg(long, default_value_t = 3)]
     reps: usize,
     /// Print one JSON object instead of the report.
