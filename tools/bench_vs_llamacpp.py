@@ -10,8 +10,8 @@ For every GGUF file and thread count the two engines alternate, `--reps` times e
 llama.cpp (llama-cpp-python, built from source with native CPU flags, loaded once per file and
 thread count; memory cleared between repetitions) runs a prefill of `-p` random token ids in one
 batch and then `-n` single-token decode steps; qmoe runs `qmoe bench -p P -n N --reps 1` (the same
-measurement, after an untimed forward of the prompt's first chunk that sizes its buffers, as
-llama.cpp sizes its own when the context is created). Figures are medians; ratios are qmoe / llama.cpp (higher
+measurement, after an untimed forward of the prompt's first chunk that grows and first touches
+its buffers; llama.cpp likewise runs the prompt once, untimed, in each repetition's context). Figures are medians; ratios are qmoe / llama.cpp (higher
 is better for qmoe). `--qmoe-only` lists checkpoints only qmoe reads (MLX, HF bf16), measured
 with the same settings so they can be read against the GGUF rows.
 
@@ -114,6 +114,9 @@ def main() -> None:
                 # Each engine runs alone: llama.cpp's context (mmap warm, so a
                 # reload is quick and untimed) lives only for its repetition.
                 runner = LlamaRunner(path, th, a.p, a.n)
+                # Untimed: a prefill of the same prompt first touches the
+                # context's buffers, as qmoe bench's warm-up does its own.
+                runner.rep(ids, 0)
                 p, d = runner.rep(ids, a.n)
                 runner.close()
                 lp.append(p)

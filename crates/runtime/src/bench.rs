@@ -14,8 +14,8 @@
 //!   prefill chunk beforehand pages in the dense weights and grows the
 //!   scratch buffers and the cache to the sizes the timed calls use, so
 //!   their first touches (page faults, 2-4% of a Q4_K_M prefill's samples
-//!   on the 2-core Zen 4) fall outside the timing, as llama.cpp sizes its
-//!   buffers when its context is created;
+//!   on the 2-core Zen 4) fall outside the timing
+//!   (`tools/bench_vs_llamacpp.py` gives llama.cpp the same untimed prefill);
 //! * every logit row the benchmark reads is checked finite.
 
 use std::time::Instant;
