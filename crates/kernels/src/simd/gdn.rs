@@ -10,7 +10,9 @@
 //!
 //! Decode uses a fused recurrence ([`recurrent_head`]) that passes over the
 //! state twice instead of four times: the step is memory-bound on the
-//! 64 KiB-per-head state (2 MiB per layer at the 35B-A3B shape).
+//! 64 KiB-per-head state (2 MiB per layer at the 35B-A3B shape). At
+//! [`Level::Avx512`] value heads of up to 128 columns take
+//! `recurrent_512`, which holds a state row in registers.
 
 use super::Level;
 use crate::gdn::{chunk_head, chunk_spans, ChunkAt, ChunkInputs, GdnScratch, GdnShape, HeadMap};

@@ -25,7 +25,7 @@
 /// `target_feature` list, `$acc` its f32 accumulator, `$zero` and `$hsum`
 /// its zero and lane sum.
 macro_rules! level {
-    ($name:ident, $features:literal, $acc:ident, $zero:path, $hsum:path, $hsum8:path) => {
+    ($name:ident, $features:literal, $acc:ident, $zero:path, $hsum:path) => {
         pub(crate) mod $name {
             use std::arch::x86_64::{_mm_prefetch, $acc, _MM_HINT_T0};
             use std::ops::Range;
@@ -34,7 +34,6 @@ macro_rules! level {
             use crate::simd::scratch::Kept;
             use crate::simd::PREFETCH_BYTES;
             use $hsum as hsum;
-            use $hsum8 as hsum8;
             use $zero as zero;
 
             /// A step's accumulator for one token: one row's (`$acc`), or two rows'
@@ -52,15 +51,6 @@ macro_rules! level {
                 /// # Safety
                 /// The CPU runs the level's features.
                 unsafe fn sums(self) -> [f32; 2];
-                /// [`Acc::sums`] of each of a group's accumulators. Eight registers in all
-                /// (eight tokens of one row, four of two) take one transposed reduction
-                /// (`$hsum8`), about a third of the operations of eight lane sums: a row
-                /// of one or two units pays them once per (row, token), beside eight to
-                /// sixteen `vpdpbusd` of steps.
-                ///
-                /// # Safety
-                /// The CPU runs the level's features.
-                unsafe fn group_sums<const N: usize>(acc: [Self; N]) -> [[f32; 2]; N];
             }
 
             impl Acc for $acc {
@@ -73,15 +63,6 @@ macro_rules! level {
                 unsafe fn sums(self) -> [f32; 2] {
                     [hsum(self), 0.0]
                 }
-                #[inline(always)]
-                unsafe fn group_sums<const N: usize>(acc: [Self; N]) -> [[f32; 2]; N] {
-                    if N == 8 {
-                        let s = hsum8(std::array::from_fn(|i| acc[i]));
-                        std::array::from_fn(|t| [s[t], 0.0])
-                    } else {
-                        acc.map(|a| a.sums())
-                    }
-                }
             }
 
             impl Acc for [$acc; 2] {
@@ -93,15 +74,6 @@ macro_rules! level {
                 #[inline(always)]
                 unsafe fn sums(self) -> [f32; 2] {
                     [hsum(self[0]), hsum(self[1])]
-                }
-                #[inline(always)]
-                unsafe fn group_sums<const N: usize>(acc: [Self; N]) -> [[f32; 2]; N] {
-                    if N == 4 {
-                        let s = hsum8(std::array::from_fn(|i| acc[i / 2][i % 2]));
-                        std::array::from_fn(|t| [s[2 * t], s[2 * t + 1]])
-                    } else {
-                        acc.map(|a| a.sums())
-                    }
                 }
             }
 
@@ -174,7 +146,7 @@ macro_rules! level {
                             }
                         }
                     }
-                    Self::A::group_sums(acc)
+                    acc.map(|a| a.sums())
                 }
 
                 /// As [`Unpacks::dot`], on the units it kept for the row.
@@ -197,7 +169,7 @@ macro_rules! level {
                             Self::step(u, &*xs[t].add(i), a);
                         }
                     }
-                    Self::A::group_sums(acc)
+                    acc.map(|a| a.sums())
                 }
             }
 
@@ -341,21 +313,13 @@ macro_rules! level {
     };
 }
 
-level!(
-    avx2,
-    "avx2,fma,f16c",
-    __m256,
-    std::arch::x86_64::_mm256_setzero_ps,
-    crate::simd::float_dot::x86::hsum,
-    super::hsum256x8
-);
+level!(avx2, "avx2,fma,f16c", __m256, std::arch::x86_64::_mm256_setzero_ps, crate::simd::float_dot::x86::hsum);
 level!(
     avx512,
     "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
     __m512,
     std::arch::x86_64::_mm512_setzero_ps,
-    super::hsum512,
-    super::hsum512x8
+    super::hsum512
 );
 
 /// Sum of the 16 lanes (halves, then as the AVX2 level's [`crate::simd::float_dot::x86::hsum`]).
@@ -365,44 +329,4 @@ pub(crate) unsafe fn hsum512(v: std::arch::x86_64::__m512) -> f32 {
     use std::arch::x86_64::*;
     let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
     crate::simd::float_dot::x86::hsum(_mm256_add_ps(_mm512_castps512_ps256(v), hi))
-}
-
-/// The lane sums of eight registers: `hadd` in pairs twice, then the two
-/// halves added (lane `k` of the result is `v[k]`'s sum).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn hsum256x8(v: [std::arch::x86_64::__m256; 8]) -> [f32; 8] {
-    use std::arch::x86_64::*;
-    // Lane pairs: [v0 01, v0 23, v1 01, v1 23 | v0 45, v0 67, v1 45, v1 67].
-    let (h01, h23) = (_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
-    let (h45, h67) = (_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
-    // Lane k < 4 of each half: v[k] over that half's four lanes (h47: v[k + 4]).
-    let (h03, h47) = (_mm256_hadd_ps(h01, h23), _mm256_hadd_ps(h45, h67));
-    let s = _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(h03, h47), _mm256_permute2f128_ps::<0x31>(h03, h47));
-    let mut out = [0.0f32; 8];
-    _mm256_storeu_ps(out.as_mut_ptr(), s);
-    out
-}
-
-/// The lane sums of eight registers as one transposed reduction: halves
-/// of 256 bits added in pairs of registers, then quarters, then the four
-/// lanes of each 128 bits (23 operations, against 8 x 7 for eight
-/// [`hsum512`]s).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) unsafe fn hsum512x8(v: [std::arch::x86_64::__m512; 8]) -> [f32; 8] {
-    use std::arch::x86_64::*;
-    // 128-bit lanes [a0 + a2, a1 + a3, b0 + b2, b1 + b3].
-    let halves = |a, b| _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(a, b), _mm512_shuffle_f32x4::<0xEE>(a, b));
-    // [x0 + x1, x2 + x3, y0 + y1, y2 + y3] of two such: lane `l` one register's.
-    let quarters = |x, y| _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(x, y), _mm512_shuffle_f32x4::<0xDD>(x, y));
-    let abcd = quarters(halves(v[0], v[1]), halves(v[2], v[3]));
-    let efgh = quarters(halves(v[4], v[5]), halves(v[6], v[7]));
-    // Per 128-bit lane `l`: [x0 + x2, y0 + y2, x1 + x3, y1 + y3], x of v[l], y of v[l + 4]...
-    let s = _mm512_add_ps(_mm512_unpacklo_ps(abcd, efgh), _mm512_unpackhi_ps(abcd, efgh));
-    // ...then [x, y, x, y].
-    let s = _mm512_add_ps(s, _mm512_permute_ps::<0x4E>(s));
-    let mut lanes = [0.0f32; 16];
-    _mm512_storeu_ps(lanes.as_mut_ptr(), s);
-    std::array::from_fn(|k| lanes[4 * (k % 4) + k / 4])
 }

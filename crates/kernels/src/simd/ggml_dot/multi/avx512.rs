@@ -199,6 +199,9 @@ struct PairBlock {
     d: __m512,
 }
 
+// The offsets [`step1_45`]'s assembly reads the fields at.
+const _: () = assert!(std::mem::offset_of!(PairBlock, bs) == 512 && std::mem::offset_of!(PairBlock, d) == 576);
+
 /// The sub-block-major transpose of one token's blocks, two to a
 /// [`PairBlock`].
 ///

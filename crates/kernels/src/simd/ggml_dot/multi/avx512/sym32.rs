@@ -45,6 +45,9 @@ pub(super) struct XRun16 {
     d: __m512,
 }
 
+// The offsets [`step2`]'s assembly reads the fields at.
+const _: () = assert!(std::mem::offset_of!(XRun16, neg) == 512 && std::mem::offset_of!(XRun16, d) == 576);
+
 /// Sixteen weight blocks of one row as the steps take them: `w + 128` in
 /// the lanes of [`XRun16::cols`], and each block's `d` on its lane.
 #[repr(C, align(64))]
