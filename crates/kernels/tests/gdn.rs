@@ -501,7 +501,7 @@ fn l2_normalize_follows_the_formula() {
 /// is held to the f64 recurrence like the reference.
 #[test]
 fn parallel_drivers_match_the_reference_kernels() {
-    use qmoe_kernels::simd::gdn::{gdn_chunked_parallel, gdn_recurrent_parallel};
+    use qmoe_kernels::simd::gdn::gdn_chunked_parallel;
     let mut rng = Rng(33);
     let mut worst = 0.0f64;
     for level in qmoe_kernels::simd::available() {
@@ -537,25 +537,37 @@ fn parallel_drivers_match_the_reference_kernels() {
                             assert_twin(level, s, &out, &out_ref, &st, &st_ref, &what);
                         }
 
-                        let mut st = state0.clone();
-                        let mut out = vec![f32::NAN; x.v.len()];
-                        gdn_recurrent_parallel(level, &x.q, &x.k, &x.v, &x.beta, &x.g, &mut st, s, map, &mut out);
-                        let mut st64: Vec<f64> = state0.iter().map(|&v| v as f64).collect();
-                        let expected = recurrent_f64(&x, &mut st64, s, map);
-                        let scale = expected.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-                        let d_out = out.iter().zip(&expected).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
-                        let d_st = st.iter().zip(&st64).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
-                        worst = worst.max(d_out / scale).max(d_st);
-                        assert!(
-                            d_out <= TOL * scale && d_st <= TOL,
-                            "{level:?} {s:?} {map:?} t{t}: out {d_out:e} state {d_st:e}"
-                        );
+                        let what = format!("{level:?} {s:?} {map:?} t{t}");
+                        worst = worst.max(check_recurrent_parallel(level, &x, &state0, s, map, &what));
                     }
                 }
             }
         }
     }
     eprintln!("fused recurrent vs f64: max diff {worst:.3e}");
+}
+
+/// The pool-parallel recurrence at `level` from `state0` against the f64
+/// recurrence, outputs (relative to their largest) and final state held to
+/// [`TOL`]; returns the larger relative difference.
+fn check_recurrent_parallel(
+    level: qmoe_kernels::simd::Level,
+    x: &Inputs,
+    state0: &[f32],
+    s: GdnShape,
+    map: HeadMap,
+    what: &str,
+) -> f64 {
+    let mut st = state0.to_vec();
+    let mut out = vec![f32::NAN; x.v.len()];
+    qmoe_kernels::simd::gdn::gdn_recurrent_parallel(level, &x.q, &x.k, &x.v, &x.beta, &x.g, &mut st, s, map, &mut out);
+    let mut st64: Vec<f64> = state0.iter().map(|&v| v as f64).collect();
+    let expected = recurrent_f64(x, &mut st64, s, map);
+    let scale = expected.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    let d_out = out.iter().zip(&expected).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+    let d_st = st.iter().zip(&st64).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+    assert!(d_out <= TOL * scale && d_st <= TOL, "{what}: out {d_out:e} state {d_st:e}");
+    (d_out / scale).max(d_st)
 }
 
 /// The recurrent step on value heads as wide as the released ones (128)
@@ -565,7 +577,6 @@ fn parallel_drivers_match_the_reference_kernels() {
 /// carried from step to step).
 #[test]
 fn recurrent_step_on_wide_value_heads() {
-    use qmoe_kernels::simd::gdn::gdn_recurrent_parallel;
     let mut rng = Rng(61);
     for level in qmoe_kernels::simd::available() {
         for (dk, dv) in [(128usize, 128usize), (8, 48), (24, 112), (16, 16), (8, 136)] {
@@ -573,15 +584,7 @@ fn recurrent_step_on_wide_value_heads() {
             for map in MAPS {
                 let x = make_inputs(&mut rng, s, 9, Decay::Mixed);
                 let state0 = rng.vec(s.state_len(), 0.5);
-                let mut st = state0.clone();
-                let mut out = vec![f32::NAN; x.v.len()];
-                gdn_recurrent_parallel(level, &x.q, &x.k, &x.v, &x.beta, &x.g, &mut st, s, map, &mut out);
-                let mut st64: Vec<f64> = state0.iter().map(|&v| v as f64).collect();
-                let expected = recurrent_f64(&x, &mut st64, s, map);
-                let scale = expected.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-                let d_out = out.iter().zip(&expected).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
-                let d_st = st.iter().zip(&st64).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
-                assert!(d_out <= TOL * scale && d_st <= TOL, "{level:?} {s:?} {map:?}: out {d_out:e} state {d_st:e}");
+                check_recurrent_parallel(level, &x, &state0, s, map, &format!("{level:?} {s:?} {map:?}"));
             }
         }
     }
