@@ -39,12 +39,9 @@ pub fn rms_norm_gated_inplace(x: &mut [f32], z: &[f32], weight: &[f32], eps: f32
     assert!(x.len() == z.len() && x.len().is_multiple_of(dim), "rms_norm_gated: lengths");
     // Rows a piece: at least 16K values.
     let min_rows = (16 << 10) / dim.max(1);
-    let n_rows = x.len() / dim.max(1);
-    let xs = crate::pool::SharedMut::new(x);
-    crate::pool::for_pieces(n_rows, min_rows, &|a, b| {
-        // SAFETY: pieces are disjoint row ranges inside `0..n_rows`.
-        let x = unsafe { std::slice::from_raw_parts_mut(xs.at(a * dim), (b - a) * dim) };
-        for (xr, zr) in x.chunks_exact_mut(dim).zip(z[a * dim..b * dim].chunks_exact(dim)) {
+    crate::pool::for_chunk_pieces(x, dim, min_rows, &|a, x| {
+        let z = &z[a * dim..][..x.len()];
+        for (xr, zr) in x.chunks_exact_mut(dim).zip(z.chunks_exact(dim)) {
             let inv = inv_rms(xr, eps);
             for ((v, &w), &g) in xr.iter_mut().zip(weight).zip(zr) {
                 *v = *v * inv * w * crate::act::silu(g);

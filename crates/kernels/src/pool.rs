@@ -286,7 +286,7 @@ pub fn run(n_tasks: usize, task: &(dyn Fn(usize) + Sync)) {
 /// `min_items` or more), else in one call here. For the row-wise work
 /// between products (activation quantization, norms) that a long prefill
 /// would otherwise leave to one thread.
-pub fn for_pieces(n: usize, min_items: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+fn for_pieces(n: usize, min_items: usize, f: &(dyn Fn(usize, usize) + Sync)) {
     let threads = crate::threads::get();
     let pieces = (n / min_items.max(1)).min(4 * threads);
     if threads <= 1 || pieces < 2 {
@@ -295,6 +295,29 @@ pub fn for_pieces(n: usize, min_items: usize, f: &(dyn Fn(usize, usize) + Sync))
     }
     let per = n.div_ceil(pieces);
     run(n.div_ceil(per), &|i| f(i * per, ((i + 1) * per).min(n)));
+}
+
+/// [`for_pieces`] over `data` in whole chunks of `chunk` values:
+/// `f(first, piece)` with `piece` the mutable run of chunks from chunk
+/// `first`, each piece disjoint from the others. For row-wise steps that
+/// write rows of their own (norms, activation quantization, the MoE's
+/// gather, SwiGLU and combine).
+pub fn for_chunk_pieces<T: Send>(
+    data: &mut [T],
+    chunk: usize,
+    min_chunks: usize,
+    f: &(dyn Fn(usize, &mut [T]) + Sync),
+) {
+    let chunk = chunk.max(1);
+    debug_assert!(data.len().is_multiple_of(chunk), "for_chunk_pieces: a partial chunk");
+    let n = data.len() / chunk;
+    let d = SharedMut::new(data);
+    for_pieces(n, min_chunks, &|a, b| {
+        // SAFETY: pieces are disjoint chunk ranges inside `0..n`, and `data`
+        // is borrowed for the whole call.
+        let piece = unsafe { std::slice::from_raw_parts_mut(d.at(a * chunk), (b - a) * chunk) };
+        f(a, piece)
+    });
 }
 
 #[cfg(test)]
@@ -313,6 +336,21 @@ mod tests {
                 }
             });
             assert!(hits.iter().all(|h| h.load(Relaxed) == 1), "n = {n}, min = {min}");
+        }
+    }
+
+    #[test]
+    fn chunk_pieces_hand_out_whole_chunks_at_their_index() {
+        crate::threads::set(0);
+        for (chunks, chunk, min) in [(0usize, 3usize, 2usize), (1, 3, 2), (9, 3, 2), (1000, 5, 8), (64, 1, 4)] {
+            let mut data = vec![0usize; chunks * chunk];
+            for_chunk_pieces(&mut data, chunk, min, &|first, piece| {
+                assert!(piece.len().is_multiple_of(chunk));
+                for (i, v) in piece.iter_mut().enumerate() {
+                    *v += first * chunk + i + 1;
+                }
+            });
+            assert!(data.iter().enumerate().all(|(i, &v)| v == i + 1), "{chunks} chunks of {chunk}");
         }
     }
 

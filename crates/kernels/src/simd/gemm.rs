@@ -174,12 +174,8 @@ impl Prepared {
 fn quantize_on_pool<B: Send>(x: &[f32], out: &mut [B], block: usize, quant: fn(&[f32], &mut [B])) {
     // Blocks a piece: 8 tokens of a 2048-wide input at 256 values a block.
     const MIN_VALUES: usize = 16 << 10;
-    let n = out.len();
-    let o = SharedMut::new(out);
-    crate::pool::for_pieces(n, MIN_VALUES / block, &|a, b| {
-        // SAFETY: pieces are disjoint ranges inside `0..n`.
-        let piece = unsafe { std::slice::from_raw_parts_mut(o.at(a), b - a) };
-        quant(&x[a * block..b * block], piece);
+    crate::pool::for_chunk_pieces(out, 1, MIN_VALUES / block, &|a, piece| {
+        quant(&x[a * block..(a + piece.len()) * block], piece);
     });
 }
 

@@ -3,7 +3,7 @@
 
 use qmoe_kernels::act::{sigmoid, softmax, swiglu, top_k};
 use qmoe_kernels::linear::matmul;
-use qmoe_kernels::pool::{for_pieces, SharedMut};
+use qmoe_kernels::pool::for_chunk_pieces;
 use qmoe_kernels::simd::gemm::{matmul_many, with_f32_activations, Product};
 
 use crate::config::Config;
@@ -51,11 +51,9 @@ pub fn moe(w: &Moe, cfg: &Config, x: &[f32], n_tokens: usize, s: &mut MoeScratch
         x
     } else {
         let xs = take(&mut s.xs, n_routed * h);
-        let (order, dst) = (&s.order, SharedMut::new(xs));
-        for_pieces(n_routed, ROWS_A_PIECE, &|a, b| {
-            for (slot, &(tok, _)) in order.iter().enumerate().take(b).skip(a) {
-                // SAFETY: pieces are disjoint slot ranges; row `slot` of `xs` is this piece's.
-                let row = unsafe { std::slice::from_raw_parts_mut(dst.at(slot * h), h) };
+        let order = &s.order;
+        for_chunk_pieces(xs, h, ROWS_A_PIECE, &|a, rows| {
+            for (row, &(tok, _)) in rows.chunks_exact_mut(h).zip(&order[a..]) {
                 row.copy_from_slice(&x[tok * h..(tok + 1) * h]);
             }
         });
@@ -124,11 +122,9 @@ pub fn moe(w: &Moe, cfg: &Config, x: &[f32], n_tokens: usize, s: &mut MoeScratch
     // Combine: y = sigmoid(shared gate) * shared + Σ weight * expert.
     // Per token, its slots in increasing order: the sums of the one-thread
     // loop over slots, in its order, so the pieces change no bit.
-    let (order, token_slots, ys) = (&s.order, &s.token_slots, SharedMut::new(y));
-    for_pieces(t, ROWS_A_PIECE, &|a, b| {
-        for tok in a..b {
-            // SAFETY: pieces are disjoint token ranges; row `tok` of `y` is this piece's.
-            let row = unsafe { std::slice::from_raw_parts_mut(ys.at(tok * h), h) };
+    let (order, token_slots) = (&s.order, &s.token_slots);
+    for_chunk_pieces(y, h, ROWS_A_PIECE, &|a, rows| {
+        for (tok, row) in (a..).zip(rows.chunks_exact_mut(h)) {
             let gate = sigmoid(sh_scale[tok]);
             row.iter_mut().for_each(|v| *v *= gate);
             for &slot in &token_slots[tok * k..(tok + 1) * k] {
@@ -152,13 +148,9 @@ const ROWS_A_PIECE: usize = 8;
 /// values are that call's exactly.
 fn swiglu_rows(gate: &[f32], up: &[f32], act: &mut [f32], row: usize) {
     debug_assert!(row > 0 && act.len().is_multiple_of(row));
-    let n_rows = act.len() / row.max(1);
-    let dst = SharedMut::new(act);
-    for_pieces(n_rows, ROWS_A_PIECE, &|a, b| {
-        let (r0, r1) = (a * row, b * row);
-        // SAFETY: pieces are disjoint row ranges.
-        let out = unsafe { std::slice::from_raw_parts_mut(dst.at(r0), r1 - r0) };
-        swiglu(&gate[r0..r1], &up[r0..r1], out);
+    for_chunk_pieces(act, row, ROWS_A_PIECE, &|a, out| {
+        let at = a * row..a * row + out.len();
+        swiglu(&gate[at.clone()], &up[at], out);
     });
 }
 
