@@ -274,7 +274,11 @@ fn exact(level: Level) -> bool {
 fn affine_multi_equals_per_token_gemv() {
     let mut rng = Rng(0xAFF1);
     for bits in [2u32, 3, 4, 5, 6, 8] {
-        for (group, n_groups) in [(32usize, 1usize), (32, 2), (32, 7), (32, 9), (64, 3), (64, 5), (96, 3), (128, 2)] {
+        // Blocks: 1, 2, 7, 9, 6, 10, 9, 8 (AVX2 runs of eight: one partial, whole, whole
+        // and partial), 17 and 18 (AVX-512 units of sixteen: a whole unit and a partial one).
+        let shapes =
+            [(32usize, 1usize), (32, 2), (32, 7), (32, 9), (64, 3), (64, 5), (96, 3), (128, 2), (32, 17), (64, 9)];
+        for (group, n_groups) in shapes {
             for dt in [DType::F32, DType::F16, DType::BF16] {
                 check_affine(bits, group, n_groups, dt, &ROWS, &TOKENS, &mut rng);
             }

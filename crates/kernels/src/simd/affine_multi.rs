@@ -94,6 +94,10 @@ pub(crate) unsafe fn gemm_affine_raw(
     if level != Level::Scalar {
         if let Encoding::Affine { bits: bits @ (4 | 8), group_size, scales, biases, scale_dtype } = w.enc {
             assert!(crate::simd::float_dot::x86::available(), "gemm_affine: AVX2 level on a CPU without AVX2/FMA/F16C");
+            assert!(
+                level != Level::Avx512 || crate::simd::avx512_detected(),
+                "gemm_affine: Level::Avx512 on a CPU without AVX-512 F/BW/VL + VNNI"
+            );
             let m = x86::Mat {
                 words: w.bytes,
                 row_bytes: w.cols * bits as usize / 8,
@@ -103,15 +107,17 @@ pub(crate) unsafe fn gemm_affine_raw(
                 groups: w.cols / group_size,
                 per_group: group_size / 32,
             };
-            // SAFETY: the CPU runs AVX2 + FMA + F16C (checked just above);
+            // SAFETY: the CPU runs AVX2 + FMA + F16C, and AVX-512 + VNNI for
+            // that level (checked just above);
             // the shapes of `w` were checked by `gemv_affine` and `MatRef`,
             // `rows` lies inside it, `x` holds `n_tokens` rows of `nb`
             // blocks; `y` and `acts_id` are the caller's contract.
             unsafe {
-                if bits == 4 {
-                    runs::run::<runs::Four>(&m, rows, x, n_tokens, y, y_stride, acts_id)
-                } else {
-                    runs::run::<runs::Eight>(&m, rows, x, n_tokens, y, y_stride, acts_id)
+                match (level, bits) {
+                    (Level::Avx512, 4) => avx512::run::<avx512::Four>(&m, rows, x, n_tokens, y, y_stride, acts_id),
+                    (Level::Avx512, _) => avx512::run::<avx512::Eight>(&m, rows, x, n_tokens, y, y_stride, acts_id),
+                    (_, 4) => runs::run::<runs::Four>(&m, rows, x, n_tokens, y, y_stride, acts_id),
+                    _ => runs::run::<runs::Eight>(&m, rows, x, n_tokens, y, y_stride, acts_id),
                 }
             }
             return;
@@ -122,6 +128,8 @@ pub(crate) unsafe fn gemm_affine_raw(
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod runs;
 

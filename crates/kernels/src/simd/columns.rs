@@ -83,3 +83,40 @@ pub(crate) unsafe fn transpose4(
         _mm256_unpackhi_epi64(ab_hi, cd_hi),
     )
 }
+
+/// Blocks in the 512-bit kernels' units: one per i32 lane.
+pub(crate) const BLOCKS16: usize = 16;
+
+/// Sixteen blocks' eight u32 each (`b[k]` block `k`) to columns: register
+/// `r`, lane `k` = word `r` of block `k`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn columns16(b: &[__m256i; BLOCKS16]) -> [__m512i; 8] {
+    let pair = |lo: __m256i, hi: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+    // A 4 x 4 transpose in every 128-bit lane: row `i` of lane `l` in, column
+    // `i` of lane `l` out.
+    let t4 = |a: __m512i, b: __m512i, c: __m512i, d: __m512i| {
+        let (ab_lo, ab_hi) = (_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+        let (cd_lo, cd_hi) = (_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
+        [
+            _mm512_unpacklo_epi64(ab_lo, cd_lo),
+            _mm512_unpackhi_epi64(ab_lo, cd_lo),
+            _mm512_unpacklo_epi64(ab_hi, cd_hi),
+            _mm512_unpackhi_epi64(ab_hi, cd_hi),
+        ]
+    };
+    // Register `k` of the first transpose is blocks `k` and `k + 4` (lanes
+    // 0, 1: words 0..4 and 4..8 of block `k`; lanes 2, 3: of block `k + 4`),
+    // so its output `j` holds word `j` of blocks 0..4 in lane 0, word `j + 4`
+    // in lane 1, and the same of blocks 4..8 in lanes 2, 3. The second takes
+    // blocks 8..16 alike.
+    let c = t4(pair(b[0], b[4]), pair(b[1], b[5]), pair(b[2], b[6]), pair(b[3], b[7]));
+    let d = t4(pair(b[8], b[12]), pair(b[9], b[13]), pair(b[10], b[14]), pair(b[11], b[15]));
+    let mut out = [_mm512_setzero_si512(); 8];
+    for j in 0..4 {
+        // Lanes 0 and 2 of each (word `j`), then lanes 1 and 3 (word `j + 4`).
+        out[j] = _mm512_shuffle_i64x2::<0b10_00_10_00>(c[j], d[j]);
+        out[j + 4] = _mm512_shuffle_i64x2::<0b11_01_11_01>(c[j], d[j]);
+    }
+    out
+}

@@ -28,12 +28,10 @@ use std::arch::x86_64::*;
 use super::{Kernel, Rows};
 use crate::simd::act::BlockQ8x32;
 use crate::simd::columns::unpacked::avx512::Unpacks;
+use crate::simd::columns::{columns16, BLOCKS16 as BLOCKS};
 use crate::simd::ggml_dot::avx2::multi::runs32::Sym32;
 use crate::simd::ggml_dot::avx2::multi::BlockUnits;
 use crate::simd::ggml_dot::avx512::load256;
-
-/// Blocks per unit: one per lane of a 512-bit register of i32.
-const BLOCKS: usize = 16;
 
 /// Sixteen activation blocks of one token: `cols[r]` lane `k` = codes
 /// `4r..4r + 4` of block `k`; `neg` lane `k` = `-128 Σ x` of block `k`;
@@ -54,40 +52,6 @@ const _: () = assert!(std::mem::offset_of!(XRun16, neg) == 512 && std::mem::offs
 pub(super) struct Unpacked16 {
     w: [__m512i; 8],
     d: __m512,
-}
-
-/// Sixteen blocks' eight u32 each (`b[k]` block `k`) to columns: register
-/// `r`, lane `k` = word `r` of block `k`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn columns16(b: &[__m256i; BLOCKS]) -> [__m512i; 8] {
-    let pair = |lo: __m256i, hi: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
-    // A 4 x 4 transpose in every 128-bit lane: row `i` of lane `l` in, column
-    // `i` of lane `l` out.
-    let t4 = |a: __m512i, b: __m512i, c: __m512i, d: __m512i| {
-        let (ab_lo, ab_hi) = (_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
-        let (cd_lo, cd_hi) = (_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
-        [
-            _mm512_unpacklo_epi64(ab_lo, cd_lo),
-            _mm512_unpackhi_epi64(ab_lo, cd_lo),
-            _mm512_unpacklo_epi64(ab_hi, cd_hi),
-            _mm512_unpackhi_epi64(ab_hi, cd_hi),
-        ]
-    };
-    // Register `k` of the first transpose is blocks `k` and `k + 4` (lanes
-    // 0, 1: words 0..4 and 4..8 of block `k`; lanes 2, 3: of block `k + 4`),
-    // so its output `j` holds word `j` of blocks 0..4 in lane 0, word `j + 4`
-    // in lane 1, and the same of blocks 4..8 in lanes 2, 3. The second takes
-    // blocks 8..16 alike.
-    let c = t4(pair(b[0], b[4]), pair(b[1], b[5]), pair(b[2], b[6]), pair(b[3], b[7]));
-    let d = t4(pair(b[8], b[12]), pair(b[9], b[13]), pair(b[10], b[14]), pair(b[11], b[15]));
-    let mut out = [_mm512_setzero_si512(); 8];
-    for j in 0..4 {
-        // Lanes 0 and 2 of each (word `j`), then lanes 1 and 3 (word `j + 4`).
-        out[j] = _mm512_shuffle_i64x2::<0b10_00_10_00>(c[j], d[j]);
-        out[j + 4] = _mm512_shuffle_i64x2::<0b11_01_11_01>(c[j], d[j]);
-    }
-    out
 }
 
 /// The f16 scale at the start of each of the `here` blocks of `ts` bytes
