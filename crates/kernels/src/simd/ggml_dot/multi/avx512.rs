@@ -42,7 +42,6 @@
 //! the f32 scaling and summation order differ, so results agree with
 //! [`crate::simd::ggml_dot::gemv_q8k`] to float rounding.
 
-use std::arch::asm;
 use std::arch::x86_64::*;
 
 use qmoe_core::GgmlType;
@@ -76,14 +75,10 @@ pub(super) unsafe fn gemm_q8k(
     y_stride: usize,
     acts_id: u64,
 ) {
-    let short = x.len() / n_tokens < 3;
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
-        // Rows of one or two blocks take the one-row kernel (see `Q45K2`).
-        GgmlType::Q4K if short => gemm::<Q45K<false>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
-        GgmlType::Q5K if short => gemm::<Q45K<true>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
-        GgmlType::Q4K => gemm::<Q45K2<false>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
-        GgmlType::Q5K => gemm::<Q45K2<true>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
+        GgmlType::Q4K => gemm::<Q45K<false>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
+        GgmlType::Q5K => gemm::<Q45K<true>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
         GgmlType::Q6K => gemm::<Q6K>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
         _ => unreachable!("avx512 gemm_q8k: {ty} (checked by the caller)"),
     }
@@ -199,9 +194,6 @@ struct PairBlock {
     d: __m512,
 }
 
-// The offsets [`step1_45`]'s assembly reads the fields at.
-const _: () = assert!(std::mem::offset_of!(PairBlock, bs) == 512 && std::mem::offset_of!(PairBlock, d) == 576);
-
 /// The sub-block-major transpose of one token's blocks, two to a
 /// [`PairBlock`].
 ///
@@ -289,19 +281,19 @@ unsafe fn prep_k(src: &[BlockQ8K], dst: *mut KBlock) {
 /// Per lane: `d sc S - dmin m B` with `S` the sub-block's code dot and `B`
 /// its activation sum, both exact integers, then `x_d` times that.
 ///
-/// This kernel takes one row a unit; [`Q45K2`] two.
+/// Two rows a unit, so that each activation register a step loads feeds
+/// two `vpdpbusd`. `examples/vnni_step.rs` (Zen 4, 8 tokens of activations
+/// in L1) measures 6.4-6.9 cycles per block, row and token with one row a
+/// unit, 5.4-5.8 with two. The two rows' unit takes 20 registers, so only
+/// four tokens' eight accumulators fit beside it. A one-row kernel (eight
+/// tokens a group, its step in `asm!`) used to take rows of one or two
+/// blocks (an expert's down projection), where the two-row unit's kept
+/// copy is read twice as often. It now measured slower there too, and
+/// went (`prefill_gemm
+/// --tokens 128`, 1 thread, three alternations: q4k `[2048 x 512]` 226-240
+/// -> 261-272, q5k 236-241 -> 224-266, q4k `[2048 x 256]` 114-119 ->
+/// 134-136 GFLOP/s).
 struct Q45K<const FIVE: bool>;
-
-/// Q4_K / Q5_K with two rows a unit, so that each activation register a
-/// step loads feeds two `vpdpbusd`. For rows of three blocks or more:
-/// `examples/vnni_step.rs` (Zen 4, 8 tokens of activations in L1) measures
-/// 6.4-6.9 cycles per block, row and token with one row a unit, 5.4-5.8
-/// with two, but the two rows' unit takes 20 registers, so only four
-/// tokens' eight accumulators fit beside it, and rows of one or two blocks
-/// (an expert's down projection) lost more to reading the kept units twice
-/// as often (`prefill_gemm q4k`: 2048x512 207 -> 155 GFLOP/s, 512x2048
-/// 229 -> 251).
-struct Q45K2<const FIVE: bool>;
 
 /// Two Q4_K / Q5_K blocks of a row as the steps take them: the eight code
 /// registers (lanes as [`PairBlock::qs`]), and per lane `d sc` and
@@ -373,76 +365,7 @@ unsafe fn scale_pair(s: __m512i, u: &Unpacked45, xb: &PairBlock, acc: &mut __m51
     *acc = _mm512_fmadd_ps(v, xb.d, *acc);
 }
 
-/// [`Q45K`]'s step: `acc += x_d (d sc S - dmin m B)` per lane, the eight
-/// `vpdpbusd` in two chains.
-///
-/// One `asm!` block (as `multi/avx512/sym32.rs`'s step): from intrinsics
-/// LLVM interleaved a group's eight steps and spilled an accumulator to
-/// the stack. The operations are those of [`scale_pair`], in its order
-/// (the same bits). [`Q45K2`]'s step stays in intrinsics: it spilled
-/// nothing, and the same `asm!` form ran slower (`prefill_gemm q4k`,
-/// `[512 x 2048]` 305 -> 282 GFLOP/s median of 4).
-///
-/// # Safety
-/// This file's features.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn step1_45(u: &Unpacked45, xb: &PairBlock, a0: &mut __m512) {
-    let (_s0, _s1, _c): (__m512i, __m512i, __m512);
-    asm!(
-        "vpxord {s0:z}, {s0:z}, {s0:z}",
-        "vpxord {s1:z}, {s1:z}, {s1:z}",
-        "vpdpbusd {s0:z}, {w00:z}, zmmword ptr [{x} + 0]",
-        "vpdpbusd {s1:z}, {w01:z}, zmmword ptr [{x} + 64]",
-        "vpdpbusd {s0:z}, {w02:z}, zmmword ptr [{x} + 128]",
-        "vpdpbusd {s1:z}, {w03:z}, zmmword ptr [{x} + 192]",
-        "vpdpbusd {s0:z}, {w04:z}, zmmword ptr [{x} + 256]",
-        "vpdpbusd {s1:z}, {w05:z}, zmmword ptr [{x} + 320]",
-        "vpdpbusd {s0:z}, {w06:z}, zmmword ptr [{x} + 384]",
-        "vpdpbusd {s1:z}, {w07:z}, zmmword ptr [{x} + 448]",
-        "vpaddd {s0:z}, {s0:z}, {s1:z}",
-        "vcvtdq2ps {s0:z}, {s0:z}",
-        "vmulps {c:z}, {m0:z}, zmmword ptr [{x} + 512]",
-        "vfmsub213ps {s0:z}, {k0:z}, {c:z}",
-        "vfmadd231ps {a0:z}, {s0:z}, zmmword ptr [{x} + 576]",
-        x = in(reg) xb as *const PairBlock,
-        w00 = in(zmm_reg) u.wq[0],
-        w01 = in(zmm_reg) u.wq[1],
-        w02 = in(zmm_reg) u.wq[2],
-        w03 = in(zmm_reg) u.wq[3],
-        w04 = in(zmm_reg) u.wq[4],
-        w05 = in(zmm_reg) u.wq[5],
-        w06 = in(zmm_reg) u.wq[6],
-        w07 = in(zmm_reg) u.wq[7],
-        k0 = in(zmm_reg) u.scale,
-        m0 = in(zmm_reg) u.mins,
-        a0 = inout(zmm_reg) *a0,
-        s0 = out(zmm_reg) _s0,
-        s1 = out(zmm_reg) _s1,
-        c = out(zmm_reg) _c,
-        options(nostack, preserves_flags, readonly),
-    );
-}
-
 impl<const FIVE: bool> Unpacks for Q45K<FIVE> {
-    type X = PairBlock;
-    type U = Unpacked45;
-    type A = __m512;
-    rows_of_blocks!(|nb: usize| nb.div_ceil(2));
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn unpack(m: &Self::M<'_>, r: usize, i: usize) -> Unpacked45 {
-        unpack_pair::<FIVE>(m, r, i)
-    }
-
-    #[inline(always)]
-    unsafe fn step(u: &Unpacked45, xb: &PairBlock, acc: &mut __m512) {
-        step1_45(u, xb, acc)
-    }
-}
-
-impl<const FIVE: bool> Unpacks for Q45K2<FIVE> {
     type X = PairBlock;
     type U = [Unpacked45; 2];
     type A = [__m512; 2];
@@ -483,7 +406,7 @@ impl<const FIVE: bool> Unpacks for Q45K2<FIVE> {
 ///
 /// Per lane: `d sc_k (S - 32 B)`, the offset in the integer sum.
 ///
-/// A unit is one block of two rows (as [`Q45K2`] for Q4_K), so each
+/// A unit is one block of two rows (as [`Q45K`] for Q4_K), so each
 /// activation register a step loads feeds two `vpdpbusd`: with one row a
 /// unit the step loaded six registers (four of codes, the sums, the scale)
 /// per four `vpdpbusd`. `prefill_gemm q6k --tokens 128` (Zen 4, 1 thread,
@@ -575,25 +498,11 @@ impl Kernel for Q6K {
 }
 
 impl<const FIVE: bool> Kernel for Q45K<FIVE> {
-    /// Eight accumulators beside the unit's ten registers.
-    const GROUP: usize = 8;
-    type Src = BlockQ8K;
-    fn rows(w: &[u8], nb: usize) -> Self::M<'_> {
-        Rows { w, nb, ts: if FIVE { 176 } else { 144 } }
-    }
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn prep(src: &[BlockQ8K], dst: *mut PairBlock) {
-        prep_pairs(src, dst)
-    }
-}
-
-impl<const FIVE: bool> Kernel for Q45K2<FIVE> {
     /// Four: eight accumulators (two rows) beside the unit's 20 registers.
     const GROUP: usize = 4;
     type Src = BlockQ8K;
     fn rows(w: &[u8], nb: usize) -> Self::M<'_> {
-        Q45K::<FIVE>::rows(w, nb)
+        Rows { w, nb, ts: if FIVE { 176 } else { 144 } }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
