@@ -7,9 +7,11 @@
 //!
 //! The AVX2 level (4- and 8-bit) unpacks each run of eight weight blocks
 //! once per call and multiplies it with eight tokens at a time, on
-//! transposed runs ([`runs`]). Token groups run outside, rows inside: the
-//! driver's run of rows stays in L2 for every group after the first. Other
-//! widths run the single-token kernel per token.
+//! transposed runs ([`runs`]); the AVX-512 + VNNI level on units of sixteen
+//! blocks of two rows, four tokens at a time, with `vpdpbusd` ([`avx512`]).
+//! Token groups run outside, rows inside: the driver's run of rows stays in
+//! L2 for every group after the first. Other widths run the single-token
+//! kernel per token.
 //!
 //! The scalar twin is the single-token scalar kernel per token: the same
 //! integer block sums, so the levels (and the per-token kernels) agree to

@@ -8,7 +8,14 @@
 //! Zen 4 (`examples/gemv_ggml.rs 256 q6_k`, 1 thread, mean of 5 runs)
 //! 17.2 GB/s against 21.1. Its codes take more work to unpack than Q4_K's
 //! (two bits from `qh` per byte), and a constant lane order would cost a
-//! permute per register.
+//! permute per register. A second try took the many-token kernel's layout
+//! (`multi/avx512.rs`: lanes of 16-value groups, four `vpdpbusd` a block):
+//! faster on weights in L2 (`gemv_ggml 256k q6_k`: 31.5-31.9 GB/s against
+//! 26.2-26.8) but slower from DRAM (`gemv_ggml q6_k`, five runs: 14.7-16.0
+//! against 21.0-22.2; 15.8-19.5 with a prefetch per block in the loop), and
+//! Q4_K_M decode (alternating `qmoe bench`) was no faster at 2 threads
+//! (13.3-13.9 against 13.8-14.2 tok/s) and slower at 1 (8.4-8.9 against
+//! 8.9-9.0); it was not kept.
 //!
 //! The integer core is `vpdpbusd`: unsigned weight bytes times signed
 //! activation codes, four adjacent products summed into each i32 lane and

@@ -289,10 +289,9 @@ unsafe fn prep_k(src: &[BlockQ8K], dst: *mut KBlock) {
 /// tokens a group, its step in `asm!`) used to take rows of one or two
 /// blocks (an expert's down projection), where the two-row unit's kept
 /// copy is read twice as often. It now measured slower there too, and
-/// went (`prefill_gemm
-/// --tokens 128`, 1 thread, three alternations: q4k `[2048 x 512]` 226-240
-/// -> 261-272, q5k 236-241 -> 224-266, q4k `[2048 x 256]` 114-119 ->
-/// 134-136 GFLOP/s).
+/// went (`prefill_gemm --tokens 128`, 1 thread, three alternations: q4k
+/// `[2048 x 512]` 226-240 -> 261-272, q5k 236-241 -> 224-266, q4k
+/// `[2048 x 256]` 114-119 -> 134-136 GFLOP/s).
 struct Q45K<const FIVE: bool>;
 
 /// Two Q4_K / Q5_K blocks of a row as the steps take them: the eight code
