@@ -140,6 +140,8 @@ mod x86 {
     use qmoe_core::dtype::DType;
     use std::arch::x86_64::*;
 
+    use crate::simd::scratch::Table;
+
     /// A checked affine matrix.
     pub(super) struct Mat<'a> {
         /// `[rows, row_bytes]` packed codes.
@@ -152,6 +154,45 @@ mod x86 {
         pub groups: usize,
         /// 32-blocks per group.
         pub per_group: usize,
+    }
+
+    /// Where a unit of `N` blocks (a lane each) finds its group values
+    /// (scales, biases): the unit spans groups `g0 .. g0 + n` (at most `N`:
+    /// one per block), and lane `k` takes value `idx[k]` of those (the last
+    /// present block's for an absent one, whose activations are zero).
+    #[derive(Clone, Copy)]
+    pub(super) struct LaneGroups<const N: usize> {
+        g0: usize,
+        n: usize,
+        pub idx: [i32; N],
+    }
+
+    impl<const N: usize> LaneGroups<N> {
+        /// Every unit of `m`'s rows, lane `k` holding block `lanes[k]` of
+        /// its unit, written to `table`.
+        pub(super) fn table(m: &Mat, lanes: [usize; N], table: &mut Table) -> *const Self {
+            let nb = m.groups * m.per_group;
+            let units = nb.div_ceil(N);
+            let at = table.room::<Self>(units);
+            for u in 0..units {
+                let (b0, here) = (N * u, (nb - N * u).min(N));
+                let g0 = b0 / m.per_group;
+                let idx = lanes.map(|j| ((b0 + j.min(here - 1)) / m.per_group - g0) as i32);
+                let groups = LaneGroups { g0, n: (b0 + here - 1) / m.per_group - g0 + 1, idx };
+                // SAFETY: `at` has room for `units` values.
+                unsafe { at.add(u).write(groups) };
+            }
+            at
+        }
+
+        /// Where row `r`'s values for the unit start in `m.scales` and
+        /// `m.biases` (element index), and how many to load: `N` (lanes past
+        /// the unit's groups, from the next row, are never picked) unless
+        /// that would read past the matrix, then the unit's own count.
+        pub(super) fn at_row(&self, m: &Mat, r: usize) -> (usize, usize) {
+            let g = r * m.groups + self.g0;
+            (g, if (g + N) * m.dt.size() <= m.scales.len() { N } else { self.n })
+        }
     }
 
     /// `n <= 8` floats of `dt` from element `i` of `p`, zero-padded to 8.

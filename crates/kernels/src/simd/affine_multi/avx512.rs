@@ -36,7 +36,7 @@ use std::ops::Range;
 
 use qmoe_core::dtype::DType;
 
-use super::x86::Mat;
+use super::x86::{LaneGroups, Mat};
 use crate::simd::act::BlockQ8x32;
 use crate::simd::columns::unpacked::avx512::{groups, Unpacks};
 use crate::simd::columns::{columns16, BLOCKS16};
@@ -161,20 +161,10 @@ pub(super) struct Unit {
     bias: __m512,
 }
 
-/// Where a unit's lanes find their group values: the unit spans groups
-/// `g0 .. g0 + n` (at most 16: one per block), and lane `k` takes value
-/// `idx[k]` of those (the last present block's for an absent one).
-#[derive(Clone, Copy)]
-pub(super) struct UnitGroups {
-    g0: usize,
-    n: usize,
-    idx: [i32; BLOCKS16],
-}
-
 /// The matrix of a call, with every unit's groups.
 pub(super) struct MatUnits<'a> {
     m: &'a Mat<'a>,
-    groups: *const UnitGroups,
+    groups: *const LaneGroups<BLOCKS16>,
     units: usize,
     rows: usize,
 }
@@ -219,11 +209,8 @@ unsafe fn unpack<W: Width>(mu: &MatUnits, r: usize, i: usize) -> Unit {
     let here = (nb - BLOCKS16 * i).min(BLOCKS16);
     let w = W::weight_columns(m.words.as_ptr().add(r * m.row_bytes + BLOCKS16 * i * 32 * W::BITS / 8), here);
     let ug = &*mu.groups.add(i);
-    let g = r * m.groups + ug.g0;
-    // Sixteen values from the unit's first group in one load (lanes past its
-    // groups, from the next row, are never picked), unless that would read
-    // past the matrix: then its `n`, padded.
-    let n = if (g + BLOCKS16) * m.dt.size() <= m.scales.len() { BLOCKS16 } else { ug.n };
+    // Sixteen values from the unit's first group in one load.
+    let (g, n) = ug.at_row(m, r);
     let idx = _mm512_loadu_si512(ug.idx.as_ptr() as *const _);
     let scale = _mm512_permutexvar_ps(idx, load16(m.dt, m.scales.as_ptr(), g, n));
     let bias = _mm512_permutexvar_ps(idx, load16(m.dt, m.biases.as_ptr(), g, n));
@@ -297,13 +284,7 @@ pub(super) unsafe fn run<W: Width>(
     let nb = m.groups * m.per_group;
     let units = nb.div_ceil(BLOCKS16);
     let mut table = Table::default();
-    let groups_at = table.room::<UnitGroups>(units);
-    for i in 0..units {
-        let (b0, here) = (BLOCKS16 * i, (nb - BLOCKS16 * i).min(BLOCKS16));
-        let g0 = b0 / m.per_group;
-        let idx = std::array::from_fn(|k| ((b0 + k.min(here - 1)) / m.per_group - g0) as i32);
-        groups_at.add(i).write(UnitGroups { g0, n: (b0 + here - 1) / m.per_group - g0 + 1, idx });
-    }
+    let groups_at = LaneGroups::table(m, std::array::from_fn(|k| k), &mut table);
     let mut tokens = Tokens::default();
     let mut prep = |t0: usize, n: usize| {
         // SAFETY (closure): `p` has room for the tokens' units.

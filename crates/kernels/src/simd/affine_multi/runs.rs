@@ -40,7 +40,7 @@ use std::arch::x86_64::*;
 use std::marker::PhantomData;
 use std::ops::Range;
 
-use super::x86::{load8, Mat};
+use super::x86::{load8, LaneGroups, Mat};
 use crate::simd::act::BlockQ8x32;
 use crate::simd::columns::steps::{self, Cols};
 use crate::simd::columns::unpacked::avx2::{groups, Unpacks};
@@ -104,17 +104,6 @@ pub(super) struct Run8 {
     cols: [__m256i; 16],
     sums: __m256,
     d: __m256,
-}
-
-/// Where a run's lanes find their group values (scales, biases): the run
-/// spans groups `g0 .. g0 + n` (at most 8: one per block), and lane `k`
-/// takes value `idx[k]` of those (any of them for an absent block, whose
-/// activations are zero).
-#[derive(Clone, Copy)]
-pub(super) struct RunGroups {
-    g0: usize,
-    n: usize,
-    idx: [i32; 8],
 }
 
 /// A run of weight blocks as the steps take it, kept for the later groups.
@@ -228,7 +217,7 @@ impl Width for Eight {
 /// The matrix of a call, with every run's groups.
 pub(super) struct MatRuns<'a> {
     m: &'a Mat<'a>,
-    groups: *const RunGroups,
+    groups: *const LaneGroups<8>,
     runs: usize,
 }
 
@@ -254,15 +243,11 @@ impl<W: Width> Unpacks for Affine<W> {
     unsafe fn unpack(mr: &MatRuns, r: usize, run: usize) -> Unpacked {
         let m = mr.m;
         let nb = m.groups * m.per_group;
-        let es = m.dt.size();
         let rg = &*mr.groups.add(run);
         let here = (nb - 8 * run).min(8);
         let w = W::columns(m.words.as_ptr().add(r * m.row_bytes + 8 * run * 32 * W::BITS / 8), here);
-        // Eight values from the run's first group (one load; lanes past the
-        // run's groups, from the next row, are never picked), unless that
-        // would read past the matrix: then its `n`, padded.
-        let g = r * m.groups + rg.g0;
-        let n = if (g + 8) * es <= m.scales.len() { 8 } else { rg.n };
+        // Eight values from the run's first group in one load.
+        let (g, n) = rg.at_row(m, r);
         let idx = _mm256_loadu_si256(rg.idx.as_ptr() as *const __m256i);
         let scale = _mm256_permutevar8x32_ps(load8(m.dt, m.scales.as_ptr(), g, n), idx);
         // The step subtracts `mins · sums`: the bias, negated, adds it.
@@ -300,13 +285,7 @@ pub(super) unsafe fn run<W: Width>(
     let nb = m.groups * m.per_group;
     let runs = nb.div_ceil(8);
     let mut table = Table::default();
-    let groups_at = table.room::<RunGroups>(runs);
-    for run in 0..runs {
-        let (b0, here) = (8 * run, (nb - 8 * run).min(8));
-        let g0 = b0 / m.per_group;
-        let idx = W::LANES.map(|j| ((b0 + j.min(here - 1)) / m.per_group - g0) as i32);
-        groups_at.add(run).write(RunGroups { g0, n: (b0 + here - 1) / m.per_group - g0 + 1, idx });
-    }
+    let groups_at = LaneGroups::table(m, W::LANES, &mut table);
     let mut tokens = Tokens::default();
     let mut prep = |t0: usize, n: usize| {
         // SAFETY (closure): `p` has room for the tokens' runs.
