@@ -7,8 +7,8 @@
 //!   `text_config`), `model.language_model.*` names, fused experts
 //!   (`mlp.experts.gate_up_proj [E, 2I, H]`), conv `[C, 1, K]`, zero-centred
 //!   norms stored as `w`; sharded safetensors with `model.safetensors.index.json`.
-//! * MLX 4-bit: `language_model.model.*` names, `switch_mlp` stacks, conv
-//!   `[C, K, 1]`, norms stored as `1 + w`, every matrix affine 4-bit group 64
+//! * MLX 4-bit (or 8-bit): `language_model.model.*` names, `switch_mlp` stacks, conv
+//!   `[C, K, 1]`, norms stored as `1 + w`, every matrix affine 4-bit (8-bit) group 64
 //!   except the router `mlp.gate` and `mlp.shared_expert_gate` (8-bit group 64,
 //!   listed as per-path overrides as mlx-lm writes them), quantized by
 //!   [`quantize_affine_row`] (plain min/max, see there).
@@ -52,7 +52,6 @@ pub const TOKENIZER_FILES: [&str; 4] =
 const GGUF_STAGING_DIR: &str = ".synth-bf16";
 
 /// MLX affine parameters used for the 4-bit format (mlx-lm's defaults).
-const MLX_BITS: u32 = 4;
 const MLX_GROUP: usize = 64;
 /// mlx-lm's MoE recipe keeps the router gates at 8 bits.
 const MLX_GATE_BITS: u32 = 8;
@@ -231,18 +230,21 @@ impl SynthShape {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SynthFormat {
     Bf16,
-    /// MLX affine 4-bit, group 64 (router gates 8-bit).
-    Mlx4,
+    /// MLX affine `bits`-bit (4 or 8), group 64 (router gates 8-bit).
+    Mlx {
+        bits: u32,
+    },
     /// GGUF through the exporter, in the given type.
     Gguf(ExportType),
 }
 
 impl SynthFormat {
-    /// `bf16`, `mlx4`, `gguf-q4_k_m`, `gguf-q8_0` (and the other export types as `gguf-<type>`).
+    /// `bf16`, `mlx4`, `mlx8`, `gguf-q4_k_m`, `gguf-q8_0` (and the other export types as `gguf-<type>`).
     pub fn parse(s: &str) -> Option<SynthFormat> {
         match s.to_ascii_lowercase().as_str() {
             "bf16" => Some(SynthFormat::Bf16),
-            "mlx4" => Some(SynthFormat::Mlx4),
+            "mlx4" => Some(SynthFormat::Mlx { bits: 4 }),
+            "mlx8" => Some(SynthFormat::Mlx { bits: 8 }),
             other => ExportType::parse(other.strip_prefix("gguf-")?).map(SynthFormat::Gguf),
         }
     }
@@ -281,7 +283,9 @@ pub fn synth(p: &SynthParams, out: &Path, progress: &mut dyn FnMut(&str)) -> Res
     create_dir(out)?;
     let mut stats = match p.format {
         SynthFormat::Bf16 => write_safetensors_checkpoint(&p.shape, Dialect::Hf, p.seed, out, progress)?,
-        SynthFormat::Mlx4 => write_safetensors_checkpoint(&p.shape, Dialect::Mlx, p.seed, out, progress)?,
+        SynthFormat::Mlx { bits } => {
+            write_safetensors_checkpoint(&p.shape, Dialect::Mlx { bits }, p.seed, out, progress)?
+        }
         SynthFormat::Gguf(ty) => {
             let staging = out.join(GGUF_STAGING_DIR);
             create_dir(&staging)?;
@@ -365,22 +369,23 @@ fn create_dir(dir: &Path) -> Result<()> {
 enum Dialect {
     /// HF raw: `model.language_model.*`, fused experts, conv `[C,1,K]`, norms `w`.
     Hf,
-    /// MLX sanitized + 4-bit: `language_model.model.*`, `switch_mlp`, conv `[C,K,1]`, norms `1+w`.
-    Mlx,
+    /// MLX sanitized, its matrices `bits`-bit: `language_model.model.*`, `switch_mlp`, conv `[C,K,1]`,
+    /// norms `1+w`.
+    Mlx { bits: u32 },
 }
 
 impl Dialect {
     fn trunk(self) -> &'static str {
         match self {
             Dialect::Hf => "model.language_model.",
-            Dialect::Mlx => "language_model.model.",
+            Dialect::Mlx { .. } => "language_model.model.",
         }
     }
 
     fn lm_head(self) -> &'static str {
         match self {
             Dialect::Hf => "lm_head.weight",
-            Dialect::Mlx => "language_model.lm_head.weight",
+            Dialect::Mlx { .. } => "language_model.lm_head.weight",
         }
     }
 
@@ -388,7 +393,7 @@ impl Dialect {
     fn matrix(self, gate: bool) -> Store {
         match self {
             Dialect::Hf => Store::Float(DType::BF16),
-            Dialect::Mlx => Store::Affine { bits: if gate { MLX_GATE_BITS } else { MLX_BITS }, group: MLX_GROUP },
+            Dialect::Mlx { bits } => Store::Affine { bits: if gate { MLX_GATE_BITS } else { bits }, group: MLX_GROUP },
         }
     }
 }
@@ -471,7 +476,7 @@ impl Planner<'_> {
             shape: vec![n],
             parts: vec![Part { key: rel.into(), block: 0, rows: 1, cols: n, init }],
             store: Store::Float(dtype),
-            add_one: self.d == Dialect::Mlx && matches!(init, Init::ZeroCentredNorm),
+            add_one: matches!(self.d, Dialect::Mlx { .. }) && matches!(init, Init::ZeroCentredNorm),
         }
     }
 
@@ -576,7 +581,7 @@ impl Planner<'_> {
                 let down = (0..e).map(|x| part("down", x, h, inter, down_std)).collect();
                 out.push(stack("mlp.experts.down_proj", vec![e, h, inter], down));
             }
-            Dialect::Mlx => {
+            Dialect::Mlx { .. } => {
                 for (proj, rows, cols, std) in
                     [("gate", inter, h, up_std), ("up", inter, h, up_std), ("down", h, inter, down_std)]
                 {
@@ -592,11 +597,11 @@ impl Planner<'_> {
         out
     }
 
-    /// The MLX `quantization` section: global 4-bit group 64, router gates 8-bit.
-    fn mlx_quantization(&self) -> Value {
+    /// The MLX `quantization` section: global `bits`-bit group 64, router gates 8-bit.
+    fn mlx_quantization(&self, bits: u32) -> Value {
         let mut q = serde_json::Map::new();
         q.insert("group_size".into(), json!(MLX_GROUP));
-        q.insert("bits".into(), json!(MLX_BITS));
+        q.insert("bits".into(), json!(bits));
         q.insert("mode".into(), json!("affine"));
         for i in 0..self.s.num_hidden_layers {
             for m in ["mlp.gate", "mlp.shared_expert_gate"] {
@@ -618,7 +623,10 @@ fn write_safetensors_checkpoint(
     progress: &mut dyn FnMut(&str),
 ) -> Result<SynthStats> {
     let planner = Planner { s, d };
-    let quant = (d == Dialect::Mlx).then(|| planner.mlx_quantization());
+    let quant = match d {
+        Dialect::Mlx { bits } => Some(planner.mlx_quantization(bits)),
+        Dialect::Hf => None,
+    };
     let config = serde_json::to_string_pretty(&s.config_json(seed, quant)).expect("a JSON value serialises");
     write_file(&out.join("config.json"), config.as_bytes())?;
 

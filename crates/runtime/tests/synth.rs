@@ -62,7 +62,9 @@ fn default_shape_is_qwen36_35b_a3b() {
 #[test]
 fn format_names_parse() {
     assert_eq!(SynthFormat::parse("bf16"), Some(SynthFormat::Bf16));
-    assert_eq!(SynthFormat::parse("mlx4"), Some(SynthFormat::Mlx4));
+    assert_eq!(SynthFormat::parse("mlx4"), Some(SynthFormat::Mlx { bits: 4 }));
+    assert_eq!(SynthFormat::parse("mlx8"), Some(SynthFormat::Mlx { bits: 8 }));
+    assert_eq!(SynthFormat::parse("mlx3"), None);
     assert!(matches!(SynthFormat::parse("gguf-q4_k_m"), Some(SynthFormat::Gguf(_))));
     assert!(matches!(SynthFormat::parse("gguf-q8_0"), Some(SynthFormat::Gguf(_))));
     assert_eq!(SynthFormat::parse("gguf"), None);
@@ -87,38 +89,45 @@ fn expert1_up_and_router(m: &Model) -> (&Mat, &Mat) {
 }
 
 #[test]
-fn bf16_and_mlx4_load_run_and_agree() {
+fn bf16_and_mlx_load_run_and_agree() {
     let hf = write(SynthFormat::Bf16, 3, "bf16");
-    let mlx = write(SynthFormat::Mlx4, 3, "mlx4");
-
-    for dir in [&hf, &mlx] {
-        let max = synth::check_finite(dir, 5, 1).unwrap();
-        assert!(max > 0.0 && max < 1e3, "{}: max |logit| {max}", dir.display());
-    }
     let a = Model::load(&hf).unwrap();
-    let b = Model::load(&mlx).unwrap();
     assert_eq!(a.conventions().unwrap().dialect.name(), "HF safetensors (raw)");
-    assert_eq!(b.conventions().unwrap().dialect.name(), "MLX affine-quantized (sanitized)");
     assert_eq!(bench::quant_label(&a), "BF16");
-    assert_eq!(bench::quant_label(&b), "MLX affine 4-bit, group 64");
-
-    // Router gates are 8-bit in MLX (per-path overrides), everything else 4-bit.
     let (up_a, router_a) = expert1_up_and_router(&a);
-    let (up_b, router_b) = expert1_up_and_router(&b);
-    assert!(matches!(router_b.storage, Storage::Affine { bits: 8, group: 64, .. }), "{}", router_b.describe());
-    assert!(matches!(up_b.storage, Storage::Affine { bits: 4, group: 64, .. }), "{}", up_b.describe());
-
-    // Same seed, same streams: expert 1's up rows (fused gate_up in HF, switch_mlp
-    // stack in MLX) and the router hold the same values up to quantization.
-    for (x, y, bits) in [(up_a, up_b, 4), (router_a, router_b, 8)] {
-        let (mut ra, mut rb) = (vec![0.0f32; x.cols], vec![0.0f32; y.cols]);
-        for r in [0, x.rows - 1] {
-            x.view().row_to_f32(r, &mut ra);
-            y.view().row_to_f32(r, &mut rb);
-            let span = ra.iter().fold(0.0f32, |m, v| m.max(v.abs())) * 2.0;
-            let err = ra.iter().zip(&rb).fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
-            assert!(err <= span / ((1 << bits) - 1) as f32, "row {r}: err {err}, span {span}");
+    let mut dirs = vec![hf.clone()];
+    for bits in [4u32, 8] {
+        let mlx = write(SynthFormat::Mlx { bits }, 3, &format!("mlx{bits}"));
+        for dir in [&hf, &mlx] {
+            let max = synth::check_finite(dir, 5, 1).unwrap();
+            assert!(max > 0.0 && max < 1e3, "{}: max |logit| {max}", dir.display());
         }
+        let b = Model::load(&mlx).unwrap();
+        assert_eq!(b.conventions().unwrap().dialect.name(), "MLX affine-quantized (sanitized)");
+        assert_eq!(bench::quant_label(&b), format!("MLX affine {bits}-bit, group 64"));
+
+        // Router gates are 8-bit in MLX (per-path overrides), everything else `bits`-bit.
+        let (up_b, router_b) = expert1_up_and_router(&b);
+        assert!(matches!(router_b.storage, Storage::Affine { bits: 8, group: 64, .. }), "{}", router_b.describe());
+        assert!(
+            matches!(up_b.storage, Storage::Affine { bits: b_bits, group: 64, .. } if b_bits == bits),
+            "{}",
+            up_b.describe()
+        );
+
+        // Same seed, same streams: expert 1's up rows (fused gate_up in HF, switch_mlp
+        // stack in MLX) and the router hold the same values up to quantization.
+        for (x, y, bits) in [(up_a, up_b, bits), (router_a, router_b, 8)] {
+            let (mut ra, mut rb) = (vec![0.0f32; x.cols], vec![0.0f32; y.cols]);
+            for r in [0, x.rows - 1] {
+                x.view().row_to_f32(r, &mut ra);
+                y.view().row_to_f32(r, &mut rb);
+                let span = ra.iter().fold(0.0f32, |m, v| m.max(v.abs())) * 2.0;
+                let err = ra.iter().zip(&rb).fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
+                assert!(err <= span / ((1 << bits) - 1) as f32, "{bits}-bit row {r}: err {err}, span {span}");
+            }
+        }
+        dirs.push(mlx);
     }
 
     // Bytes per token: everything but the experts, plus top_k/E of them (here k = E = 4).
@@ -131,7 +140,7 @@ fn bf16_and_mlx4_load_run_and_agree() {
             < 1.0
     );
 
-    for d in [hf, mlx] {
+    for d in dirs {
         std::fs::remove_dir_all(d).unwrap();
     }
 }

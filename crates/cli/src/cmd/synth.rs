@@ -16,7 +16,7 @@ pub struct Args {
     /// Output directory (created; must not already hold a checkpoint unless --force).
     #[arg(long)]
     out: PathBuf,
-    /// bf16 (HF wrapper), mlx4 (MLX affine 4-bit, group 64), gguf-q4_k_m, gguf-q8_0
+    /// bf16 (HF wrapper), mlx4 / mlx8 (MLX affine 4- or 8-bit, group 64), gguf-q4_k_m, gguf-q8_0
     /// (or any other `qmoe convert` type as gguf-<type>).
     #[arg(long, default_value = "bf16")]
     format: String,
@@ -57,7 +57,7 @@ fn is_checkpoint_file(name: &str) -> bool {
 
 pub fn main(a: Args) -> Result<()> {
     let Some(format) = SynthFormat::parse(&a.format) else {
-        bail!("--format {}: use bf16, mlx4, gguf-q4_k_m or gguf-q8_0", a.format);
+        bail!("--format {}: use bf16, mlx4, mlx8, gguf-q4_k_m or gguf-q8_0", a.format);
     };
     let mut shape = SynthShape::qwen36_35b_a3b(a.experts);
     shape.num_hidden_layers = a.layers;
