@@ -156,24 +156,29 @@ mod x86 {
         pub per_group: usize,
     }
 
-    /// Where a unit of `N` blocks (a lane each) finds its group values
-    /// (scales, biases): the unit spans groups `g0 .. g0 + n` (at most `N`:
-    /// one per block), and lane `k` takes value `idx[k]` of those (the last
-    /// present block's for an absent one, whose activations are zero).
-    #[derive(Clone, Copy)]
-    pub(super) struct LaneGroups<const N: usize> {
-        g0: usize,
-        n: usize,
-        pub idx: [i32; N],
+    impl Mat<'_> {
+        /// 32-value blocks per row.
+        pub(super) fn blocks(&self) -> usize {
+            self.groups * self.per_group
+        }
     }
 
-    impl<const N: usize> LaneGroups<N> {
-        /// Every unit of `m`'s rows, lane `k` holding block `lanes[k]` of
-        /// its unit, written to `table`.
-        pub(super) fn table(m: &Mat, lanes: [usize; N], table: &mut Table) -> *const Self {
-            let nb = m.groups * m.per_group;
+    /// A call's matrix in units of `N` blocks (a lane each), with where
+    /// every unit's lanes find their group values: what the many-token
+    /// kernels of both levels take as their matrix.
+    pub(super) struct Units<'a, const N: usize> {
+        pub m: &'a Mat<'a>,
+        /// One per unit, in a per-thread table.
+        groups: *const LaneGroups<N>,
+    }
+
+    impl<'a, const N: usize> Units<'a, N> {
+        /// `m` in units whose lane `k` holds block `lanes[k]` of the unit,
+        /// the group table written to `table` (which must outlive the value).
+        pub(super) fn new(m: &'a Mat<'a>, lanes: [usize; N], table: &mut Table) -> Self {
+            let nb = m.blocks();
             let units = nb.div_ceil(N);
-            let at = table.room::<Self>(units);
+            let at = table.room::<LaneGroups<N>>(units);
             for u in 0..units {
                 let (b0, here) = (N * u, (nb - N * u).min(N));
                 let g0 = b0 / m.per_group;
@@ -182,9 +187,50 @@ mod x86 {
                 // SAFETY: `at` has room for `units` values.
                 unsafe { at.add(u).write(groups) };
             }
-            at
+            Units { m, groups: at }
         }
 
+        /// Units per row.
+        pub(super) fn count(&self) -> usize {
+            self.m.blocks().div_ceil(N)
+        }
+
+        /// Blocks of unit `u` that the row has (`N` but in a last, partial unit).
+        pub(super) fn here(&self, u: usize) -> usize {
+            (self.m.blocks() - N * u).min(N)
+        }
+
+        /// The rows' code bytes and bytes per row (for the loop's prefetch).
+        pub(super) fn stream(&self) -> (&'a [u8], usize) {
+            (self.m.words, self.m.row_bytes)
+        }
+
+        /// Rows of the matrix.
+        pub(super) fn rows(&self) -> usize {
+            self.m.words.len() / self.m.row_bytes
+        }
+
+        /// Unit `u`'s group lanes.
+        ///
+        /// # Safety
+        /// `u < self.count()` (and the table this was built with is alive).
+        pub(super) unsafe fn groups(&self, u: usize) -> &LaneGroups<N> {
+            &*self.groups.add(u)
+        }
+    }
+
+    /// Where a unit of `N` blocks finds its group values (scales, biases):
+    /// the unit spans groups `g0 .. g0 + n` (at most `N`: one per block), and
+    /// lane `k` takes value `idx[k]` of those (the last present block's for
+    /// an absent one, whose activations are zero).
+    #[derive(Clone, Copy)]
+    pub(super) struct LaneGroups<const N: usize> {
+        g0: usize,
+        n: usize,
+        pub idx: [i32; N],
+    }
+
+    impl<const N: usize> LaneGroups<N> {
         /// Where row `r`'s values for the unit start in `m.scales` and
         /// `m.biases` (element index), and how many to load: `N` (lanes past
         /// the unit's groups, from the next row, are never picked) unless

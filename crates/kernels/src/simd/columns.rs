@@ -87,6 +87,15 @@ pub(crate) unsafe fn transpose4(
 /// Blocks in the 512-bit kernels' units: one per i32 lane.
 pub(crate) const BLOCKS16: usize = 16;
 
+/// As [`block_lanes`], for up to sixteen blocks in their order (lane `k`
+/// from block `k`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn block_lanes16(blocks: &[BlockQ8x32], f: fn(&BlockQ8x32) -> f32) -> __m512 {
+    let v: [f32; BLOCKS16] = std::array::from_fn(|k| blocks.get(k).map_or(0.0, f));
+    _mm512_loadu_ps(v.as_ptr())
+}
+
 /// Sixteen blocks' eight u32 each (`b[k]` block `k`) to columns: register
 /// `r`, lane `k` = word `r` of block `k`.
 #[inline]

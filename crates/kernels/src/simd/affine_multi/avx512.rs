@@ -36,10 +36,10 @@ use std::ops::Range;
 
 use qmoe_core::dtype::DType;
 
-use super::x86::{LaneGroups, Mat};
+use super::x86::{Mat, Units};
 use crate::simd::act::BlockQ8x32;
 use crate::simd::columns::unpacked::avx512::{groups, Unpacks};
-use crate::simd::columns::{columns16, BLOCKS16};
+use crate::simd::columns::{block_lanes16, columns16, BLOCKS16};
 use crate::simd::scratch::{Table, Tokens};
 
 /// A code width's unit layout.
@@ -161,14 +161,6 @@ pub(super) struct Unit {
     bias: __m512,
 }
 
-/// The matrix of a call, with every unit's groups.
-pub(super) struct MatUnits<'a> {
-    m: &'a Mat<'a>,
-    groups: *const LaneGroups<BLOCKS16>,
-    units: usize,
-    rows: usize,
-}
-
 /// A width's units of two rows, as the shared many-token loop takes them.
 pub(super) struct Affine16<W>(PhantomData<W>);
 
@@ -200,15 +192,13 @@ unsafe fn load16(dt: DType, p: *const u8, i: usize, n: usize) -> __m512 {
 /// Unit `i` of row `r`.
 ///
 /// # Safety
-/// Row `r` lies inside the matrix, `i < mu.units`; this file's features.
+/// Row `r` lies inside the matrix, `i < mu.count()`; this file's features.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn unpack<W: Width>(mu: &MatUnits, r: usize, i: usize) -> Unit {
+unsafe fn unpack<W: Width>(mu: &Units<BLOCKS16>, r: usize, i: usize) -> Unit {
     let m = mu.m;
-    let nb = m.groups * m.per_group;
-    let here = (nb - BLOCKS16 * i).min(BLOCKS16);
-    let w = W::weight_columns(m.words.as_ptr().add(r * m.row_bytes + BLOCKS16 * i * 32 * W::BITS / 8), here);
-    let ug = &*mu.groups.add(i);
+    let w = W::weight_columns(m.words.as_ptr().add(r * m.row_bytes + BLOCKS16 * i * 32 * W::BITS / 8), mu.here(i));
+    let ug = mu.groups(i);
     // Sixteen values from the unit's first group in one load.
     let (g, n) = ug.at_row(m, r);
     let idx = _mm512_loadu_si512(ug.idx.as_ptr() as *const _);
@@ -221,21 +211,21 @@ impl<W: Width> Unpacks for Affine16<W> {
     type X = XRun16<W>;
     type U = [Unit; 2];
     type A = [__m512; 2];
-    type M<'a> = MatUnits<'a>;
+    type M<'a> = Units<'a, BLOCKS16>;
 
-    fn units(m: &MatUnits) -> usize {
-        m.units
+    fn units(m: &Units<BLOCKS16>) -> usize {
+        m.count()
     }
 
     fn stream<'a>(m: &Self::M<'a>) -> (&'a [u8], usize) {
-        (m.m.words, m.m.row_bytes)
+        m.stream()
     }
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn unpack(m: &MatUnits, r: usize, i: usize) -> [Unit; 2] {
+    unsafe fn unpack(m: &Units<BLOCKS16>, r: usize, i: usize) -> [Unit; 2] {
         // A unit past the last row reads that row again (its sums unused).
-        let next = if r + 1 < m.rows { r + 1 } else { r };
+        let next = if r + 1 < m.rows() { r + 1 } else { r };
         [unpack::<W>(m, r, i), unpack::<W>(m, next, i)]
     }
 
@@ -281,17 +271,16 @@ pub(super) unsafe fn run<W: Width>(
     y_stride: usize,
     id: u64,
 ) {
-    let nb = m.groups * m.per_group;
-    let units = nb.div_ceil(BLOCKS16);
+    let nb = m.blocks();
     let mut table = Table::default();
-    let groups_at = LaneGroups::table(m, std::array::from_fn(|k| k), &mut table);
+    let mu = Units::new(m, std::array::from_fn(|k| k), &mut table);
+    let units = mu.count();
     let mut tokens = Tokens::default();
     let mut prep = |t0: usize, n: usize| {
         // SAFETY (closure): `p` has room for the tokens' units.
         let fill = |ts, p| unsafe { prepare::<W>(x, nb, ts, p) };
         (tokens.group(id, (n_tokens, units), (t0, n), fill), units)
     };
-    let mu = MatUnits { m, groups: groups_at, units, rows: m.words.len() / m.row_bytes };
     groups::<Affine16<W>>(&mu, rows, n_tokens, GROUP, y, y_stride, &mut prep)
 }
 
@@ -305,14 +294,10 @@ unsafe fn prepare<W: Width>(x: &[BlockQ8x32], nb: usize, tokens: Range<usize>, p
     let units = nb.div_ceil(BLOCKS16);
     for (i, t) in tokens.enumerate() {
         for (k, blocks) in x[t * nb..(t + 1) * nb].chunks(BLOCKS16).enumerate() {
-            let lane = |f: fn(&BlockQ8x32) -> f32| {
-                let v: [f32; BLOCKS16] = std::array::from_fn(|j| blocks.get(j).map_or(0.0, f));
-                _mm512_loadu_ps(v.as_ptr())
-            };
             let run = XRun16 {
                 cols: W::activation_columns(blocks),
-                d: lane(|b| b.d),
-                sum: lane(|b| b.sum),
+                d: block_lanes16(blocks, |b| b.d),
+                sum: block_lanes16(blocks, |b| b.sum),
                 width: PhantomData,
             };
             p.add(i * units + k).write(run);

@@ -40,7 +40,7 @@ use std::arch::x86_64::*;
 use std::marker::PhantomData;
 use std::ops::Range;
 
-use super::x86::{load8, LaneGroups, Mat};
+use super::x86::{load8, Mat, Units};
 use crate::simd::act::BlockQ8x32;
 use crate::simd::columns::steps::{self, Cols};
 use crate::simd::columns::unpacked::avx2::{groups, Unpacks};
@@ -214,13 +214,6 @@ impl Width for Eight {
     }
 }
 
-/// The matrix of a call, with every run's groups.
-pub(super) struct MatRuns<'a> {
-    m: &'a Mat<'a>,
-    groups: *const LaneGroups<8>,
-    runs: usize,
-}
-
 /// A width's runs as the shared many-token loop takes them.
 pub(super) struct Affine<W>(PhantomData<W>);
 
@@ -228,24 +221,22 @@ impl<W: Width> Unpacks for Affine<W> {
     type X = W::XRun;
     type U = Unpacked;
     type A = __m256;
-    type M<'a> = MatRuns<'a>;
+    type M<'a> = Units<'a, 8>;
 
-    fn units(m: &MatRuns) -> usize {
-        m.runs
+    fn units(m: &Units<8>) -> usize {
+        m.count()
     }
 
     fn stream<'a>(m: &Self::M<'a>) -> (&'a [u8], usize) {
-        (m.m.words, m.m.row_bytes)
+        m.stream()
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn unpack(mr: &MatRuns, r: usize, run: usize) -> Unpacked {
+    unsafe fn unpack(mr: &Units<8>, r: usize, run: usize) -> Unpacked {
         let m = mr.m;
-        let nb = m.groups * m.per_group;
-        let rg = &*mr.groups.add(run);
-        let here = (nb - 8 * run).min(8);
-        let w = W::columns(m.words.as_ptr().add(r * m.row_bytes + 8 * run * 32 * W::BITS / 8), here);
+        let rg = mr.groups(run);
+        let w = W::columns(m.words.as_ptr().add(r * m.row_bytes + 8 * run * 32 * W::BITS / 8), mr.here(run));
         // Eight values from the run's first group in one load.
         let (g, n) = rg.at_row(m, r);
         let idx = _mm256_loadu_si256(rg.idx.as_ptr() as *const __m256i);
@@ -282,17 +273,16 @@ pub(super) unsafe fn run<W: Width>(
     y_stride: usize,
     id: u64,
 ) {
-    let nb = m.groups * m.per_group;
-    let runs = nb.div_ceil(8);
+    let nb = m.blocks();
     let mut table = Table::default();
-    let groups_at = LaneGroups::table(m, W::LANES, &mut table);
+    let mr = Units::new(m, W::LANES, &mut table);
+    let runs = mr.count();
     let mut tokens = Tokens::default();
     let mut prep = |t0: usize, n: usize| {
         // SAFETY (closure): `p` has room for the tokens' runs.
         let fill = |ts, p| unsafe { prepare::<W>(x, nb, ts, p) };
         (tokens.group(id, (n_tokens, runs), (t0, n), fill), runs)
     };
-    let mr = MatRuns { m, groups: groups_at, runs };
     groups::<Affine<W>>(&mr, rows, n_tokens, W::GROUP, y, y_stride, &mut prep)
 }
 

@@ -28,7 +28,7 @@ use std::arch::x86_64::*;
 use super::{Kernel, Rows};
 use crate::simd::act::BlockQ8x32;
 use crate::simd::columns::unpacked::avx512::Unpacks;
-use crate::simd::columns::{columns16, BLOCKS16 as BLOCKS};
+use crate::simd::columns::{block_lanes16, columns16, BLOCKS16 as BLOCKS};
 use crate::simd::ggml_dot::avx2::multi::runs32::Sym32;
 use crate::simd::ggml_dot::avx2::multi::BlockUnits;
 use crate::simd::ggml_dot::avx512::load256;
@@ -102,8 +102,7 @@ unsafe fn prep16(src: &[BlockQ8x32], dst: *mut XRun16) {
         // Each lane's code sum, exact in i32 (1 x code per byte).
         let sum = cols.iter().fold(_mm512_setzero_si512(), |s, &c| _mm512_dpbusd_epi32(s, ones, c));
         let neg = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<7>(sum));
-        let d: [f32; BLOCKS] = std::array::from_fn(|k| blocks.get(k).map_or(0.0, |b| b.d));
-        dst.add(i).write(XRun16 { cols, neg, d: _mm512_loadu_ps(d.as_ptr()) });
+        dst.add(i).write(XRun16 { cols, neg, d: block_lanes16(blocks, |b| b.d) });
     }
 }
 
