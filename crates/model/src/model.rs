@@ -15,6 +15,7 @@ use qmoe_formats::gguf::GgufFile;
 use qmoe_formats::Checkpoint;
 use qmoe_kernels::linear::matmul;
 use qmoe_kernels::norm::rms_norm;
+use qmoe_kernels::pool::for_chunk_pieces;
 use qmoe_kernels::rope::RopeTable;
 
 use crate::cache::{Cache, LayerCache};
@@ -190,8 +191,12 @@ pub fn gguf_path(path: &Path) -> Result<Option<PathBuf>> {
     }
 }
 
+/// `x += y`, in pool pieces for a prefill's rows.
 fn add(x: &mut [f32], y: &[f32]) {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
+    // Pieces of at least 64K values: a decode step's one row stays here.
+    for_chunk_pieces(x, 1, 64 << 10, &|a, x| {
+        for (v, w) in x.iter_mut().zip(&y[a..]) {
+            *v += w;
+        }
+    });
 }

@@ -65,7 +65,7 @@ pub struct GdnBuffers {
 pub struct MoeScratch {
     /// `[T, E]` router logits, then probabilities.
     pub probs: Vec<f32>,
-    /// `[k]`.
+    /// `[T, k]`: each token's chosen experts, best first.
     pub top: Vec<usize>,
     /// `[T*k, I]` routed experts' gate, up and activation.
     pub gate: Vec<f32>,

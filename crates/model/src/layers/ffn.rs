@@ -158,16 +158,22 @@ fn swiglu_rows(gate: &[f32], up: &[f32], act: &mut [f32], row: usize) {
 /// expert into `s.order`, with expert `e`'s run at `offsets[e]..offsets[e+1]`.
 fn route(cfg: &Config, probs: &mut [f32], t: usize, s: &mut MoeScratch) {
     let (e, k) = (cfg.num_experts, cfg.num_experts_per_tok);
-    if s.top.len() != k {
-        s.top.resize(k, 0);
-    }
+    // Each token's softmax and top k, in pool pieces for a prefill (top k
+    // is k passes over the experts: 256 of them in the released models).
+    for_chunk_pieces(probs, e, ROWS_A_PIECE, &|_, p| p.chunks_exact_mut(e).for_each(softmax));
+    let probs = &*probs;
+    s.top.clear();
+    s.top.resize(t * k, 0);
+    for_chunk_pieces(&mut s.top, k, ROWS_A_PIECE, &|a, tops| {
+        for (ti, top) in (a..).zip(tops.chunks_exact_mut(k)) {
+            top_k(&probs[ti * e..(ti + 1) * e], k, top);
+        }
+    });
     s.routes.clear();
-    for ti in 0..t {
-        let p = &mut probs[ti * e..(ti + 1) * e];
-        softmax(p);
-        top_k(p, k, &mut s.top);
-        let norm = if cfg.norm_topk_prob { s.top.iter().map(|&i| p[i]).sum::<f32>() } else { 1.0 };
-        s.routes.extend(s.top.iter().map(|&ex| (ex, ti, p[ex] / norm)));
+    for (ti, top) in s.top.chunks_exact(k).enumerate() {
+        let p = &probs[ti * e..(ti + 1) * e];
+        let norm = if cfg.norm_topk_prob { top.iter().map(|&i| p[i]).sum::<f32>() } else { 1.0 };
+        s.routes.extend(top.iter().map(|&ex| (ex, ti, p[ex] / norm)));
     }
     // Counting sort by expert keeps each expert's tokens in token order.
     s.offsets.clear();
