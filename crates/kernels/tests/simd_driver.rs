@@ -275,3 +275,47 @@ fn one_token_products_on_named_inputs_equal_the_gemv() {
     }
     qmoe_kernels::threads::set(0);
 }
+
+/// A call whose rows make fewer tasks than threads (a prefill's router) is
+/// cut along tokens too: two threads must give the one-thread result bit
+/// for bit, for the f32 tile and for the many-token int8 kernels.
+#[test]
+fn few_row_products_split_along_tokens_equal_one_thread() {
+    let mut rng = Rng(23);
+    // 41 rows of 512: one row task; 45 tokens: runs of 23 and 22 on two threads.
+    let (rows, cols, t) = (41, 512, 45);
+    let f: Vec<u8> = rng.vec(rows * cols, 1.0).iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut mats = vec![("f32".to_string(), MatRef::new(DType::F32, rows, cols, &f))];
+    let mut quantized = Vec::new();
+    for ty in [qmoe_core::GgmlType::Q4K, qmoe_core::GgmlType::Q8_0] {
+        let quantize = qmoe_kernels::ggml::quantizer(ty).expect("quantizer");
+        let mut bytes = vec![0u8; rows * ty.row_bytes(cols).unwrap()];
+        quantize(&rng.vec(rows * cols, 1.0), &mut bytes);
+        quantized.push((ty, bytes));
+    }
+    for (ty, bytes) in &quantized {
+        mats.push((format!("{ty}"), MatRef::ggml(*ty, rows, cols, bytes).unwrap()));
+    }
+    let (bits, group) = (4u32, 64usize);
+    let words: Vec<u8> = (0..rows * cols * bits as usize / 8).map(|_| rng.next_u64() as u8).collect();
+    let scales: Vec<u8> = rng.vec(rows * cols / group, 0.05).iter().flat_map(|v| v.to_le_bytes()).collect();
+    let biases: Vec<u8> = rng.vec(rows * cols / group, 0.1).iter().flat_map(|v| v.to_le_bytes()).collect();
+    mats.push((
+        "affine 4-bit".into(),
+        MatRef::affine(rows, cols, &words, bits, group, &scales, &biases, DType::F32).unwrap(),
+    ));
+    for (name, w) in &mats {
+        let x = rng.vec(t * cols, 1.5);
+        let run = |threads: usize| {
+            qmoe_kernels::threads::set(threads);
+            let mut y = vec![f32::NAN; t * rows];
+            matmul(w, &x, &mut y, t);
+            y
+        };
+        let (one, two) = (run(1), run(2));
+        qmoe_kernels::threads::set(0);
+        for i in 0..one.len() {
+            assert_eq!(one[i].to_bits(), two[i].to_bits(), "{name} [{i}]: {} vs {}", one[i], two[i]);
+        }
+    }
+}

@@ -204,14 +204,35 @@ enum Route {
     Reference,
 }
 
-/// How one product runs.
+/// How one product runs: its tasks are `row_tasks x token_parts`, each a
+/// run of rows for a run of tokens.
 struct Plan {
     route: Route,
     /// Index into the prepared activations (when quantized).
     prep: usize,
     rows_per_task: usize,
+    row_tasks: usize,
+    /// Tokens a task, and the runs of tokens (1 unless the call is split
+    /// along tokens, see [`token_parts`]).
+    tokens_per_part: usize,
+    token_parts: usize,
     first_task: usize,
 }
+
+/// Runs of tokens to cut each product of a call into when its row tasks
+/// are too few to keep `threads` busy: a prefill's router (f32 `[E x H]`,
+/// one row task) ran on one thread for 0.3% of a Q4_K_M prefill's samples,
+/// the other idle. Each run keeps at least [`MIN_PART_TOKENS`] tokens.
+fn token_parts(row_tasks: usize, threads: usize, n_tokens: usize) -> usize {
+    if threads <= 1 || row_tasks >= 2 * threads {
+        return 1;
+    }
+    (2 * threads).div_ceil(row_tasks.max(1)).min(n_tokens / MIN_PART_TOKENS).max(1)
+}
+
+/// Fewest tokens in a run of [`token_parts`]: four groups of a many-token
+/// kernel.
+const MIN_PART_TOKENS: usize = 4 * TILE_MIN_TOKENS;
 
 /// Runs every product, sharing the pool call and the activation
 /// quantization of inputs that are the same slice.
@@ -258,18 +279,42 @@ pub fn matmul_many(products: &mut [Product]) {
             let budget = if p.n_tokens == 1 { DECODE_TASK_BYTES } else { PREFILL_TASK_BYTES };
             // Equal tasks of at most the budget.
             let rows_per_task = p.w.rows.div_ceil(p.w.storage_bytes().div_ceil(budget).max(1)).max(1);
-            plans.push(Plan { route, prep, rows_per_task, first_task: n_tasks });
-            n_tasks += p.w.rows.div_ceil(rows_per_task);
+            let row_tasks = p.w.rows.div_ceil(rows_per_task);
+            let (tokens_per_part, token_parts) = (p.n_tokens, 1);
+            plans.push(Plan {
+                route,
+                prep,
+                rows_per_task,
+                row_tasks,
+                tokens_per_part,
+                token_parts,
+                first_task: n_tasks,
+            });
+            n_tasks += row_tasks;
             total_bytes += p.w.storage_bytes() * p.n_tokens;
+        }
+        let row_tasks = n_tasks;
+        if token_parts(row_tasks, threads, usize::MAX) > 1 {
+            n_tasks = 0;
+            for (plan, p) in plans.iter_mut().zip(products.iter()) {
+                let parts = token_parts(row_tasks, threads, p.n_tokens);
+                plan.tokens_per_part = p.n_tokens.div_ceil(parts).max(1);
+                plan.token_parts = p.n_tokens.div_ceil(plan.tokens_per_part).max(1);
+                plan.first_task = n_tasks;
+                n_tasks += plan.row_tasks * plan.token_parts;
+            }
         }
         outs.extend(products.iter_mut().map(|p| SharedMut::new(p.y)));
         let (prepared, plans, outs) = (&*prepared, &*plans, &*outs);
         let task = |i: usize| {
             let j = plans.partition_point(|pl| pl.first_task <= i) - 1;
             let (p, plan) = (&products[j], &plans[j]);
-            let r0 = (i - plan.first_task) * plan.rows_per_task;
+            let (row_task, part) = ((i - plan.first_task) / plan.token_parts, (i - plan.first_task) % plan.token_parts);
+            let r0 = row_task * plan.rows_per_task;
             let rows = r0..(r0 + plan.rows_per_task).min(p.w.rows);
-            run_rows(level, p, plan, &prepared[plan.prep], outs[j], rows);
+            let t0 = part * plan.tokens_per_part;
+            let tokens = t0..(t0 + plan.tokens_per_part).min(p.n_tokens);
+            run_rows(level, p, plan, &prepared[plan.prep], outs[j], rows, tokens);
         };
         if threads <= 1 || total_bytes < SERIAL_BYTES {
             (0..n_tasks).for_each(task);
@@ -307,32 +352,45 @@ fn has_multi(enc: &Encoding) -> bool {
     }
 }
 
-/// One task: rows `rows` of product `p` for every token.
-fn run_rows(level: Level, p: &Product, plan: &Plan, prep: &Prepared, out: SharedMut<f32>, rows: Range<usize>) {
+/// One task: rows `rows` of product `p` for tokens `tokens`.
+fn run_rows(
+    level: Level,
+    p: &Product,
+    plan: &Plan,
+    prep: &Prepared,
+    out: SharedMut<f32>,
+    rows: Range<usize>,
+    tokens: Range<usize>,
+) {
     let (n_rows, cols) = (p.w.rows, p.w.cols);
+    let (t0, n) = (tokens.start, tokens.len());
+    let x = &p.x[t0 * cols..tokens.end * cols];
+    // The part's output: row `r` of its token `t` at `t * n_rows + r`.
+    let y = out.at(t0 * n_rows);
     let kind = match plan.route {
         Route::Tile => {
-            // SAFETY: `out` is this product's `[T, rows]` output and this task
-            // alone writes rows `rows` (see `SharedMut`).
-            unsafe { super::tile::rows_many_tokens(level, &p.w, rows, p.x, p.n_tokens, out.at(0)) };
+            // SAFETY: `y` is this product's `[T, rows]` output from token
+            // `t0` on, and this task alone writes rows `rows` of tokens
+            // `tokens` (see `SharedMut`).
+            unsafe { super::tile::rows_many_tokens(level, &p.w, rows, x, n, y) };
             return;
         }
         Route::Reference => {
-            crate::linear::reference_rows(&p.w, p.x, out.at(0), p.n_tokens, rows);
+            crate::linear::reference_rows(&p.w, x, y, n, rows);
             return;
         }
         Route::Multi(kind) => {
-            run_multi(level, p, kind, prep, out, rows);
+            run_multi(level, p, kind, prep, out, rows, tokens);
             return;
         }
         Route::Gemv(kind) => kind,
     };
     // The input's name covers all its tokens; the kernels see one at a time.
     let acts_id = if p.n_tokens == 1 { prep.id } else { 0 };
-    for t in 0..p.n_tokens {
+    for t in tokens {
         // SAFETY: `t < n_tokens` and `rows` lies inside `0..n_rows`, so the
         // slice is inside this product's `[T, rows]` output; no other task
-        // writes these rows (see `SharedMut`).
+        // writes these rows of this token (see `SharedMut`).
         let y = unsafe { std::slice::from_raw_parts_mut(out.at(t * n_rows + rows.start), rows.len()) };
         let x = match kind {
             ActKind::F32 => ActRef::F32(&p.x[t * cols..(t + 1) * cols]),
@@ -349,14 +407,27 @@ fn run_rows(level: Level, p: &Product, plan: &Plan, prep: &Prepared, out: Shared
     }
 }
 
-/// Rows `rows` of a quantized product for every token with the many-token
-/// int8 kernel (activations prepared for all tokens).
-fn run_multi(level: Level, p: &Product, kind: ActKind, prep: &Prepared, out: SharedMut<f32>, rows: Range<usize>) {
-    let (n_rows, n_tokens) = (p.w.rows, p.n_tokens);
+/// Rows `rows` of a quantized product for tokens `tokens` with the
+/// many-token int8 kernel (activations prepared for all tokens).
+fn run_multi(
+    level: Level,
+    p: &Product,
+    kind: ActKind,
+    prep: &Prepared,
+    out: SharedMut<f32>,
+    rows: Range<usize>,
+    tokens: Range<usize>,
+) {
+    let (n_rows, cols, n) = (p.w.rows, p.w.cols, tokens.len());
+    // The input's name covers all its tokens: a run of them is unnamed.
+    let id = if n == p.n_tokens { prep.id } else { 0 };
     // SAFETY: `out` is this product's `[T, n_rows]` output; offset to the
-    // task's first row, element `t * n_rows + i` for `i < rows.len()` is row
-    // `rows.start + i` of token `t`, which this task alone writes (`SharedMut`).
-    let y = out.at(rows.start);
+    // task's first token and row, element `t * n_rows + i` for `t < n`,
+    // `i < rows.len()` is row `rows.start + i` of token `tokens.start + t`,
+    // which this task alone writes (`SharedMut`).
+    let y = out.at(tokens.start * n_rows + rows.start);
+    let q8k = || &prep.q8k[tokens.start * cols / 256..tokens.end * cols / 256];
+    let q8x32 = || &prep.q8x32[tokens.start * cols / 32..tokens.end * cols / 32];
     match (p.w.enc, kind) {
         (Encoding::Ggml(ty), _) => {
             let rb = p.w.bytes.len() / n_rows.max(1);
@@ -364,34 +435,14 @@ fn run_multi(level: Level, p: &Product, kind: ActKind, prep: &Prepared, out: Sha
             // SAFETY: as above; the kernels check `w` and `x` against the shapes.
             unsafe {
                 match kind {
-                    ActKind::Q8K => super::ggml_dot::multi::gemm_q8k_raw(
-                        level,
-                        ty,
-                        w,
-                        rows.len(),
-                        &prep.q8k,
-                        n_tokens,
-                        y,
-                        n_rows,
-                        prep.id,
-                    ),
-                    _ => super::ggml_dot::multi::gemm_q8x32_raw(
-                        level,
-                        ty,
-                        w,
-                        rows.len(),
-                        &prep.q8x32,
-                        n_tokens,
-                        y,
-                        n_rows,
-                        prep.id,
-                    ),
+                    ActKind::Q8K => {
+                        super::ggml_dot::multi::gemm_q8k_raw(level, ty, w, rows.len(), q8k(), n, y, n_rows, id)
+                    }
+                    _ => super::ggml_dot::multi::gemm_q8x32_raw(level, ty, w, rows.len(), q8x32(), n, y, n_rows, id),
                 }
             }
         }
         // SAFETY: as above.
-        _ => unsafe {
-            super::affine_multi::gemm_affine_raw(level, &p.w, rows, &prep.q8x32, n_tokens, y, n_rows, prep.id)
-        },
+        _ => unsafe { super::affine_multi::gemm_affine_raw(level, &p.w, rows, q8x32(), n, y, n_rows, id) },
     }
 }
