@@ -271,7 +271,7 @@ mod avx2 {
     /// to run, read a new cache line of the `[T, channels]` input per token
     /// and tap (its rows are 32 KiB apart at 8192 channels): 3.2% of a
     /// Q4_K_M prefill's samples, against 2.5% token by token with a slice a
-    /// task and 1.x% in runs of tokens through every slice.
+    /// task and 1.1% in runs of tokens through every slice.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn slice(inp: &Inputs, s: Slice, dst: SharedMut<f32>, tokens: std::ops::Range<usize>) {
         unsafe {
