@@ -22,10 +22,10 @@
 //! inline code compiled for the features it has itself.
 
 /// The trait and loop for one instruction set: `$features` its
-/// `target_feature` list, `$acc` its f32 accumulator, `$zero` and `$hsum`
-/// its zero and lane sum, `$hsum8` the lane sums of eight accumulators.
+/// `target_feature` list, `$acc` its f32 accumulator, `$zero` its zero,
+/// `$hsum8` the lane sums of eight accumulators.
 macro_rules! level {
-    ($name:ident, $features:literal, $acc:ident, $zero:path, $hsum:path, $hsum8:path) => {
+    ($name:ident, $features:literal, $acc:ident, $zero:path, $hsum8:path) => {
         pub(crate) mod $name {
             use std::arch::x86_64::{_mm_prefetch, $acc, _MM_HINT_T0};
             use std::ops::Range;
@@ -33,7 +33,6 @@ macro_rules! level {
             use crate::simd::columns::{chunk_units, L1_ACTS};
             use crate::simd::scratch::Kept;
             use crate::simd::PREFETCH_BYTES;
-            use $hsum as hsum;
             use $hsum8 as hsum8;
             use $zero as zero;
 
@@ -50,9 +49,11 @@ macro_rules! level {
                 /// Each token's row lane sums (the first `ROWS` of each count).
                 ///
                 /// Eight accumulators at a time go through one transposing tree
-                /// (`$hsum8`): summed one by one, a row's sum took about eight
-                /// shuffles and adds, as many as the steps of a whole unit of an
-                /// expert's down projection (rows of 512) for the group's tokens.
+                /// (`$hsum8`; a short last batch padded with zeros): summed one by
+                /// one, a row's sum took about eight shuffles and adds. The tree
+                /// adds each vector's lanes in the same order wherever it sits, so a
+                /// token's sums do not depend on the group it falls in (the driver
+                /// cuts products into runs of tokens, and expects the same bits).
                 ///
                 /// # Safety
                 /// The CPU runs the level's features.
@@ -68,16 +69,11 @@ macro_rules! level {
                 #[inline(always)]
                 unsafe fn sums<const N: usize>(acc: [Self; N]) -> [[f32; 2]; N] {
                     let mut out = [[0.0; 2]; N];
-                    let mut t = 0;
-                    while t + 8 <= N {
-                        let s = hsum8(std::array::from_fn(|i| acc[t + i]));
-                        for (i, v) in s.into_iter().enumerate() {
-                            out[t + i][0] = v;
+                    for t in (0..N).step_by(8) {
+                        let s = hsum8(std::array::from_fn(|i| if t + i < N { acc[t + i] } else { zero() }));
+                        for (o, v) in out[t..].iter_mut().zip(s) {
+                            o[0] = v;
                         }
-                        t += 8;
-                    }
-                    for (o, &a) in out[t..].iter_mut().zip(&acc[t..]) {
-                        o[0] = hsum(a);
                     }
                     out
                 }
@@ -92,16 +88,12 @@ macro_rules! level {
                 #[inline(always)]
                 unsafe fn sums<const N: usize>(acc: [Self; N]) -> [[f32; 2]; N] {
                     let mut out = [[0.0; 2]; N];
-                    let mut t = 0;
-                    while t + 4 <= N {
-                        let s = hsum8(std::array::from_fn(|i| acc[t + i / 2][i % 2]));
-                        for i in 0..4 {
-                            out[t + i] = [s[2 * i], s[2 * i + 1]];
+                    for t in (0..N).step_by(4) {
+                        let s =
+                            hsum8(std::array::from_fn(|i| if t + i / 2 < N { acc[t + i / 2][i % 2] } else { zero() }));
+                        for (i, o) in out[t..].iter_mut().take(4).enumerate() {
+                            *o = [s[2 * i], s[2 * i + 1]];
                         }
-                        t += 4;
-                    }
-                    for (o, a) in out[t..].iter_mut().zip(&acc[t..]) {
-                        *o = [hsum(a[0]), hsum(a[1])];
                     }
                     out
                 }
@@ -343,24 +335,19 @@ macro_rules! level {
     };
 }
 
-level!(
-    avx2,
-    "avx2,fma,f16c",
-    __m256,
-    std::arch::x86_64::_mm256_setzero_ps,
-    crate::simd::float_dot::x86::hsum,
-    super::hsum256x8
-);
+level!(avx2, "avx2,fma,f16c", __m256, std::arch::x86_64::_mm256_setzero_ps, super::hsum256x8);
 level!(
     avx512,
     "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
     __m512,
     std::arch::x86_64::_mm512_setzero_ps,
-    super::hsum512,
     super::hsum512x8
 );
 
-/// Sum of the 16 lanes (halves, then as the AVX2 level's [`crate::simd::float_dot::x86::hsum`]).
+/// Sum of the 16 lanes (halves, then as the AVX2 level's
+/// [`crate::simd::float_dot::x86::hsum`]): the twin [`hsum512x8`] is tested
+/// against.
+#[cfg(test)]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn hsum512(v: std::arch::x86_64::__m512) -> f32 {
@@ -372,7 +359,7 @@ pub(crate) unsafe fn hsum512(v: std::arch::x86_64::__m512) -> f32 {
 /// The lane sums of eight vectors, in order: each level of the tree adds
 /// two halves of every vector's partial sums, with the partials of two (then
 /// four, then eight) vectors side by side in one register. 24 instructions
-/// for the eight, against eight [`hsum512`]s of about eight each.
+/// for the eight, against about eight each one by one.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn hsum512x8(v: [std::arch::x86_64::__m512; 8]) -> [f32; 8] {
