@@ -57,16 +57,59 @@ unsafe fn swiglu_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) -> usize {
     use std::arch::x86_64::*;
     let n = out.len() / 8 * 8;
     unsafe {
-        let one = _mm256_set1_ps(1.0);
         for i in (0..n).step_by(8) {
             let g = _mm256_loadu_ps(gate.as_ptr().add(i));
-            let e = crate::simd::expf::exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), g));
-            let sig = _mm256_div_ps(one, _mm256_add_ps(one, e));
+            let sig = sigmoid8(g);
             let o = _mm256_mul_ps(_mm256_mul_ps(g, sig), _mm256_loadu_ps(up.as_ptr().add(i)));
             _mm256_storeu_ps(out.as_mut_ptr().add(i), o);
         }
     }
     n
+}
+
+/// `out[i] *= sigmoid(gate[i])` (the gated attention's output gate), at
+/// the best SIMD level; the AVX2 level as [`swiglu_at`] takes its sigmoid.
+pub fn mul_sigmoid(out: &mut [f32], gate: &[f32]) {
+    assert_eq!(out.len(), gate.len(), "mul_sigmoid: lengths");
+    #[cfg(target_arch = "x86_64")]
+    let done = if crate::simd::level().runs_avx2() {
+        // SAFETY: `Level::Avx2` is only reported when the CPU has AVX2 + FMA.
+        unsafe { mul_sigmoid_avx2(out, gate) }
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    for (o, &g) in out[done..].iter_mut().zip(&gate[done..]) {
+        *o *= sigmoid(g);
+    }
+}
+
+/// The whole groups of eight of [`mul_sigmoid`]; returns how many values it wrote.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn mul_sigmoid_avx2(out: &mut [f32], gate: &[f32]) -> usize {
+    use std::arch::x86_64::*;
+    let n = out.len() / 8 * 8;
+    unsafe {
+        for i in (0..n).step_by(8) {
+            let sig = sigmoid8(_mm256_loadu_ps(gate.as_ptr().add(i)));
+            let o = out.as_mut_ptr().add(i);
+            _mm256_storeu_ps(o, _mm256_mul_ps(_mm256_loadu_ps(o), sig));
+        }
+    }
+    n
+}
+
+/// `1 / (1 + e^-g)` per lane, as [`sigmoid`] with the vectorised `exp`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn sigmoid8(g: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let one = _mm256_set1_ps(1.0);
+    let e = unsafe { crate::simd::expf::exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), g)) };
+    _mm256_div_ps(one, _mm256_add_ps(one, e))
 }
 
 /// In-place numerically stable softmax.
@@ -104,6 +147,30 @@ pub fn top_k(x: &[f32], k: usize, out: &mut [usize]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mul_sigmoid_matches_the_scalar_steps() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        };
+        for n in [0usize, 1, 7, 8, 9, 31, 517] {
+            let mut gate: Vec<f32> = (0..n).map(|_| next() * 12.0).collect();
+            if n > 8 {
+                gate[..6].copy_from_slice(&[-100.0, 100.0, -87.5, 88.5, 0.0, -0.0]);
+            }
+            let out: Vec<f32> = (0..n).map(|_| next() * 3.0).collect();
+            let want: Vec<f32> = out.iter().zip(&gate).map(|(&o, &g)| o * sigmoid(g)).collect();
+            let mut got = out.clone();
+            mul_sigmoid(&mut got, &gate);
+            for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() <= 1e-30 + 4.0 * f32::EPSILON * b.abs(), "n={n} [{i}]: {a} vs {b}");
+            }
+        }
+    }
 
     #[test]
     fn swiglu_levels_match_the_scalar_twin() {

@@ -2,7 +2,7 @@
 //! projection, zero-centred q/k norms, partial rotate-half RoPE, GQA,
 //! sigmoid output gate.
 
-use qmoe_kernels::act::sigmoid;
+use qmoe_kernels::act::mul_sigmoid;
 use qmoe_kernels::attention::AttnShape;
 use qmoe_kernels::linear::matmul;
 use qmoe_kernels::norm::rms_norm_inplace;
@@ -72,9 +72,7 @@ pub fn forward(
 
     let gate = &*gate;
     for_chunk_pieces(out, nh * hd, TOKENS_A_PIECE, &|a, out| {
-        for (o, &g) in out.iter_mut().zip(&gate[a * nh * hd..]) {
-            *o *= sigmoid(g);
-        }
+        mul_sigmoid(out, &gate[a * nh * hd..][..out.len()]);
     });
     matmul(&w.o_proj.view(), out, y, t);
 }
