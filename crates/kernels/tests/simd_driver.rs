@@ -276,14 +276,21 @@ fn one_token_products_on_named_inputs_equal_the_gemv() {
     qmoe_kernels::threads::set(0);
 }
 
-/// A call whose rows make fewer tasks than threads (a prefill's router) is
-/// cut along tokens too: two threads must give the one-thread result bit
-/// for bit, for the f32 tile and for the many-token int8 kernels.
+/// A call whose rows make fewer tasks than threads (a router) is cut along
+/// tokens (45: runs of 23 and 22), or with too few tokens (1, 3) along
+/// rows: two threads must give the one-thread result bit for bit, for the
+/// f32 kernels and for the single- and many-token int8 kernels.
 #[test]
 fn few_row_products_split_along_tokens_equal_one_thread() {
+    for t in [1, 3, 45] {
+        few_row_products_on_two_threads(t);
+    }
+}
+
+fn few_row_products_on_two_threads(t: usize) {
     let mut rng = Rng(23);
-    // 41 rows of 512: one row task; 45 tokens: runs of 23 and 22 on two threads.
-    let (rows, cols, t) = (41, 512, 45);
+    // 41 rows of 512: one row task.
+    let (rows, cols) = (41, 512);
     let f: Vec<u8> = rng.vec(rows * cols, 1.0).iter().flat_map(|v| v.to_le_bytes()).collect();
     let mut mats = vec![("f32".to_string(), MatRef::new(DType::F32, rows, cols, &f))];
     let mut quantized = Vec::new();
@@ -315,7 +322,7 @@ fn few_row_products_split_along_tokens_equal_one_thread() {
         let (one, two) = (run(1), run(2));
         qmoe_kernels::threads::set(0);
         for i in 0..one.len() {
-            assert_eq!(one[i].to_bits(), two[i].to_bits(), "{name} [{i}]: {} vs {}", one[i], two[i]);
+            assert_eq!(one[i].to_bits(), two[i].to_bits(), "{name} t{t} [{i}]: {} vs {}", one[i], two[i]);
         }
     }
 }

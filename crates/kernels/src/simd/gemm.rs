@@ -222,7 +222,9 @@ struct Plan {
 /// Runs of tokens to cut each product of a call into when its row tasks
 /// are too few to keep `threads` busy: a prefill's router (f32 `[E x H]`,
 /// one row task) ran on one thread for 0.3% of a Q4_K_M prefill's samples,
-/// the other idle. Each run keeps at least [`MIN_PART_TOKENS`] tokens.
+/// the other idle. Each run keeps at least [`MIN_PART_TOKENS`] tokens; a
+/// product with too few for two runs has its rows cut finer instead (tasks
+/// of at least [`MIN_TASK_BYTES`]).
 fn token_parts(row_tasks: usize, threads: usize, n_tokens: usize) -> usize {
     if threads <= 1 || row_tasks >= 2 * threads {
         return 1;
@@ -233,6 +235,8 @@ fn token_parts(row_tasks: usize, threads: usize, n_tokens: usize) -> usize {
 /// Fewest tokens in a run of [`token_parts`]: four groups of a many-token
 /// kernel.
 const MIN_PART_TOKENS: usize = 4 * TILE_MIN_TOKENS;
+/// Fewest weight bytes in a task that a short call's rows are cut into.
+const MIN_TASK_BYTES: usize = 16 << 10;
 
 /// Runs every product, sharing the pool call and the activation
 /// quantization of inputs that are the same slice.
@@ -298,6 +302,14 @@ pub fn matmul_many(products: &mut [Product]) {
             n_tasks = 0;
             for (plan, p) in plans.iter_mut().zip(products.iter()) {
                 let parts = token_parts(row_tasks, threads, p.n_tokens);
+                if parts == 1 {
+                    // Too few tokens to cut (a decode step's router): finer rows.
+                    let want = (2 * threads).div_ceil(row_tasks.max(1));
+                    let row_bytes = p.w.storage_bytes() / p.w.rows.max(1);
+                    let min_rows = (MIN_TASK_BYTES / row_bytes.max(1)).clamp(1, plan.rows_per_task);
+                    plan.rows_per_task = plan.rows_per_task.div_ceil(want).max(min_rows);
+                    plan.row_tasks = p.w.rows.div_ceil(plan.rows_per_task);
+                }
                 plan.tokens_per_part = p.n_tokens.div_ceil(parts).max(1);
                 plan.token_parts = p.n_tokens.div_ceil(plan.tokens_per_part).max(1);
                 plan.first_task = n_tasks;
