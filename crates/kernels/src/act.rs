@@ -144,19 +144,25 @@ pub fn top_k(x: &[f32], k: usize, out: &mut [usize]) {
     }
 }
 
+/// Test values uniform in `[-1, 1)` from an xorshift stream seeded by `seed`.
+#[cfg(test)]
+pub(crate) fn uniform(seed: u64) -> impl FnMut() -> f32 {
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn mul_sigmoid_matches_the_scalar_steps() {
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        };
+        let mut next = uniform(0x9E37_79B9_7F4A_7C15);
         for n in [0usize, 1, 7, 8, 9, 31, 517] {
             let mut gate: Vec<f32> = (0..n).map(|_| next() * 12.0).collect();
             if n > 8 {
@@ -174,13 +180,7 @@ mod tests {
 
     #[test]
     fn swiglu_levels_match_the_scalar_twin() {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        };
+        let mut next = uniform(0x2545_F491_4F6C_DD1D);
         for n in [0usize, 1, 7, 8, 9, 31, 64, 517] {
             let mut gate: Vec<f32> = (0..n).map(|_| next() * 12.0).collect();
             if n > 8 {

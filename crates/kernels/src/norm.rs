@@ -130,13 +130,8 @@ mod tests {
     fn gated_rows_match_the_scalar_steps() {
         // Rows of 19: two groups of eight at the SIMD level, three scalar.
         let dim = 19;
-        let mut s = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 * 8.0 - 4.0
-        };
+        let mut uniform = crate::act::uniform(0x2545_F491_4F6C_DD1D);
+        let mut next = move || 4.0 * uniform();
         let x: Vec<f32> = (0..5 * dim).map(|_| next()).collect();
         let z: Vec<f32> = (0..5 * dim).map(|_| next() * 3.0).collect();
         let w: Vec<f32> = (0..dim).map(|_| next()).collect();
