@@ -44,12 +44,37 @@ use std::sync::OnceLock;
 /// short rows such as a down projection's get the same lead as long ones).
 /// Measured with `examples/gemv_ggml.rs` (256 MB, 1 thread, quiet 16-core
 /// Xeon host): no lead 7-9 GB/s, 1-2 KB 10-12, 4-8 KB 12-14 (at or above a
-/// plain streaming read), 16 KB no better. The AVX-512 kernels, the MLX
-/// affine kernels and the many-token kernels' first pass stream the same
-/// rows and use the same lead (not re-measured for AVX-512: no such machine
-/// here).
+/// plain streaming read), 16 KB no better. The MLX affine kernels and the
+/// many-token kernels' first pass stream the same rows and use the same
+/// lead, as do the ggml gemv kernels except on AMD ([`ggml_gemv_lead`]).
 #[cfg(target_arch = "x86_64")]
 pub(crate) const PREFETCH_BYTES: usize = 4096;
+
+/// The lead of the single-token ggml row loops (`ggml_dot/avx2.rs`,
+/// `ggml_dot/avx512.rs`): [`PREFETCH_BYTES`], except on AMD CPUs, where it
+/// is 1 KiB. On the Zen 4 VM (`examples/gemv_ggml.rs 512`, 1 thread, weights
+/// from DRAM, two alternations of 0 / 1 / 2 / 4 KiB) the 4 KiB lead cost
+/// Q4_K 12-15% at AVX-512 (18.2-18.7 GB/s at 1 KiB, 16.0-16.5 at 4 KiB) and
+/// Q6_K 4-10% (22.0-23.8 against 21.3-21.4), Q8_0 the same either way; with
+/// no lead Q4_K was as fast and Q6_K less steady. `qmoe bench` Q4_K_M decode,
+/// 4 KiB against 1 KiB alternating, three pairs: 1 thread 8.51 / 9.42 / 7.37
+/// -> 8.71 / 9.92 / 9.44 tok/s, 2 threads 15.82 / 15.44 / 15.20 -> 16.57 /
+/// 15.64 / 15.40. The MLX affine gemv measured no different (kept at 4 KiB).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn ggml_gemv_lead() -> usize {
+    static LEAD: OnceLock<usize> = OnceLock::new();
+    *LEAD.get_or_init(|| {
+        // SAFETY: CPUID leaf 0 (the vendor string) exists on every x86-64 CPU.
+        #[allow(unused_unsafe)]
+        let id = unsafe { std::arch::x86_64::__cpuid(0) };
+        let amd = (id.ebx, id.edx, id.ecx) == (0x6874_7541, 0x6974_6E65, 0x444D_4163); // "AuthenticAMD"
+        if amd {
+            1024
+        } else {
+            PREFETCH_BYTES
+        }
+    })
+}
 
 /// The activation form a fast kernel consumes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

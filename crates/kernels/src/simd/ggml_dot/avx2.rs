@@ -5,8 +5,9 @@
 //! activation codes in `vpmaddubsw` (pairs summed to i16), then `vpmaddwd`
 //! against the (sub-)block scale as i16 (pairs summed to i32), so a block
 //! leaves 8 i32 lanes that are converted and accumulated with one FMA.
-//! Rows are streamed in order with software prefetch [`PREFETCH_BYTES`]
-//! ahead, so the next rows are in flight while this one is multiplied.
+//! Rows are streamed in order with software prefetch
+//! [`crate::simd::ggml_gemv_lead`] bytes ahead, so the next rows are in
+//! flight while this one is multiplied.
 
 pub(super) mod multi;
 
@@ -19,20 +20,20 @@ use super::scales_mins_k4;
 use crate::ggml::IQ4_LEVELS;
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
 use crate::simd::float_dot::x86::hsum;
-use crate::simd::PREFETCH_BYTES;
 
 /// The row loop, expanded inside each `#[target_feature]` function so the
 /// per-type dot (`#[inline]`, same features) is inlined into it. Before row
 /// `r` it prefetches, a cache line at a time, the weight bytes up to
-/// [`PREFETCH_BYTES`] past the row's end (never past the matrix).
+/// [`crate::simd::ggml_gemv_lead`] past the row's end (never past the matrix).
 macro_rules! rows {
     ($w:expr, $x:expr, $y:expr, $ts:expr, $dot:ident) => {{
         let (w, x, y): (&[u8], _, &mut [f32]) = ($w, $x, $y);
         let row_bytes = x.len() * $ts;
         let base = w.as_ptr();
         let mut fetched = 0;
+        let lead = crate::simd::ggml_gemv_lead();
         for (r, yr) in y.iter_mut().enumerate() {
-            let until = ((r + 1) * row_bytes + PREFETCH_BYTES).min(w.len());
+            let until = ((r + 1) * row_bytes + lead).min(w.len());
             while fetched < until {
                 _mm_prefetch::<_MM_HINT_T0>(base.add(fetched) as *const i8);
                 fetched += 64;

@@ -57,10 +57,6 @@ use crate::ggml::IQ4_LEVELS;
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
 use crate::simd::scratch::Tokens;
 
-// How far ahead of the row being multiplied the row loop keeps software
-// prefetches: the lead `avx2.rs` measured best.
-use crate::simd::PREFETCH_BYTES;
-
 mod q8_0;
 
 /// Whether `ty` has a kernel here (the others run their AVX2 kernel).
@@ -71,7 +67,7 @@ pub(super) fn has_kernel(ty: GgmlType) -> bool {
 
 /// The row loop, expanded inside each `#[target_feature]` function so the
 /// per-type dot inlines into it. Before row `r` it prefetches, a cache line
-/// at a time, the weight bytes up to [`PREFETCH_BYTES`] past the row's end
+/// at a time, the weight bytes up to [`crate::simd::ggml_gemv_lead`] past the row's end
 /// (never past the matrix).
 macro_rules! rows {
     ($w:expr, $x:expr, $y:expr, $ts:expr, $dot:expr $(, $arg:expr)*) => {{
@@ -79,8 +75,9 @@ macro_rules! rows {
         let row_bytes = x.len() * $ts;
         let base = w.as_ptr();
         let mut fetched = 0;
+        let lead = crate::simd::ggml_gemv_lead();
         for (r, yr) in y.iter_mut().enumerate() {
-            let until = ((r + 1) * row_bytes + PREFETCH_BYTES).min(w.len());
+            let until = ((r + 1) * row_bytes + lead).min(w.len());
             while fetched < until {
                 _mm_prefetch::<_MM_HINT_T0>(base.add(fetched) as *const i8);
                 fetched += 64;
