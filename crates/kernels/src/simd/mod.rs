@@ -46,13 +46,14 @@ use std::sync::OnceLock;
 /// Xeon host): no lead 7-9 GB/s, 1-2 KB 10-12, 4-8 KB 12-14 (at or above a
 /// plain streaming read), 16 KB no better. The MLX affine kernels and the
 /// many-token kernels' first pass stream the same rows and use the same
-/// lead, as do the ggml gemv kernels except on AMD ([`ggml_gemv_lead`]).
+/// lead, as do the ggml gemv kernels except on AMD with AVX-512
+/// ([`ggml_gemv_lead`]).
 #[cfg(target_arch = "x86_64")]
 pub(crate) const PREFETCH_BYTES: usize = 4096;
 
 /// The lead of the single-token ggml row loops (`ggml_dot/avx2.rs`,
-/// `ggml_dot/avx512.rs`): [`PREFETCH_BYTES`], except on AMD CPUs, where it
-/// is 1 KiB. On the Zen 4 VM (`examples/gemv_ggml.rs 512`, 1 thread, weights
+/// `ggml_dot/avx512.rs`): [`PREFETCH_BYTES`], except on AMD CPUs with
+/// AVX-512 (Zen 4 and later; the Zen 3 was not measured), where it is 1 KiB. On the Zen 4 VM (`examples/gemv_ggml.rs 512`, 1 thread, weights
 /// from DRAM, two alternations of 0 / 1 / 2 / 4 KiB) the 4 KiB lead cost
 /// Q4_K 12-15% at AVX-512 (18.2-18.7 GB/s at 1 KiB, 16.0-16.5 at 4 KiB) and
 /// Q6_K 4-10% (22.0-23.8 against 21.3-21.4), Q8_0 the same either way; with
@@ -68,7 +69,7 @@ pub(crate) fn ggml_gemv_lead() -> usize {
         #[allow(unused_unsafe)]
         let id = unsafe { std::arch::x86_64::__cpuid(0) };
         let amd = (id.ebx, id.edx, id.ecx) == (0x6874_7541, 0x6974_6E65, 0x444D_4163); // "AuthenticAMD"
-        if amd {
+        if amd && std::arch::is_x86_feature_detected!("avx512f") {
             1024
         } else {
             PREFETCH_BYTES
