@@ -212,28 +212,15 @@ struct Plan {
     prep: usize,
     rows_per_task: usize,
     row_tasks: usize,
-    /// Tokens a task, and the runs of tokens (1 unless the call is split
-    /// along tokens, see [`token_parts`]).
+    /// Tokens a task, and the runs of tokens (1 unless a short call is
+    /// split along tokens, see [`matmul_many`]).
     tokens_per_part: usize,
     token_parts: usize,
     first_task: usize,
 }
 
-/// Runs of tokens to cut each product of a call into when its row tasks
-/// are too few to keep `threads` busy: a prefill's router (f32 `[E x H]`,
-/// one row task) ran on one thread for 0.3% of a Q4_K_M prefill's samples,
-/// the other idle. Each run keeps at least [`MIN_PART_TOKENS`] tokens; a
-/// product with too few for two runs has its rows cut finer instead (tasks
-/// of at least [`MIN_TASK_BYTES`]).
-fn token_parts(row_tasks: usize, threads: usize, n_tokens: usize) -> usize {
-    if threads <= 1 || row_tasks >= 2 * threads {
-        return 1;
-    }
-    (2 * threads).div_ceil(row_tasks.max(1)).min(n_tokens / MIN_PART_TOKENS).max(1)
-}
-
-/// Fewest tokens in a run of [`token_parts`]: four groups of a many-token
-/// kernel.
+/// Fewest tokens in a run of a short call's product (see [`matmul_many`]):
+/// four groups of a many-token kernel.
 const MIN_PART_TOKENS: usize = 4 * TILE_MIN_TOKENS;
 /// Fewest weight bytes in a task that a short call's rows are cut into.
 const MIN_TASK_BYTES: usize = 16 << 10;
@@ -284,34 +271,39 @@ pub fn matmul_many(products: &mut [Product]) {
             // Equal tasks of at most the budget.
             let rows_per_task = p.w.rows.div_ceil(p.w.storage_bytes().div_ceil(budget).max(1)).max(1);
             let row_tasks = p.w.rows.div_ceil(rows_per_task);
-            let (tokens_per_part, token_parts) = (p.n_tokens, 1);
             plans.push(Plan {
                 route,
                 prep,
                 rows_per_task,
                 row_tasks,
-                tokens_per_part,
-                token_parts,
+                tokens_per_part: p.n_tokens,
+                token_parts: 1,
                 first_task: n_tasks,
             });
             n_tasks += row_tasks;
             total_bytes += p.w.storage_bytes() * p.n_tokens;
         }
+        // A call whose rows make fewer than two tasks a thread (a router: f32
+        // `[E x H]` is one task, which ran on one thread for 0.3% of a Q4_K_M
+        // prefill's samples with the other idle) has each product cut `want`
+        // times finer: into runs of at least MIN_PART_TOKENS tokens, or, with
+        // too few tokens for two runs, into row tasks of at least
+        // MIN_TASK_BYTES.
         let row_tasks = n_tasks;
-        if token_parts(row_tasks, threads, usize::MAX) > 1 {
+        if threads > 1 && row_tasks < 2 * threads {
+            let want = (2 * threads).div_ceil(row_tasks.max(1));
             n_tasks = 0;
             for (plan, p) in plans.iter_mut().zip(products.iter()) {
-                let parts = token_parts(row_tasks, threads, p.n_tokens);
-                if parts == 1 {
-                    // Too few tokens to cut (a decode step's router): finer rows.
-                    let want = (2 * threads).div_ceil(row_tasks.max(1));
+                let parts = want.min(p.n_tokens / MIN_PART_TOKENS);
+                if parts > 1 {
+                    plan.tokens_per_part = p.n_tokens.div_ceil(parts);
+                    plan.token_parts = p.n_tokens.div_ceil(plan.tokens_per_part);
+                } else {
                     let row_bytes = p.w.storage_bytes() / p.w.rows.max(1);
                     let min_rows = (MIN_TASK_BYTES / row_bytes.max(1)).clamp(1, plan.rows_per_task);
                     plan.rows_per_task = plan.rows_per_task.div_ceil(want).max(min_rows);
                     plan.row_tasks = p.w.rows.div_ceil(plan.rows_per_task);
                 }
-                plan.tokens_per_part = p.n_tokens.div_ceil(parts).max(1);
-                plan.token_parts = p.n_tokens.div_ceil(plan.tokens_per_part).max(1);
                 plan.first_task = n_tasks;
                 n_tasks += plan.row_tasks * plan.token_parts;
             }

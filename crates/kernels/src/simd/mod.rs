@@ -53,7 +53,8 @@ pub(crate) const PREFETCH_BYTES: usize = 4096;
 
 /// The lead of the single-token ggml row loops (`ggml_dot/avx2.rs`,
 /// `ggml_dot/avx512.rs`): [`PREFETCH_BYTES`], except on AMD CPUs with
-/// AVX-512 (Zen 4 and later; the Zen 3 was not measured), where it is 1 KiB. On the Zen 4 VM (`examples/gemv_ggml.rs 512`, 1 thread, weights
+/// AVX-512 (Zen 4 and later; the Zen 3 was not measured), where it is 1
+/// KiB. On the Zen 4 VM (`examples/gemv_ggml.rs 512`, 1 thread, weights
 /// from DRAM, two alternations of 0 / 1 / 2 / 4 KiB) the 4 KiB lead cost
 /// Q4_K 12-15% at AVX-512 (18.2-18.7 GB/s at 1 KiB, 16.0-16.5 at 4 KiB) and
 /// Q6_K 4-10% (22.0-23.8 against 21.3-21.4), Q8_0 the same either way; with

@@ -406,15 +406,8 @@ mod tests {
     /// Whole-number lanes, so every order of summation gives the same sums:
     /// each tree equals its one-vector twin exactly, lane for lane.
     fn lanes(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s % 2001) as f32 - 1000.0
-            })
-            .collect()
+        let mut next = crate::act::uniform(seed);
+        (0..n).map(|_| (1000.0 * next()).round()).collect()
     }
 
     #[test]
