@@ -384,11 +384,18 @@ pub fn gdn_chunked(
 }
 
 /// The decay factors of one chunk of `n` tokens of one head, from its
-/// log-decays `g[i * g_stride]`: the f64 cumulative log-decay `G_i`,
-/// `decay_in[i] = e^(G_i)`, `decay_out[i] = e^(G_last - G_i)` and
+/// log-decays `g[i * g_stride]` (`g_cum`: room for `n` f64): with the f64
+/// cumulative log-decay `G_i`, `decay_in[i] = e^(G_i)`,
+/// `decay_out[i] = e^(G_last - G_i)` and
 /// `gamma[i * gamma_stride + j] = e^(G_i - G_j)` for `j <= i`. Every
 /// exponent is `<= 0`. Shared by the reference and the blocked AVX2 kernel
 /// so that both use the same decay values.
+///
+/// `gamma` is the running f64 product of the tokens' factors `e^(g_k)`,
+/// `k = j + 1 ..= i`, down each column: `n` calls of `exp` instead of
+/// `n (n + 1) / 2` (those took 0.8% of a Q4_K_M prefill's samples). Its
+/// relative error, at most `n` f64 roundings (about `1e-14` for 64
+/// tokens), is far below the f32 it is stored in.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn chunk_decays(
     g: &[f32],
@@ -408,8 +415,17 @@ pub(crate) fn chunk_decays(
     for i in 0..n {
         decay_in[i] = g_cum[i].exp() as f32;
         decay_out[i] = (g_cum[n - 1] - g_cum[i]).exp() as f32;
-        for j in 0..=i {
-            gamma[i * gamma_stride + j] = (g_cum[i] - g_cum[j]).exp() as f32;
+    }
+    // From here `g_cum` holds each token's own factor e^(g_i).
+    for i in 0..n {
+        g_cum[i] = (g[i * g_stride] as f64).exp();
+    }
+    for j in 0..n {
+        gamma[j * gamma_stride + j] = 1.0;
+        let mut p = 1.0f64;
+        for i in j + 1..n {
+            p *= g_cum[i];
+            gamma[i * gamma_stride + j] = p as f32;
         }
     }
 }
@@ -506,6 +522,44 @@ pub(crate) fn chunk_head(x: &ChunkInputs, at: ChunkAt, s0: &mut [f32], scratch: 
         let d_j = decay_out[j];
         for (s_row, &k_ja) in s0.chunks_exact_mut(dv).zip(k_j) {
             axpy(d_j * k_ja, vnew_j, s_row);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_decays;
+
+    /// The column products equal the direct `e^(G_i - G_j)` to f32 rounding,
+    /// for mild and strong decays (down to `e^-2000` over a chunk), and the
+    /// other outputs keep their definitions.
+    #[test]
+    fn gamma_products_equal_the_direct_exponentials() {
+        let mut state = 0x5EED_0DD5_u64;
+        for (case, scale) in [0.01f32, 0.3, 30.0].into_iter().enumerate() {
+            for n in [1, 7, 64] {
+                let (stride, gs) = (3, 64);
+                let g: Vec<f32> = (0..n * stride)
+                    .map(|_| {
+                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        -scale * ((state >> 40) as f32 / (1u64 << 24) as f32)
+                    })
+                    .collect();
+                let (mut g_cum, mut d_in, mut d_out) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+                let mut gamma = vec![f32::NAN; n * gs];
+                chunk_decays(&g, stride, n, &mut g_cum, &mut d_in, &mut d_out, &mut gamma, gs);
+                let cum: Vec<f64> =
+                    (0..n).scan(0.0f64, |a, i| Some(*a + g[i * stride] as f64).inspect(|v| *a = *v)).collect();
+                for i in 0..n {
+                    assert_eq!(d_in[i], cum[i].exp() as f32, "case {case} n {n} decay_in {i}");
+                    assert_eq!(d_out[i], (cum[n - 1] - cum[i]).exp() as f32, "case {case} n {n} decay_out {i}");
+                    for j in 0..=i {
+                        let (got, want) = (gamma[i * gs + j], (cum[i] - cum[j]).exp() as f32);
+                        let tol = 2.0 * f32::EPSILON * want + f32::MIN_POSITIVE;
+                        assert!((got - want).abs() <= tol, "case {case} n {n} gamma[{i}][{j}]: {got} against {want}");
+                    }
+                }
+            }
         }
     }
 }
