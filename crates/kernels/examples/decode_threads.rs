@@ -159,29 +159,14 @@ fn main() {
             let mut up = vec![0.0f32; 8 * INTER];
             let mut products: Vec<Product> = Vec::new();
             for ((&e, g), u) in chosen.iter().zip(gate.chunks_mut(INTER)).zip(up.chunks_mut(INTER)) {
-                products.push(Product {
-                    w: MatRef::ggml(ty, INTER, COLS, &experts[e][0]).unwrap(),
-                    x: &x,
-                    y: g,
-                    n_tokens: 1,
-                });
-                products.push(Product {
-                    w: MatRef::ggml(ty, INTER, COLS, &experts[e][1]).unwrap(),
-                    x: &x,
-                    y: u,
-                    n_tokens: 1,
-                });
+                products.push(Product::new(MatRef::ggml(ty, INTER, COLS, &experts[e][0]).unwrap(), &x, g, 1));
+                products.push(Product::new(MatRef::ggml(ty, INTER, COLS, &experts[e][1]).unwrap(), &x, u, 1));
                 moved += experts[e][0].len() + experts[e][1].len();
             }
             matmul_many(&mut products);
             let mut products: Vec<Product> = Vec::new();
             for (&e, d) in chosen.iter().zip(down.chunks_mut(COLS)) {
-                products.push(Product {
-                    w: MatRef::ggml(ty, COLS, INTER, &experts[e][2]).unwrap(),
-                    x: &xi,
-                    y: d,
-                    n_tokens: 1,
-                });
+                products.push(Product::new(MatRef::ggml(ty, COLS, INTER, &experts[e][2]).unwrap(), &xi, d, 1));
                 moved += experts[e][2].len();
             }
             matmul_many(&mut products);

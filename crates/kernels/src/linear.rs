@@ -248,7 +248,7 @@ pub fn matvec(w: &MatRef, x: &[f32], y: &mut [f32]) {
 /// [`crate::simd::gemm`]); quantized weights then see int8-quantized
 /// activations. Encodings without a fast kernel take the reference path.
 pub fn matmul(w: &MatRef, x: &[f32], y: &mut [f32], n_tokens: usize) {
-    crate::simd::gemm::matmul_many(&mut [crate::simd::gemm::Product { w: *w, x, y, n_tokens }]);
+    crate::simd::gemm::matmul_many(&mut [crate::simd::gemm::Product::new(*w, x, y, n_tokens)]);
 }
 
 /// The reference product on the calling thread: every weight widened to f32

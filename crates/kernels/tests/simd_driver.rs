@@ -180,11 +180,8 @@ fn one_input_shared_by_kernels_of_different_layouts() {
     for round in 0..2 {
         let x = rng.vec(t * cols, 1.5);
         let mut got = vec![vec![f32::NAN; t * rows]; mats.len()];
-        let mut products: Vec<Product> = mats
-            .iter()
-            .zip(got.iter_mut())
-            .map(|(w, y)| Product { w: *w, x: &x, y: y.as_mut_slice(), n_tokens: t })
-            .collect();
+        let mut products: Vec<Product> =
+            mats.iter().zip(got.iter_mut()).map(|(w, y)| Product::new(*w, &x, y.as_mut_slice(), t)).collect();
         matmul_many(&mut products);
         let mut xq = vec![BlockQ8x32::default(); t * cols / 32];
         quantize_q8x32(&x, &mut xq);
@@ -249,10 +246,8 @@ fn one_token_products_on_named_inputs_equal_the_gemv() {
         {
             let mut outs: Vec<(usize, &mut Vec<f32>)> = got.iter_mut().enumerate().collect();
             outs.sort_by_key(|(k, _)| (k % 2, *k));
-            let mut products: Vec<Product> = outs
-                .into_iter()
-                .map(|(k, y)| Product { w: mats[k], x: &inputs[which[k]], y: y.as_mut_slice(), n_tokens: 1 })
-                .collect();
+            let mut products: Vec<Product> =
+                outs.into_iter().map(|(k, y)| Product::new(mats[k], &inputs[which[k]], y.as_mut_slice(), 1)).collect();
             matmul_many(&mut products);
         }
         for (k, &ty) in types.iter().enumerate() {
@@ -325,4 +320,95 @@ fn few_row_products_on_two_threads(t: usize) {
             assert_eq!(one[i].to_bits(), two[i].to_bits(), "{name} t{t} [{i}]: {} vs {}", one[i], two[i]);
         }
     }
+}
+
+/// A prefill's MoE quantizes its input once and gathers the blocks by
+/// expert (`QuantBuf`, `Product::quantized`): each product must equal the
+/// same product on the gathered f32 rows, bit for bit, for products of
+/// five tokens (many-token kernels), two (per-token) and the rest, two of
+/// them (gate and up) on each gathered slice, on two threads.
+#[test]
+fn gathered_quantized_inputs_equal_gathered_f32_rows() {
+    use qmoe_kernels::simd::gemm::{int8_input, matmul_many, Product, QuantBuf};
+
+    let mut rng = Rng(29);
+    let (rows, cols, t, slots) = (300, 512, 40, 90);
+    let (bits, group) = (4u32, 64usize);
+    let words: Vec<u8> = (0..rows * cols * bits as usize / 8).map(|_| rng.next_u64() as u8).collect();
+    let scales: Vec<u8> = rng.vec(rows * cols / group, 0.05).iter().flat_map(|v| v.to_le_bytes()).collect();
+    let biases: Vec<u8> = rng.vec(rows * cols / group, 0.1).iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut ggml = Vec::new();
+    for ty in [qmoe_core::GgmlType::Q4K, qmoe_core::GgmlType::Q6K, qmoe_core::GgmlType::Q8_0] {
+        let quantize = qmoe_kernels::ggml::quantizer(ty).expect("quantizer");
+        let mut bytes = vec![0u8; 2 * rows * ty.row_bytes(cols).unwrap()];
+        quantize(&rng.vec(2 * rows * cols, 1.0), &mut bytes);
+        ggml.push((ty, bytes));
+    }
+    // Pairs of matrices (an expert's gate and up) of one form each.
+    let mut pairs: Vec<[MatRef; 2]> = ggml
+        .iter()
+        .map(|(ty, b)| {
+            let half = b.len() / 2;
+            [MatRef::ggml(*ty, rows, cols, &b[..half]).unwrap(), MatRef::ggml(*ty, rows, cols, &b[half..]).unwrap()]
+        })
+        .collect();
+    let affine = MatRef::affine(rows, cols, &words, bits, group, &scales, &biases, DType::F32).unwrap();
+    pairs.push([affine, affine]);
+
+    let x = rng.vec(t * cols, 1.5);
+    let order: Vec<usize> = (0..slots).map(|_| (rng.next_u64() % t as u64) as usize).collect();
+    let xs: Vec<f32> = order.iter().flat_map(|&r| x[r * cols..(r + 1) * cols].iter().copied()).collect();
+    let runs = [0..5, 5..7, 7..slots];
+    qmoe_kernels::threads::set(2);
+    for [gate, up] in &pairs {
+        let form = int8_input(&gate.enc, 5).expect("an int8 form");
+        assert_eq!(with_f32_activations(|| int8_input(&gate.enc, 5)), None);
+        let (mut xq, mut xqs) = (QuantBuf::default(), QuantBuf::default());
+        let routed = xqs.gather(xq.quantize(form, &x), cols, slots, &|i| order[i]);
+        let mut want = vec![vec![f32::NAN; slots * rows]; 2];
+        let mut got = vec![vec![f32::NAN; slots * rows]; 2];
+        for (out, quantized) in [(&mut want, false), (&mut got, true)] {
+            let [wg, wu] = out.as_mut_slice() else { unreachable!() };
+            let (mut g_rest, mut u_rest) = (wg.as_mut_slice(), wu.as_mut_slice());
+            let mut products = Vec::new();
+            for run in runs.clone() {
+                let n = run.len();
+                let (g, gr) = std::mem::take(&mut g_rest).split_at_mut(n * rows);
+                let (u, ur) = std::mem::take(&mut u_rest).split_at_mut(n * rows);
+                (g_rest, u_rest) = (gr, ur);
+                if quantized {
+                    let xe = routed.rows(run, cols);
+                    products.push(Product::quantized(*gate, xe, g, n));
+                    products.push(Product::quantized(*up, xe, u, n));
+                } else {
+                    let xe = &xs[run.start * cols..run.end * cols];
+                    products.push(Product::new(*gate, xe, g, n));
+                    products.push(Product::new(*up, xe, u, n));
+                }
+            }
+            matmul_many(&mut products);
+        }
+        for (k, (w, g)) in want.iter().zip(&got).enumerate() {
+            for i in 0..w.len() {
+                assert_eq!(g[i].to_bits(), w[i].to_bits(), "{form:?} product {k} [{i}]: {} vs {}", g[i], w[i]);
+            }
+        }
+    }
+    qmoe_kernels::threads::set(0);
+}
+
+/// A product handed activations in a form its kernel does not take panics
+/// with the reason, instead of reading them as another form.
+#[test]
+#[should_panic(expected = "another form than the product's")]
+fn quantized_input_of_the_wrong_form_is_refused() {
+    use qmoe_kernels::simd::gemm::{matmul_many, Product, QuantBuf};
+    let (rows, cols, t) = (8, 256, 4);
+    let f = vec![0u8; rows * cols * 4];
+    let w = MatRef::new(DType::F32, rows, cols, &f);
+    let x = vec![0.5f32; t * cols];
+    let mut buf = QuantBuf::default();
+    let xq = buf.quantize(qmoe_kernels::simd::ActKind::Q8K, &x);
+    let mut y = vec![0.0; t * rows];
+    matmul_many(&mut [Product::quantized(w, xq, &mut y, t)]);
 }

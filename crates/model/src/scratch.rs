@@ -79,8 +79,12 @@ pub struct MoeScratch {
     pub sh_act: Vec<f32>,
     /// `[T]` shared-expert gate logits.
     pub sh_scale: Vec<f32>,
-    /// `[T*k, H]` inputs gathered by expert (prefill).
+    /// `[T*k, H]` inputs gathered by expert (prefill, f32 activations).
     pub xs: Vec<f32>,
+    /// The input quantized once (prefill, int8 activations), and its blocks
+    /// gathered by expert (`[T*k, H]`).
+    pub xq: qmoe_kernels::simd::gemm::QuantBuf,
+    pub xqs: qmoe_kernels::simd::gemm::QuantBuf,
     /// `(expert, token, weight)` of every routing choice, in token order.
     pub routes: Vec<(usize, usize, f32)>,
     /// `(token, weight)` sorted by expert; expert `e` owns

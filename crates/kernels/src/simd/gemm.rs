@@ -129,10 +129,149 @@ pub fn gemv(level: Level, w: &MatRef, rows: Range<usize>, x: ActRef, y: &mut [f3
 /// `y` `[T, rows]`.
 pub struct Product<'a> {
     pub w: MatRef<'a>,
+    /// The input; may be empty when `pre` holds it.
     pub x: &'a [f32],
     pub y: &'a mut [f32],
     pub n_tokens: usize,
+    /// The input already quantized by the caller, in the form
+    /// [`int8_input`] names for this product (the call panics on another):
+    /// the MoE quantizes a prefill's input once and gathers its blocks for
+    /// the experts, instead of quantizing each gathered copy.
+    pub pre: Option<Quantized<'a>>,
 }
+
+impl<'a> Product<'a> {
+    /// The product of `w` and the `n_tokens` rows of `x`, into `y`.
+    pub fn new(w: MatRef<'a>, x: &'a [f32], y: &'a mut [f32], n_tokens: usize) -> Self {
+        Product { w, x, y, n_tokens, pre: None }
+    }
+
+    /// The product of `w` and the `n_tokens` quantized rows `x`, into `y`.
+    pub fn quantized(w: MatRef<'a>, x: Quantized<'a>, y: &'a mut [f32], n_tokens: usize) -> Self {
+        Product { w, x: &[], y, n_tokens, pre: Some(x) }
+    }
+}
+
+/// Activations quantized for the int8 kernels, token after token.
+#[derive(Clone, Copy)]
+pub enum Quantized<'a> {
+    Q8K(&'a [BlockQ8K]),
+    Q8x32(&'a [BlockQ8x32]),
+}
+
+impl<'a> Quantized<'a> {
+    /// The form.
+    pub fn kind(&self) -> ActKind {
+        match self {
+            Quantized::Q8K(_) => ActKind::Q8K,
+            Quantized::Q8x32(_) => ActKind::Q8x32,
+        }
+    }
+
+    /// Rows `rows` (of `cols` values each).
+    pub fn rows(&self, rows: Range<usize>, cols: usize) -> Quantized<'a> {
+        match *self {
+            Quantized::Q8K(b) => Quantized::Q8K(&b[rows.start * cols / 256..rows.end * cols / 256]),
+            Quantized::Q8x32(b) => Quantized::Q8x32(&b[rows.start * cols / 32..rows.end * cols / 32]),
+        }
+    }
+
+    /// Whether `other` is the same slice.
+    fn same_as(&self, other: &Quantized) -> bool {
+        match (self, other) {
+            (Quantized::Q8K(a), Quantized::Q8K(b)) => std::ptr::eq(*a, *b),
+            (Quantized::Q8x32(a), Quantized::Q8x32(b)) => std::ptr::eq(*a, *b),
+            _ => false,
+        }
+    }
+
+    /// Values covered (blocks times block size).
+    fn values(&self) -> usize {
+        match self {
+            Quantized::Q8K(b) => b.len() * 256,
+            Quantized::Q8x32(b) => b.len() * 32,
+        }
+    }
+}
+
+/// The activation form a product of `n_tokens` tokens on `enc` quantizes
+/// its input to, or `None` when it takes f32 (float weights, no int8
+/// kernel, or inside [`with_f32_activations`]).
+pub fn int8_input(enc: &Encoding, n_tokens: usize) -> Option<ActKind> {
+    match route(enc, n_tokens, EXACT.with(|e| e.get())) {
+        Route::Gemv(k) | Route::Multi(k) if k != ActKind::F32 => Some(k),
+        _ => None,
+    }
+}
+
+/// Quantized activations a caller keeps between calls (grow-only).
+#[derive(Default)]
+pub struct QuantBuf {
+    q8k: Vec<BlockQ8K>,
+    q8x32: Vec<BlockQ8x32>,
+}
+
+impl QuantBuf {
+    /// `x` (rows of a multiple of the block size) quantized to `kind`, on
+    /// the pool; each block as [`matmul_many`] would quantize it.
+    ///
+    /// # Panics
+    /// If `kind` is [`ActKind::F32`].
+    pub fn quantize(&mut self, kind: ActKind, x: &[f32]) -> Quantized<'_> {
+        match kind {
+            ActKind::Q8K => {
+                self.q8k.resize(x.len() / 256, BlockQ8K::default());
+                quantize_on_pool(x, &mut self.q8k, 256, quantize_q8k);
+                Quantized::Q8K(&self.q8k)
+            }
+            ActKind::Q8x32 => {
+                self.q8x32.resize(x.len() / 32, BlockQ8x32::default());
+                quantize_on_pool(x, &mut self.q8x32, 32, quantize_q8x32);
+                Quantized::Q8x32(&self.q8x32)
+            }
+            ActKind::F32 => panic!("QuantBuf::quantize: f32 is not a quantized form"),
+        }
+    }
+
+    /// Row `src_row(i)` of `src` as row `i`, for `i < n` (rows of `cols`
+    /// values), copied on the pool.
+    pub fn gather(
+        &mut self,
+        src: Quantized,
+        cols: usize,
+        n: usize,
+        src_row: &(dyn Fn(usize) -> usize + Sync),
+    ) -> Quantized<'_> {
+        fn rows<B: Copy + Default + Send + Sync>(
+            dst: &mut Vec<B>,
+            src: &[B],
+            per_row: usize,
+            n: usize,
+            src_row: &(dyn Fn(usize) -> usize + Sync),
+        ) {
+            dst.resize(n * per_row, B::default());
+            crate::pool::for_chunk_pieces(dst, per_row, GATHER_ROWS, &|a, piece| {
+                for (i, row) in (a..).zip(piece.chunks_exact_mut(per_row)) {
+                    let r = src_row(i);
+                    row.copy_from_slice(&src[r * per_row..(r + 1) * per_row]);
+                }
+            });
+        }
+        match src {
+            Quantized::Q8K(b) => {
+                rows(&mut self.q8k, b, cols / 256, n, src_row);
+                Quantized::Q8K(&self.q8k)
+            }
+            Quantized::Q8x32(b) => {
+                rows(&mut self.q8x32, b, cols / 32, n, src_row);
+                Quantized::Q8x32(&self.q8x32)
+            }
+        }
+    }
+}
+
+/// Rows a piece of [`QuantBuf::gather`] (each a few KiB of blocks).
+const GATHER_ROWS: usize = 16;
 
 /// Quantized activations of one input, reused across calls (grow-only).
 #[derive(Default)]
@@ -164,6 +303,28 @@ impl Prepared {
                 self.q8x32.resize(x.len() / 32, BlockQ8x32::default());
                 quantize_on_pool(x, &mut self.q8x32, 32, quantize_q8x32);
             }
+        }
+    }
+}
+
+/// A task's quantized activations: the call's [`Prepared`] or the caller's
+/// [`Product::pre`], with their name for the kernels.
+#[derive(Clone, Copy)]
+struct Acts<'a> {
+    q8k: &'a [BlockQ8K],
+    q8x32: &'a [BlockQ8x32],
+    id: u64,
+}
+
+impl<'a> Acts<'a> {
+    fn from_prepared(p: &'a Prepared) -> Self {
+        Acts { q8k: &p.q8k, q8x32: &p.q8x32, id: p.id }
+    }
+
+    fn from_pre(pre: Quantized<'a>, id: u64) -> Self {
+        match pre {
+            Quantized::Q8K(q8k) => Acts { q8k, q8x32: &[], id },
+            Quantized::Q8x32(q8x32) => Acts { q8k: &[], q8x32, id },
         }
     }
 }
@@ -208,8 +369,10 @@ enum Route {
 /// run of rows for a run of tokens.
 struct Plan {
     route: Route,
-    /// Index into the prepared activations (when quantized).
+    /// Index into the prepared activations (when quantized by the call).
     prep: usize,
+    /// The name of a caller-quantized input ([`Product::pre`]; else 0).
+    pre_id: u64,
     rows_per_task: usize,
     row_tasks: usize,
     /// Tokens a task, and the runs of tokens (1 unless a short call is
@@ -242,17 +405,30 @@ pub fn matmul_many(products: &mut [Product]) {
         let mut n_prep = 0;
         let mut n_tasks = 0;
         let mut total_bytes = 0usize;
-        for p in products.iter() {
-            assert_eq!(p.x.len(), p.n_tokens * p.w.cols, "matmul: x length");
+        for (j, p) in products.iter().enumerate() {
             assert_eq!(p.y.len(), p.n_tokens * p.w.rows, "matmul: y length");
             let route = route(&p.w.enc, p.n_tokens, exact);
             let kind = match route {
                 Route::Gemv(k) | Route::Multi(k) => Some(k),
                 Route::Tile | Route::Reference => None,
             };
+            let mut pre_id = 0;
+            if let Some(pre) = p.pre {
+                assert_eq!(Some(pre.kind()), kind, "matmul: the caller quantized x to another form than the product's");
+                assert_eq!(pre.values(), p.n_tokens * p.w.cols, "matmul: quantized x length");
+                // One name per input: gate and up of an expert share the kernels' layout of it.
+                let same = |q: &Product| q.pre.is_some_and(|o| o.same_as(&pre));
+                pre_id = match products[..j].iter().zip(plans.iter()).find(|(q, _)| same(q)) {
+                    Some((_, plan)) => plan.pre_id,
+                    None => NEXT_ACTS_ID.fetch_add(1, Ordering::Relaxed),
+                };
+            } else {
+                assert_eq!(p.x.len(), p.n_tokens * p.w.cols, "matmul: x length");
+            }
             // Share the quantized input with an earlier product of the same slice.
             let key = (p.x.as_ptr() as usize, p.x.len(), kind);
             let prep = match kind {
+                _ if p.pre.is_some() => 0,
                 Some(ActKind::Q8K | ActKind::Q8x32) => match prepared[..n_prep].iter().position(|q| q.key == key) {
                     Some(i) => i,
                     None => {
@@ -274,6 +450,7 @@ pub fn matmul_many(products: &mut [Product]) {
             plans.push(Plan {
                 route,
                 prep,
+                pre_id,
                 rows_per_task,
                 row_tasks,
                 tokens_per_part: p.n_tokens,
@@ -318,7 +495,11 @@ pub fn matmul_many(products: &mut [Product]) {
             let rows = r0..(r0 + plan.rows_per_task).min(p.w.rows);
             let t0 = part * plan.tokens_per_part;
             let tokens = t0..(t0 + plan.tokens_per_part).min(p.n_tokens);
-            run_rows(level, p, plan, &prepared[plan.prep], outs[j], rows, tokens);
+            let acts = match p.pre {
+                Some(pre) => Acts::from_pre(pre, plan.pre_id),
+                None => Acts::from_prepared(&prepared[plan.prep]),
+            };
+            run_rows(level, p, plan, acts, outs[j], rows, tokens);
         };
         if threads <= 1 || total_bytes < SERIAL_BYTES {
             (0..n_tasks).for_each(task);
@@ -361,14 +542,15 @@ fn run_rows(
     level: Level,
     p: &Product,
     plan: &Plan,
-    prep: &Prepared,
+    acts: Acts,
     out: SharedMut<f32>,
     rows: Range<usize>,
     tokens: Range<usize>,
 ) {
     let (n_rows, cols) = (p.w.rows, p.w.cols);
     let (t0, n) = (tokens.start, tokens.len());
-    let x = &p.x[t0 * cols..tokens.end * cols];
+    // The f32 input (empty when the caller quantized it: such products take the int8 routes).
+    let x = || &p.x[t0 * cols..tokens.end * cols];
     // The part's output: row `r` of its token `t` at `t * n_rows + r`.
     let y = out.at(t0 * n_rows);
     let kind = match plan.route {
@@ -376,21 +558,21 @@ fn run_rows(
             // SAFETY: `y` is this product's `[T, rows]` output from token
             // `t0` on, and this task alone writes rows `rows` of tokens
             // `tokens` (see `SharedMut`).
-            unsafe { super::tile::rows_many_tokens(level, &p.w, rows, x, n, y) };
+            unsafe { super::tile::rows_many_tokens(level, &p.w, rows, x(), n, y) };
             return;
         }
         Route::Reference => {
-            crate::linear::reference_rows(&p.w, x, y, n, rows);
+            crate::linear::reference_rows(&p.w, x(), y, n, rows);
             return;
         }
         Route::Multi(kind) => {
-            run_multi(level, p, kind, prep, out, rows, tokens);
+            run_multi(level, p, kind, acts, out, rows, tokens);
             return;
         }
         Route::Gemv(kind) => kind,
     };
     // The input's name covers all its tokens; the kernels see one at a time.
-    let acts_id = if p.n_tokens == 1 { prep.id } else { 0 };
+    let acts_id = if p.n_tokens == 1 { acts.id } else { 0 };
     for t in tokens {
         // SAFETY: `t < n_tokens` and `rows` lies inside `0..n_rows`, so the
         // slice is inside this product's `[T, rows]` output; no other task
@@ -400,11 +582,11 @@ fn run_rows(
             ActKind::F32 => ActRef::F32(&p.x[t * cols..(t + 1) * cols]),
             ActKind::Q8K => {
                 let nb = cols / 256;
-                ActRef::Q8K(&prep.q8k[t * nb..(t + 1) * nb])
+                ActRef::Q8K(&acts.q8k[t * nb..(t + 1) * nb])
             }
             ActKind::Q8x32 => {
                 let nb = cols / 32;
-                ActRef::Q8x32(&prep.q8x32[t * nb..(t + 1) * nb])
+                ActRef::Q8x32(&acts.q8x32[t * nb..(t + 1) * nb])
             }
         };
         gemv(level, &p.w, rows.clone(), x, y, acts_id);
@@ -417,21 +599,21 @@ fn run_multi(
     level: Level,
     p: &Product,
     kind: ActKind,
-    prep: &Prepared,
+    acts: Acts,
     out: SharedMut<f32>,
     rows: Range<usize>,
     tokens: Range<usize>,
 ) {
     let (n_rows, cols, n) = (p.w.rows, p.w.cols, tokens.len());
     // The input's name covers all its tokens: a run of them is unnamed.
-    let id = if n == p.n_tokens { prep.id } else { 0 };
+    let id = if n == p.n_tokens { acts.id } else { 0 };
     // SAFETY: `out` is this product's `[T, n_rows]` output; offset to the
     // task's first token and row, element `t * n_rows + i` for `t < n`,
     // `i < rows.len()` is row `rows.start + i` of token `tokens.start + t`,
     // which this task alone writes (`SharedMut`).
     let y = out.at(tokens.start * n_rows + rows.start);
-    let q8k = || &prep.q8k[tokens.start * cols / 256..tokens.end * cols / 256];
-    let q8x32 = || &prep.q8x32[tokens.start * cols / 32..tokens.end * cols / 32];
+    let q8k = || &acts.q8k[tokens.start * cols / 256..tokens.end * cols / 256];
+    let q8x32 = || &acts.q8x32[tokens.start * cols / 32..tokens.end * cols / 32];
     match (p.w.enc, kind) {
         (Encoding::Ggml(ty), _) => {
             let rb = p.w.bytes.len() / n_rows.max(1);

@@ -38,9 +38,9 @@ pub fn forward(
     let k = take(&mut s.k, t * nkv * hd);
     let v = take(&mut s.v, t * nkv * hd);
     matmul_many(&mut [
-        Product { w: w.q_proj.view(), x, y: &mut *qg, n_tokens: t },
-        Product { w: w.k_proj.view(), x, y: &mut *k, n_tokens: t },
-        Product { w: w.v_proj.view(), x, y: &mut *v, n_tokens: t },
+        Product::new(w.q_proj.view(), x, &mut *qg, t),
+        Product::new(w.k_proj.view(), x, &mut *k, t),
+        Product::new(w.v_proj.view(), x, &mut *v, t),
     ]);
 
     // Split each head's [query | gate] block (shape [T, nh, 2*hd]).

@@ -44,7 +44,7 @@ pub fn forward(
     // All input projections of the layer in one kernel call: one activation
     // quantization and one pool dispatch instead of one per matrix.
     fn product<'a>(m: &'a Mat, x: &'a [f32], y: &'a mut [f32], t: usize) -> Product<'a> {
-        Product { w: m.view(), x, y, n_tokens: t }
+        Product::new(m.view(), x, y, t)
     }
     match &w.proj {
         GdnProj::Separate { qkv, z: wz, b: wb, a: wa } => {
