@@ -6,9 +6,9 @@
 //! `K K^T`, `W S0`, `q^T S0`, `A Vnew` and the state update — runs through
 //! one micro-kernel that keeps a block of output in registers for the whole
 //! reduction, and the forward substitution accumulates each new row of `U`
-//! and `W` in registers too. The decay factors are the reference's own (f64
-//! `exp` of differences of the f64 cumulative log-decay, rounded to f32), so
-//! the result differs from the twin only by summation order.
+//! and `W` in registers too. The decay factors are the reference's own
+//! ([`crate::gdn::chunk_decays`]), so the result differs from the twin only
+//! by summation order.
 //!
 //! Shapes with `Dk` or `Dv` not a multiple of 8 are not blocked here: the
 //! driver runs the twin for them.
