@@ -224,8 +224,8 @@ mod avx2 {
     /// its half. Two rounds of horizontal adds over four loads put runs
     /// `[0, 2, 4, 6 | 1, 3, 5, 7]` in one register (and `8..16` likewise in
     /// a second); packing and interleaving the halves restores the order.
-    /// One code-by-code widening and sum per run took about eight
-    /// instructions each, and 1.1% of a prefill.
+    /// (A widening and a horizontal sum per run took about eight
+    /// instructions a run.)
     #[inline(always)]
     unsafe fn group_sums(qs: &[i8; 256]) -> [i16; 16] {
         unsafe {
