@@ -62,6 +62,20 @@ pub(crate) const PREFETCH_BYTES: usize = 4096;
 /// 4 KiB against 1 KiB alternating, three pairs: 1 thread 8.51 / 9.42 / 7.37
 /// -> 8.71 / 9.92 / 9.44 tok/s, 2 threads 15.82 / 15.44 / 15.20 -> 16.57 /
 /// 15.64 / 15.40. The MLX affine gemv measured no different (kept at 4 KiB).
+///
+/// Before row `r` the loops prefetch up to the row's end plus the lead, but
+/// for a row longer than three leads only up to its start plus the lead:
+/// the hardware prefetcher carries a long row on, and a whole long row's
+/// lines in one burst at its start cost rows of 4096 and 8192 columns (the
+/// dense models' down projections) much of their DRAM rate. `gemv_ggml 512`
+/// with `COLS` 8192 (Zen 4, 1 thread, two or three runs each, lead counted
+/// from the row's start against the row's end): Q4_K 17.7-18.3 -> 23.5-23.7
+/// GB/s, Q6_K 15.4-16.3 -> 22.5-22.7, Q8_0 14.3-16.0 -> 16.6; with 4096
+/// Q8_0 20.2-20.8 -> 24.5-25.4, Q6_K 20.5-20.7 -> 23.6-24.5, Q4_K about the
+/// same. Rows of 2048 columns (1.1-2.2 KB) keep the whole-row prefetch:
+/// counting from their start cost Q6_K about 6% there (means of five
+/// alternations, 23.7 against 22.2), and capping the burst at 1.5 KB cost
+/// Q8_0 about 8%.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn ggml_gemv_lead() -> usize {
     static LEAD: OnceLock<usize> = OnceLock::new();

@@ -68,8 +68,8 @@ pub(super) fn has_kernel(ty: GgmlType) -> bool {
 
 /// The row loop, expanded inside each `#[target_feature]` function so the
 /// per-type dot inlines into it. Before row `r` it prefetches, a cache line
-/// at a time, the weight bytes up to [`crate::simd::ggml_gemv_lead`] past the row's end
-/// (never past the matrix).
+/// at a time, the weight bytes up to [`crate::simd::ggml_gemv_lead`] past
+/// the row's end, or its start for a long row, as the AVX2 level does.
 macro_rules! rows {
     ($w:expr, $x:expr, $y:expr, $ts:expr, $dot:expr $(, $arg:expr)*) => {{
         let (w, x, y): (&[u8], _, &mut [f32]) = ($w, $x, $y);
@@ -77,8 +77,10 @@ macro_rules! rows {
         let base = w.as_ptr();
         let mut fetched = 0;
         let lead = crate::simd::ggml_gemv_lead();
+        // A long row is not prefetched whole at its start (`ggml_gemv_lead`).
+        let ahead = if row_bytes > 3 * lead { 0 } else { row_bytes };
         for (r, yr) in y.iter_mut().enumerate() {
-            let until = ((r + 1) * row_bytes + lead).min(w.len());
+            let until = (r * row_bytes + ahead + lead).min(w.len());
             while fetched < until {
                 _mm_prefetch::<_MM_HINT_T0>(base.add(fetched) as *const i8);
                 fetched += 64;
