@@ -1,8 +1,9 @@
 //! Single-thread throughput of the int8 ggml gemv kernels on a matrix far
 //! larger than the caches (weights streamed from DRAM, as in decode).
 //!
-//! `cargo run --release -p qmoe-kernels --example gemv_ggml -- [MB] [TYPE ...]`
-//! (default 256 MB, every quantized type). Prints, per type and level, the
+//! `cargo run --release -p qmoe-kernels --example gemv_ggml -- [MB] [TYPE ...] [--cols N]`
+//! (default 256 MB, every quantized type, rows of 2048 columns; N a
+//! multiple of 256). Prints, per type and level, the
 //! best of several passes as GB/s of weight bytes, next to a plain streaming
 //! read of the same buffer (the roofline).
 
@@ -15,10 +16,16 @@ use qmoe_kernels::simd::act::{quantize_q8k, quantize_q8x32, BlockQ8K, BlockQ8x32
 use qmoe_kernels::simd::ggml_dot::{act_kind, gemv_q8k, gemv_q8x32};
 use qmoe_kernels::simd::{available, ActKind};
 
-const COLS: usize = 2048;
-
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let cols = match args.iter().position(|a| a == "--cols") {
+        Some(i) => {
+            let n = args.get(i + 1).and_then(|v| v.parse::<usize>().ok()).filter(|n| n % 256 == 0 && *n > 0);
+            args.drain(i..(i + 2).min(args.len()));
+            n.expect("--cols takes a positive multiple of 256")
+        }
+        None => 2048,
+    };
     // The size in MB, or in KB with a `k` suffix (`256k` stays in L2: the
     // kernel's compute ceiling).
     let size = |a: &String| match a.strip_suffix('k') {
@@ -49,17 +56,17 @@ fn main() {
         let v = next().to_le_bytes();
         c.copy_from_slice(&v[..c.len()]);
     }
-    let x: Vec<f32> = (0..COLS).map(|i| ((i * 7919 % 2003) as f32 - 1000.0) * 1e-3).collect();
-    let mut xk = vec![BlockQ8K::default(); COLS / 256];
+    let x: Vec<f32> = (0..cols).map(|i| ((i * 7919 % 2003) as f32 - 1000.0) * 1e-3).collect();
+    let mut xk = vec![BlockQ8K::default(); cols / 256];
     quantize_q8k(&x, &mut xk);
-    let mut x32 = vec![BlockQ8x32::default(); COLS / 32];
+    let mut x32 = vec![BlockQ8x32::default(); cols / 32];
     quantize_q8x32(&x, &mut x32);
 
     println!("cpu: {}", cpu_name());
-    println!("matrix: {} KB, rows of {COLS} columns, 1 thread, best of {passes} passes", bytes >> 10);
+    println!("matrix: {} KB, rows of {cols} columns, 1 thread, best of {passes} passes", bytes >> 10);
     println!("stream read: {:.1} GB/s", stream_gbs(&buf, passes));
     for ty in types {
-        let row_bytes = COLS / ty.block_size() * ty.type_size();
+        let row_bytes = cols / ty.block_size() * ty.type_size();
         let rows = buf.len() / row_bytes;
         let w = &mut buf[..rows * row_bytes];
         sane_scales(ty, w);

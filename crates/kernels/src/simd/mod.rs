@@ -68,7 +68,7 @@ pub(crate) const PREFETCH_BYTES: usize = 4096;
 /// the hardware prefetcher carries a long row on, and a whole long row's
 /// lines in one burst at its start cost rows of 4096 and 8192 columns (the
 /// dense models' down projections) much of their DRAM rate. `gemv_ggml 512`
-/// with `COLS` 8192 (Zen 4, 1 thread, two or three runs each, lead counted
+/// `--cols 8192` (Zen 4, 1 thread, two or three runs each, lead counted
 /// from the row's start against the row's end): Q4_K 17.7-18.3 -> 23.5-23.7
 /// GB/s, Q6_K 15.4-16.3 -> 22.5-22.7, Q8_0 14.3-16.0 -> 16.6; with 4096
 /// Q8_0 20.2-20.8 -> 24.5-25.4, Q6_K 20.5-20.7 -> 23.6-24.5, Q4_K about the
