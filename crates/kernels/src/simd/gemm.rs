@@ -283,27 +283,17 @@ struct Prepared {
     /// value from [`NEXT_ACTS_ID`] at every fill, so no later contents at
     /// the same address can be taken for these.
     id: u64,
-    q8k: Vec<BlockQ8K>,
-    q8x32: Vec<BlockQ8x32>,
+    buf: QuantBuf,
 }
 
 /// The next [`Prepared::id`] (0 is "unnamed").
 static NEXT_ACTS_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Prepared {
+    /// `x` quantized to `kind` (Q8K or Q8x32) under a fresh name.
     fn fill(&mut self, kind: ActKind, x: &[f32]) {
         self.id = NEXT_ACTS_ID.fetch_add(1, Ordering::Relaxed);
-        match kind {
-            ActKind::F32 => {}
-            ActKind::Q8K => {
-                self.q8k.resize(x.len() / 256, BlockQ8K::default());
-                quantize_on_pool(x, &mut self.q8k, 256, quantize_q8k);
-            }
-            ActKind::Q8x32 => {
-                self.q8x32.resize(x.len() / 32, BlockQ8x32::default());
-                quantize_on_pool(x, &mut self.q8x32, 32, quantize_q8x32);
-            }
-        }
+        self.buf.quantize(kind, x);
     }
 }
 
@@ -318,7 +308,7 @@ struct Acts<'a> {
 
 impl<'a> Acts<'a> {
     fn from_prepared(p: &'a Prepared) -> Self {
-        Acts { q8k: &p.q8k, q8x32: &p.q8x32, id: p.id }
+        Acts { q8k: &p.buf.q8k, q8x32: &p.buf.q8x32, id: p.id }
     }
 
     fn from_pre(pre: Quantized<'a>, id: u64) -> Self {

@@ -21,31 +21,6 @@ use crate::ggml::IQ4_LEVELS;
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
 use crate::simd::float_dot::x86::hsum;
 
-/// The row loop, expanded inside each `#[target_feature]` function so the
-/// per-type dot (`#[inline]`, same features) is inlined into it. Before row
-/// `r` it prefetches, a cache line at a time, the weight bytes up to
-/// [`crate::simd::ggml_gemv_lead`] past the row's end, or past its start for
-/// a row longer than three leads (never past the matrix; why: see there).
-macro_rules! rows {
-    ($w:expr, $x:expr, $y:expr, $ts:expr, $dot:ident) => {{
-        let (w, x, y): (&[u8], _, &mut [f32]) = ($w, $x, $y);
-        let row_bytes = x.len() * $ts;
-        let base = w.as_ptr();
-        let mut fetched = 0;
-        let lead = crate::simd::ggml_gemv_lead();
-        // A long row is not prefetched whole at its start (`ggml_gemv_lead`).
-        let ahead = if row_bytes > 3 * lead { 0 } else { row_bytes };
-        for (r, yr) in y.iter_mut().enumerate() {
-            let until = (r * row_bytes + ahead + lead).min(w.len());
-            while fetched < until {
-                _mm_prefetch::<_MM_HINT_T0>(base.add(fetched) as *const i8);
-                fetched += 64;
-            }
-            *yr = $dot(base.add(r * row_bytes), x);
-        }
-    }};
-}
-
 /// # Safety
 /// The CPU runs AVX2, FMA and F16C; `w` is exactly `y.len()` rows of
 /// `x.len()` blocks of `ty`, which takes Q8K activations.

@@ -66,30 +66,6 @@ pub(super) fn has_kernel(ty: GgmlType) -> bool {
     matches!(ty, Q8_0 | Q4_0 | Q4K | Q5K | IQ4XS)
 }
 
-/// The row loop, expanded inside each `#[target_feature]` function so the
-/// per-type dot inlines into it. Before row `r` it prefetches, a cache line
-/// at a time, the weight bytes up to [`crate::simd::ggml_gemv_lead`] past
-/// the row's end, or its start for a long row, as the AVX2 level does.
-macro_rules! rows {
-    ($w:expr, $x:expr, $y:expr, $ts:expr, $dot:expr $(, $arg:expr)*) => {{
-        let (w, x, y): (&[u8], _, &mut [f32]) = ($w, $x, $y);
-        let row_bytes = x.len() * $ts;
-        let base = w.as_ptr();
-        let mut fetched = 0;
-        let lead = crate::simd::ggml_gemv_lead();
-        // A long row is not prefetched whole at its start (`ggml_gemv_lead`).
-        let ahead = if row_bytes > 3 * lead { 0 } else { row_bytes };
-        for (r, yr) in y.iter_mut().enumerate() {
-            let until = (r * row_bytes + ahead + lead).min(w.len());
-            while fetched < until {
-                _mm_prefetch::<_MM_HINT_T0>(base.add(fetched) as *const i8);
-                fetched += 64;
-            }
-            *yr = $dot(base.add(r * row_bytes), x $(, $arg)*);
-        }
-    }};
-}
-
 /// # Safety
 /// The CPU runs AVX-512 F/BW/VL + VNNI, AVX2, FMA and F16C; `ty` is one of
 /// Q4_K, Q5_K, IQ4_XS; `w` is exactly `y.len()` rows of `x.len()`

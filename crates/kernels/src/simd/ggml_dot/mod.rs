@@ -35,10 +35,40 @@
 //! (both quantizers in [`crate::simd::act`] guarantee it), so `|w| ≤ 128`
 //! times `|x| ≤ 127`, summed in pairs, never saturates `maddubs`' i16.
 
+/// The single-token row loop of the x86 levels, expanded inside each
+/// level's `#[target_feature]` function so that the per-type dot (`$dot`,
+/// `#[inline]` with the same features, called with the row, `x` and any
+/// `$arg`) inlines into it. Before row `r` it prefetches, a cache line at a
+/// time, the weight bytes up to [`crate::simd::ggml_gemv_lead`] past the
+/// row's end, or past its start for a row longer than three leads (never
+/// past the matrix; why: see there).
+#[cfg(target_arch = "x86_64")]
+macro_rules! rows {
+    ($w:expr, $x:expr, $y:expr, $ts:expr, $dot:expr $(, $arg:expr)*) => {{
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let (w, x, y): (&[u8], _, &mut [f32]) = ($w, $x, $y);
+        let row_bytes = x.len() * $ts;
+        let base = w.as_ptr();
+        let mut fetched = 0;
+        let lead = crate::simd::ggml_gemv_lead();
+        // A long row is not prefetched whole at its start (`ggml_gemv_lead`).
+        let ahead = if row_bytes > 3 * lead { 0 } else { row_bytes };
+        for (r, yr) in y.iter_mut().enumerate() {
+            let until = (r * row_bytes + ahead + lead).min(w.len());
+            while fetched < until {
+                _mm_prefetch::<_MM_HINT_T0>(base.add(fetched) as *const i8);
+                fetched += 64;
+            }
+            *yr = $dot(base.add(r * row_bytes), x $(, $arg)*);
+        }
+    }};
+}
+
 /// The type -> (block bytes, dot kernel) tables of the single-token gemv,
 /// expanded inside each SIMD level's `#[target_feature]` function so that
 /// its row loop and dot kernels inline there. Item names resolve where the
-/// macro is expanded: each level supplies its own `rows!` and `dot_*`.
+/// macro is expanded: each level supplies its own `dot_*` (and the NEON
+/// level its own `rows!`).
 macro_rules! gemv_table {
     (q8k: $ty:expr, $w:expr, $x:expr, $y:expr) => {
         match $ty {
