@@ -1,19 +1,19 @@
 //! Decode-shaped weight streaming on the pool, against a plain streaming
 //! read with the same threads, both in one process and alternating.
 //!
-//! Q4_K (or `--type q8_0`) weights in the shapes of a 35B-A3B MoE layer (experts of
+//! Q4_K (or `--type q6_k` / `q8_0`) weights in the shapes of a 35B-A3B MoE layer (experts of
 //! `[512 x 2048]` gate and up, `[2048 x 512]` down; `--experts` of them, 8
 //! chosen per step) and one large `[rows x 2048]` matrix, multiplied by one
 //! token through `linear::matmul` / `matmul_many` as the model's decode does;
 //! and the big matrix again split into `--threads` contiguous parts, each on
-//! a plain thread calling the Q4_K gemv kernel directly (`direct`: no pool,
+//! a plain thread calling the gemv kernel directly (`direct`: no pool,
 //! no tasks). The big matrix and the stream take the best of 3 passes, the
 //! MoE steps the mean of 64. Prints GB/s of weight bytes and the share of
 //! the streaming read measured just before, so a noisy machine's swings
 //! cancel.
 //!
 //! `cargo run --release -p qmoe-kernels --example decode_threads -- [--threads 2]
-//!  [--experts 32] [--mb 512] [--rounds 5] [--type q4_k|q8_0]`
+//!  [--experts 32] [--mb 512] [--rounds 5] [--type q4_k|q6_k|q8_0]`
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -45,8 +45,8 @@ fn main() {
 
     let ty = match args.iter().position(|a| a == "--type").and_then(|i| args.get(i + 1)) {
         Some(name) => match GgmlType::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(name)) {
-            Some(t) if matches!(t, GgmlType::Q4K | GgmlType::Q8_0) => t,
-            _ => panic!("--type {name}: q4_k or q8_0"),
+            Some(t) if matches!(t, GgmlType::Q4K | GgmlType::Q6K | GgmlType::Q8_0) => t,
+            _ => panic!("--type {name}: q4_k, q6_k or q8_0"),
         },
         None => GgmlType::Q4K,
     };
@@ -64,7 +64,11 @@ fn main() {
         // Finite block scales (Q4_K: d, dmin at bytes 0 and 2 of each
         // block; Q8_0: d at byte 0).
         let s = f16::from_f32(0.01).to_le_bytes();
-        let fields: &[usize] = if ty == GgmlType::Q4K { &[0, 2] } else { &[0] };
+        let fields: &[usize] = match ty {
+            GgmlType::Q4K => &[0, 2],
+            GgmlType::Q6K => &[208],
+            _ => &[0],
+        };
         for b in v.chunks_exact_mut(ty.type_size()) {
             for &at in fields {
                 b[at..at + 2].copy_from_slice(&s);
@@ -105,7 +109,7 @@ fn main() {
         };
         // The gemv kernel for `ty` on rows `w`, called directly.
         let gemv = |w: &[u8], y: &mut [f32]| match ty {
-            GgmlType::Q4K => gemv_q8k(simd::level(), ty, w, &xk, y),
+            GgmlType::Q4K | GgmlType::Q6K => gemv_q8k(simd::level(), ty, w, &xk, y),
             _ => gemv_q8x32(simd::level(), ty, w, &x32, y),
         };
         let rb = bytes_of(1, COLS);

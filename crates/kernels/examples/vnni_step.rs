@@ -14,7 +14,13 @@
 //!   bound the loads and `vpdpbusd` set alone;
 //!
 //! and, apart, how many 512-bit `vpdpbusd` a cycle issue with every operand
-//! in registers (eight independent chains).
+//! in registers (eight independent chains), and what three independent
+//! 512-bit operations of one kind cost beside each eight of them: on Zen 4
+//! an FMA, a multiply, `vpmulld` or `vpmaddwd` takes a cycle from
+//! `vpdpbusd` each, while adds, conversions and shifts ride free. The
+//! `pairs, 2 rows` step is eight `vpdpbusd` and three multiplies (the
+//! mins' product, the `fmsub`, the `fmadd`) per (pair, row, token): 11
+//! cycles, 5.5 per (block, row, token), which it measures.
 //!
 //! `cargo run --release -p qmoe-kernels --example vnni_step -- [--ghz 3.6]`
 //! (x86-64 with AVX-512 VNNI only).
@@ -153,6 +159,40 @@ mod bench {
         (REPS * 64) as f64 / (secs * ghz * 1e9)
     }
 
+    /// Cycles per round of eight independent `vpdpbusd` (from registers)
+    /// beside three independent 512-bit operations of kind `KIND`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    unsafe fn beside<const KIND: u8>(ghz: f64) -> f64 {
+        let mut s = [_mm512_setzero_si512(); 8];
+        let mut f = [_mm512_set1_ps(1.0); 3];
+        let (mut w, mut x) = (_mm512_set1_epi8(1), _mm512_set1_epi8(2));
+        let (mut a, mut b) = (_mm512_set1_ps(1.0001), _mm512_set1_ps(0.9999));
+        let rounds = 8 * REPS;
+        let t = Instant::now();
+        for _ in 0..rounds {
+            opaque!(w, x, a, b);
+            for q in s.iter_mut() {
+                *q = _mm512_dpbusd_epi32(*q, w, x);
+            }
+            for g in f.iter_mut() {
+                let (gi, ai) = (_mm512_castps_si512(*g), _mm512_castps_si512(a));
+                *g = match KIND {
+                    0 => *g,
+                    1 => _mm512_fmadd_ps(*g, a, b),
+                    2 => _mm512_mul_ps(*g, a),
+                    3 => _mm512_castsi512_ps(_mm512_mullo_epi32(gi, ai)),
+                    4 => _mm512_castsi512_ps(_mm512_madd_epi16(gi, ai)),
+                    5 => _mm512_add_ps(*g, a),
+                    6 => _mm512_cvtepi32_ps(_mm512_add_epi32(gi, ai)),
+                    _ => _mm512_castsi512_ps(_mm512_srlv_epi32(gi, ai)),
+                };
+            }
+        }
+        let secs = t.elapsed().as_secs_f64();
+        std::hint::black_box((s, f));
+        secs * ghz * 1e9 / rounds as f64
+    }
+
     pub fn main() {
         let args: Vec<String> = std::env::args().collect();
         let ghz: f64 = args.iter().position(|a| a == "--ghz").map_or(3.6, |i| args[i + 1].parse().expect("--ghz GHZ"));
@@ -183,6 +223,20 @@ mod bench {
             report("pairs, 2 rows", &|| pairs_two_rows(&xp));
             report("integer only", &|| pairs::<false>(&xp));
             println!("vpdpbusd from registers: {:.2} a cycle at {ghz} GHz", registers_only(ghz));
+            println!("cycles per 8 vpdpbusd beside 3 of:");
+            let kinds: [(&str, unsafe fn(f64) -> f64); 8] = [
+                ("nothing", beside::<0>),
+                ("vfmadd", beside::<1>),
+                ("vmulps", beside::<2>),
+                ("vpmulld", beside::<3>),
+                ("vpmaddwd", beside::<4>),
+                ("vaddps", beside::<5>),
+                ("vpaddd + cvt", beside::<6>),
+                ("vpsrlvd", beside::<7>),
+            ];
+            for (name, f) in kinds {
+                println!("{name:>16}: {:5.2}", f(ghz));
+            }
         }
     }
 }

@@ -15,7 +15,18 @@
 //! against 21.0-22.2; 15.8-19.5 with a prefetch per block in the loop), and
 //! Q4_K_M decode (alternating `qmoe bench`) was no faster at 2 threads
 //! (13.3-13.9 against 13.8-14.2 tok/s) and slower at 1 (8.4-8.9 against
-//! 8.9-9.0); it was not kept.
+//! 8.9-9.0); it was not kept. A third (a later stop) built the codes in
+//! their value order, so the activations needed no layout and no code
+//! register a permute: each 128-bit lane of a `vpdpbusd` is one 16-value
+//! group, two registers pack into i16 and one `vpdpwssd` scales them
+//! (`vpermw` of the sixteen scales). In L2 it ran 35.4-35.8 GB/s against
+//! the AVX2 kernel's 27.0, but from DRAM on one thread 22.0-23.0 against
+//! 24.0-24.1 (the same with 32-byte loads, and at every prefetch lead from
+//! 0 to 8 KiB), on two threads (`examples/decode_threads --type q6_k`) the
+//! same as the AVX2 kernel, and Q4_K_M decode at 2 threads, five
+//! alternations, no different (15.35-16.72 against 14.83-17.17 tok/s). The
+//! Q4_K kernel here shows the same: faster than its AVX2 twin in L2, slower
+//! from DRAM on one thread.
 //!
 //! The integer core is `vpdpbusd`: unsigned weight bytes times signed
 //! activation codes, four adjacent products summed into each i32 lane and
