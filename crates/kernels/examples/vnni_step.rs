@@ -224,7 +224,8 @@ mod bench {
             report("integer only", &|| pairs::<false>(&xp));
             println!("vpdpbusd from registers: {:.2} a cycle at {ghz} GHz", registers_only(ghz));
             println!("cycles per 8 vpdpbusd beside 3 of:");
-            let kinds: [(&str, unsafe fn(f64) -> f64); 8] = [
+            type Bench = unsafe fn(f64) -> f64;
+            let kinds: [(&str, Bench); 8] = [
                 ("nothing", beside::<0>),
                 ("vfmadd", beside::<1>),
                 ("vmulps", beside::<2>),
