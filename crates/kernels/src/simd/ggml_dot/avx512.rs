@@ -25,8 +25,9 @@
 //! 0 to 8 KiB), on two threads (`examples/decode_threads --type q6_k`) the
 //! same as the AVX2 kernel, and Q4_K_M decode at 2 threads, five
 //! alternations, no different (15.35-16.72 against 14.83-17.17 tok/s). The
-//! Q4_K kernel here shows the same: faster than its AVX2 twin in L2, slower
-//! from DRAM on one thread.
+//! Q4_K kernel here mostly shows the same: faster than its AVX2 twin in L2,
+//! slower from DRAM on one thread in 12 of 13 runs that day (across
+//! prefetch leads and hints; 17.2-20.2 against 17.9-22.2 GB/s).
 //!
 //! The integer core is `vpdpbusd`: unsigned weight bytes times signed
 //! activation codes, four adjacent products summed into each i32 lane and
