@@ -249,22 +249,25 @@ fn every_level_matches_the_scalar_twin() {
 
 /// The types with AVX-512 gemv kernels (`ggml_dot/avx512.rs`) on a smaller
 /// grid, for `tools/test-avx512.sh`, which runs under an emulated CPU where
-/// the full grid of every type takes long. 7 blocks take every path of the
-/// 32-wide loop (four blocks a step, a pair, a single block). Q6_K runs its
-/// AVX2 gemv at that level (it stays here so the emulated run checks it
-/// there too).
+/// the full grid of every type takes long. 7 blocks take every path of a
+/// short group of the 32-wide loop (two pairs a step, a pair, a single
+/// block). Q6_K runs its AVX2 gemv at that level (it stays here so the
+/// emulated run checks it there too).
 #[test]
 fn vnni_types_match_the_scalar_twin() {
     use GgmlType::*;
-    let tys = [Q8_0, Q4_0, Q4K, Q5K, Q6K, IQ4XS];
+    let tys = [Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4NL, Q4K, Q5K, Q6K, IQ4XS];
     for_grid_of(tys, &[1, 3], &[1, 2, 7], Rng(0xA5_12), levels_match_the_twin);
 }
 
-/// Q8_0's AVX-512 kernel takes sixteen blocks a step: whole steps, a short
-/// last one with an even and an odd count of blocks, one block past a step.
+/// The 32-value types' AVX-512 kernel takes sixteen blocks a step: whole
+/// steps, a short last one with an even and an odd count of blocks, one
+/// block past a step.
 #[test]
-fn q8_0_steps_of_sixteen_blocks_match_the_scalar_twin() {
-    for_grid_of([GgmlType::Q8_0], &[1, 5], &[15, 16, 17, 30, 32, 33, 64], Rng(0x16_B10C), levels_match_the_twin);
+fn steps_of_sixteen_blocks_match_the_scalar_twin() {
+    use GgmlType::*;
+    let tys = [Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4NL];
+    for_grid_of(tys, &[1, 5], &[15, 16, 17, 30, 32, 33, 64], Rng(0x16_B10C), levels_match_the_twin);
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! AVX-512 F/BW/VL + VNNI gemv kernels (Ice Lake, Sapphire Rapids, Zen 4
-//! and later) for Q8_0, Q4_0, Q4_K, Q5_K and IQ4_XS; every other type runs
-//! its AVX2 kernel at [`Level::Avx512`](crate::simd::Level::Avx512)
+//! and later) for the 32-value types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL),
+//! Q4_K, Q5_K and IQ4_XS; every other type runs its AVX2 kernel at [`Level::Avx512`](crate::simd::Level::Avx512)
 //! ([`has_kernel`] tells the caller which).
 //!
 //! Q6_K had a kernel here (chunks of 64 codes in their stored order, each
@@ -35,18 +35,17 @@
 //! `vpmaddubsw` + `vpmaddwd`. Its u8 × s8 asymmetry is met by making the
 //! weight codes unsigned with an offset and taking the offset back through
 //! a sum of activation codes, so the integer sums equal the scalar twin's:
-//! * Q8_0 (`w + 128`): the call lays the activations out once with
-//!   `-128 Σ x` per lane as the accumulator `vpdpbusd` starts from
-//!   ([`q8_0`], which also takes sixteen blocks a step);
-//! * Q4_0 (nibble `q`, value `q - 8`): the Q8x32 blocks carry only the f32
-//!   sum of the original inputs, not the code sum, so `8 Σ x` comes from a
-//!   second `vpdpbusd` against the constant 8;
+//! * the 32-value types (Q8_0 `w + 128`, Q4_0 `q + 8`, Q5_0 `q + 16`,
+//!   IQ4_NL its level `+ 128`; Q4_1 and Q5_1 need no offset): the call lays
+//!   the activations out once with `-128 Σ x` per lane, which shifted right
+//!   is the `-offset Σ x` the accumulator of `vpdpbusd` starts from
+//!   ([`blocks32`], which takes sixteen blocks a step);
 //! * IQ4_XS looks its nibbles up in the level table plus 128 (1..=241) and
 //!   takes `128 Σ_j ls_j B_j` off through `bsums`;
 //! * Q4_K / Q5_K codes are unsigned already.
 //!
-//! 512-bit registers hold 64 values: two 32-value blocks (Q8_0, Q4_0: each
-//! half scaled in f32 by its own block's `d_w d_x`) or a quarter of a
+//! 512-bit registers hold 64 values: two 32-value blocks (each half scaled
+//! in f32 by its own block's `d_w d_x`) or a quarter of a
 //! 256-value super-block. The k-quants' per-(sub-)block integer scales are
 //! applied with `vpdpwssd`: the sums of a `vpdpbusd` on Q4_K / Q5_K codes
 //! fit in i16 (at most `8 · 31 · 127 = 31496`: two `vpdpbusd` add up per
@@ -70,12 +69,12 @@ use crate::ggml::IQ4_LEVELS;
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
 use crate::simd::scratch::Tokens;
 
-mod q8_0;
+mod blocks32;
 
 /// Whether `ty` has a kernel here (the others run their AVX2 kernel).
 pub(super) fn has_kernel(ty: GgmlType) -> bool {
     use GgmlType::*;
-    matches!(ty, Q8_0 | Q4_0 | Q4K | Q5K | IQ4XS)
+    matches!(ty, Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | IQ4NL | Q4K | Q5K | IQ4XS)
 }
 
 /// # Safety
@@ -102,19 +101,27 @@ pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f
 }
 
 /// # Safety
-/// As [`gemv_q8k`], for Q8_0 or Q4_0.
+/// As [`gemv_q8k`], for a 32-value type ([`has_kernel`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn gemv_q8x32(ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mut [f32], acts_id: u64) {
+    use blocks32::{Blocks32, Group, IQ4NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+    /// Every row of `K` against the call's activations, laid out once.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn run<K: Blocks32>(w: &[u8], x: &[BlockQ8x32], y: &mut [f32], acts_id: u64) {
+        let mut tokens = Tokens::default();
+        let n = blocks32::groups(x.len());
+        // SAFETY (closure): `tokens` gives room for `n` groups.
+        let groups: *const Group = tokens.group(acts_id, (1, n), (0, 1), |_, p| unsafe { blocks32::prep(x, p) });
+        rows!(w, x, y, K::TS, blocks32::dot::<K>, groups)
+    }
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
-        GgmlType::Q8_0 => {
-            let mut tokens = Tokens::default();
-            let n = q8_0::groups(x.len());
-            // SAFETY (closure): `tokens` gives room for `n` groups.
-            let groups = tokens.group(acts_id, (1, n), (0, 1), |_, p| unsafe { q8_0::prep(x, p) });
-            rows!(w, x, y, 34, q8_0::dot, groups)
-        }
-        GgmlType::Q4_0 => rows!(w, x, y, 18, dot_q4_0),
+        GgmlType::Q8_0 => run::<Q8_0>(w, x, y, acts_id),
+        GgmlType::Q4_0 => run::<Q4_0>(w, x, y, acts_id),
+        GgmlType::Q4_1 => run::<Q4_1>(w, x, y, acts_id),
+        GgmlType::Q5_0 => run::<Q5_0>(w, x, y, acts_id),
+        GgmlType::Q5_1 => run::<Q5_1>(w, x, y, acts_id),
+        GgmlType::IQ4NL => run::<IQ4NL>(w, x, y, acts_id),
         ty => unreachable!("avx512::gemv_q8x32: {ty} has no kernel here (checked by the caller)"),
     }
 }
@@ -164,12 +171,6 @@ unsafe fn dot4(c: __m512i, x: __m512i) -> __m512i {
     _mm512_dpbusd_epi32(_mm512_setzero_si512(), c, x)
 }
 
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dot4_256(c: __m256i, x: __m256i) -> __m256i {
-    _mm256_dpbusd_epi32(_mm256_setzero_si256(), c, x)
-}
-
 /// Lanes `[v[2p] × 8, v[2p + 1] × 8]` of `v`: the values of the two
 /// 32-value sub-blocks that 64-value chunk `p` of a super-block covers.
 #[inline]
@@ -191,77 +192,6 @@ unsafe fn bsums(xb: &BlockQ8K) -> __m256i {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn widen(v: __m256i) -> __m512i {
     _mm512_zextsi256_si512(v)
-}
-
-// ---- 32-value blocks (Q8x32 activations) --------------------------------------
-
-/// Q4_0 (18-byte blocks: f16 `d`, 16 bytes of nibbles, value `j` low and
-/// `j + 16` high, minus 8). Q8_0 has its own sixteen-block loop, [`q8_0`].
-const TS_Q4_0: usize = 18;
-
-/// Two blocks' nibbles as unsigned codes (value + 8): the block at `b` in
-/// the low half, the next one in the high half.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn codes_2x32(b: *const u8) -> __m512i {
-    // 128-bit lanes [qs0, qs0, qs1, qs1]; lanes 1 and 3 shifted down a
-    // nibble: the low nibbles (values 0..16) then the high (16..32).
-    let q = _mm512_inserti64x4::<1>(
-        _mm512_castsi256_si512(_mm256_broadcastsi128_si256(load128(b.add(2)))),
-        _mm256_broadcastsi128_si256(load128(b.add(TS_Q4_0 + 2))),
-    );
-    let q = _mm512_mask_srli_epi16::<4>(q, 0xFF00_FF00, q);
-    _mm512_and_si512(q, _mm512_set1_epi8(0x0F))
-}
-
-/// One block's unsigned codes, as [`codes_2x32`].
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn codes_32(b: *const u8) -> __m256i {
-    let q = _mm256_broadcastsi128_si256(load128(b.add(2)));
-    let q = _mm256_mask_srli_epi16::<4>(q, 0xFF00, q);
-    _mm256_and_si256(q, _mm256_set1_epi8(0x0F))
-}
-
-/// Blocks `x[0]`, `x[1]` (weights at `b`) into `acc`: per lane the code dot
-/// of four values, `Σ (q + 8) x - 8 Σ x`, scaled by its block's `d_w d_x`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn step_2x32(b: *const u8, x: &[BlockQ8x32], acc: __m512) -> __m512 {
-    let (x0, x1) = (&x[0], &x[1]);
-    let xv = load_2x256(x0.qs.as_ptr() as *const u8, x1.qs.as_ptr() as *const u8);
-    let s = _mm512_sub_epi32(dot4(codes_2x32(b), xv), dot4(_mm512_set1_epi8(8), xv));
-    let scale =
-        _mm512_mask_mov_ps(_mm512_set1_ps(f16_at(b) * x0.d), 0xFF00, _mm512_set1_ps(f16_at(b.add(TS_Q4_0)) * x1.d));
-    _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc)
-}
-
-/// Q4_0: four blocks a step into two accumulators (independent FMA
-/// chains), then a pair, then a single block in 256 bits.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dot_q4_0(row: *const u8, x: &[BlockQ8x32]) -> f32 {
-    let ts = TS_Q4_0;
-    let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    let mut i = 0;
-    while i + 4 <= x.len() {
-        acc0 = step_2x32(row.add(i * ts), &x[i..i + 2], acc0);
-        acc1 = step_2x32(row.add((i + 2) * ts), &x[i + 2..i + 4], acc1);
-        i += 4;
-    }
-    if i + 2 <= x.len() {
-        acc0 = step_2x32(row.add(i * ts), &x[i..i + 2], acc0);
-        i += 2;
-    }
-    let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-    if i < x.len() {
-        let (b, xb) = (row.add(i * ts), &x[i]);
-        let xv = load256(xb.qs.as_ptr() as *const u8);
-        let s = _mm256_sub_epi32(dot4_256(codes_32(b), xv), dot4_256(_mm256_set1_epi8(8), xv));
-        // The block's exact integer sum, scaled once (as the scalar twin).
-        sum += f16_at(b) * xb.d * _mm512_reduce_add_epi32(widen(s)) as f32;
-    }
-    sum
 }
 
 // ---- 256-value super-blocks (Q8K activations) -----------------------------------
