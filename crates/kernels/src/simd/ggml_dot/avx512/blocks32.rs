@@ -21,18 +21,19 @@
 //! and an FMA. The earlier loops took a pair at a time with its two scales
 //! as scalars (Q8_0, Q4_0), Q4_0 with a second `vpdpbusd` against the
 //! constant 8, and the other types ran their AVX2 kernels. On a Zen 4
-//! (`examples/gemv_ggml.rs`, 1 thread; weights in L2 with `1024k`, 512 MB
-//! from DRAM without), in GB/s, the loop this replaced or the AVX2 kernel
-//! against this one, L2 then DRAM: Q8_0 31.8 -> 40.4 when it got this loop
-//! (39-40 now, with the other types' offsets and sums); Q4_0 15.8 -> 19.1
-//! and 14.8 -> 19.3; Q4_1 14.6 -> 19.8 and 14.2 -> 20.2; Q5_0 11.9 -> 19.2
-//! and 11.4 -> 19.6; Q5_1 13.0 -> 19.5 and 12.5 -> 20.8; IQ4_NL 12.9 ->
-//! 19.2 and 12.6 -> 18.0. These types now compute about as fast as they
-//! read from DRAM on one core. Reading the sixteen weight scales
-//! ([`halves`]) costs 16-23% of the loop in L2 (a constant in their place:
-//! Q4_0 22.7, Q8_0 50.7); reading them a group ahead, an immediate shift
-//! and blend for the nibbles' masked shift (which becomes `vpsrlvw`), and
-//! a masked 128-bit broadcast for the insert measured no faster or slower.
+//! (`examples/gemv_ggml.rs`, 1 thread), GB/s with the weights in L2
+//! (`1024k`), the loop this replaced or the AVX2 kernel against this one:
+//! Q4_0 15.8 -> 21.3, Q4_1 14.6 -> 23.0, Q5_0 11.9 -> 20.6, Q5_1 13.0 ->
+//! 22.0, IQ4_NL 12.9 -> 20.5 (Q8_0 went 31.8 -> 40.4 when it got this
+//! loop, 42.3 now); from DRAM (`512`, one run, a 28.4 GB/s streaming
+//! read) Q4_0 14.8 -> 19.3, Q4_1 14.2 -> 20.2, Q5_0 11.4 -> 19.6, Q5_1
+//! 12.5 -> 20.8, IQ4_NL 12.6 -> 18.0 before the weight scales moved to the
+//! integer side ([`halves`], worth 6-7% more from DRAM for Q4_0 and Q5_0 in
+//! three alternations). Four FMA chains instead of two, reading the
+//! scales a group ahead, summing eight rows' lanes at once, an immediate
+//! shift and blend for the nibbles' masked shift (which becomes
+//! `vpsrlvw`) and a masked 128-bit broadcast for the insert measured no
+//! faster, or slower.
 
 use std::arch::x86_64::*;
 
@@ -266,12 +267,20 @@ unsafe fn group<K: Blocks32>(base: *const u8, g: &Group, take: usize, acc: &mut 
 ///
 /// Read with scalar loads and packed four to a u64 on the integer side,
 /// which the vector work leaves idle: a `vpgatherdd` of the sixteen took
-/// about a third of the Q8_0 kernel's time on a Zen 4.
+/// about a third of the Q8_0 kernel's time on a Zen 4, and the `vpinsrw`s
+/// LLVM made of the packing 10-17% of this loop's (`gemv_ggml 1024k`: Q4_0
+/// 19.1 -> 21.3, Q4_1 19.8 -> 23.0, Q8_0 39.2 -> 42.3 GB/s once kept out).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn halves(base: *const u8, at: usize, ts: usize, take: usize) -> __m512 {
     let h = |i: usize| if i < take { (base.add(i * ts + at) as *const u16).read_unaligned() as u64 } else { 0 };
-    let four = |j: usize| (h(4 * j) | h(4 * j + 1) << 16 | h(4 * j + 2) << 32 | h(4 * j + 3) << 48) as i64;
+    let four = |j: usize| {
+        let mut v = h(4 * j) | h(4 * j + 1) << 16 | h(4 * j + 2) << 32 | h(4 * j + 3) << 48;
+        // Kept in a general register: LLVM otherwise builds the four words
+        // with `vpinsrw`s, a shuffle each, on the ports the pairs need.
+        std::arch::asm!("/* {0} */", inout(reg) v, options(pure, nomem, nostack, preserves_flags));
+        v as i64
+    };
     _mm512_cvtph_ps(_mm256_setr_epi64x(four(0), four(1), four(2), four(3)))
 }
 
