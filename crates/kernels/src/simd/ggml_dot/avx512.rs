@@ -95,7 +95,12 @@ pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f
                 rows!(w, x, y, 176, dot_q45_k::<true>, xp)
             }
         }
-        GgmlType::IQ4XS => rows!(w, x, y, 136, dot_iq4_xs),
+        GgmlType::IQ4XS => {
+            let mut tokens = Tokens::default();
+            // SAFETY (closure): `tokens` gives room for `x.len()` values.
+            let xp = tokens.group(acts_id, (1, x.len()), (0, 1), |_, p| unsafe { prep_iq4_xs(x, p) });
+            rows!(w, x, y, 136, dot_iq4_xs, xp)
+        }
         ty => unreachable!("avx512::gemv_q8k: {ty} has no kernel here (checked by the caller)"),
     }
 }
@@ -161,23 +166,6 @@ pub(super) unsafe fn load512(p: *const u8) -> __m512i {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn load_2x256(lo: *const u8, hi: *const u8) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(load256(lo)), load256(hi))
-}
-
-/// Unsigned bytes `c` times signed bytes `x`, each group of four summed
-/// into its i32 lane (`vpdpbusd` on a zero accumulator).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dot4(c: __m512i, x: __m512i) -> __m512i {
-    _mm512_dpbusd_epi32(_mm512_setzero_si512(), c, x)
-}
-
-/// Lanes `[v[2p] × 8, v[2p + 1] × 8]` of `v`: the values of the two
-/// 32-value sub-blocks that 64-value chunk `p` of a super-block covers.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn pair_lanes(v: __m512i, p: usize) -> __m512i {
-    let idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-    _mm512_permutexvar_epi32(_mm512_add_epi32(idx, _mm512_set1_epi32(2 * p as i32)), v)
 }
 
 /// The 16 activation code sums of 16-value groups, as i16.
@@ -347,38 +335,82 @@ unsafe fn iq4_xs_scales(b: *const u8) -> __m256i {
     _mm256_sub_epi32(ls, _mm256_set1_epi32(32))
 }
 
-/// IQ4_XS: sub-block `j`'s 16 bytes hold values 0..16 (low nibbles) and
-/// 16..32 (high); 64-value chunk `k` is sub-blocks `2k`, `2k + 1`, i.e. the
-/// 32 bytes `qs[32k..]` as 128-bit lanes `[A, A, B, B]`, lanes 1 and 3
-/// shifted a nibble down. Levels + 128 come from the table, the offset
-/// `128 Σ_j ls_j B_j` off through `bsums`.
+/// IQ4_XS: sub-block `j`'s 16 bytes (`qs[16j..]`) hold values 0..16 in
+/// their low nibbles and 16..32 in their high. So the first 64 bytes,
+/// masked, have in 128-bit lane `j` values 0..16 of sub-block `j` (`j <
+/// 4`), shifted down a nibble values 16..32, and the next 64 bytes the same
+/// of sub-blocks 4..8: every i32 lane of the four `vpdpbusd` (levels + 128
+/// from the table, against the activations laid out to match, [`XIQ4`])
+/// holds four values of one sub-block, and a lane keeps its sub-block in
+/// the two registers of each half. The two halves' sums then take their
+/// scales in one `vpmulld` each (eight values a lane, at most `8 · 241 ·
+/// 127`, well inside i32), and `128 Σ_j ls_j B_j` comes off through
+/// `bsums`. Before, each 64-value chunk was built by a 128-bit lane shuffle
+/// and a masked shift, and scaled by a permute and a `vpmulld` of its own:
+/// four of each a block against none and two here. `gemv_ggml` (Zen 4, 1
+/// thread): 17.9 -> 24.5 GB/s in L2 (`1024k`), 16.0-16.4 -> 19.1-20.1 from
+/// DRAM (`512`, three alternations).
+///
+/// # Safety
+/// `xp` holds [`prep_iq4_xs`] of `x`; the rest as the other dots.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dot_iq4_xs(row: *const u8, x: &[BlockQ8K]) -> f32 {
+unsafe fn dot_iq4_xs(row: *const u8, x: &[BlockQ8K], xp: *const XIQ4) -> f32 {
     let m4 = _mm512_set1_epi8(0x0F);
     let levels = load128(IQ4_LEVELS.as_ptr() as *const u8);
     let table = _mm512_broadcast_i32x4(_mm_xor_si128(levels, _mm_set1_epi8(i8::MIN)));
+    // Lane l of the first half is sub-block l / 4, of the second 4 + l / 4.
+    let first = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    let second = _mm512_add_epi32(first, _mm512_set1_epi32(4));
     let mut acc = _mm512_setzero_ps();
     for (i, xb) in x.iter().enumerate() {
         let b = row.add(i * 136);
-        let xq = xb.qs.as_ptr() as *const u8;
+        let xq = &*xp.add(i);
         let d = f16_at(b) * xb.d;
         let ls = iq4_xs_scales(b);
         // [ls0, ls0, ls1, ls1, ..] as i16 against the 16 group sums: Σ_j ls_j B_j.
         let ls_twice = _mm256_or_si256(_mm256_and_si256(ls, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32::<16>(ls));
         let offs = _mm256_madd_epi16(ls_twice, bsums(xb));
         let ls = widen(ls);
-        let mut sumi = _mm512_setzero_si512();
-        for k in 0..4 {
-            let q = _mm512_castsi256_si512(load256(b.add(8 + 32 * k)));
-            let q = _mm512_shuffle_i64x2::<0b01_01_00_00>(q, q);
-            let q = _mm512_and_si512(_mm512_mask_srli_epi16::<4>(q, 0xFF00_FF00, q), m4);
-            let s = dot4(_mm512_shuffle_epi8(table, q), load512(xq.add(64 * k)));
-            // Four-code sums reach 4 · 241 · 127 (past i16): scaled in i32.
-            sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(s, pair_lanes(ls, k)));
+        let mut sumi = widen(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<7>(offs)));
+        for (h, idx) in [first, second].into_iter().enumerate() {
+            let q = load512(b.add(8 + 64 * h));
+            let lo = _mm512_shuffle_epi8(table, _mm512_and_si512(q, m4));
+            let hi = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4));
+            let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xq.lo[h]);
+            let s = _mm512_dpbusd_epi32(s, hi, xq.hi[h]);
+            sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(s, _mm512_permutexvar_epi32(idx, ls)));
         }
-        let sumi = _mm512_sub_epi32(sumi, widen(_mm256_slli_epi32::<7>(offs)));
         acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
     }
     _mm512_reduce_add_ps(acc)
+}
+
+/// One Q8K block's codes in [`dot_iq4_xs`]'s order: `lo[h]` 128-bit lane
+/// `j` holds values 0..16 of sub-block `4h + j`, `hi[h]` values 16..32.
+#[repr(C, align(64))]
+pub(super) struct XIQ4 {
+    lo: [__m512i; 2],
+    hi: [__m512i; 2],
+}
+
+/// `x` as [`XIQ4`]s at `dst`.
+///
+/// # Safety
+/// `dst` has room for `x.len()` values.
+unsafe fn prep_iq4_xs(x: &[BlockQ8K], dst: *mut XIQ4) {
+    // The same bytes as plain 16-byte runs: `lo[0], lo[1], hi[0], hi[1]`.
+    let p = dst as *mut [[[i8; 16]; 4]; 4];
+    for (k, xb) in x.iter().enumerate() {
+        let mut v = [[[0i8; 16]; 4]; 4];
+        for (r, reg) in v.iter_mut().enumerate() {
+            let (half, h) = (r / 2, r % 2);
+            for (j, run) in reg.iter_mut().enumerate() {
+                let at = 32 * (4 * h + j) + 16 * half;
+                run.copy_from_slice(&xb.qs[at..at + 16]);
+            }
+        }
+        // SAFETY: `p` has room for `x.len()` values.
+        unsafe { p.add(k).write(v) };
+    }
 }
