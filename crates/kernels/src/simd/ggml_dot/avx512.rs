@@ -70,11 +70,12 @@ use crate::simd::act::{BlockQ8K, BlockQ8x32};
 use crate::simd::scratch::Tokens;
 
 mod blocks32;
+mod q3_k;
 
 /// Whether `ty` has a kernel here (the others run their AVX2 kernel).
 pub(super) fn has_kernel(ty: GgmlType) -> bool {
     use GgmlType::*;
-    matches!(ty, Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | IQ4NL | Q4K | Q5K | IQ4XS)
+    matches!(ty, Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | IQ4NL | Q3K | Q4K | Q5K | IQ4XS)
 }
 
 /// # Safety
@@ -95,6 +96,7 @@ pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f
                 rows!(w, x, y, 176, dot_q45_k::<true>, xp)
             }
         }
+        GgmlType::Q3K => rows!(w, x, y, q3_k::TS, q3_k::dot),
         GgmlType::IQ4XS => {
             let mut tokens = Tokens::default();
             // SAFETY (closure): `tokens` gives room for `x.len()` values.
