@@ -256,7 +256,7 @@ fn every_level_matches_the_scalar_twin() {
 #[test]
 fn vnni_types_match_the_scalar_twin() {
     use GgmlType::*;
-    let tys = [Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4NL, Q3K, Q4K, Q5K, Q6K, IQ4XS];
+    let tys = [Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4NL, Q2K, Q3K, Q4K, Q5K, Q6K, IQ4XS];
     for_grid_of(tys, &[1, 3], &[1, 2, 7], Rng(0xA5_12), levels_match_the_twin);
 }
 

@@ -1,6 +1,7 @@
 //! AVX-512 F/BW/VL + VNNI gemv kernels (Ice Lake, Sapphire Rapids, Zen 4
 //! and later) for the 32-value types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL),
-//! Q4_K, Q5_K and IQ4_XS; every other type runs its AVX2 kernel at [`Level::Avx512`](crate::simd::Level::Avx512)
+//! Q2_K ([`q2_k`]), Q3_K ([`q3_k`]), Q4_K, Q5_K and IQ4_XS; Q6_K runs its
+//! AVX2 kernel at [`Level::Avx512`](crate::simd::Level::Avx512)
 //! ([`has_kernel`] tells the caller which).
 //!
 //! Q6_K had a kernel here (chunks of 64 codes in their stored order, each
@@ -70,12 +71,13 @@ use crate::simd::act::{BlockQ8K, BlockQ8x32};
 use crate::simd::scratch::Tokens;
 
 mod blocks32;
+mod q2_k;
 mod q3_k;
 
 /// Whether `ty` has a kernel here (the others run their AVX2 kernel).
 pub(super) fn has_kernel(ty: GgmlType) -> bool {
     use GgmlType::*;
-    matches!(ty, Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | IQ4NL | Q3K | Q4K | Q5K | IQ4XS)
+    matches!(ty, Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | IQ4NL | Q2K | Q3K | Q4K | Q5K | IQ4XS)
 }
 
 /// # Safety
@@ -96,6 +98,7 @@ pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f
                 rows!(w, x, y, 176, dot_q45_k::<true>, xp)
             }
         }
+        GgmlType::Q2K => rows!(w, x, y, q2_k::TS, q2_k::dot),
         GgmlType::Q3K => rows!(w, x, y, q3_k::TS, q3_k::dot),
         GgmlType::IQ4XS => {
             let mut tokens = Tokens::default();
@@ -185,6 +188,37 @@ unsafe fn widen(v: __m256i) -> __m512i {
 }
 
 // ---- 256-value super-blocks (Q8K activations) -----------------------------------
+
+/// For `vpermw`: i16 `i` of the scale register for `packs(R_a, R_b)` (`R_j`
+/// the `vpdpbusd` lanes of values `64j..64j + 64` of a 256-value block, so
+/// that a 128-bit lane is one 16-value group), as an index into the
+/// sixteen group scales. Chunk `c` (8 i16) of the pack is four sums of
+/// group `4a + c`, then four of group `4b + c`.
+const fn pair_index(a: usize, b: usize) -> [i16; 32] {
+    let mut q = [0i16; 32];
+    let mut i = 0;
+    while i < 32 {
+        let (c, second) = (i / 8, (i % 8) / 4);
+        q[i] = (4 * if second == 0 { a } else { b } + c) as i16;
+        i += 1;
+    }
+    q
+}
+
+const SCALES_01: [i16; 32] = pair_index(0, 1);
+const SCALES_23: [i16; 32] = pair_index(2, 3);
+
+/// `init + Σ_g s_g S_g` per lane: `r[j]` the `vpdpbusd` lanes of values
+/// `64j..64j + 64` (each at most `i16::MAX` in magnitude, so the packs are
+/// exact), `sc` the sixteen group scales as i16 in its low 256 bits.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn scaled_groups(init: __m512i, r: &[__m512i; 4], sc: __m512i) -> __m512i {
+    let idx01 = _mm512_loadu_si512(SCALES_01.as_ptr() as *const __m512i);
+    let idx23 = _mm512_loadu_si512(SCALES_23.as_ptr() as *const __m512i);
+    let s = _mm512_dpwssd_epi32(init, _mm512_packs_epi32(r[0], r[1]), _mm512_permutexvar_epi16(idx01, sc));
+    _mm512_dpwssd_epi32(s, _mm512_packs_epi32(r[2], r[3]), _mm512_permutexvar_epi16(idx23, sc))
+}
 
 /// Q4_K / Q5_K, with the sub-block scales applied once per block.
 ///

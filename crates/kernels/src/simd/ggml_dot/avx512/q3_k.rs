@@ -19,29 +19,11 @@
 
 use std::arch::x86_64::*;
 
-use super::{bsums, f16_at, load256, load512};
+use super::{bsums, f16_at, load256, load512, scaled_groups};
 use crate::simd::act::BlockQ8K;
 
 /// Bytes of a Q3_K block.
 pub(super) const TS: usize = 110;
-
-/// For `vpermw`: i16 `i` of the scale register for `packs(R_a, R_b)` (`R_j`
-/// the `vpdpbusd` lanes of values `64j..64j + 64`), as an index into the
-/// sixteen scales. Chunk `c` (8 i16) of the pack is four sums of group
-/// `4a + c`, then four of group `4b + c`.
-const fn pair_index(a: usize, b: usize) -> [i16; 32] {
-    let mut q = [0i16; 32];
-    let mut i = 0;
-    while i < 32 {
-        let (c, second) = (i / 8, (i % 8) / 4);
-        q[i] = (4 * if second == 0 { a } else { b } + c) as i16;
-        i += 1;
-    }
-    q
-}
-
-const SCALES_01: [i16; 32] = pair_index(0, 1);
-const SCALES_23: [i16; 32] = pair_index(2, 3);
 
 /// The dot of one Q3_K row with `x`.
 ///
@@ -53,8 +35,6 @@ const SCALES_23: [i16; 32] = pair_index(2, 3);
 pub(super) unsafe fn dot(row: *const u8, x: &[BlockQ8K]) -> f32 {
     let m2 = _mm512_set1_epi8(3);
     let bit2 = _mm512_set1_epi8(4);
-    let idx01 = _mm512_loadu_si512(SCALES_01.as_ptr() as *const __m512i);
-    let idx23 = _mm512_loadu_si512(SCALES_23.as_ptr() as *const __m512i);
     // Register `2n + p` holds runs `2p`, `2p + 1` of half `n`: their bit
     // pairs shifted down to bits 0, 1, and `hmask` bits `4n + 2p` and
     // `4n + 2p + 1` rotated to bit 2 (right by `bit - 2`, mod 64).
@@ -84,12 +64,7 @@ pub(super) unsafe fn dot(row: *const u8, x: &[BlockQ8K]) -> f32 {
         // 4 Σ_g s_g B_g in lanes 0..8, taken off the scaled sums.
         let offs = _mm256_slli_epi32::<2>(_mm256_madd_epi16(sc, bsums(xb)));
         let sc = _mm512_castsi256_si512(sc);
-        let s = _mm512_dpwssd_epi32(
-            _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), offs)),
-            _mm512_packs_epi32(r[0], r[1]),
-            _mm512_permutexvar_epi16(idx01, sc),
-        );
-        let s = _mm512_dpwssd_epi32(s, _mm512_packs_epi32(r[2], r[3]), _mm512_permutexvar_epi16(idx23, sc));
+        let s = scaled_groups(_mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), offs)), &r, sc);
         let d = _mm512_set1_ps(f16_at(b.add(108)) * xb.d);
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc);
     }
