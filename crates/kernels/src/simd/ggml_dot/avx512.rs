@@ -43,7 +43,10 @@
 //!   ([`blocks32`], which takes sixteen blocks a step);
 //! * IQ4_XS looks its nibbles up in the level table plus 128 (1..=241) and
 //!   takes `128 Σ_j ls_j B_j` off through `bsums`;
-//! * Q4_K / Q5_K codes are unsigned already.
+//! * Q3_K (`q2 + 4h`, value `- 4`) takes `4 Σ_g s_g B_g` off through
+//!   `bsums` ([`q3_k`]);
+//! * Q2_K, Q4_K and Q5_K codes are unsigned already (their mins go through
+//!   `bsums` in the f32 step).
 //!
 //! 512-bit registers hold 64 values: two 32-value blocks (each half scaled
 //! in f32 by its own block's `d_w d_x`) or a quarter of a
