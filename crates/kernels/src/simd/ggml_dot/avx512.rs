@@ -211,6 +211,16 @@ const fn pair_index(a: usize, b: usize) -> [i16; 32] {
 const SCALES_01: [i16; 32] = pair_index(0, 1);
 const SCALES_23: [i16; 32] = pair_index(2, 3);
 
+/// The per-64-bit-lane right shifts that bring bit pair `2p` (lanes 0..4)
+/// and `2p + 1` (lanes 4..8) of every byte down to bits 0, 1, for `p` 0
+/// and 1: with a half-block's 32 bytes of bit pairs in both halves of a
+/// register, runs `2p` and `2p + 1` in value order (Q2_K, Q3_K).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn run_shifts() -> [__m512i; 2] {
+    [_mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2), _mm512_setr_epi64(4, 4, 4, 4, 6, 6, 6, 6)]
+}
+
 /// `init + Σ_g s_g S_g` per lane: `r[j]` the `vpdpbusd` lanes of values
 /// `64j..64j + 64` (each at most `i16::MAX` in magnitude, so the packs are
 /// exact), `sc` the sixteen group scales as i16 in its low 256 bits.

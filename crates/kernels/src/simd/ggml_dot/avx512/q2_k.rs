@@ -17,7 +17,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{bsums, load256, load512, scaled_groups};
+use super::{bsums, load256, load512, run_shifts, scaled_groups};
 use crate::simd::act::BlockQ8K;
 
 /// Bytes of a Q2_K block.
@@ -34,8 +34,7 @@ pub(super) unsafe fn dot(row: *const u8, x: &[BlockQ8K]) -> f32 {
     let m2 = _mm512_set1_epi8(3);
     let m4 = _mm_set1_epi8(0x0F);
     // Register `2n + p` holds runs `2p`, `2p + 1` of half `n`.
-    let shift =
-        [0, 1].map(|p: i64| _mm512_setr_epi64(4 * p, 4 * p, 4 * p, 4 * p, 4 * p + 2, 4 * p + 2, 4 * p + 2, 4 * p + 2));
+    let shift = run_shifts();
     let halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     let mut acc = _mm512_setzero_ps();
     for (i, xb) in x.iter().enumerate() {

@@ -19,7 +19,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{bsums, f16_at, load256, load512, scaled_groups};
+use super::{bsums, f16_at, load256, load512, run_shifts, scaled_groups};
 use crate::simd::act::BlockQ8K;
 
 /// Bytes of a Q3_K block.
@@ -38,8 +38,7 @@ pub(super) unsafe fn dot(row: *const u8, x: &[BlockQ8K]) -> f32 {
     // Register `2n + p` holds runs `2p`, `2p + 1` of half `n`: their bit
     // pairs shifted down to bits 0, 1, and `hmask` bits `4n + 2p` and
     // `4n + 2p + 1` rotated to bit 2 (right by `bit - 2`, mod 64).
-    let shift =
-        [0, 1].map(|p: i64| _mm512_setr_epi64(4 * p, 4 * p, 4 * p, 4 * p, 4 * p + 2, 4 * p + 2, 4 * p + 2, 4 * p + 2));
+    let shift = run_shifts();
     let rot = |n: i64, p: i64| {
         let (b0, b1) = ((4 * n + 2 * p + 62) % 64, (4 * n + 2 * p + 63) % 64);
         _mm512_setr_epi64(b0, b0, b0, b0, b1, b1, b1, b1)
