@@ -19,6 +19,7 @@
 
 use std::arch::x86_64::*;
 
+use super::super::avx2::q3_k_scales_vec;
 use super::{bsums, f16_at, load256, load512, run_shifts, scaled_groups};
 use crate::simd::act::BlockQ8K;
 
@@ -59,7 +60,7 @@ pub(super) unsafe fn dot(row: *const u8, x: &[BlockQ8K]) -> f32 {
                 r[2 * n + p] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), code, load512(xq.add(128 * n + 64 * p)));
             }
         }
-        let sc = _mm256_cvtepi8_epi16(scales(b));
+        let sc = _mm256_cvtepi8_epi16(q3_k_scales_vec(b));
         // 4 Σ_g s_g B_g in lanes 0..8, taken off the scaled sums.
         let offs = _mm256_slli_epi32::<2>(_mm256_madd_epi16(sc, bsums(xb)));
         let sc = _mm512_castsi256_si512(sc);
@@ -68,25 +69,4 @@ pub(super) unsafe fn dot(row: *const u8, x: &[BlockQ8K]) -> f32 {
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc);
     }
     _mm512_reduce_add_ps(acc)
-}
-
-/// The block at `b`'s sixteen group scales `s_g - 32` as i8, as the scalar
-/// twin's `q3_k_scales` reads them (the low nibbles of scale bytes 0..8
-/// are groups 0..8, their high nibbles groups 8..16; byte `8 + g % 4` holds
-/// group `g`'s top two bits at bit pair `g / 4`), in a few 128-bit
-/// operations: that word-at-a-time scalar form took half of this kernel's
-/// time (`gemv_ggml 1024k`: 10.2 GB/s with it, 20.0 with constant scales).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn scales(b: *const u8) -> __m128i {
-    // Bytes 94..110 (the block's last 16): the 12 scale bytes from byte 2.
-    let v = _mm_loadu_si128(b.add(94) as *const __m128i);
-    // Scale bytes 0..8 twice; the second copy's high nibbles.
-    let t = _mm_shuffle_epi8(v, _mm_setr_epi8(2, 3, 4, 5, 6, 7, 8, 9, 2, 3, 4, 5, 6, 7, 8, 9));
-    let low = _mm_and_si128(_mm_srlv_epi64(t, _mm_set_epi64x(4, 0)), _mm_set1_epi8(0x0F));
-    // Byte g: scale byte 8 + g % 4, shifted down by 2 (g / 4) (a dword
-    // shift: the two bits taken stay inside their byte).
-    let u = _mm_shuffle_epi8(v, _mm_setr_epi8(10, 11, 12, 13, 10, 11, 12, 13, 10, 11, 12, 13, 10, 11, 12, 13));
-    let top = _mm_and_si128(_mm_srlv_epi32(u, _mm_setr_epi32(0, 2, 4, 6)), _mm_set1_epi8(3));
-    _mm_sub_epi8(_mm_or_si128(low, _mm_slli_epi16::<4>(top)), _mm_set1_epi8(32))
 }

@@ -30,7 +30,7 @@
 use std::arch::x86_64::*;
 
 use super::super::{
-    bsums, f16_at, iq4_codes, iq4_table, iq4_xs_ls32, load128, load256, madd, q3_k_scales, scales_mins_k4, top2,
+    bsums, f16_at, iq4_codes, iq4_table, iq4_xs_ls32, load128, load256, madd, q3_k_scales_vec, scales_mins_k4, top2,
 };
 use super::BlockUnits;
 use crate::simd::act::BlockQ8K;
@@ -257,8 +257,7 @@ impl BlockUnits for Q3K {
         let b = row.add(i * Self::BYTES);
         let m2 = _mm256_set1_epi8(3);
         let one = _mm256_set1_epi8(1);
-        let scales = q3_k_scales(std::slice::from_raw_parts(b.add(96), 12));
-        let sc = load128(scales.as_ptr() as *const u8);
+        let sc = q3_k_scales_vec(b);
         let [sc_lo, sc_hi] = column_scales(sc);
         let hm = load256(b);
         // Run 4n + k: bit pair k of qs bytes 32n.., topped by bit 4n + k of hmask.
