@@ -9,6 +9,7 @@
 //! [`crate::simd::ggml_gemv_lead`] bytes ahead, so the next rows are in
 //! flight while this one is multiplied.
 
+mod blocks32;
 pub(super) mod multi;
 
 use std::arch::x86_64::*;
@@ -33,8 +34,25 @@ pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f
 /// As [`gemv_q8k`], for a type taking Q8x32 activations.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn gemv_q8x32(ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mut [f32]) {
+    use blocks32::{Small32, Q4_0, Q4_1, Q5_0, Q5_1};
+    /// Every row of `K` against the call's activations, laid out once.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn run<K: Small32>(w: &[u8], x: &[BlockQ8x32], y: &mut [f32]) {
+        let mut tokens = crate::simd::scratch::Tokens::default();
+        let n = super::group32::groups(x.len());
+        // SAFETY (closure): `tokens` gives room for `n` groups.
+        let groups: *const super::group32::Group =
+            tokens.group(0, (1, n), (0, 1), |_, p| unsafe { super::group32::prep(x, p) });
+        rows!(w, x, y, K::TS, blocks32::dot::<K>, groups)
+    }
     // SAFETY (each arm): the caller's contract, passed on unchanged.
-    gemv_table!(q8x32: ty, w, x, y)
+    match ty {
+        GgmlType::Q4_0 => run::<Q4_0>(w, x, y),
+        GgmlType::Q4_1 => run::<Q4_1>(w, x, y),
+        GgmlType::Q5_0 => run::<Q5_0>(w, x, y),
+        GgmlType::Q5_1 => run::<Q5_1>(w, x, y),
+        _ => gemv_table!(q8x32: ty, w, x, y),
+    }
 }
 
 // ---- helpers ------------------------------------------------------------------

@@ -98,6 +98,8 @@ macro_rules! gemv_table {
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod group32;
 pub mod multi;
 #[cfg(target_arch = "aarch64")]
 mod neon;

@@ -40,55 +40,7 @@ use std::arch::x86_64::*;
 use super::{load128, load_2x256};
 use crate::ggml::IQ4_LEVELS;
 use crate::simd::act::BlockQ8x32;
-
-/// Blocks a [`Group`] holds (one read of weight scales, [`halves`]).
-const BLOCKS: usize = 16;
-
-/// Two activation blocks as the kernel reads them: the codes of block `2k`
-/// then `2k + 1`, and for each i32 lane of a `vpdpbusd` over them,
-/// `-128` times the sum of its four codes.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Pair {
-    qs: [i8; 64],
-    neg: [i32; 16],
-}
-
-/// Sixteen activation blocks: their pairs, scales and sums. A short last
-/// group is padded with zero codes, scales and sums.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-pub(super) struct Group {
-    pairs: [Pair; BLOCKS / 2],
-    d: [f32; BLOCKS],
-    sum: [f32; BLOCKS],
-}
-
-/// The [`Group`]s that hold `n` blocks.
-pub(super) fn groups(n: usize) -> usize {
-    n.div_ceil(BLOCKS)
-}
-
-/// `x` as [`Group`]s at `dst`.
-///
-/// # Safety
-/// `dst` has room for [`groups`]`(x.len())` values.
-pub(super) unsafe fn prep(x: &[BlockQ8x32], dst: *mut Group) {
-    for (gi, blocks) in x.chunks(BLOCKS).enumerate() {
-        let mut g =
-            Group { pairs: [Pair { qs: [0; 64], neg: [0; 16] }; BLOCKS / 2], d: [0.0; BLOCKS], sum: [0.0; BLOCKS] };
-        for (j, xb) in blocks.iter().enumerate() {
-            (g.d[j], g.sum[j]) = (xb.d, xb.sum);
-            let (pair, half) = (&mut g.pairs[j / 2], j % 2);
-            pair.qs[32 * half..32 * half + 32].copy_from_slice(&xb.qs);
-            for (l, four) in xb.qs.chunks_exact(4).enumerate() {
-                pair.neg[8 * half + l] = -128 * four.iter().map(|&q| q as i32).sum::<i32>();
-            }
-        }
-        // SAFETY: `dst` has room for every group (the caller's contract).
-        unsafe { dst.add(gi).write(g) };
-    }
-}
+use crate::simd::ggml_dot::group32::{packed_halves, Group, Pair, BLOCKS};
 
 /// One 32-value block type: its layout and how two blocks become 64
 /// unsigned codes.
@@ -263,25 +215,12 @@ unsafe fn group<K: Blocks32>(base: *const u8, g: &Group, take: usize, acc: &mut 
 }
 
 /// The f16 at offset `at` of the `take` (at most 16) blocks of `ts` bytes
-/// at `base`, as f32; zero past `take`.
-///
-/// Read with scalar loads and packed four to a u64 on the integer side,
-/// which the vector work leaves idle: a `vpgatherdd` of the sixteen took
-/// about a third of the Q8_0 kernel's time on a Zen 4, and the `vpinsrw`s
-/// LLVM made of the packing 10-17% of this loop's (`gemv_ggml 1024k`: Q4_0
-/// 19.1 -> 21.3, Q4_1 19.8 -> 23.0, Q8_0 39.2 -> 42.3 GB/s once kept out).
+/// at `base`, as f32; zero past `take` (see [`packed_halves`]).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn halves(base: *const u8, at: usize, ts: usize, take: usize) -> __m512 {
-    let h = |i: usize| if i < take { (base.add(i * ts + at) as *const u16).read_unaligned() as u64 } else { 0 };
-    let four = |j: usize| {
-        let mut v = h(4 * j) | h(4 * j + 1) << 16 | h(4 * j + 2) << 32 | h(4 * j + 3) << 48;
-        // Kept in a general register: LLVM otherwise builds the four words
-        // with `vpinsrw`s, a shuffle each, on the ports the pairs need.
-        std::arch::asm!("/* {0} */", inout(reg) v, options(pure, nomem, nostack, preserves_flags));
-        v as i64
-    };
-    _mm512_cvtph_ps(_mm256_setr_epi64x(four(0), four(1), four(2), four(3)))
+    let [a, b, c, d] = packed_halves(base, at, ts, take);
+    _mm512_cvtph_ps(_mm256_setr_epi64x(a, b, c, d))
 }
 
 /// `scale`'s lanes `2k` (block `2k`'s `d_w d_x`) in lanes 0..8 and `2k + 1`
