@@ -34,7 +34,8 @@ pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f
 /// As [`gemv_q8k`], for a type taking Q8x32 activations.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn gemv_q8x32(ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mut [f32]) {
-    use blocks32::{Small32, Q4_0, Q4_1, Q5_0, Q5_1};
+    use super::group32::{Q4_0, Q4_1, Q5_0, Q5_1};
+    use blocks32::Small32;
     /// Every row of `K` against the call's activations, laid out once.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn run<K: Small32>(w: &[u8], x: &[BlockQ8x32], y: &mut [f32]) {

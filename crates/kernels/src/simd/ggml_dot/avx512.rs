@@ -118,7 +118,8 @@ pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn gemv_q8x32(ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mut [f32], acts_id: u64) {
     use super::group32::Group;
-    use blocks32::{Blocks32, IQ4NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+    use super::group32::{IQ4NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+    use blocks32::Blocks32;
     /// Every row of `K` against the call's activations, laid out once.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn run<K: Blocks32>(w: &[u8], x: &[BlockQ8x32], y: &mut [f32], acts_id: u64) {

@@ -81,3 +81,37 @@ pub(super) unsafe fn packed_halves(base: *const u8, at: usize, ts: usize, take: 
     };
     [four(0), four(1), four(2), four(3)]
 }
+
+/// A 32-value block type's layout, shared by the x86 levels' kernels
+/// (each level adds how it builds the codes).
+pub(super) trait Layout32 {
+    /// Bytes of a block (the f16 `d` first).
+    const TS: usize;
+    /// Where the f16 `m` of a `d q + m` type sits; `None` for the others.
+    const M_AT: Option<usize>;
+    /// The offset that makes the codes unsigned, as a right shift of the
+    /// prepared `-128 Σ` (`0` for 128, `4` for 8, `3` for 16); `None`: the
+    /// codes are unsigned already.
+    const OFFSET_SHIFT: Option<i32>;
+}
+
+/// Declares each type with its layout: name, block bytes, `m`, offset shift.
+macro_rules! layouts {
+    ($($name:ident: $ts:expr, $m:expr, $shift:expr;)+) => {$(
+        pub(super) struct $name;
+        impl Layout32 for $name {
+            const TS: usize = $ts;
+            const M_AT: Option<usize> = $m;
+            const OFFSET_SHIFT: Option<i32> = $shift;
+        }
+    )+};
+}
+
+layouts! {
+    Q8_0: 34, None, Some(0);
+    Q4_0: 18, None, Some(4);
+    Q4_1: 20, Some(2), None;
+    Q5_0: 22, None, Some(3);
+    Q5_1: 24, Some(2), None;
+    IQ4NL: 18, None, Some(0);
+}

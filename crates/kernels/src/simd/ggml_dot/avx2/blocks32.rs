@@ -24,17 +24,11 @@ use std::arch::x86_64::*;
 
 use super::{load128, load256, split_nibbles, spread_bits};
 use crate::simd::act::BlockQ8x32;
-use crate::simd::ggml_dot::group32::{packed_halves, Group, BLOCKS};
+use crate::simd::ggml_dot::group32::{packed_halves, Group, Layout32, BLOCKS};
+use crate::simd::ggml_dot::group32::{Q4_0, Q4_1, Q5_0, Q5_1};
 
-/// One small-code 32-value type: its layout and one block's codes.
-pub(super) trait Small32 {
-    /// Bytes of a block (the f16 `d` first).
-    const TS: usize;
-    /// Where the f16 `m` of a `d q + m` type sits; `None` for the others.
-    const M_AT: Option<usize>;
-    /// The code offset as a right shift of `-128 Σ` (`4` for 8, `3` for
-    /// 16); `None`: no offset.
-    const OFFSET_SHIFT: Option<i32>;
+/// How a block of a small-code 32-value type becomes 32 unsigned codes.
+pub(super) trait Small32: Layout32 {
     /// The unsigned codes of the block at `b`.
     ///
     /// # Safety
@@ -42,15 +36,7 @@ pub(super) trait Small32 {
     unsafe fn codes(b: *const u8) -> __m256i;
 }
 
-pub(super) struct Q4_0;
-pub(super) struct Q4_1;
-pub(super) struct Q5_0;
-pub(super) struct Q5_1;
-
 impl Small32 for Q4_0 {
-    const TS: usize = 18;
-    const M_AT: Option<usize> = None;
-    const OFFSET_SHIFT: Option<i32> = Some(4);
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn codes(b: *const u8) -> __m256i {
@@ -59,9 +45,6 @@ impl Small32 for Q4_0 {
 }
 
 impl Small32 for Q4_1 {
-    const TS: usize = 20;
-    const M_AT: Option<usize> = Some(2);
-    const OFFSET_SHIFT: Option<i32> = None;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn codes(b: *const u8) -> __m256i {
@@ -78,9 +61,6 @@ unsafe fn five_bits(b: *const u8, at: usize, qs_at: usize) -> __m256i {
 }
 
 impl Small32 for Q5_0 {
-    const TS: usize = 22;
-    const M_AT: Option<usize> = None;
-    const OFFSET_SHIFT: Option<i32> = Some(3);
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn codes(b: *const u8) -> __m256i {
@@ -89,9 +69,6 @@ impl Small32 for Q5_0 {
 }
 
 impl Small32 for Q5_1 {
-    const TS: usize = 24;
-    const M_AT: Option<usize> = Some(2);
-    const OFFSET_SHIFT: Option<i32> = None;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn codes(b: *const u8) -> __m256i {

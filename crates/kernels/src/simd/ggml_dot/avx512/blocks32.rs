@@ -40,18 +40,11 @@ use std::arch::x86_64::*;
 use super::{load128, load_2x256};
 use crate::ggml::IQ4_LEVELS;
 use crate::simd::act::BlockQ8x32;
-use crate::simd::ggml_dot::group32::{packed_halves, Group, Pair, BLOCKS};
+use crate::simd::ggml_dot::group32::{packed_halves, Group, Layout32, Pair, BLOCKS};
+use crate::simd::ggml_dot::group32::{IQ4NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 
-/// One 32-value block type: its layout and how two blocks become 64
-/// unsigned codes.
-pub(super) trait Blocks32 {
-    /// Bytes of a block (the f16 `d` first).
-    const TS: usize;
-    /// Where the f16 `m` of a `d q + m` type sits; `None` for the others.
-    const M_AT: Option<usize>;
-    /// The code offset as a right shift of `-128 Σ` (`0` for 128, `4` for
-    /// 8, `3` for 16); `None`: no offset.
-    const OFFSET_SHIFT: Option<i32>;
+/// How two blocks of a 32-value type become 64 unsigned codes.
+pub(super) trait Blocks32: Layout32 {
     /// The unsigned codes of the blocks at `b` (low 256 bits) and `b + TS`.
     ///
     /// # Safety
@@ -83,17 +76,7 @@ unsafe fn fifth_bits(c: __m512i, b: *const u8, at: usize, ts: usize) -> __m512i 
     _mm512_mask_add_epi8(c, h0 | h1 << 32, c, _mm512_set1_epi8(16))
 }
 
-pub(super) struct Q8_0;
-pub(super) struct Q4_0;
-pub(super) struct Q4_1;
-pub(super) struct Q5_0;
-pub(super) struct Q5_1;
-pub(super) struct IQ4NL;
-
 impl Blocks32 for Q8_0 {
-    const TS: usize = 34;
-    const M_AT: Option<usize> = None;
-    const OFFSET_SHIFT: Option<i32> = Some(0);
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn codes(b: *const u8) -> __m512i {
@@ -103,9 +86,6 @@ impl Blocks32 for Q8_0 {
 }
 
 impl Blocks32 for Q4_0 {
-    const TS: usize = 18;
-    const M_AT: Option<usize> = None;
-    const OFFSET_SHIFT: Option<i32> = Some(4);
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn codes(b: *const u8) -> __m512i {
@@ -114,9 +94,6 @@ impl Blocks32 for Q4_0 {
 }
 
 impl Blocks32 for Q4_1 {
-    const TS: usize = 20;
-    const M_AT: Option<usize> = Some(2);
-    const OFFSET_SHIFT: Option<i32> = None;
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn codes(b: *const u8) -> __m512i {
@@ -125,9 +102,6 @@ impl Blocks32 for Q4_1 {
 }
 
 impl Blocks32 for Q5_0 {
-    const TS: usize = 22;
-    const M_AT: Option<usize> = None;
-    const OFFSET_SHIFT: Option<i32> = Some(3);
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn codes(b: *const u8) -> __m512i {
@@ -136,9 +110,6 @@ impl Blocks32 for Q5_0 {
 }
 
 impl Blocks32 for Q5_1 {
-    const TS: usize = 24;
-    const M_AT: Option<usize> = Some(2);
-    const OFFSET_SHIFT: Option<i32> = None;
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn codes(b: *const u8) -> __m512i {
@@ -147,9 +118,6 @@ impl Blocks32 for Q5_1 {
 }
 
 impl Blocks32 for IQ4NL {
-    const TS: usize = 18;
-    const M_AT: Option<usize> = None;
-    const OFFSET_SHIFT: Option<i32> = Some(0);
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn codes(b: *const u8) -> __m512i {
