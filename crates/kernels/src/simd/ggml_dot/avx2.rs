@@ -33,26 +33,25 @@ pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f
 /// # Safety
 /// As [`gemv_q8k`], for a type taking Q8x32 activations.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn gemv_q8x32(ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mut [f32]) {
+pub(super) unsafe fn gemv_q8x32(ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mut [f32], acts_id: u64) {
     use super::group32::{Q4_0, Q4_1, Q5_0, Q5_1};
     use blocks32::Small32;
     /// Every row of `K` against the call's activations, laid out once.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn run<K: Small32>(w: &[u8], x: &[BlockQ8x32], y: &mut [f32]) {
+    unsafe fn run<K: Small32>(w: &[u8], x: &[BlockQ8x32], y: &mut [f32], acts_id: u64) {
         let mut tokens = crate::simd::scratch::Tokens::default();
-        let n = super::group32::groups(x.len());
-        // SAFETY (closure): `tokens` gives room for `n` groups.
-        let groups: *const super::group32::Group =
-            tokens.group(0, (1, n), (0, 1), |_, p| unsafe { super::group32::prep(x, p) });
+        let groups = super::group32::laid_out(&mut tokens, x, acts_id);
         rows!(w, x, y, K::TS, blocks32::dot::<K>, groups)
     }
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
-        GgmlType::Q4_0 => run::<Q4_0>(w, x, y),
-        GgmlType::Q4_1 => run::<Q4_1>(w, x, y),
-        GgmlType::Q5_0 => run::<Q5_0>(w, x, y),
-        GgmlType::Q5_1 => run::<Q5_1>(w, x, y),
-        _ => gemv_table!(q8x32: ty, w, x, y),
+        GgmlType::Q8_0 => rows!(w, x, y, 34, dot_q8_0),
+        GgmlType::Q4_0 => run::<Q4_0>(w, x, y, acts_id),
+        GgmlType::Q4_1 => run::<Q4_1>(w, x, y, acts_id),
+        GgmlType::Q5_0 => run::<Q5_0>(w, x, y, acts_id),
+        GgmlType::Q5_1 => run::<Q5_1>(w, x, y, acts_id),
+        GgmlType::IQ4NL => rows!(w, x, y, 18, dot_iq4_nl),
+        ty => unreachable!("avx2::gemv_q8x32: {ty} (checked by the caller)"),
     }
 }
 
@@ -129,13 +128,13 @@ unsafe fn bcast_i16(s: __m256i, j: i16) -> __m256i {
 
 // ---- 32-value blocks (Q8x32 activations) --------------------------------------
 
-/// The shared block loop: `code(b)` gives the weight codes as (signed or
-/// unsigned) bytes, `d`, and the offset `m` (0 for symmetric types).
+/// The pair loop of Q8_0 and IQ4_NL (whose codes as unsigned bytes would
+/// saturate `vpmaddubsw`; the other 32-value types take `blocks32`):
+/// `code(b)` gives a block's signed weight codes, `d` its scale.
 macro_rules! dot32 {
-    ($row:expr, $x:expr, $ts:expr, |$b:ident| $codes:expr, $mul:ident, $d:expr, $m:expr) => {{
+    ($row:expr, $x:expr, $ts:expr, |$b:ident| $codes:expr, $d:expr) => {{
         let (row, x): (*const u8, &[BlockQ8x32]) = ($row, $x);
         let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut offs = 0.0f32;
         let ones = _mm256_set1_epi16(1);
         let mut i = 0;
         // Two blocks per step into two accumulators (independent FMA chains).
@@ -143,24 +142,18 @@ macro_rules! dot32 {
             for (k, acc) in [&mut acc0, &mut acc1].into_iter().enumerate() {
                 let xb = &x[i + k];
                 let $b = row.add((i + k) * $ts);
-                let p = madd($mul($codes, load256(xb.qs.as_ptr() as *const u8)), ones);
+                let p = madd(mul_i8($codes, load256(xb.qs.as_ptr() as *const u8)), ones);
                 *acc = _mm256_fmadd_ps(_mm256_set1_ps($d * xb.d), _mm256_cvtepi32_ps(p), *acc);
-                if let Some(m) = $m {
-                    offs += m * xb.sum;
-                }
             }
             i += 2;
         }
         if i < x.len() {
             let xb = &x[i];
             let $b = row.add(i * $ts);
-            let p = madd($mul($codes, load256(xb.qs.as_ptr() as *const u8)), ones);
+            let p = madd(mul_i8($codes, load256(xb.qs.as_ptr() as *const u8)), ones);
             acc0 = _mm256_fmadd_ps(_mm256_set1_ps($d * xb.d), _mm256_cvtepi32_ps(p), acc0);
-            if let Some(m) = $m {
-                offs += m * xb.sum;
-            }
         }
-        hsum(_mm256_add_ps(acc0, acc1)) + offs
+        hsum(_mm256_add_ps(acc0, acc1))
     }};
 }
 
@@ -177,7 +170,7 @@ unsafe fn mul_u8(w: __m256i, x: __m256i) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q8_0(row: *const u8, x: &[BlockQ8x32]) -> f32 {
-    dot32!(row, x, 34, |b| load256(b.add(2)), mul_i8, f16_at(b), None::<f32>)
+    dot32!(row, x, 34, |b| load256(b.add(2)), f16_at(b))
 }
 
 /// Q4_0 codes of the block at `b`, signed: nibbles minus 8.
@@ -187,23 +180,11 @@ unsafe fn q4_0_codes(b: *const u8) -> __m256i {
     _mm256_sub_epi8(split_nibbles(load128(b.add(2))), _mm256_set1_epi8(8))
 }
 
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q4_0(row: *const u8, x: &[BlockQ8x32]) -> f32 {
-    dot32!(row, x, 18, |b| q4_0_codes(b), mul_i8, f16_at(b), None::<f32>)
-}
-
 /// Q4_1 codes of the block at `b`, unsigned (the offset is the block's `m`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_1_codes(b: *const u8) -> __m256i {
     split_nibbles(load128(b.add(4)))
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q4_1(row: *const u8, x: &[BlockQ8x32]) -> f32 {
-    dot32!(row, x, 20, |b| q4_1_codes(b), mul_u8, f16_at(b), Some(f16_at(b.add(2))))
 }
 
 /// Q5 codes: nibbles with the fifth bit from the u32 at `b + at`; with
@@ -218,18 +199,6 @@ unsafe fn q5_codes(b: *const u8, at: usize, qs_at: usize, signed: bool) -> __m25
     } else {
         _mm256_or_si256(q, _mm256_and_si256(hi, _mm256_set1_epi8(0x10)))
     }
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q5_0(row: *const u8, x: &[BlockQ8x32]) -> f32 {
-    dot32!(row, x, 22, |b| q5_codes(b, 2, 6, true), mul_i8, f16_at(b), None::<f32>)
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q5_1(row: *const u8, x: &[BlockQ8x32]) -> f32 {
-    dot32!(row, x, 24, |b| q5_codes(b, 4, 8, false), mul_u8, f16_at(b), Some(f16_at(b.add(2))))
 }
 
 /// The IQ4 level table in both 128-bit halves, for `vpshufb` lookups.
@@ -252,7 +221,7 @@ unsafe fn iq4_codes(table: __m256i, p: *const u8) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq4_nl(row: *const u8, x: &[BlockQ8x32]) -> f32 {
     let table = iq4_table();
-    dot32!(row, x, 18, |b| iq4_codes(table, b.add(2)), mul_i8, f16_at(b), None::<f32>)
+    dot32!(row, x, 18, |b| iq4_codes(table, b.add(2)), f16_at(b))
 }
 
 // ---- 256-value super-blocks (Q8K activations) -----------------------------------

@@ -117,16 +117,13 @@ pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f
 /// As [`gemv_q8k`], for a 32-value type ([`has_kernel`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn gemv_q8x32(ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mut [f32], acts_id: u64) {
-    use super::group32::Group;
     use super::group32::{IQ4NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
     use blocks32::Blocks32;
     /// Every row of `K` against the call's activations, laid out once.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn run<K: Blocks32>(w: &[u8], x: &[BlockQ8x32], y: &mut [f32], acts_id: u64) {
         let mut tokens = Tokens::default();
-        let n = super::group32::groups(x.len());
-        // SAFETY (closure): `tokens` gives room for `n` groups.
-        let groups: *const Group = tokens.group(acts_id, (1, n), (0, 1), |_, p| unsafe { super::group32::prep(x, p) });
+        let groups = super::group32::laid_out(&mut tokens, x, acts_id);
         rows!(w, x, y, K::TS, blocks32::dot::<K>, groups)
     }
     // SAFETY (each arm): the caller's contract, passed on unchanged.

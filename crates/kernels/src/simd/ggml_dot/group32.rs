@@ -6,6 +6,7 @@
 //! and exact f32 sum.
 
 use crate::simd::act::BlockQ8x32;
+use crate::simd::scratch::Tokens;
 
 /// Blocks a [`Group`] holds (one read of the weight scales per group).
 pub(super) const BLOCKS: usize = 16;
@@ -30,16 +31,19 @@ pub(super) struct Group {
     pub(super) sum: [f32; BLOCKS],
 }
 
-/// The [`Group`]s that hold `n` blocks.
-pub(super) fn groups(n: usize) -> usize {
-    n.div_ceil(BLOCKS)
+/// `x` as [`Group`]s in `tokens`: laid out once per thread and input when
+/// `acts_id` (not 0) names the input (the driver runs a product as several
+/// row tasks), else for this call.
+pub(super) fn laid_out(tokens: &mut Tokens, x: &[BlockQ8x32], acts_id: u64) -> *const Group {
+    // SAFETY (closure): `tokens` gives room for the groups of `x`.
+    tokens.group(acts_id, (1, x.len().div_ceil(BLOCKS)), (0, 1), |_, p| unsafe { prep(x, p) })
 }
 
 /// `x` as [`Group`]s at `dst`.
 ///
 /// # Safety
-/// `dst` has room for [`groups`]`(x.len())` values.
-pub(super) unsafe fn prep(x: &[BlockQ8x32], dst: *mut Group) {
+/// `dst` has room for `x.len().div_ceil(BLOCKS)` values.
+unsafe fn prep(x: &[BlockQ8x32], dst: *mut Group) {
     for (gi, blocks) in x.chunks(BLOCKS).enumerate() {
         let mut g =
             Group { pairs: [Pair { qs: [0; 64], neg: [0; 16] }; BLOCKS / 2], d: [0.0; BLOCKS], sum: [0.0; BLOCKS] };

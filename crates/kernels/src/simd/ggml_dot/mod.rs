@@ -140,7 +140,7 @@ pub fn gemv_q8k(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f
 /// # Panics
 /// As [`gemv_q8k`].
 pub fn gemv_q8k_named(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f32], acts_id: u64) {
-    // Only the AVX-512 kernels lay `x` out.
+    // Only the x86 kernels lay `x` out.
     #[cfg(not(target_arch = "x86_64"))]
     let _ = acts_id;
     assert_eq!(act_kind(ty), Some(ActKind::Q8K), "gemv_q8k: {ty} does not take Q8K activations");
@@ -184,7 +184,7 @@ pub fn gemv_q8x32(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8x32], y: &mu
 }
 
 /// [`gemv_q8x32`] with the driver's name for `x`, as [`gemv_q8k_named`]
-/// (for the AVX-512 Q8_0 kernel's layout).
+/// (for the x86 32-value kernels' layout, `group32`).
 ///
 /// # Panics
 /// As [`gemv_q8k`].
@@ -204,7 +204,7 @@ pub fn gemv_q8x32_named(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8x32], 
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `gemv_q8k`.
         unsafe {
-            avx2::gemv_q8x32(ty, w, x, y)
+            avx2::gemv_q8x32(ty, w, x, y, acts_id)
         };
         return;
     }

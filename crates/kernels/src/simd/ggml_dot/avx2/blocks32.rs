@@ -22,7 +22,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{load128, load256, split_nibbles, spread_bits};
+use super::{load128, load256, q4_1_codes, q5_codes, split_nibbles};
 use crate::simd::act::BlockQ8x32;
 use crate::simd::ggml_dot::group32::{packed_halves, Group, Layout32, BLOCKS};
 use crate::simd::ggml_dot::group32::{Q4_0, Q4_1, Q5_0, Q5_1};
@@ -48,23 +48,15 @@ impl Small32 for Q4_1 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn codes(b: *const u8) -> __m256i {
-        split_nibbles(load128(b.add(4)))
+        q4_1_codes(b)
     }
-}
-
-/// Nibbles at `b + qs_at` plus 16 where bit `j` of the u32 at `b + at` is set.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn five_bits(b: *const u8, at: usize, qs_at: usize) -> __m256i {
-    let hi = spread_bits((b.add(at) as *const u32).read_unaligned());
-    _mm256_or_si256(split_nibbles(load128(b.add(qs_at))), _mm256_and_si256(hi, _mm256_set1_epi8(0x10)))
 }
 
 impl Small32 for Q5_0 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn codes(b: *const u8) -> __m256i {
-        five_bits(b, 2, 6)
+        q5_codes(b, 2, 6, false)
     }
 }
 
@@ -72,16 +64,16 @@ impl Small32 for Q5_1 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn codes(b: *const u8) -> __m256i {
-        five_bits(b, 4, 8)
+        q5_codes(b, 4, 8, false)
     }
 }
 
 /// Row `row` (`x.len()` blocks of `K`) times the activations `groups`
-/// prepared from `x` (`group32::prep`).
+/// laid out from `x` (`group32::laid_out`).
 ///
 /// # Safety
 /// The CPU runs AVX2, FMA and F16C; `row` points at `x.len()` blocks of
-/// `K`; `groups` is `group32::prep` of `x`.
+/// `K`; `groups` is `group32::laid_out` of `x`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot<K: Small32>(row: *const u8, x: &[BlockQ8x32], groups: *const Group) -> f32 {

@@ -129,11 +129,11 @@ impl Blocks32 for IQ4NL {
 }
 
 /// Row `row` (`x.len()` blocks of `K`) times the activations `groups`
-/// prepared from `x` by `group32::prep`.
+/// laid out from `x` by `group32::laid_out`.
 ///
 /// # Safety
 /// The CPU runs the features below; `row` points at `x.len()` blocks of
-/// `K`; `groups` is `group32::prep` of `x`.
+/// `K`; `groups` is `group32::laid_out` of `x`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn dot<K: Blocks32>(row: *const u8, x: &[BlockQ8x32], groups: *const Group) -> f32 {
