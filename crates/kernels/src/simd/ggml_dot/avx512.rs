@@ -370,7 +370,7 @@ unsafe fn prep_q45(x: &[BlockQ8K], dst: *mut XQ45) {
 /// `scales_h` (bytes 2..4).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn iq4_xs_scales(b: *const u8) -> __m256i {
+pub(super) unsafe fn iq4_xs_scales(b: *const u8) -> __m256i {
     let h = (b.add(2) as *const u16).read_unaligned() as i32;
     let l = (b.add(4) as *const u32).read_unaligned() as i32;
     let j = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);

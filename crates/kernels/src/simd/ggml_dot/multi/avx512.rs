@@ -1,7 +1,8 @@
 //! AVX-512 many-token kernels (F/BW/VL + VNNI) for Q4_K, Q5_K and Q6_K,
+//! for IQ4_XS in Q4_K's layout ([`iq4_xs`]) and Q3_K in Q6_K's ([`q3_k`]),
 //! and for the symmetric 32-value types (Q8_0, Q4_0, Q5_0, IQ4_NL) in
-//! [`sym32`]; every other type runs its AVX2 many-token kernel at this
-//! level.
+//! [`sym32`]; every other type (Q2_K, Q4_1, Q5_1) runs its AVX2 many-token
+//! kernel at this level.
 //!
 //! Why a separate level: on AVX2 an int8 product costs `vpmaddubsw` (u8 x
 //! s8, pairs to i16) plus `vpmaddwd` (to i32) per 32 multiply-adds, and the
@@ -54,12 +55,12 @@ use crate::simd::scratch::Tokens;
 
 /// Whether `ty` has a kernel here.
 pub(super) fn has_kernel(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K)
+    matches!(ty, GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K | GgmlType::IQ4XS)
 }
 
 /// # Safety
-/// The CPU runs AVX-512 F/BW/VL + VNNI, AVX2, FMA and F16C; `ty` is Q4_K,
-/// Q5_K or Q6_K; `x` holds `n_tokens >= 1` rows of `nb` blocks; `w` is
+/// The CPU runs AVX-512 F/BW/VL + VNNI, AVX2, FMA and F16C; `ty` is one
+/// [`has_kernel`] takes; `x` holds `n_tokens >= 1` rows of `nb` blocks; `w` is
 /// exactly `n_rows` rows of `nb` blocks of `ty`; `y` is valid for writes at
 /// `t * y_stride + r` for every `t < n_tokens`, `r < n_rows`; an `acts_id`
 /// other than 0 always comes with the same `x` contents.
@@ -80,6 +81,8 @@ pub(super) unsafe fn gemm_q8k(
         GgmlType::Q4K => gemm::<Q45K<false>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
         GgmlType::Q5K => gemm::<Q45K<true>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
         GgmlType::Q6K => gemm::<Q6K>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
+        GgmlType::IQ4XS => gemm::<iq4_xs::Iq4Xs>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
+        GgmlType::Q3K => gemm::<q3_k::Q3K>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
         _ => unreachable!("avx512 gemm_q8k: {ty} (checked by the caller)"),
     }
 }
@@ -203,39 +206,68 @@ struct PairBlock {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn prep_pairs(src: &[BlockQ8K], dst: *mut PairBlock) {
+    for_pairs(src, |i, a, b| {
+        let bs = _mm512_cvtepi32_ps(pair_sums(a, b));
+        dst.add(i).write(PairBlock { qs: pair_codes(a, b), bs, d: pair_d(a, b) });
+    })
+}
+
+/// `f(i, a, b)` for pair `i` of `src`'s blocks (`b` all zeros when `src`
+/// has an odd count and `a` is its last block).
+#[inline(always)]
+fn for_pairs(src: &[BlockQ8K], mut f: impl FnMut(usize, &BlockQ8K, &BlockQ8K)) {
+    let zero = BlockQ8K::default();
+    for (i, pair) in src.chunks(2).enumerate() {
+        f(i, &pair[0], pair.get(1).unwrap_or(&zero));
+    }
+}
+
+/// Two blocks' codes as [`PairBlock::qs`] holds them.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn pair_codes(a: &BlockQ8K, b: &BlockQ8K) -> [__m512i; 8] {
     // Word 8j + r of a block's codes is register r's lane j; 64-byte load
     // a holds words 16a..16a + 16 (sub-blocks 2a, 2a + 1). Lanes 0..4 (j <
     // 4) come from loads 0, 1 and lanes 4..8 from loads 2, 3, with the same
     // indices.
     let idx = _mm512_setr_epi32(0, 8, 16, 24, 0, 8, 16, 24, 0, 0, 0, 0, 0, 0, 0, 0);
-    let zero = BlockQ8K::default();
-    for (i, pair) in src.chunks(2).enumerate() {
-        let (a, b) = (&pair[0], pair.get(1).unwrap_or(&zero));
-        let half = |blk: &BlockQ8K, r: usize| {
-            let p = blk.qs.as_ptr() as *const u8;
-            let ix = _mm512_add_epi32(idx, _mm512_set1_epi32(r as i32));
-            let lo = _mm512_permutex2var_epi32(load512(p), ix, load512(p.add(64)));
-            let hi = _mm512_permutex2var_epi32(load512(p.add(128)), ix, load512(p.add(192)));
-            // Lanes 0..4 from the first pair of loads, 4..8 from the second.
-            _mm256_blend_epi32::<0xF0>(_mm512_castsi512_si256(lo), _mm512_castsi512_si256(hi))
-        };
-        let qs: [__m512i; 8] =
-            std::array::from_fn(|r| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(half(a, r)), half(b, r)));
-        // Sub-block j's sum: groups 2j and 2j + 1 of `bsums`.
-        let sums = |blk: &BlockQ8K| _mm256_madd_epi16(load256(blk.bsums.as_ptr() as *const u8), _mm256_set1_epi16(1));
-        let bs = _mm512_cvtepi32_ps(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(sums(a)), sums(b)));
-        let d = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a.d), _mm512_set1_ps(b.d));
-        dst.add(i).write(PairBlock { qs, bs, d });
-    }
+    let half = |blk: &BlockQ8K, r: usize| {
+        let p = blk.qs.as_ptr() as *const u8;
+        let ix = _mm512_add_epi32(idx, _mm512_set1_epi32(r as i32));
+        let lo = _mm512_permutex2var_epi32(load512(p), ix, load512(p.add(64)));
+        let hi = _mm512_permutex2var_epi32(load512(p.add(128)), ix, load512(p.add(192)));
+        // Lanes 0..4 from the first pair of loads, 4..8 from the second.
+        _mm256_blend_epi32::<0xF0>(_mm512_castsi512_si256(lo), _mm512_castsi512_si256(hi))
+    };
+    std::array::from_fn(|r| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(half(a, r)), half(b, r)))
+}
+
+/// Two blocks' 32-value sub-block sums, exact, in [`PairBlock`]'s lanes:
+/// sub-block `j`'s is groups `2j` and `2j + 1` of `bsums`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn pair_sums(a: &BlockQ8K, b: &BlockQ8K) -> __m512i {
+    let sums = |blk: &BlockQ8K| _mm256_madd_epi16(load256(blk.bsums.as_ptr() as *const u8), _mm256_set1_epi16(1));
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(sums(a)), sums(b))
+}
+
+/// `a`'s scale in lanes 0..8, `b`'s in 8..16.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn pair_d(a: &BlockQ8K, b: &BlockQ8K) -> __m512 {
+    _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a.d), _mm512_set1_ps(b.d))
 }
 
 // ---- Q6_K: 256-value blocks, 16 groups of 16 ------------------------------------------
 
-/// One prepared Q8K activation block for Q6_K: `qs[r]` lane `k` = codes
-/// `4r..4r + 4` of group `k` (values `16k + 4r..`); `bs` the group sums as
-/// `-32 * sum` (the start of the integer accumulator); `d` the block scale.
+/// One prepared Q8K activation block for the 16-value-group types (Q6_K,
+/// Q3_K): `qs[r]` lane `k` = codes `4r..4r + 4` of group `k` (values `16k +
+/// 4r..`); `bs` the group sums as `-2^SHIFT * sum` (the start of the
+/// integer accumulator: the weight codes' offset, 32 for Q6_K and 4 for
+/// Q3_K, which also keeps the two layouts apart in the thread's copy); `d`
+/// the block scale.
 #[repr(C, align(64))]
-struct KBlock {
+struct KBlock<const SHIFT: u32> {
     qs: [__m512i; 4],
     bs: __m512i,
     d: f32,
@@ -247,7 +279,7 @@ struct KBlock {
 /// The CPU runs this file's features; `dst` is valid for `src.len()` writes.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn prep_k(src: &[BlockQ8K], dst: *mut KBlock) {
+unsafe fn prep_k<const SHIFT: u32>(src: &[BlockQ8K], dst: *mut KBlock<SHIFT>) {
     // Word 4k + r of the codes is register r's lane k; 64-byte load a holds
     // words 16a..16a + 16 (groups 4a..4a + 4). Lanes 0..8 come from loads
     // 0, 1 and lanes 8..16 from 2, 3 with the same indices.
@@ -263,7 +295,7 @@ unsafe fn prep_k(src: &[BlockQ8K], dst: *mut KBlock) {
             *q = _mm512_inserti64x4::<1>(lo, _mm512_castsi512_si256(hi));
         }
         let sums = _mm512_cvtepi16_epi32(load256(b.bsums.as_ptr() as *const u8));
-        let bs = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<5>(sums));
+        let bs = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<SHIFT>(sums));
         dst.add(i).write(KBlock { qs, bs, d: b.d });
     }
 }
@@ -454,7 +486,7 @@ unsafe fn unpack6(m: &Rows, r: usize, i: usize) -> Unpacked6 {
 }
 
 impl Unpacks for Q6K {
-    type X = KBlock;
+    type X = KBlock<5>;
     type U = [Unpacked6; 2];
     type A = [__m512; 2];
     rows_of_blocks!(|nb: usize| nb);
@@ -467,19 +499,26 @@ impl Unpacks for Q6K {
     }
 
     #[inline(always)]
-    unsafe fn step(u: &[Unpacked6; 2], xb: &KBlock, acc: &mut [__m512; 2]) {
-        let mut s0 = _mm512_dpbusd_epi32(xb.bs, u[0].wq[0], xb.qs[0]);
-        let mut s1 = _mm512_dpbusd_epi32(xb.bs, u[1].wq[0], xb.qs[0]);
-        for r in 1..4 {
-            let x = xb.qs[r];
-            s0 = _mm512_dpbusd_epi32(s0, u[0].wq[r], x);
-            s1 = _mm512_dpbusd_epi32(s1, u[1].wq[r], x);
-        }
-        let d = _mm512_set1_ps(xb.d);
-        let [a0, a1] = acc;
-        *a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(u[0].scale, d), *a0);
-        *a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_mul_ps(u[1].scale, d), *a1);
+    unsafe fn step(u: &[Unpacked6; 2], xb: &KBlock<5>, acc: &mut [__m512; 2]) {
+        step16(u, xb, acc)
     }
+}
+
+/// The step of the 16-value-group types: `acc += x_d d sc_k (S - 2^SHIFT
+/// B)` per lane and row, the offset in the integer sum.
+#[inline(always)]
+unsafe fn step16<const SHIFT: u32>(u: &[Unpacked6; 2], xb: &KBlock<SHIFT>, acc: &mut [__m512; 2]) {
+    let mut s0 = _mm512_dpbusd_epi32(xb.bs, u[0].wq[0], xb.qs[0]);
+    let mut s1 = _mm512_dpbusd_epi32(xb.bs, u[1].wq[0], xb.qs[0]);
+    for r in 1..4 {
+        let x = xb.qs[r];
+        s0 = _mm512_dpbusd_epi32(s0, u[0].wq[r], x);
+        s1 = _mm512_dpbusd_epi32(s1, u[1].wq[r], x);
+    }
+    let d = _mm512_set1_ps(xb.d);
+    let [a0, a1] = acc;
+    *a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(u[0].scale, d), *a0);
+    *a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_mul_ps(u[1].scale, d), *a1);
 }
 
 impl Kernel for Q6K {
@@ -491,7 +530,7 @@ impl Kernel for Q6K {
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn prep(src: &[BlockQ8K], dst: *mut KBlock) {
+    unsafe fn prep(src: &[BlockQ8K], dst: *mut KBlock<5>) {
         prep_k(src, dst)
     }
 }
@@ -510,7 +549,9 @@ impl<const FIVE: bool> Kernel for Q45K<FIVE> {
     }
 }
 
-// After `rows_of_blocks!`, which it uses.
+// After `rows_of_blocks!`, which they use.
+mod iq4_xs;
+mod q3_k;
 mod sym32;
 
 pub(super) use sym32::has_kernel as has_q8x32_kernel;
