@@ -1,5 +1,5 @@
 //! IQ4_XS with 512-bit `vpdpbusd`: a unit is two 256-value blocks of two
-//! rows, in the sub-block-major lanes of Q4_K's kernel ([`PairBlock`]'s
+//! rows, in the sub-block-major lanes of Q4_K's kernel ([`super::PairBlock`]'s
 //! codes and scales), so after a (unit, row, token)'s eight `vpdpbusd` each
 //! i32 lane is one 32-value sub-block's exact dot, and one multiply (`d_w
 //! ls_j` by the token's `d`) and one FMA scale the sixteen sub-blocks of
