@@ -1,8 +1,8 @@
 //! AVX-512 many-token kernels (F/BW/VL + VNNI) for Q4_K, Q5_K and Q6_K,
-//! for IQ4_XS in Q4_K's layout ([`iq4_xs`]) and Q3_K in Q6_K's ([`q3_k`]),
-//! and for the symmetric 32-value types (Q8_0, Q4_0, Q5_0, IQ4_NL) in
-//! [`sym32`]; every other type (Q2_K, Q4_1, Q5_1) runs its AVX2 many-token
-//! kernel at this level.
+//! for IQ4_XS in Q4_K's layout ([`iq4_xs`]), Q3_K and Q2_K in Q6_K's
+//! ([`q3_k`], [`q2_k`]), and for the symmetric 32-value types (Q8_0, Q4_0,
+//! Q5_0, IQ4_NL) in [`sym32`]; Q4_1 and Q5_1 run their AVX2 many-token
+//! kernels at this level.
 //!
 //! Why a separate level: on AVX2 an int8 product costs `vpmaddubsw` (u8 x
 //! s8, pairs to i16) plus `vpmaddwd` (to i32) per 32 multiply-adds, and the
@@ -55,7 +55,7 @@ use crate::simd::scratch::Tokens;
 
 /// Whether `ty` has a kernel here.
 pub(super) fn has_kernel(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K | GgmlType::IQ4XS)
+    matches!(ty, GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K | GgmlType::IQ4XS)
 }
 
 /// # Safety
@@ -82,6 +82,7 @@ pub(super) unsafe fn gemm_q8k(
         GgmlType::Q5K => gemm::<Q45K<true>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
         GgmlType::Q6K => gemm::<Q6K>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
         GgmlType::IQ4XS => gemm::<iq4_xs::Iq4Xs>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
+        GgmlType::Q2K => gemm::<q2_k::Q2K>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
         GgmlType::Q3K => gemm::<q3_k::Q3K>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
         _ => unreachable!("avx512 gemm_q8k: {ty} (checked by the caller)"),
     }
@@ -280,24 +281,35 @@ struct KBlock<const SHIFT: u32> {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn prep_k<const SHIFT: u32>(src: &[BlockQ8K], dst: *mut KBlock<SHIFT>) {
+    for (i, b) in src.iter().enumerate() {
+        let bs = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<SHIFT>(group_sums(b)));
+        dst.add(i).write(KBlock { qs: group_codes(b), bs, d: b.d });
+    }
+}
+
+/// A block's codes as [`KBlock::qs`] holds them.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn group_codes(b: &BlockQ8K) -> [__m512i; 4] {
     // Word 4k + r of the codes is register r's lane k; 64-byte load a holds
     // words 16a..16a + 16 (groups 4a..4a + 4). Lanes 0..8 come from loads
     // 0, 1 and lanes 8..16 from 2, 3 with the same indices.
     let idx = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
-    for (i, b) in src.iter().enumerate() {
-        let p = b.qs.as_ptr() as *const u8;
-        let z = [load512(p), load512(p.add(64)), load512(p.add(128)), load512(p.add(192))];
-        let mut qs = [_mm512_setzero_si512(); 4];
-        for (r, q) in qs.iter_mut().enumerate() {
-            let ix = _mm512_add_epi32(idx, _mm512_set1_epi32(r as i32));
-            let lo = _mm512_permutex2var_epi32(z[0], ix, z[1]);
-            let hi = _mm512_permutex2var_epi32(z[2], ix, z[3]);
-            *q = _mm512_inserti64x4::<1>(lo, _mm512_castsi512_si256(hi));
-        }
-        let sums = _mm512_cvtepi16_epi32(load256(b.bsums.as_ptr() as *const u8));
-        let bs = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<SHIFT>(sums));
-        dst.add(i).write(KBlock { qs, bs, d: b.d });
-    }
+    let p = b.qs.as_ptr() as *const u8;
+    let z = [load512(p), load512(p.add(64)), load512(p.add(128)), load512(p.add(192))];
+    std::array::from_fn(|r| {
+        let ix = _mm512_add_epi32(idx, _mm512_set1_epi32(r as i32));
+        let lo = _mm512_permutex2var_epi32(z[0], ix, z[1]);
+        let hi = _mm512_permutex2var_epi32(z[2], ix, z[3]);
+        _mm512_inserti64x4::<1>(lo, _mm512_castsi512_si256(hi))
+    })
+}
+
+/// A block's sixteen group sums (`bsums`), exact, group `k` in lane `k`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn group_sums(b: &BlockQ8K) -> __m512i {
+    _mm512_cvtepi16_epi32(load256(b.bsums.as_ptr() as *const u8))
 }
 
 /// Q4_K (`FIVE` false) / Q5_K, two blocks a unit ([`PairBlock`]).
@@ -551,6 +563,7 @@ impl<const FIVE: bool> Kernel for Q45K<FIVE> {
 
 // After `rows_of_blocks!`, which they use.
 mod iq4_xs;
+mod q2_k;
 mod q3_k;
 mod sym32;
 

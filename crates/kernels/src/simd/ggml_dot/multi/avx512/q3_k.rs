@@ -34,8 +34,6 @@ pub(super) struct Q3K;
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn unpack(m: &Rows, r: usize, i: usize) -> Unpacked6 {
-    let qidx = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 8, 12, 8, 12, 8, 12, 8, 12);
-    let qshift = _mm512_setr_epi32(0, 0, 2, 2, 4, 4, 6, 6, 0, 0, 2, 2, 4, 4, 6, 6);
     let hidx = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
     // (2 - (4n + k)) mod 32.
     let hrot = _mm512_setr_epi32(2, 2, 1, 1, 0, 0, 31, 31, 30, 30, 29, 29, 28, 28, 27, 27);
@@ -49,12 +47,23 @@ unsafe fn unpack(m: &Rows, r: usize, i: usize) -> Unpacked6 {
     let mut wq = [_mm512_setzero_si512(); 4];
     for (r, wr) in wq.iter_mut().enumerate() {
         let rr = _mm512_set1_epi32(r as i32);
-        let q2 = _mm512_srlv_epi32(_mm512_permutexvar_epi32(_mm512_add_epi32(qidx, rr), qs), qshift);
+        let q2 = bit_pairs(qs, r);
         let h = _mm512_rolv_epi32(_mm512_permutexvar_epi32(_mm512_add_epi32(hidx, rr), hm), hrot);
         // (q2 & 3) | (h & 4)
         *wr = _mm512_or_si512(_mm512_and_si512(q2, m2), _mm512_and_si512(h, bit2));
     }
     Unpacked6 { wq, scale }
+}
+
+/// Register `r`'s bit pairs of the 64 bytes `qs` (Q2_K's codes, Q3_K's low
+/// two bits): lane `g` is qs word `8n + 4 (g % 2) + r` shifted down by `2k`
+/// (`n = g / 8`, `k = (g % 8) / 2`), its bytes' other bits not yet masked.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn bit_pairs(qs: __m512i, r: usize) -> __m512i {
+    let idx = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 8, 12, 8, 12, 8, 12, 8, 12);
+    let shift = _mm512_setr_epi32(0, 0, 2, 2, 4, 4, 6, 6, 0, 0, 2, 2, 4, 4, 6, 6);
+    _mm512_srlv_epi32(_mm512_permutexvar_epi32(_mm512_add_epi32(idx, _mm512_set1_epi32(r as i32)), qs), shift)
 }
 
 impl Unpacks for Q3K {
