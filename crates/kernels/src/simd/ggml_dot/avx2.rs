@@ -17,17 +17,24 @@ use std::arch::x86_64::*;
 use qmoe_core::GgmlType;
 
 use super::scales_mins_k4;
+use super::xiq4::{self, XIQ4};
 use crate::ggml::IQ4_LEVELS;
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
 use crate::simd::float_dot::x86::hsum;
 
 /// # Safety
 /// The CPU runs AVX2, FMA and F16C; `w` is exactly `y.len()` rows of
-/// `x.len()` blocks of `ty`, which takes Q8K activations.
+/// `x.len()` blocks of `ty`, which takes Q8K activations; `acts_id` names
+/// `x` as [`super::gemv_q8k_named`] says.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f32]) {
+pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f32], acts_id: u64) {
     // SAFETY (each arm): the caller's contract, passed on unchanged.
-    gemv_table!(q8k: ty, w, x, y)
+    gemv_table!(q8k: ty, w, x, y, GgmlType::IQ4XS => {
+        let mut tokens = crate::simd::scratch::Tokens::default();
+        // SAFETY (closure): `tokens` gives room for `x.len()` values.
+        let xp = tokens.group(acts_id, (1, x.len()), (0, 1), |_, p| unsafe { xiq4::prep(x, p) });
+        rows!(w, x, y, 136, dot_iq4_xs, xp)
+    })
 }
 
 /// # Safety
@@ -467,10 +474,16 @@ unsafe fn iq4_xs_scales(b: *const u8) -> __m256i {
 
 /// IQ4_XS: per pair of 32-value sub-blocks, 32 bytes of nibbles (16 per
 /// sub-block: low nibbles values 0..16, high 16..32) looked up in the level
-/// table, times the sub-block scale.
+/// table, times the sub-block scale, against the activations laid out in
+/// the same order ([`XIQ4`]: one load each for the low and the high
+/// nibbles, where gathering them from the plain layout took two loads and
+/// a lane insert each).
+///
+/// # Safety
+/// `xp` holds [`xiq4::prep`] of `x`; the rest as the other dots.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_iq4_xs(row: *const u8, x: &[BlockQ8K]) -> f32 {
+unsafe fn dot_iq4_xs(row: *const u8, x: &[BlockQ8K], xp: *const XIQ4) -> f32 {
     let m4 = _mm256_set1_epi8(0x0F);
     let table = iq4_table();
     // vpshufb indices of i16 element 0 (low half) and 1 (high half); pair p adds 2p.
@@ -480,7 +493,8 @@ unsafe fn dot_iq4_xs(row: *const u8, x: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (i, xb) in x.iter().enumerate() {
         let b = row.add(i * 136);
-        let xq = xb.qs.as_ptr() as *const u8;
+        // `lo[0], lo[1], hi[0], hi[1]`, 64 bytes each.
+        let xq = xp.add(i) as *const u8;
         let d = f16_at(b) * xb.d;
         let ls = iq4_xs_scales(b);
         let mut sumi = _mm256_setzero_si256();
@@ -489,10 +503,7 @@ unsafe fn dot_iq4_xs(row: *const u8, x: &[BlockQ8K]) -> f32 {
             // lo: values 0..16 of sub-blocks 2p | 2p + 1; hi: values 16..32.
             let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(q, m4));
             let hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4));
-            // The activations gathered to match: 16 from each sub-block.
-            let x = xq.add(64 * p);
-            let x_lo = _mm256_loadu2_m128i(x.add(32) as *const __m128i, x as *const __m128i);
-            let x_hi = _mm256_loadu2_m128i(x.add(48) as *const __m128i, x.add(16) as *const __m128i);
+            let (x_lo, x_hi) = (load256(xq.add(32 * p)), load256(xq.add(128 + 32 * p)));
             // i16 lanes: low half sub-block 2p, high half 2p + 1.
             let sc = _mm256_shuffle_epi8(
                 ls,

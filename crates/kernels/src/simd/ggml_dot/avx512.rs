@@ -69,6 +69,7 @@ use std::arch::x86_64::*;
 use qmoe_core::GgmlType;
 
 use super::scales_mins_k4;
+use super::xiq4::{self, XIQ4};
 use crate::ggml::IQ4_LEVELS;
 use crate::simd::act::{BlockQ8K, BlockQ8x32};
 use crate::simd::scratch::Tokens;
@@ -106,7 +107,7 @@ pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f
         GgmlType::IQ4XS => {
             let mut tokens = Tokens::default();
             // SAFETY (closure): `tokens` gives room for `x.len()` values.
-            let xp = tokens.group(acts_id, (1, x.len()), (0, 1), |_, p| unsafe { prep_iq4_xs(x, p) });
+            let xp = tokens.group(acts_id, (1, x.len()), (0, 1), |_, p| unsafe { xiq4::prep(x, p) });
             rows!(w, x, y, 136, dot_iq4_xs, xp)
         }
         ty => unreachable!("avx512::gemv_q8k: {ty} has no kernel here (checked by the caller)"),
@@ -400,7 +401,7 @@ pub(super) unsafe fn iq4_xs_scales(b: *const u8) -> __m256i {
 /// DRAM (`512`, three alternations).
 ///
 /// # Safety
-/// `xp` holds [`prep_iq4_xs`] of `x`; the rest as the other dots.
+/// `xp` holds [`xiq4::prep`] of `x`; the rest as the other dots.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn dot_iq4_xs(row: *const u8, x: &[BlockQ8K], xp: *const XIQ4) -> f32 {
@@ -432,33 +433,4 @@ unsafe fn dot_iq4_xs(row: *const u8, x: &[BlockQ8K], xp: *const XIQ4) -> f32 {
         acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
     }
     _mm512_reduce_add_ps(acc)
-}
-
-/// One Q8K block's codes in [`dot_iq4_xs`]'s order: `lo[h]` 128-bit lane
-/// `j` holds values 0..16 of sub-block `4h + j`, `hi[h]` values 16..32.
-#[repr(C, align(64))]
-pub(super) struct XIQ4 {
-    lo: [__m512i; 2],
-    hi: [__m512i; 2],
-}
-
-/// `x` as [`XIQ4`]s at `dst`.
-///
-/// # Safety
-/// `dst` has room for `x.len()` values.
-unsafe fn prep_iq4_xs(x: &[BlockQ8K], dst: *mut XIQ4) {
-    // The same bytes as plain 16-byte runs: `lo[0], lo[1], hi[0], hi[1]`.
-    let p = dst as *mut [[[i8; 16]; 4]; 4];
-    for (k, xb) in x.iter().enumerate() {
-        let mut v = [[[0i8; 16]; 4]; 4];
-        for (r, reg) in v.iter_mut().enumerate() {
-            let (half, h) = (r / 2, r % 2);
-            for (j, run) in reg.iter_mut().enumerate() {
-                let at = 32 * (4 * h + j) + 16 * half;
-                run.copy_from_slice(&xb.qs[at..at + 16]);
-            }
-        }
-        // SAFETY: `p` has room for `x.len()` values.
-        unsafe { p.add(k).write(v) };
-    }
 }

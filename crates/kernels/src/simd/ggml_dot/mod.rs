@@ -68,16 +68,17 @@ macro_rules! rows {
 /// expanded inside each SIMD level's `#[target_feature]` function so that
 /// its row loop and dot kernels inline there. Item names resolve where the
 /// macro is expanded: each level supplies its own `dot_*` (and the NEON
-/// level its own `rows!`).
+/// level its own `rows!`). IQ4_XS is each level's own arm, after the
+/// table's arguments: the x86 kernels take laid-out activations.
 macro_rules! gemv_table {
-    (q8k: $ty:expr, $w:expr, $x:expr, $y:expr) => {
+    (q8k: $ty:expr, $w:expr, $x:expr, $y:expr, $($own:pat => $arm:expr),+) => {
         match $ty {
+            $($own => $arm,)+
             GgmlType::Q2K => rows!($w, $x, $y, 84, dot_q2_k),
             GgmlType::Q3K => rows!($w, $x, $y, 110, dot_q3_k),
             GgmlType::Q4K => rows!($w, $x, $y, 144, dot_q4_k),
             GgmlType::Q5K => rows!($w, $x, $y, 176, dot_q5_k),
             GgmlType::Q6K => rows!($w, $x, $y, 210, dot_q6_k),
-            GgmlType::IQ4XS => rows!($w, $x, $y, 136, dot_iq4_xs),
             ty => unreachable!("gemv_q8k: {ty} (checked by the caller)"),
         }
     };
@@ -104,6 +105,8 @@ pub mod multi;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod xiq4;
 
 use qmoe_core::GgmlType;
 
@@ -158,7 +161,7 @@ pub fn gemv_q8k_named(level: Level, ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &
         // SAFETY: the CPU has AVX2, FMA and F16C (checked just above), and
         // `w` holds exactly `y.len()` rows of `x.len()` blocks of `ty`.
         unsafe {
-            avx2::gemv_q8k(ty, w, x, y)
+            avx2::gemv_q8k(ty, w, x, y, acts_id)
         };
         return;
     }

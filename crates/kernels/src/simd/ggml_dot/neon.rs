@@ -37,7 +37,7 @@ macro_rules! rows {
 #[target_feature(enable = "neon")]
 pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f32]) {
     // SAFETY (each arm): the caller's contract, passed on unchanged.
-    gemv_table!(q8k: ty, w, x, y)
+    gemv_table!(q8k: ty, w, x, y, GgmlType::IQ4XS => rows!(w, x, y, 136, dot_iq4_xs))
 }
 
 /// # Safety

@@ -80,10 +80,10 @@ pub(super) unsafe fn gemm_q8k(
     match ty {
         GgmlType::Q4K => gemm::<Q45K<false>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
         GgmlType::Q5K => gemm::<Q45K<true>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
-        GgmlType::Q6K => gemm::<Q6K>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
+        GgmlType::Q6K => gemm::<Groups16<5>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
         GgmlType::IQ4XS => gemm::<iq4_xs::Iq4Xs>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
         GgmlType::Q2K => gemm::<q2_k::Q2K>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
-        GgmlType::Q3K => gemm::<q3_k::Q3K>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
+        GgmlType::Q3K => gemm::<Groups16<2>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
         _ => unreachable!("avx512 gemm_q8k: {ty} (checked by the caller)"),
     }
 }
@@ -456,7 +456,10 @@ impl<const FIVE: bool> Unpacks for Q45K<FIVE> {
 /// median of 3): `[2048 x 512]` 187 -> 243, `[512 x 2048]` 244 -> 276,
 /// `[8192 x 2048]` 235 -> 251 GFLOP/s (eight tokens a group with two rows:
 /// 176, 266, 235).
-struct Q6K;
+///
+/// Q3_K (`SHIFT` 2, codes `0..8` standing for `-4..4`) takes the same unit
+/// and step, its codes unpacked by [`q3_k::unpack`].
+struct Groups16<const SHIFT: u32>;
 
 /// A Q6_K block as the steps take it: the four code registers and per lane
 /// `d sc_k`.
@@ -497,8 +500,8 @@ unsafe fn unpack6(m: &Rows, r: usize, i: usize) -> Unpacked6 {
     Unpacked6 { wq, scale }
 }
 
-impl Unpacks for Q6K {
-    type X = KBlock<5>;
+impl<const SHIFT: u32> Unpacks for Groups16<SHIFT> {
+    type X = KBlock<SHIFT>;
     type U = [Unpacked6; 2];
     type A = [__m512; 2];
     rows_of_blocks!(|nb: usize| nb);
@@ -507,42 +510,41 @@ impl Unpacks for Q6K {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn unpack(m: &Self::M<'_>, r: usize, i: usize) -> [Unpacked6; 2] {
         let next = if m.has_row(r + 1) { r + 1 } else { r };
-        [unpack6(m, r, i), unpack6(m, next, i)]
+        if SHIFT == 5 {
+            [unpack6(m, r, i), unpack6(m, next, i)]
+        } else {
+            [q3_k::unpack(m, r, i), q3_k::unpack(m, next, i)]
+        }
     }
 
+    /// `acc += x_d d sc_k (S - 2^SHIFT B)` per lane and row, the offset in
+    /// the integer sum.
     #[inline(always)]
-    unsafe fn step(u: &[Unpacked6; 2], xb: &KBlock<5>, acc: &mut [__m512; 2]) {
-        step16(u, xb, acc)
+    unsafe fn step(u: &[Unpacked6; 2], xb: &KBlock<SHIFT>, acc: &mut [__m512; 2]) {
+        let mut s0 = _mm512_dpbusd_epi32(xb.bs, u[0].wq[0], xb.qs[0]);
+        let mut s1 = _mm512_dpbusd_epi32(xb.bs, u[1].wq[0], xb.qs[0]);
+        for r in 1..4 {
+            let x = xb.qs[r];
+            s0 = _mm512_dpbusd_epi32(s0, u[0].wq[r], x);
+            s1 = _mm512_dpbusd_epi32(s1, u[1].wq[r], x);
+        }
+        let d = _mm512_set1_ps(xb.d);
+        let [a0, a1] = acc;
+        *a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(u[0].scale, d), *a0);
+        *a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_mul_ps(u[1].scale, d), *a1);
     }
 }
 
-/// The step of the 16-value-group types: `acc += x_d d sc_k (S - 2^SHIFT
-/// B)` per lane and row, the offset in the integer sum.
-#[inline(always)]
-unsafe fn step16<const SHIFT: u32>(u: &[Unpacked6; 2], xb: &KBlock<SHIFT>, acc: &mut [__m512; 2]) {
-    let mut s0 = _mm512_dpbusd_epi32(xb.bs, u[0].wq[0], xb.qs[0]);
-    let mut s1 = _mm512_dpbusd_epi32(xb.bs, u[1].wq[0], xb.qs[0]);
-    for r in 1..4 {
-        let x = xb.qs[r];
-        s0 = _mm512_dpbusd_epi32(s0, u[0].wq[r], x);
-        s1 = _mm512_dpbusd_epi32(s1, u[1].wq[r], x);
-    }
-    let d = _mm512_set1_ps(xb.d);
-    let [a0, a1] = acc;
-    *a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(u[0].scale, d), *a0);
-    *a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_mul_ps(u[1].scale, d), *a1);
-}
-
-impl Kernel for Q6K {
+impl<const SHIFT: u32> Kernel for Groups16<SHIFT> {
     /// Four: eight accumulators (two rows) beside the unit's ten registers.
     const GROUP: usize = 4;
     type Src = BlockQ8K;
     fn rows(w: &[u8], nb: usize) -> Self::M<'_> {
-        Rows { w, nb, ts: 210 }
+        Rows { w, nb, ts: if SHIFT == 5 { 210 } else { q3_k::TS } }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn prep(src: &[BlockQ8K], dst: *mut KBlock<5>) {
+    unsafe fn prep(src: &[BlockQ8K], dst: *mut KBlock<SHIFT>) {
         prep_k(src, dst)
     }
 }

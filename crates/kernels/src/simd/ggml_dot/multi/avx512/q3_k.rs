@@ -1,7 +1,8 @@
-//! Q3_K with 512-bit `vpdpbusd`, in Q6_K's layout and step: a unit is one
-//! block of two rows, each i32 lane one 16-value group (one scale), the
-//! codes `0..8` multiplied unsigned and their offset of 4 taken in the
-//! integer sum from the token's `-4 B_g` ([`KBlock<2>`]).
+//! Q3_K with 512-bit `vpdpbusd`, in Q6_K's layout and step
+//! ([`super::Groups16`]): a unit is one block of two rows, each i32 lane one
+//! 16-value group (one scale), the codes `0..8` multiplied unsigned and
+//! their offset of 4 taken in the integer sum from the token's `-4 B_g`
+//! ([`super::KBlock<2>`]). This file unpacks the codes.
 //!
 //! Before this kernel Q3_K ran the AVX2 many-token kernel at this level:
 //! `examples/prefill_gemm q3k --tokens 128` (Zen 4, 1 thread, `matmul`
@@ -12,11 +13,12 @@ use std::arch::x86_64::*;
 
 use super::super::super::avx2::q3_k_scales_vec;
 use super::super::super::avx512::{f16_at, load256, load512};
-use super::{prep_k, step16, KBlock, Kernel, Rows, Unpacked6};
-use crate::simd::act::BlockQ8K;
-use crate::simd::columns::unpacked::avx512::Unpacks;
+use super::{Rows, Unpacked6};
 
-/// Q3_K, one block of two rows a unit.
+/// Bytes of a Q3_K block.
+pub(super) const TS: usize = 110;
+
+/// Block `i` of row `r` of a Q3_K matrix, as Q6_K's unit holds its blocks.
 ///
 /// In half `n` of a block, byte `l` of `qs[32n..]` holds in bit pair `k`
 /// the low two bits of value `128n + 32k + l`, and bit `4n + k` of
@@ -25,15 +27,12 @@ use crate::simd::columns::unpacked::avx512::Unpacks;
 /// lane `g` takes qs word `8n + 4 (g % 2) + r` shifted down by `2k`, and
 /// hmask word `4 (g % 2) + r` rotated so that bit `4n + k` of each byte
 /// lands on bit 2.
-pub(super) struct Q3K;
-
-/// Block `i` of row `r`.
 ///
 /// # Safety
 /// Row `r` and its block `i` lie inside `m`; the CPU runs this file's features.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn unpack(m: &Rows, r: usize, i: usize) -> Unpacked6 {
+pub(super) unsafe fn unpack(m: &Rows, r: usize, i: usize) -> Unpacked6 {
     let hidx = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
     // (2 - (4n + k)) mod 32.
     let hrot = _mm512_setr_epi32(2, 2, 1, 1, 0, 0, 31, 31, 30, 30, 29, 29, 28, 28, 27, 27);
@@ -64,37 +63,4 @@ pub(super) unsafe fn bit_pairs(qs: __m512i, r: usize) -> __m512i {
     let idx = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 8, 12, 8, 12, 8, 12, 8, 12);
     let shift = _mm512_setr_epi32(0, 0, 2, 2, 4, 4, 6, 6, 0, 0, 2, 2, 4, 4, 6, 6);
     _mm512_srlv_epi32(_mm512_permutexvar_epi32(_mm512_add_epi32(idx, _mm512_set1_epi32(r as i32)), qs), shift)
-}
-
-impl Unpacks for Q3K {
-    type X = KBlock<2>;
-    type U = [Unpacked6; 2];
-    type A = [__m512; 2];
-    rows_of_blocks!(|nb: usize| nb);
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn unpack(m: &Self::M<'_>, r: usize, i: usize) -> [Unpacked6; 2] {
-        let next = if m.has_row(r + 1) { r + 1 } else { r };
-        [unpack(m, r, i), unpack(m, next, i)]
-    }
-
-    #[inline(always)]
-    unsafe fn step(u: &[Unpacked6; 2], xb: &KBlock<2>, acc: &mut [__m512; 2]) {
-        step16(u, xb, acc)
-    }
-}
-
-impl Kernel for Q3K {
-    /// Four, as Q6_K's.
-    const GROUP: usize = 4;
-    type Src = BlockQ8K;
-    fn rows(w: &[u8], nb: usize) -> Self::M<'_> {
-        Rows { w, nb, ts: 110 }
-    }
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn prep(src: &[BlockQ8K], dst: *mut KBlock<2>) {
-        prep_k(src, dst)
-    }
 }
