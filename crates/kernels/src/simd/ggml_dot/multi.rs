@@ -7,7 +7,7 @@
 //! once per token, and reads a run of rows from memory once for all tokens.
 //!
 //! The AVX-512 level (F/BW/VL + VNNI, `multi/avx512.rs`) has its own
-//! kernels for Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS and the symmetric 32-value
+//! kernels for Q2_K..Q6_K, IQ4_XS and the symmetric 32-value
 //! types (Q8_0, Q4_0, Q5_0, IQ4_NL), with the same structure: one
 //! `vpdpbusd` does 64 int8 multiply-adds straight into i32 lanes where AVX2
 //! needs `vpmaddubsw` + `vpmaddwd` per 32. At that level the other types run
