@@ -85,6 +85,7 @@ fn bench_json(model: &str, extra: &[&str]) -> Value {
 fn bench_json_on_the_demo_model() {
     let v = bench_json("models/demo", &[]);
     assert_eq!(v["quant"], "BF16");
+    assert!(matches!(v["simd"].as_str(), Some("scalar" | "avx2" | "avx512" | "neon")), "{v}");
     assert_eq!((v["n_prompt"].as_u64(), v["n_gen"].as_u64(), v["reps"].as_u64()), (Some(12), Some(3), Some(2)));
     assert_eq!(v["prefill_s"].as_array().unwrap().len(), 2);
     // The demo model is tied: the head is the whole embedding matrix, read once per
@@ -101,6 +102,7 @@ fn bench_report_names_machine_model_quant_and_commit() {
     let s = text(&o.stdout);
     for needle in [
         "machine",
+        "kernels)",
         "threads",
         "model      models/demo",
         "quant      BF16",

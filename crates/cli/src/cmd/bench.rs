@@ -53,6 +53,8 @@ pub fn main(a: Args) -> Result<()> {
     }
     super::common::set_threads(a.threads);
     let threads = qmoe_kernels::threads::get();
+    // The kernels' instruction set (`QMOE_SIMD` can name a lower one).
+    let simd = format!("{:?}", qmoe_kernels::simd::level()).to_lowercase();
     let machine = bench::machine();
 
     let t0 = Instant::now();
@@ -111,6 +113,7 @@ pub fn main(a: Args) -> Result<()> {
             "commit": COMMIT,
             "machine": machine.cpu,
             "cores": machine.cores,
+            "simd": simd,
             "format": format,
             "shape": shape,
             "n_prompt": a.n_prompt,
@@ -130,7 +133,7 @@ pub fn main(a: Args) -> Result<()> {
     let gb = |b: f64| format!("{:.3} GB", b / 1e9);
     let secs = |v: &[f64]| v.iter().map(|s| format!("{s:.3}")).collect::<Vec<_>>().join(" ");
     let mut r = String::new();
-    r += &format!("machine    {} ({} cores)\n", machine.cpu, machine.cores);
+    r += &format!("machine    {} ({} cores, {simd} kernels)\n", machine.cpu, machine.cores);
     r += &format!("threads    {threads}\n");
     r += &format!("model      {model_name}: {shape}\n");
     r += &format!("format     {format}\n");

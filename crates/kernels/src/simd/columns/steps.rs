@@ -255,7 +255,87 @@ pub(crate) unsafe fn q2_k(
     );
 }
 
-/// Signed codes (IQ4_XS, and Q8_0 / Q4_0 / Q5_0 / IQ4_NL runs of eight
+/// Q4_0 (`FIVE` false) / Q5_0 runs of eight blocks, their codes unsigned:
+/// `acc += scale x_d (Σ_c w_c x_c + neg)` per lane, `neg` (at `xsums`) the
+/// blocks' `-2^k Σ x` as i32, so each lane's integer sum is exact. Q4_0's
+/// `vpmaddubsw` pairs (at most `2 · 15 · 127`) add up as i16 over all eight
+/// columns, Q5_0's (`2 · 31 · 127`) over four at a time.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn offset32<const FIVE: bool>(w: &[__m256i; 8], scale: __m256, x: Cols, acc: &mut __m256) {
+    if FIVE {
+        step!(
+            w,
+            x,
+            acc,
+            [
+                "vpmaddubsw {s}, {w0}, ymmword ptr [{x}]",
+                "vpmaddubsw {t}, {w1}, ymmword ptr [{x} + 32]",
+                "vpaddw {s}, {s}, {t}",
+                "vpmaddubsw {t}, {w2}, ymmword ptr [{x} + 64]",
+                "vpaddw {s}, {s}, {t}",
+                "vpmaddubsw {t}, {w3}, ymmword ptr [{x} + 96]",
+                "vpaddw {s}, {s}, {t}",
+                "vpmaddubsw {p}, {w4}, ymmword ptr [{x} + 128]",
+                "vpmaddubsw {t}, {w5}, ymmword ptr [{x} + 160]",
+                "vpaddw {p}, {p}, {t}",
+                "vpmaddubsw {t}, {w6}, ymmword ptr [{x} + 192]",
+                "vpaddw {p}, {p}, {t}",
+                "vpmaddubsw {t}, {w7}, ymmword ptr [{x} + 224]",
+                "vpaddw {p}, {p}, {t}",
+                "vpmaddwd {s}, {s}, {ones}",
+                "vpmaddwd {p}, {p}, {ones}",
+                "vpaddd {s}, {s}, {p}",
+                "vpaddd {s}, {s}, ymmword ptr [{xsums}]",
+                "vcvtdq2ps {s}, {s}",
+                "vmulps {t}, {scale}, ymmword ptr [{xd}]",
+                "vfmadd213ps {s}, {t}, ymmword ptr [{acc}]",
+                "vmovups ymmword ptr [{acc}], {s}",
+            ],
+            ones = in(ymm_reg) _mm256_set1_epi16(1),
+            scale = in(ymm_reg) scale,
+            s = out(ymm_reg) _,
+            t = out(ymm_reg) _,
+            p = out(ymm_reg) _
+        );
+    } else {
+        step!(
+            w,
+            x,
+            acc,
+            [
+                "vpmaddubsw {s}, {w0}, ymmword ptr [{x}]",
+                "vpmaddubsw {t}, {w1}, ymmword ptr [{x} + 32]",
+                "vpaddw {s}, {s}, {t}",
+                "vpmaddubsw {t}, {w2}, ymmword ptr [{x} + 64]",
+                "vpmaddubsw {p}, {w3}, ymmword ptr [{x} + 96]",
+                "vpaddw {t}, {t}, {p}",
+                "vpaddw {s}, {s}, {t}",
+                "vpmaddubsw {t}, {w4}, ymmword ptr [{x} + 128]",
+                "vpmaddubsw {p}, {w5}, ymmword ptr [{x} + 160]",
+                "vpaddw {t}, {t}, {p}",
+                "vpaddw {s}, {s}, {t}",
+                "vpmaddubsw {t}, {w6}, ymmword ptr [{x} + 192]",
+                "vpmaddubsw {p}, {w7}, ymmword ptr [{x} + 224]",
+                "vpaddw {t}, {t}, {p}",
+                "vpaddw {s}, {s}, {t}",
+                "vpmaddwd {s}, {s}, {ones}",
+                "vpaddd {s}, {s}, ymmword ptr [{xsums}]",
+                "vcvtdq2ps {s}, {s}",
+                "vmulps {t}, {scale}, ymmword ptr [{xd}]",
+                "vfmadd213ps {s}, {t}, ymmword ptr [{acc}]",
+                "vmovups ymmword ptr [{acc}], {s}",
+            ],
+            ones = in(ymm_reg) _mm256_set1_epi16(1),
+            scale = in(ymm_reg) scale,
+            s = out(ymm_reg) _,
+            t = out(ymm_reg) _,
+            p = out(ymm_reg) _
+        );
+    }
+}
+
+/// Signed codes (IQ4_XS, and Q8_0 / IQ4_NL runs of eight
 /// blocks): `acc += scale x_d Σ_c |w_c| · sign(x_c, w_c)` per lane, where
 /// `aw` holds the eight columns' absolute values and `w` (in memory: the
 /// step has room for only one set in registers) the codes themselves. Each

@@ -29,7 +29,7 @@ mod kquants;
 pub(crate) mod runs32;
 
 use kquants::{transpose_blocks, IQ4XS, Q2K, Q3K, Q45K, Q6K};
-use runs32::{transpose_runs, IQ4NLRuns, Q40Runs, Q41Runs, Q50Runs, Q51Runs, Q80Runs};
+use runs32::{transpose_runs, transpose_runs_neg, IQ4NLRuns, Q40Runs, Q41Runs, Q50Runs, Q51Runs, Q80Runs};
 
 /// Tokens per group: each block's unpacking (or its kept copy) is shared by
 /// the group, and the steps keep their f32 accumulators in memory (touched
@@ -85,9 +85,9 @@ pub(crate) unsafe fn gemm_q8x32(
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
         GgmlType::Q8_0 => rows::<Q80Runs, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transpose_runs),
-        GgmlType::Q4_0 => rows::<Q40Runs, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transpose_runs),
+        GgmlType::Q4_0 => rows::<Q40Runs, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transpose_runs_neg::<3>),
         GgmlType::Q4_1 => rows::<Q41Runs, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transpose_runs),
-        GgmlType::Q5_0 => rows::<Q50Runs, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transpose_runs),
+        GgmlType::Q5_0 => rows::<Q50Runs, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transpose_runs_neg::<4>),
         GgmlType::Q5_1 => rows::<Q51Runs, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transpose_runs),
         GgmlType::IQ4NL => rows::<IQ4NLRuns, _>(w, n_rows, x, n_tokens, y, y_stride, acts_id, transpose_runs),
         _ => unreachable!("gemm_q8x32: {ty} (checked by the caller)"),
