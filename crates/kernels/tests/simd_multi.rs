@@ -166,9 +166,17 @@ fn runs_of_eight_32_value_blocks() {
 #[test]
 fn vnni_types_multi_equals_per_token_gemv() {
     let mut rng = Rng(0x7A11);
-    for ty in
-        [GgmlType::Q8_0, GgmlType::Q2K, GgmlType::Q3K, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K, GgmlType::IQ4XS]
-    {
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_1,
+        GgmlType::Q2K,
+        GgmlType::Q3K,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+        GgmlType::IQ4XS,
+    ] {
         check_ggml(ty, &[1, 3], &[1, 2, 3], &TOKENS, &mut rng);
     }
 }

@@ -7,11 +7,9 @@
 //! once per token, and reads a run of rows from memory once for all tokens.
 //!
 //! The AVX-512 level (F/BW/VL + VNNI, `multi/avx512.rs`) has its own
-//! kernels for Q2_K..Q6_K, IQ4_XS and the symmetric 32-value
-//! types (Q8_0, Q4_0, Q5_0, IQ4_NL), with the same structure: one
+//! kernels for every quantized ggml type, with the same structure: one
 //! `vpdpbusd` does 64 int8 multiply-adds straight into i32 lanes where AVX2
-//! needs `vpmaddubsw` + `vpmaddwd` per 32. At that level the other types run
-//! the AVX2 many-token kernels.
+//! needs `vpmaddubsw` + `vpmaddwd` per 32.
 //!
 //! The scalar twin runs the single-token scalar kernel per token (the NEON
 //! level likewise runs the single-token NEON kernel per token): the same

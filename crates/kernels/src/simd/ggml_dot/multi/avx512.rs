@@ -1,8 +1,8 @@
 //! AVX-512 many-token kernels (F/BW/VL + VNNI) for Q4_K, Q5_K and Q6_K,
 //! for IQ4_XS in Q4_K's layout ([`iq4_xs`]), Q3_K and Q2_K in Q6_K's
-//! ([`q3_k`], [`q2_k`]), and for the symmetric 32-value types (Q8_0, Q4_0,
-//! Q5_0, IQ4_NL) in [`sym32`]; Q4_1 and Q5_1 run their AVX2 many-token
-//! kernels at this level.
+//! ([`q3_k`], [`q2_k`]), for the symmetric 32-value types (Q8_0, Q4_0,
+//! Q5_0, IQ4_NL) in [`sym32`], and for the offset ones (Q4_1, Q5_1) in
+//! their unit ([`offset32`]): every quantized ggml type.
 //!
 //! Why a separate level: on AVX2 an int8 product costs `vpmaddubsw` (u8 x
 //! s8, pairs to i16) plus `vpmaddwd` (to i32) per 32 multiply-adds, and the
@@ -565,6 +565,7 @@ impl<const FIVE: bool> Kernel for Q45K<FIVE> {
 
 // After `rows_of_blocks!`, which they use.
 mod iq4_xs;
+mod offset32;
 mod q2_k;
 mod q3_k;
 mod sym32;
@@ -585,7 +586,8 @@ pub(super) unsafe fn gemm_q8x32(
     y_stride: usize,
     acts_id: u64,
 ) {
-    use crate::simd::ggml_dot::avx2::multi::runs32::{IQ4_NL, Q4_0, Q5_0, Q8_0};
+    use crate::simd::ggml_dot::avx2::multi::runs32::{IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+    use offset32::Offset32x2;
     use sym32::Sym32x2;
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     match ty {
@@ -593,6 +595,8 @@ pub(super) unsafe fn gemm_q8x32(
         GgmlType::Q4_0 => gemm::<Sym32x2<Q4_0>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
         GgmlType::Q5_0 => gemm::<Sym32x2<Q5_0>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
         GgmlType::IQ4NL => gemm::<Sym32x2<IQ4_NL>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
+        GgmlType::Q4_1 => gemm::<Offset32x2<Q4_1>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
+        GgmlType::Q5_1 => gemm::<Offset32x2<Q5_1>>(w, n_rows, x, n_tokens, y, y_stride, acts_id),
         _ => unreachable!("avx512 gemm_q8x32: {ty} (checked by the caller)"),
     }
 }

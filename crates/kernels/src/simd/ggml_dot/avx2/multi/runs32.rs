@@ -161,8 +161,22 @@ pub(super) unsafe fn f16_lanes(b: *const u8, ts: usize, at: usize, here: usize) 
 /// against the blocks' input sums.
 pub(super) struct Offset32<const TYPE: u8>;
 
-pub(super) const Q4_1: u8 = 4;
-pub(super) const Q5_1: u8 = 5;
+pub(crate) const Q4_1: u8 = 4;
+pub(crate) const Q5_1: u8 = 5;
+
+/// The unsigned codes of the Q4_1 / Q5_1 block at `b`.
+///
+/// # Safety
+/// The CPU runs AVX2; `b` points at a block of the type.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn offset_codes<const TYPE: u8>(b: *const u8) -> __m256i {
+    if TYPE == Q4_1 {
+        q4_1_codes(b)
+    } else {
+        q5_codes(b, 4, 8, false)
+    }
+}
 
 pub(super) type Q41Runs = Offset32<Q4_1>;
 pub(super) type Q51Runs = Offset32<Q5_1>;
@@ -191,8 +205,10 @@ impl<const TYPE: u8> BlockUnits for Offset32<TYPE> {
         let ts = Self::BYTES;
         let here = (nb - 8 * r).min(8);
         let b = row.add(8 * r * ts);
-        let codes = |p: *const u8| if TYPE == Q4_1 { q4_1_codes(p) } else { q5_codes(p, 4, 8, false) };
-        let rows = std::array::from_fn(|k| if k < here { codes(b.add(k * ts)) } else { _mm256_setzero_si256() });
+        let rows =
+            std::array::from_fn(
+                |k| if k < here { offset_codes::<TYPE>(b.add(k * ts)) } else { _mm256_setzero_si256() },
+            );
         let neg_m = _mm256_sub_ps(_mm256_setzero_ps(), f16_lanes(b, ts, 2, here));
         UnpackedOffset { w: transpose8(rows), neg_m, d: f16_lanes(b, ts, 0, here) }
     }

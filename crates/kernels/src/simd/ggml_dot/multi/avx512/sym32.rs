@@ -61,7 +61,7 @@ pub(super) struct Unpacked16 {
 /// This file's features; `b` points at `here` blocks of `ts` bytes.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn f16_lanes16(b: *const u8, ts: usize, here: usize) -> __m512 {
+pub(super) unsafe fn f16_lanes16(b: *const u8, ts: usize, here: usize) -> __m512 {
     let mut h = [0u16; BLOCKS];
     for (k, hk) in h.iter_mut().enumerate().take(here) {
         *hk = (b.add(k * ts) as *const u16).read_unaligned();
@@ -146,68 +146,89 @@ impl<const TYPE: u8> Unpacks for Sym32x2<TYPE> {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn step2(u: &[Unpacked16; 2], x: &XRun16, acc: &mut [__m512; 2]) {
-    let [a0, a1] = acc;
-    let (_s0, _s1, _c): (__m512i, __m512i, __m512);
-    asm!(
-        "vmovdqa64 {s0:z}, zmmword ptr [{x} + 512]",
-        "vmovdqa64 {s1:z}, {s0:z}",
-        "vmovdqa64 {c:z}, zmmword ptr [{x} + 0]",
-        "vpdpbusd {s0:z}, {w00:z}, {c:z}",
-        "vpdpbusd {s1:z}, {w10:z}, {c:z}",
-        "vmovdqa64 {c:z}, zmmword ptr [{x} + 64]",
-        "vpdpbusd {s0:z}, {w01:z}, {c:z}",
-        "vpdpbusd {s1:z}, {w11:z}, {c:z}",
-        "vmovdqa64 {c:z}, zmmword ptr [{x} + 128]",
-        "vpdpbusd {s0:z}, {w02:z}, {c:z}",
-        "vpdpbusd {s1:z}, {w12:z}, {c:z}",
-        "vmovdqa64 {c:z}, zmmword ptr [{x} + 192]",
-        "vpdpbusd {s0:z}, {w03:z}, {c:z}",
-        "vpdpbusd {s1:z}, {w13:z}, {c:z}",
-        "vmovdqa64 {c:z}, zmmword ptr [{x} + 256]",
-        "vpdpbusd {s0:z}, {w04:z}, {c:z}",
-        "vpdpbusd {s1:z}, {w14:z}, {c:z}",
-        "vmovdqa64 {c:z}, zmmword ptr [{x} + 320]",
-        "vpdpbusd {s0:z}, {w05:z}, {c:z}",
-        "vpdpbusd {s1:z}, {w15:z}, {c:z}",
-        "vmovdqa64 {c:z}, zmmword ptr [{x} + 384]",
-        "vpdpbusd {s0:z}, {w06:z}, {c:z}",
-        "vpdpbusd {s1:z}, {w16:z}, {c:z}",
-        "vmovdqa64 {c:z}, zmmword ptr [{x} + 448]",
-        "vpdpbusd {s0:z}, {w07:z}, {c:z}",
-        "vpdpbusd {s1:z}, {w17:z}, {c:z}",
-        "vcvtdq2ps {s0:z}, {s0:z}",
-        "vcvtdq2ps {s1:z}, {s1:z}",
-        "vmulps {c:z}, {d0:z}, zmmword ptr [{x} + 576]",
-        "vfmadd231ps {a0:z}, {s0:z}, {c:z}",
-        "vmulps {c:z}, {d1:z}, zmmword ptr [{x} + 576]",
-        "vfmadd231ps {a1:z}, {s1:z}, {c:z}",
-        x = in(reg) x as *const XRun16,
-        w00 = in(zmm_reg) u[0].w[0],
-        w01 = in(zmm_reg) u[0].w[1],
-        w02 = in(zmm_reg) u[0].w[2],
-        w03 = in(zmm_reg) u[0].w[3],
-        w04 = in(zmm_reg) u[0].w[4],
-        w05 = in(zmm_reg) u[0].w[5],
-        w06 = in(zmm_reg) u[0].w[6],
-        w07 = in(zmm_reg) u[0].w[7],
-        w10 = in(zmm_reg) u[1].w[0],
-        w11 = in(zmm_reg) u[1].w[1],
-        w12 = in(zmm_reg) u[1].w[2],
-        w13 = in(zmm_reg) u[1].w[3],
-        w14 = in(zmm_reg) u[1].w[4],
-        w15 = in(zmm_reg) u[1].w[5],
-        w16 = in(zmm_reg) u[1].w[6],
-        w17 = in(zmm_reg) u[1].w[7],
-        d0 = in(zmm_reg) u[0].d,
-        d1 = in(zmm_reg) u[1].d,
-        a0 = inout(zmm_reg) *a0,
-        a1 = inout(zmm_reg) *a1,
-        s0 = out(zmm_reg) _s0,
-        s1 = out(zmm_reg) _s1,
-        c = out(zmm_reg) _c,
-        options(nostack, preserves_flags, readonly),
+    two_row_step!(
+        u,
+        x as *const XRun16,
+        acc,
+        ["vmovdqa64 {s0:z}, zmmword ptr [{x} + 512]", "vmovdqa64 {s1:z}, {s0:z}"],
+        [
+            "vcvtdq2ps {s0:z}, {s0:z}",
+            "vcvtdq2ps {s1:z}, {s1:z}",
+            "vmulps {c:z}, {d0:z}, zmmword ptr [{x} + 576]",
+            "vfmadd231ps {a0:z}, {s0:z}, {c:z}",
+            "vmulps {c:z}, {d1:z}, zmmword ptr [{x} + 576]",
+            "vfmadd231ps {a1:z}, {s1:z}, {c:z}",
+        ],
     );
 }
+
+/// A two-row step in one `asm!` block: `$init` starts `{s0}` / `{s1}`,
+/// then each of the token's eight activation columns (`{x}`, 64 bytes
+/// apart) is loaded once into `{c}` and feeds both rows' `vpdpbusd`
+/// (`{w00}`.. of the first row's unit, `{w10}`.. of the second), and
+/// `$tail` scales the sums into `{a0}` / `{a1}` (with `{d0}`, `{d1}` the
+/// rows' block scales, and the caller's own operands in a third list).
+macro_rules! two_row_step {
+    ($u:expr, $x:expr, $acc:expr, [$($init:expr),+ $(,)?], [$($tail:expr),+ $(,)?] $(, [$($own:tt)+])? $(,)?) => {{
+        let (u, [a0, a1]) = ($u, $acc);
+        let (_s0, _s1, _c): (__m512i, __m512i, __m512);
+        asm!(
+            $($init),+,
+            "vmovdqa64 {c:z}, zmmword ptr [{x} + 0]",
+            "vpdpbusd {s0:z}, {w00:z}, {c:z}",
+            "vpdpbusd {s1:z}, {w10:z}, {c:z}",
+            "vmovdqa64 {c:z}, zmmword ptr [{x} + 64]",
+            "vpdpbusd {s0:z}, {w01:z}, {c:z}",
+            "vpdpbusd {s1:z}, {w11:z}, {c:z}",
+            "vmovdqa64 {c:z}, zmmword ptr [{x} + 128]",
+            "vpdpbusd {s0:z}, {w02:z}, {c:z}",
+            "vpdpbusd {s1:z}, {w12:z}, {c:z}",
+            "vmovdqa64 {c:z}, zmmword ptr [{x} + 192]",
+            "vpdpbusd {s0:z}, {w03:z}, {c:z}",
+            "vpdpbusd {s1:z}, {w13:z}, {c:z}",
+            "vmovdqa64 {c:z}, zmmword ptr [{x} + 256]",
+            "vpdpbusd {s0:z}, {w04:z}, {c:z}",
+            "vpdpbusd {s1:z}, {w14:z}, {c:z}",
+            "vmovdqa64 {c:z}, zmmword ptr [{x} + 320]",
+            "vpdpbusd {s0:z}, {w05:z}, {c:z}",
+            "vpdpbusd {s1:z}, {w15:z}, {c:z}",
+            "vmovdqa64 {c:z}, zmmword ptr [{x} + 384]",
+            "vpdpbusd {s0:z}, {w06:z}, {c:z}",
+            "vpdpbusd {s1:z}, {w16:z}, {c:z}",
+            "vmovdqa64 {c:z}, zmmword ptr [{x} + 448]",
+            "vpdpbusd {s0:z}, {w07:z}, {c:z}",
+            "vpdpbusd {s1:z}, {w17:z}, {c:z}",
+            $($tail),+,
+            x = in(reg) $x,
+            w00 = in(zmm_reg) u[0].w[0],
+            w01 = in(zmm_reg) u[0].w[1],
+            w02 = in(zmm_reg) u[0].w[2],
+            w03 = in(zmm_reg) u[0].w[3],
+            w04 = in(zmm_reg) u[0].w[4],
+            w05 = in(zmm_reg) u[0].w[5],
+            w06 = in(zmm_reg) u[0].w[6],
+            w07 = in(zmm_reg) u[0].w[7],
+            w10 = in(zmm_reg) u[1].w[0],
+            w11 = in(zmm_reg) u[1].w[1],
+            w12 = in(zmm_reg) u[1].w[2],
+            w13 = in(zmm_reg) u[1].w[3],
+            w14 = in(zmm_reg) u[1].w[4],
+            w15 = in(zmm_reg) u[1].w[5],
+            w16 = in(zmm_reg) u[1].w[6],
+            w17 = in(zmm_reg) u[1].w[7],
+            d0 = in(zmm_reg) u[0].d,
+            d1 = in(zmm_reg) u[1].d,
+            a0 = inout(zmm_reg) *a0,
+            a1 = inout(zmm_reg) *a1,
+            s0 = out(zmm_reg) _s0,
+            s1 = out(zmm_reg) _s1,
+            c = out(zmm_reg) _c,
+            $($($own)+,)?
+            options(nostack, preserves_flags, readonly),
+        )
+    }};
+}
+pub(super) use two_row_step;
 
 impl<const TYPE: u8> Kernel for Sym32x2<TYPE> {
     /// Four: eight accumulators (two rows) beside the unit's 18 registers.
@@ -223,8 +244,9 @@ impl<const TYPE: u8> Kernel for Sym32x2<TYPE> {
     }
 }
 
-/// Whether `ty` has a kernel here.
+/// Whether `ty` has a kernel here or in [`super::offset32`] (the 32-value
+/// types).
 pub(in crate::simd::ggml_dot) fn has_kernel(ty: qmoe_core::GgmlType) -> bool {
     use qmoe_core::GgmlType::*;
-    matches!(ty, Q8_0 | Q4_0 | Q5_0 | IQ4NL)
+    matches!(ty, Q8_0 | Q4_0 | Q5_0 | IQ4NL | Q4_1 | Q5_1)
 }
