@@ -226,12 +226,13 @@ impl<const TYPE: u8> BlockUnits for Offset32<TYPE> {
     }
 }
 
-/// Q4_0 (`SHIFT` 3) / Q5_0 (`SHIFT` 4) on runs of eight blocks with their codes unsigned
-/// (nibbles `0..16`, five bits `0..32`), the offset (8, 16) taken in each
-/// lane's integer sum from the token's prepared `-offset Σ x`
-/// ([`TRunNeg`]), and the Q4_K step's i16 column sums ([`steps::offset32`]):
-/// per run and token about 20 vector operations, against 44 for the sign
-/// trick's (two `vpsignb`, a `vpmaddubsw` and a `vpmaddwd` per column).
+/// Q4_0 (`SHIFT` 3) / Q5_0 (`SHIFT` 4) on runs of eight blocks with their
+/// codes unsigned (nibbles `0..16`, five bits `0..32`), the offset (8, 16)
+/// taken in each lane's integer sum from the token's prepared `-offset Σ x`
+/// ([`TRunNeg`]), and the Q4_K step's i16 column sums
+/// ([`steps::offset32`]): per run and token about 20 vector operations,
+/// against 44 for the sign trick's (two `vpsignb`, a `vpmaddubsw` and a
+/// `vpmaddwd` per column).
 pub(super) struct Unsigned32<const SHIFT: i32>;
 
 pub(super) type Q40Runs = Unsigned32<3>;
