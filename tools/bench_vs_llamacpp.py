@@ -102,6 +102,7 @@ def main() -> None:
     import llama_cpp
 
     rows = []
+    last = {}  # the last qmoe report: its binary's commit and kernel level
     for name, path in parse_named(a.gguf):
         for th in threads:
             runner = LlamaRunner(path, th, a.p, a.n)
@@ -124,7 +125,7 @@ def main() -> None:
                 q = qmoe_rep(a.qmoe, path, th, a.p, a.n)
                 qp.append(q["prefill_tok_s"])
                 qd.append(q["decode_tok_s"])
-                extra = q
+                extra = last = q
                 print(f"  {name} t{th} rep {r}: llama.cpp {p:.1f}/{d:.2f}  qmoe {q['prefill_tok_s']:.1f}/{q['decode_tok_s']:.2f}",
                       file=sys.stderr)
             rows.append(dict(model=name, threads=th, llama_prefill=statistics.median(lp), llama_decode=statistics.median(ld),
@@ -134,15 +135,18 @@ def main() -> None:
         for th in threads:
             qmoe_rep(a.qmoe, path, th, 8, 2)
             qs = [qmoe_rep(a.qmoe, path, th, a.p, a.n) for _ in range(a.reps)]
+            last = qs[-1]
             rows.append(dict(model=name, threads=th, llama_prefill=None, llama_decode=None,
                              qmoe_prefill=statistics.median(q["prefill_tok_s"] for q in qs),
                              qmoe_decode=statistics.median(q["decode_tok_s"] for q in qs),
                              bytes_per_token=qs[-1]["bytes_per_token"], stream_gbs=qs[-1]["stream_gbs"]))
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    # The binary's own commit (what `--qmoe` names may not be this checkout's).
+    commit = str(last.get("commit", "?"))[:7]
+    simd = last.get("simd", "?")
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
     import os
-    print(f"machine: {cpu}, {os.cpu_count()} cores, {platform.system()}; qmoe {commit}; "
+    print(f"machine: {cpu}, {os.cpu_count()} cores, {platform.system()}; qmoe {commit} ({simd} kernels); "
           f"llama-cpp-python {llama_cpp.__version__}; prefill {a.p}, decode {a.n}, medians of {a.reps}")
     print("| model | threads | prefill llama.cpp | prefill qmoe | ratio | decode llama.cpp | decode qmoe | ratio | qmoe GB/s (of stream) |")
     print("|---|---|---|---|---|---|---|---|---|")
