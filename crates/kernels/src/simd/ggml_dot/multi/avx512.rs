@@ -98,9 +98,14 @@ struct Rows<'a> {
 }
 
 impl Rows<'_> {
-    /// Whether the matrix has row `r`.
-    fn has_row(&self, r: usize) -> bool {
-        (r + 1) * self.nb * self.ts <= self.w.len()
+    /// The second row of a two-row unit at row `r`: `r + 1`, or `r` again
+    /// when `r` is the last row (whose copy's results go unused).
+    fn second_row(&self, r: usize) -> usize {
+        if (r + 2) * self.nb * self.ts <= self.w.len() {
+            r + 1
+        } else {
+            r
+        }
     }
 
     /// Block `i` of row `r`.
@@ -417,7 +422,7 @@ impl<const FIVE: bool> Unpacks for Q45K<FIVE> {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn unpack(m: &Self::M<'_>, r: usize, i: usize) -> [Unpacked45; 2] {
-        let next = if m.has_row(r + 1) { r + 1 } else { r };
+        let next = m.second_row(r);
         [unpack_pair::<FIVE>(m, r, i), unpack_pair::<FIVE>(m, next, i)]
     }
 
@@ -509,7 +514,7 @@ impl<const SHIFT: u32> Unpacks for Groups16<SHIFT> {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn unpack(m: &Self::M<'_>, r: usize, i: usize) -> [Unpacked6; 2] {
-        let next = if m.has_row(r + 1) { r + 1 } else { r };
+        let next = m.second_row(r);
         if SHIFT == 5 {
             [unpack6(m, r, i), unpack6(m, next, i)]
         } else {

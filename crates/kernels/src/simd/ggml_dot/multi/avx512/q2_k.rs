@@ -75,7 +75,7 @@ impl Unpacks for Q2K {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn unpack(m: &Self::M<'_>, r: usize, i: usize) -> [Unpacked2; 2] {
-        let next = if m.has_row(r + 1) { r + 1 } else { r };
+        let next = m.second_row(r);
         [unpack(m, r, i), unpack(m, next, i)]
     }
 

@@ -124,7 +124,7 @@ impl<const TYPE: u8> Unpacks for Sym32x2<TYPE> {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn unpack(m: &Rows, r: usize, i: usize) -> [Unpacked16; 2] {
-        let next = if m.has_row(r + 1) { r + 1 } else { r };
+        let next = m.second_row(r);
         [unpack16::<TYPE>(m, r, i), unpack16::<TYPE>(m, next, i)]
     }
 
