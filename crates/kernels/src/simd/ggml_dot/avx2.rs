@@ -31,8 +31,7 @@ pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f
     // SAFETY (each arm): the caller's contract, passed on unchanged.
     gemv_table!(q8k: ty, w, x, y, GgmlType::IQ4XS => {
         let mut tokens = crate::simd::scratch::Tokens::default();
-        // SAFETY (closure): `tokens` gives room for `x.len()` values.
-        let xp = tokens.group(acts_id, (1, x.len()), (0, 1), |_, p| unsafe { xiq4::prep(x, p) });
+        let xp = xiq4::laid_out(&mut tokens, x, acts_id);
         rows!(w, x, y, 136, dot_iq4_xs, xp)
     })
 }
@@ -480,7 +479,7 @@ unsafe fn iq4_xs_scales(b: *const u8) -> __m256i {
 /// a lane insert each).
 ///
 /// # Safety
-/// `xp` holds [`xiq4::prep`] of `x`; the rest as the other dots.
+/// `xp` holds [`xiq4::laid_out`] of `x`; the rest as the other dots.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq4_xs(row: *const u8, x: &[BlockQ8K], xp: *const XIQ4) -> f32 {

@@ -106,8 +106,7 @@ pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f
         GgmlType::Q3K => rows!(w, x, y, q3_k::TS, q3_k::dot),
         GgmlType::IQ4XS => {
             let mut tokens = Tokens::default();
-            // SAFETY (closure): `tokens` gives room for `x.len()` values.
-            let xp = tokens.group(acts_id, (1, x.len()), (0, 1), |_, p| unsafe { xiq4::prep(x, p) });
+            let xp = xiq4::laid_out(&mut tokens, x, acts_id);
             rows!(w, x, y, 136, dot_iq4_xs, xp)
         }
         ty => unreachable!("avx512::gemv_q8k: {ty} has no kernel here (checked by the caller)"),
@@ -401,7 +400,7 @@ pub(super) unsafe fn iq4_xs_scales(b: *const u8) -> __m256i {
 /// DRAM (`512`, three alternations).
 ///
 /// # Safety
-/// `xp` holds [`xiq4::prep`] of `x`; the rest as the other dots.
+/// `xp` holds [`xiq4::laid_out`] of `x`; the rest as the other dots.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn dot_iq4_xs(row: *const u8, x: &[BlockQ8K], xp: *const XIQ4) -> f32 {

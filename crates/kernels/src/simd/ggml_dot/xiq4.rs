@@ -12,6 +12,7 @@
 use std::arch::x86_64::__m512i;
 
 use crate::simd::act::BlockQ8K;
+use crate::simd::scratch::Tokens;
 
 /// One Q8K block's codes in stored-nibble order: `lo[h]` 128-bit lane `j`
 /// holds values 0..16 of sub-block `4h + j`, `hi[h]` values 16..32.
@@ -21,11 +22,19 @@ pub(super) struct XIQ4 {
     pub(super) hi: [__m512i; 2],
 }
 
+/// `x` as [`XIQ4`]s in `tokens`: laid out once per thread and input when
+/// `acts_id` (not 0) names the input, else for this call (as
+/// `group32::laid_out` does for the 32-value types).
+pub(super) fn laid_out(tokens: &mut Tokens, x: &[BlockQ8K], acts_id: u64) -> *const XIQ4 {
+    // SAFETY (closure): `tokens` gives room for `x.len()` values.
+    tokens.group(acts_id, (1, x.len()), (0, 1), |_, p| unsafe { prep(x, p) })
+}
+
 /// `x` as [`XIQ4`]s at `dst`.
 ///
 /// # Safety
 /// `dst` has room for `x.len()` values.
-pub(super) unsafe fn prep(x: &[BlockQ8K], dst: *mut XIQ4) {
+unsafe fn prep(x: &[BlockQ8K], dst: *mut XIQ4) {
     // The same bytes as plain 16-byte runs: `lo[0], lo[1], hi[0], hi[1]`.
     let p = dst as *mut [[[i8; 16]; 4]; 4];
     for (k, xb) in x.iter().enumerate() {
