@@ -175,6 +175,15 @@ pub(super) unsafe fn load_2x256(lo: *const u8, hi: *const u8) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(load256(lo)), load256(hi))
 }
 
+/// The IQ4 levels + 128 (`1..=241`, unsigned for `vpdpbusd`) in every
+/// 128-bit lane, for `vpshufb` lookups by nibble (IQ4_NL, IQ4_XS).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn iq4_table_u8() -> __m512i {
+    let levels = load128(IQ4_LEVELS.as_ptr() as *const u8);
+    _mm512_broadcast_i32x4(_mm_xor_si128(levels, _mm_set1_epi8(i8::MIN)))
+}
+
 /// The 16 activation code sums of 16-value groups, as i16.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -405,8 +414,7 @@ pub(super) unsafe fn iq4_xs_scales(b: *const u8) -> __m256i {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn dot_iq4_xs(row: *const u8, x: &[BlockQ8K], xp: *const XIQ4) -> f32 {
     let m4 = _mm512_set1_epi8(0x0F);
-    let levels = load128(IQ4_LEVELS.as_ptr() as *const u8);
-    let table = _mm512_broadcast_i32x4(_mm_xor_si128(levels, _mm_set1_epi8(i8::MIN)));
+    let table = iq4_table_u8();
     // Lane l of the first half is sub-block l / 4, of the second 4 + l / 4.
     let first = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     let second = _mm512_add_epi32(first, _mm512_set1_epi32(4));

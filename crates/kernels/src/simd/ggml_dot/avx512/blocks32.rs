@@ -37,8 +37,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{load128, load_2x256};
-use crate::ggml::IQ4_LEVELS;
+use super::{iq4_table_u8, load128, load_2x256};
 use crate::simd::act::BlockQ8x32;
 use crate::simd::ggml_dot::group32::{packed_halves, Group, Layout32, Pair, BLOCKS};
 use crate::simd::ggml_dot::group32::{IQ4NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
@@ -121,10 +120,7 @@ impl Blocks32 for IQ4NL {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn codes(b: *const u8) -> __m512i {
-        // The levels + 128 (1..=241), looked up by nibble.
-        let levels = load128(IQ4_LEVELS.as_ptr() as *const u8);
-        let table = _mm512_broadcast_i32x4(_mm_xor_si128(levels, _mm_set1_epi8(i8::MIN)));
-        _mm512_shuffle_epi8(table, nibbles(b, 2, Self::TS))
+        _mm512_shuffle_epi8(iq4_table_u8(), nibbles(b, 2, Self::TS))
     }
 }
 

@@ -20,9 +20,8 @@
 
 use std::arch::x86_64::*;
 
-use super::super::super::avx512::{f16_at, iq4_xs_scales, load512};
+use super::super::super::avx512::{f16_at, iq4_table_u8, iq4_xs_scales, load512};
 use super::{for_pairs, pair_codes, pair_d, pair_sums, Kernel, Rows, ZERO_BLOCK};
-use crate::ggml::IQ4_LEVELS;
 use crate::simd::act::BlockQ8K;
 use crate::simd::columns::unpacked::avx512::Unpacks;
 
@@ -62,8 +61,7 @@ pub(super) struct UnpackedIq {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn unpack(m: &Rows, r: usize, i: usize) -> UnpackedIq {
-    let levels = _mm_loadu_si128(IQ4_LEVELS.as_ptr() as *const __m128i);
-    let table = _mm512_broadcast_i32x4(_mm_xor_si128(levels, _mm_set1_epi8(i8::MIN)));
+    let table = iq4_table_u8();
     let m4 = _mm512_set1_epi8(0x0F);
     // Words 4j of sub-blocks j in lanes 0..8, 4j + 1 in 8..16 (then + r).
     let idx = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
