@@ -1,34 +1,26 @@
 //! AVX-512 F/BW/VL + VNNI gemv kernels (Ice Lake, Sapphire Rapids, Zen 4
 //! and later) for the 32-value types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL),
-//! Q2_K ([`q2_k`]), Q3_K ([`q3_k`]), Q4_K, Q5_K and IQ4_XS; Q6_K runs its
-//! AVX2 kernel at [`Level::Avx512`](crate::simd::Level::Avx512)
-//! ([`has_kernel`] tells the caller which).
+//! Q2_K ([`q2_k`]), Q3_K ([`q3_k`]), Q4_K, Q5_K, Q6_K ([`q6_k`]) and IQ4_XS
+//! ([`has_kernel`] tells the caller which types have one here).
 //!
-//! Q6_K had a kernel here (chunks of 64 codes in their stored order, each
-//! scaled by a permute and a `vpdpwssd`) and lost it to the AVX2 one: on a
-//! Zen 4 (`examples/gemv_ggml.rs 256 q6_k`, 1 thread, mean of 5 runs)
-//! 17.2 GB/s against 21.1. Its codes take more work to unpack than Q4_K's
-//! (two bits from `qh` per byte), and a constant lane order would cost a
-//! permute per register. A second try took the many-token kernel's layout
+//! Q6_K took three tries. The first (chunks of 64 codes in their stored
+//! order, each scaled by a permute and a `vpdpwssd`) lost to the AVX2 kernel
+//! on a Zen 4 (`examples/gemv_ggml.rs 256 q6_k`, 1 thread, mean of 5 runs:
+//! 17.2 GB/s against 21.1). The second took the many-token kernel's layout
 //! (`multi/avx512.rs`: lanes of 16-value groups, four `vpdpbusd` a block):
-//! faster on weights in L2 (`gemv_ggml 256k q6_k`: 31.5-31.9 GB/s against
-//! 26.2-26.8) but slower from DRAM (`gemv_ggml q6_k`, five runs: 14.7-16.0
-//! against 21.0-22.2; 15.8-19.5 with a prefetch per block in the loop), and
-//! Q4_K_M decode (alternating `qmoe bench`) was no faster at 2 threads
-//! (13.3-13.9 against 13.8-14.2 tok/s) and slower at 1 (8.4-8.9 against
-//! 8.9-9.0); it was not kept. A third (a later stop) built the codes in
-//! their value order, so the activations needed no layout and no code
-//! register a permute: each 128-bit lane of a `vpdpbusd` is one 16-value
-//! group, two registers pack into i16 and one `vpdpwssd` scales them
-//! (`vpermw` of the sixteen scales). In L2 it ran 35.4-35.8 GB/s against
-//! the AVX2 kernel's 27.0, but from DRAM on one thread 22.0-23.0 against
-//! 24.0-24.1 (the same with 32-byte loads, and at every prefetch lead from
-//! 0 to 8 KiB), on two threads (`examples/decode_threads --type q6_k`) the
-//! same as the AVX2 kernel, and Q4_K_M decode at 2 threads, five
-//! alternations, no different (15.35-16.72 against 14.83-17.17 tok/s). The
-//! Q4_K kernel here mostly shows the same: faster than its AVX2 twin in L2,
-//! slower from DRAM on one thread in 12 of 13 runs that day (across
-//! prefetch leads and hints; 17.2-20.2 against 17.9-22.2 GB/s).
+//! faster on weights in L2 (31.5-31.9 GB/s against 26.2-26.8) but slower
+//! from DRAM (14.7-16.0 against 21.0-22.2), and Q4_K_M decode no faster.
+//! The third, [`q6_k`], builds the codes in their value order: in L2 on the
+//! Zen 4 35.4-35.8 GB/s against 27.0, but from DRAM on one thread 22.0-23.0
+//! against 24.0-24.1 (at every prefetch lead from 0 to 8 KiB) and no
+//! different at two threads, so the AVX2 kernel kept the level there. A Zen
+//! 5 (512-bit operations whole, not split in two) runs it at 73-75 GB/s in
+//! L2 against the AVX2 kernel's 39.5-40.4, and Q4_K_M decode 2-6% faster at
+//! two threads and 6% at one (alternating `qmoe bench`), so it is the level's
+//! kernel now. The Q4_K kernel here showed the Zen 4 pattern too: faster
+//! than its AVX2 twin in L2, slower from DRAM on one thread in 12 of 13
+//! runs that day (17.2-20.2 against 17.9-22.2 GB/s); on the Zen 5 it is
+//! the faster from DRAM as well (34.2-35.8 against 31.1-31.8).
 //!
 //! The integer core is `vpdpbusd`: unsigned weight bytes times signed
 //! activation codes, four adjacent products summed into each i32 lane and
@@ -77,16 +69,17 @@ use crate::simd::scratch::Tokens;
 mod blocks32;
 mod q2_k;
 mod q3_k;
+mod q6_k;
 
 /// Whether `ty` has a kernel here (the others run their AVX2 kernel).
 pub(super) fn has_kernel(ty: GgmlType) -> bool {
     use GgmlType::*;
-    matches!(ty, Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | IQ4NL | Q2K | Q3K | Q4K | Q5K | IQ4XS)
+    matches!(ty, Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | IQ4NL | Q2K | Q3K | Q4K | Q5K | Q6K | IQ4XS)
 }
 
 /// # Safety
 /// The CPU runs AVX-512 F/BW/VL + VNNI, AVX2, FMA and F16C; `ty` is one of
-/// Q4_K, Q5_K, IQ4_XS; `w` is exactly `y.len()` rows of `x.len()`
+/// Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS; `w` is exactly `y.len()` rows of `x.len()`
 /// blocks of `ty`; `acts_id` names `x` as [`super::gemv_q8k_named`] says.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f32], acts_id: u64) {
@@ -104,6 +97,7 @@ pub(super) unsafe fn gemv_q8k(ty: GgmlType, w: &[u8], x: &[BlockQ8K], y: &mut [f
         }
         GgmlType::Q2K => rows!(w, x, y, q2_k::TS, q2_k::dot),
         GgmlType::Q3K => rows!(w, x, y, q3_k::TS, q3_k::dot),
+        GgmlType::Q6K => rows!(w, x, y, q6_k::TS, q6_k::dot),
         GgmlType::IQ4XS => {
             let mut tokens = Tokens::default();
             let xp = xiq4::laid_out(&mut tokens, x, acts_id);
