@@ -321,9 +321,10 @@ unsafe fn dot_q45_k<const FIVE: bool>(row: *const u8, x: &[BlockQ8K], xp: *const
 
 /// The block at `b`'s eight 6-bit sub-block scales (bytes 0..8) and mins
 /// (bytes 8..16) of Q4_K / Q5_K, as [`super::scales_mins_k4`] unpacks them
-/// word by word, in a few 128-bit operations on the 12 scale bytes at `b +
-/// 4`: dwords `a0, a1, a2`, scales `a0 & 0x3F..` then `(a2 & 0x0F..) | ((a0
-/// >> 6) & 3..) << 4`, mins the same from `a1` and `a2 >> 4`. On a Zen 5
+/// word by word, in a few 128-bit operations on the 12 scale bytes at
+/// `b + 4`: dwords `a0, a1, a2`, scales `a0 & 0x3F..` then
+/// `(a2 & 0x0F..) | ((a0 >> 6) & 3..) << 4`, mins the same from `a1` and
+/// `a2 >> 4`. On a Zen 5
 /// (`gemv_ggml 1024k q4_k`, 1 thread, alternating) the gemv ran 47.5-48.5
 /// GB/s with the word form moved over from general registers, 51.8-52.2
 /// with this one (and 64.5 with constant scales, which LLVM hoists). The
