@@ -15,7 +15,7 @@
 //! only for AArch64, and is tested under qemu by `tools/test-aarch64.sh`).
 //! The AVX-512 kernels are tested natively where the CPU has them, and under
 //! an emulated CPU by `tools/test-avx512.sh` where it does not (the 2-core
-//! development VM has been either a Zen 3 or a Zen 4).
+//! development VM has been a Zen 3, a Zen 4 or a Zen 5).
 
 pub mod act;
 pub mod affine_dot;
