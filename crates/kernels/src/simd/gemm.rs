@@ -356,7 +356,8 @@ enum Route {
 }
 
 /// How one product runs: its tasks are `row_tasks x token_parts`, each a
-/// run of rows for a run of tokens.
+/// run of rows for a run of tokens (with the last row task in `tail`
+/// pieces: `row_tasks - 1 + tail` row tasks).
 struct Plan {
     route: Route,
     /// Index into the prepared activations (when quantized by the call).
@@ -370,6 +371,45 @@ struct Plan {
     tokens_per_part: usize,
     token_parts: usize,
     first_task: usize,
+    /// Tasks the last row task is cut into (1: not cut; see [`tail_split`]).
+    tail: usize,
+}
+
+impl Plan {
+    /// Tasks of this plan.
+    fn tasks(&self) -> usize {
+        (self.row_tasks - 1 + self.tail) * self.token_parts
+    }
+
+    /// Rows of local row task `k` (`0..row_tasks - 1 + tail`) of a product of `rows` rows.
+    fn rows_of(&self, k: usize, rows: usize) -> Range<usize> {
+        let r0 = k.min(self.row_tasks - 1) * self.rows_per_task;
+        if k + 1 < self.row_tasks {
+            return r0..r0 + self.rows_per_task;
+        }
+        let piece = (rows - r0).div_ceil(self.tail);
+        let start = r0 + (k + 1 - self.row_tasks) * piece;
+        start..(start + piece).min(rows)
+    }
+}
+
+/// Pieces the last task of a one-token call is cut into, per thread: the
+/// pool hands tasks out in order, so the call ends on pieces a quarter the
+/// size (at two threads) instead of on whole tasks, and the threads finish
+/// together. Before, a call of an odd number of equal tasks (the MoE's
+/// nine down projections: eight experts and the shared one) left one
+/// thread idle for a whole task at its end.
+const TAIL_PIECES_PER_THREAD: usize = 2;
+
+/// [`TAIL_PIECES_PER_THREAD`] applied to `plan` (the call's last) of a
+/// product of `rows` rows of `row_bytes` bytes: its last row task cut into
+/// pieces of at least [`MIN_TASK_BYTES`].
+fn tail_split(plan: &mut Plan, rows: usize, row_bytes: usize, threads: usize) {
+    let last_rows = rows - (plan.row_tasks - 1) * plan.rows_per_task;
+    let min_rows = MIN_TASK_BYTES.div_ceil(row_bytes.max(1)).max(1);
+    let want = (threads * TAIL_PIECES_PER_THREAD).min(last_rows / min_rows).max(1);
+    let piece = last_rows.div_ceil(want);
+    plan.tail = last_rows.div_ceil(piece);
 }
 
 /// Fewest tokens in a run of a short call's product (see [`matmul_many`]):
@@ -446,6 +486,7 @@ pub fn matmul_many(products: &mut [Product]) {
                 tokens_per_part: p.n_tokens,
                 token_parts: 1,
                 first_task: n_tasks,
+                tail: 1,
             });
             n_tasks += row_tasks;
             total_bytes += p.w.storage_bytes() * p.n_tokens;
@@ -475,14 +516,19 @@ pub fn matmul_many(products: &mut [Product]) {
                 n_tasks += plan.row_tasks * plan.token_parts;
             }
         }
+        if let (Some(plan), Some(p)) = (plans.last_mut(), products.last()) {
+            if threads > 1 && p.n_tokens == 1 && p.w.rows > 0 {
+                tail_split(plan, p.w.rows, p.w.storage_bytes() / p.w.rows, threads);
+                n_tasks = plan.first_task + plan.tasks();
+            }
+        }
         outs.extend(products.iter_mut().map(|p| SharedMut::new(p.y)));
         let (prepared, plans, outs) = (&*prepared, &*plans, &*outs);
         let task = |i: usize| {
             let j = plans.partition_point(|pl| pl.first_task <= i) - 1;
             let (p, plan) = (&products[j], &plans[j]);
             let (row_task, part) = ((i - plan.first_task) / plan.token_parts, (i - plan.first_task) % plan.token_parts);
-            let r0 = row_task * plan.rows_per_task;
-            let rows = r0..(r0 + plan.rows_per_task).min(p.w.rows);
+            let rows = plan.rows_of(row_task, p.w.rows);
             let t0 = part * plan.tokens_per_part;
             let tokens = t0..(t0 + plan.tokens_per_part).min(p.n_tokens);
             let acts = match p.pre {
