@@ -53,8 +53,16 @@ pub(crate) const PREFETCH_BYTES: usize = 4096;
 
 /// The lead of the single-token ggml row loops (`ggml_dot/avx2.rs`,
 /// `ggml_dot/avx512.rs`): [`PREFETCH_BYTES`], except on AMD CPUs with
-/// AVX-512 (Zen 4 and later; the Zen 3 was not measured), where it is 1
-/// KiB. On the Zen 4 VM (`examples/gemv_ggml.rs 512`, 1 thread, weights
+/// AVX-512 of family 25 (Zen 4; the Zen 3 was not measured), where it is 1
+/// KiB, and on AMD's family 26 (Zen 5) and later, where it is 8 KiB. On the
+/// Zen 5 VM (`gemv_ggml 512`, 1 thread, 1 KiB against 8 KiB) Q8_0 read 31.5
+/// -> 39.4 GB/s, Q4_K 31.6 -> 41.1, Q6_K 34.0 -> 41.7 (a plain streaming
+/// read beside them 32.9-34.4); with `--cols 8192` 23.2 -> 27.9, 29.2 ->
+/// 35.6 and 26.9 -> 35.1. `qmoe bench` decode, 2 threads, alternating: 1,
+/// 4, 8, 16 and 32 KiB on Q4_K_M 26.4-27.2, 29.5-30.4, 29.9-31.5, 31.6-31.9
+/// and 30.9-31.3 tok/s, on Q8_0 (1, 4, 8, 16) 17.6-17.8, 19.6, 20.0-20.3
+/// and 19.8; at 1 thread Q4_K_M 14.7-15.4 -> 18.3-18.5 (1 -> 8 KiB). On the
+/// Zen 4 VM (`examples/gemv_ggml.rs 512`, 1 thread, weights
 /// from DRAM, two alternations of 0 / 1 / 2 / 4 KiB) the 4 KiB lead cost
 /// Q4_K 12-15% at AVX-512 (18.2-18.7 GB/s at 1 KiB, 16.0-16.5 at 4 KiB) and
 /// Q6_K 4-10% (22.0-23.8 against 21.3-21.4), Q8_0 the same either way; with
@@ -78,16 +86,24 @@ pub(crate) const PREFETCH_BYTES: usize = 4096;
 /// Q8_0 about 8%.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn ggml_gemv_lead() -> usize {
+    /// AMD's CPU family of Zen 5 (26; Zen 3 and Zen 4 are 25).
+    const ZEN5: u32 = 0x1A;
     static LEAD: OnceLock<usize> = OnceLock::new();
     *LEAD.get_or_init(|| {
         // SAFETY: CPUID leaf 0 (the vendor string) exists on every x86-64 CPU.
         #[allow(unused_unsafe)]
         let id = unsafe { std::arch::x86_64::__cpuid(0) };
-        let amd = (id.ebx, id.edx, id.ecx) == (0x6874_7541, 0x6974_6E65, 0x444D_4163); // "AuthenticAMD"
-        if amd && std::arch::is_x86_feature_detected!("avx512f") {
-            1024
-        } else {
-            PREFETCH_BYTES
+        // "AuthenticAMD"
+        let amd = (id.ebx, id.edx, id.ecx) == (0x6874_7541, 0x6974_6E65, 0x444D_4163);
+        // SAFETY: as above, leaf 1 (the family) exists on every x86-64 CPU.
+        #[allow(unused_unsafe)]
+        let eax = unsafe { std::arch::x86_64::__cpuid(1) }.eax;
+        let base = (eax >> 8) & 0xF;
+        let family = if base == 0xF { base + ((eax >> 20) & 0xFF) } else { base };
+        match (amd, family) {
+            (true, ZEN5..) => 8192,
+            (true, _) if std::arch::is_x86_feature_detected!("avx512f") => 1024,
+            _ => PREFETCH_BYTES,
         }
     })
 }
