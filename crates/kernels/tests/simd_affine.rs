@@ -138,7 +138,9 @@ fn close(a: f32, b: f32, mag: f32) -> bool {
 
 /// Shapes: cols a multiple of the group; whole and partial runs of eight
 /// groups; a group size without a specialised loop (256); rows longer than
-/// one AVX2 pass (8192 columns), whose last pass holds 6 groups.
+/// one AVX2 pass (8192 columns), whose last pass holds 6 groups; an odd
+/// number of block pairs (64 x 192: the AVX-512 4-bit row's 256-bit tail);
+/// groups of three pairs (192), which that row leaves to the AVX2 one.
 fn grid() -> Vec<(usize, usize)> {
     let mut v = vec![];
     for group in [32, 64, 128] {
@@ -148,7 +150,7 @@ fn grid() -> Vec<(usize, usize)> {
             }
         }
     }
-    v.extend([(256, 768), (64, 8192 + 384)]);
+    v.extend([(256, 768), (64, 8192 + 384), (64, 192), (192, 384)]);
     v
 }
 

@@ -23,6 +23,12 @@
 //! `d_b · scale_g` into 8 row lanes, and the bias term as one dot product of
 //! the row's biases with the group sums. The integer
 //! block sums are exact at both levels, so they differ by f32 rounding only.
+//! An AVX-512 VNNI form of the 4-bit row (128 values a step, one 64-byte
+//! load and one `vpdpbusd` per nibble register, the sixteen lanes scaled by
+//! `d_b · scale_g` in one multiply and FMA) passed the twin tests on a Zen 5
+//! but decoded the synthetic MLX 4-bit model slower at 2 threads (`qmoe
+//! bench`, five alternations: 23.5-25.1 against 25.2-28.2 tok/s, also with
+//! an 8 KiB prefetch lead), so the AVX2 row serves that level.
 //! The NEON level (4 and 8 bits; other widths run the twin) keeps the
 //! twin's order exactly, so it returns the twin's bits (`simd/neon/affine.rs`).
 
