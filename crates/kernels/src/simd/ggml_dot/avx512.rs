@@ -324,11 +324,11 @@ unsafe fn dot_q45_k<const FIVE: bool>(row: *const u8, x: &[BlockQ8K], xp: *const
 /// word by word, in a few 128-bit operations on the 12 scale bytes at
 /// `b + 4`: dwords `a0, a1, a2`, scales `a0 & 0x3F..` then
 /// `(a2 & 0x0F..) | ((a0 >> 6) & 3..) << 4`, mins the same from `a1` and
-/// `a2 >> 4`. On a Zen 5
-/// (`gemv_ggml 1024k q4_k`, 1 thread, alternating) the gemv ran 47.5-48.5
-/// GB/s with the word form moved over from general registers, 51.8-52.2
-/// with this one (and 64.5 with constant scales, which LLVM hoists). The
-/// AVX2 gemv keeps the word form: this one cost it 35.7 -> 29.5 GB/s.
+/// `a2 >> 4`. On a Zen 5 (`gemv_ggml 1024k q4_k`, 1 thread, alternating)
+/// the gemv ran 47.5-48.5 GB/s with the word form moved over from general
+/// registers, 51.8-52.2 with this one (and 64.5 with constant scales, which
+/// LLVM hoists). The AVX2 gemv keeps the word form: this one cost it 35.7
+/// -> 29.5 GB/s.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn scales_mins_k4_vec(b: *const u8) -> __m128i {
