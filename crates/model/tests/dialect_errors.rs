@@ -14,7 +14,7 @@ use serde_json::Value;
 /// Copies a fixture directory, letting `edit` change its config.json.
 fn with_config(name: &str, tag: &str, edit: impl Fn(&mut Value)) -> PathBuf {
     let src = fixture(name);
-    let dir = std::env::temp_dir().join(format!("qmoe-dialect-errors-{}-{tag}", std::process::id()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("qmoe-dialect-errors-{tag}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     for entry in std::fs::read_dir(&src).unwrap() {

@@ -15,7 +15,7 @@ fn fixture(name: &str) -> PathBuf {
 
 /// A fresh directory under the target's temp area.
 fn scratch_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("qmoe-load-errors-{}-{tag}", std::process::id()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("qmoe-load-errors-{tag}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir

@@ -17,7 +17,7 @@ fn fixture(name: &str) -> PathBuf {
 /// `edit` drop (empty), rename or reshape tensors on the way.
 fn rewrite(name: &str, tag: &str, edit: impl Fn(&str, &[usize]) -> Vec<(String, Vec<usize>)>) -> PathBuf {
     let src = fixture(name);
-    let dir = std::env::temp_dir().join(format!("qmoe-mtp-{}-{tag}", std::process::id()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("qmoe-mtp-{tag}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
