@@ -234,6 +234,27 @@ unsafe fn scaled_groups(init: __m512i, r: &[__m512i; 4], sc: __m512i) -> __m512i
     _mm512_dpwssd_epi32(s, _mm512_packs_epi32(r[2], r[3]), _mm512_permutexvar_epi16(idx23, sc))
 }
 
+/// `acc + d_w d_x (Σ_g s_g S_g - 2^SHIFT Σ_g s_g B_g)`: the block step of the
+/// types whose codes stand for `code - 2^SHIFT` (Q3_K 4, Q6_K 32), `r` the
+/// `vpdpbusd` lanes as [`scaled_groups`] takes them, `sc` the sixteen i8
+/// group scales, `d_w` the block's `d`; the offset comes off through the
+/// group sums `B_g`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn offset_groups<const SHIFT: i32>(
+    acc: __m512,
+    r: &[__m512i; 4],
+    sc: __m128i,
+    xb: &BlockQ8K,
+    d_w: f32,
+) -> __m512 {
+    let sc = _mm256_cvtepi8_epi16(sc);
+    let offs = _mm256_slli_epi32::<SHIFT>(_mm256_madd_epi16(sc, bsums(xb)));
+    let init = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), offs));
+    let s = scaled_groups(init, r, _mm512_castsi256_si512(sc));
+    _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(d_w * xb.d), acc)
+}
+
 /// Q4_K / Q5_K, with the sub-block scales applied once per block.
 ///
 /// The 128 code bytes are chunks `a = 0..4` of 32 bytes, byte `l` of chunk

@@ -20,7 +20,7 @@
 use std::arch::x86_64::*;
 
 use super::super::avx2::q3_k_scales_vec;
-use super::{bsums, f16_at, load256, load512, run_shifts, scaled_groups};
+use super::{f16_at, load256, load512, offset_groups, run_shifts};
 use crate::simd::act::BlockQ8K;
 
 /// Bytes of a Q3_K block.
@@ -60,13 +60,7 @@ pub(super) unsafe fn dot(row: *const u8, x: &[BlockQ8K]) -> f32 {
                 r[2 * n + p] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), code, load512(xq.add(128 * n + 64 * p)));
             }
         }
-        let sc = _mm256_cvtepi8_epi16(q3_k_scales_vec(b));
-        // 4 Σ_g s_g B_g in lanes 0..8, taken off the scaled sums.
-        let offs = _mm256_slli_epi32::<2>(_mm256_madd_epi16(sc, bsums(xb)));
-        let sc = _mm512_castsi256_si512(sc);
-        let s = scaled_groups(_mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), offs)), &r, sc);
-        let d = _mm512_set1_ps(f16_at(b.add(108)) * xb.d);
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc);
+        acc = offset_groups::<2>(acc, &r, q3_k_scales_vec(b), xb, f16_at(b.add(108)));
     }
     _mm512_reduce_add_ps(acc)
 }

@@ -11,8 +11,8 @@
 //! codes in value order, which meet the activations as they come. Each
 //! 128-bit lane of a `vpdpbusd` over them is one 16-value group; its i32
 //! lanes (at most `4 · 63 · 128`) pack exactly into i16, and `vpdpwssd`
-//! multiplies them by their group scales ([`scaled_groups`], as Q3_K); the
-//! `- 32` comes off through the group sums (`32 Σ_g s_g B_g`).
+//! multiplies them by their group scales, and the `- 32` comes off through
+//! the group sums (`32 Σ_g s_g B_g`): Q3_K's block step ([`offset_groups`]).
 //!
 //! The AVX2 kernel ran at this level before: eight 32-value runs a block
 //! through `vpmaddubsw` and `vpmaddwd`, with a scale shuffle each. On a Zen
@@ -22,7 +22,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{bsums, f16_at, load256, load512, scaled_groups};
+use super::{f16_at, load256, load512, offset_groups};
 use crate::simd::act::BlockQ8K;
 
 /// Bytes of a Q6_K block.
@@ -59,13 +59,8 @@ pub(super) unsafe fn dot(row: *const u8, x: &[BlockQ8K]) -> f32 {
                 r[2 * n + k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), code, load512(xq.add(128 * n + 64 * k)));
             }
         }
-        let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(192) as *const __m128i));
-        // 32 Σ_g s_g B_g in lanes 0..8, taken off the scaled sums.
-        let offs = _mm256_slli_epi32::<5>(_mm256_madd_epi16(sc, bsums(xb)));
-        let init = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), offs));
-        let s = scaled_groups(init, &r, _mm512_castsi256_si512(sc));
-        let d = _mm512_set1_ps(f16_at(b.add(208)) * xb.d);
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc);
+        let sc = _mm_loadu_si128(b.add(192) as *const __m128i);
+        acc = offset_groups::<5>(acc, &r, sc, xb, f16_at(b.add(208)));
     }
     _mm512_reduce_add_ps(acc)
 }
