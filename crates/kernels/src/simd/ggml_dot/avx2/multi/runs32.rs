@@ -124,11 +124,8 @@ impl<const TYPE: u8> BlockUnits for Sym32<TYPE> {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn unpack(row: *const u8, nb: usize, r: usize) -> UnpackedSigned {
         let ts = Self::BYTES;
-        let here = (nb - 8 * r).min(8);
-        let b = row.add(8 * r * ts);
-        let rows = std::array::from_fn(|k| if k < here { Self::codes(b.add(k * ts)) } else { _mm256_setzero_si256() });
+        let (b, here, w) = run_codes(row, nb, r, ts, |p| Self::codes(p));
         let scale = f16_lanes(b, ts, 0, here);
-        let w = transpose8(rows);
         UnpackedSigned { aw: w.map(|c| _mm256_sign_epi8(c, c)), w, scale }
     }
 
@@ -152,6 +149,29 @@ pub(super) unsafe fn f16_lanes(b: *const u8, ts: usize, at: usize, here: usize) 
         *hk = (b.add(k * ts + at) as *const u16).read_unaligned();
     }
     _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i))
+}
+
+/// Run `r` of a row of `nb` blocks of `ts` bytes at `row`: its first block,
+/// how many blocks it holds (at most eight), and their codes (`codes` of
+/// each block's bytes) transposed as [`run_columns`] lays out activations,
+/// zero where the run has no block.
+///
+/// # Safety
+/// AVX2 + FMA + F16C; `row` points at `nb > 8 r` blocks of `ts` bytes;
+/// `codes` reads only inside the block it is given.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn run_codes(
+    row: *const u8,
+    nb: usize,
+    r: usize,
+    ts: usize,
+    codes: impl Fn(*const u8) -> __m256i,
+) -> (*const u8, usize, [__m256i; 8]) {
+    let here = (nb - 8 * r).min(8);
+    let b = row.add(8 * r * ts);
+    let rows = std::array::from_fn(|k| if k < here { codes(b.add(k * ts)) } else { _mm256_setzero_si256() });
+    (b, here, transpose8(rows))
 }
 
 /// The offset 32-value type `TYPE` ([`Q4_1`] or [`Q5_1`]) on runs of eight
@@ -203,14 +223,9 @@ impl<const TYPE: u8> BlockUnits for Offset32<TYPE> {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn unpack(row: *const u8, nb: usize, r: usize) -> UnpackedOffset {
         let ts = Self::BYTES;
-        let here = (nb - 8 * r).min(8);
-        let b = row.add(8 * r * ts);
-        let rows =
-            std::array::from_fn(
-                |k| if k < here { offset_codes::<TYPE>(b.add(k * ts)) } else { _mm256_setzero_si256() },
-            );
+        let (b, here, w) = run_codes(row, nb, r, ts, |p| offset_codes::<TYPE>(p));
         let neg_m = _mm256_sub_ps(_mm256_setzero_ps(), f16_lanes(b, ts, 2, here));
-        UnpackedOffset { w: transpose8(rows), neg_m, d: f16_lanes(b, ts, 0, here) }
+        UnpackedOffset { w, neg_m, d: f16_lanes(b, ts, 0, here) }
     }
 
     #[inline]
@@ -292,11 +307,9 @@ impl<const SHIFT: i32> BlockUnits for Unsigned32<SHIFT> {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn unpack(row: *const u8, nb: usize, r: usize) -> UnpackedUnsigned {
         let ts = Self::BYTES;
-        let here = (nb - 8 * r).min(8);
-        let b = row.add(8 * r * ts);
         let codes = |p: *const u8| if SHIFT == 3 { split_nibbles(load128(p.add(2))) } else { q5_codes(p, 2, 6, false) };
-        let rows = std::array::from_fn(|k| if k < here { codes(b.add(k * ts)) } else { _mm256_setzero_si256() });
-        UnpackedUnsigned { w: transpose8(rows), d: f16_lanes(b, ts, 0, here) }
+        let (b, here, w) = run_codes(row, nb, r, ts, codes);
+        UnpackedUnsigned { w, d: f16_lanes(b, ts, 0, here) }
     }
 
     #[inline]
