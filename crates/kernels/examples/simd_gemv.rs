@@ -5,7 +5,7 @@
 //! (`stream`) is printed first as the ceiling.
 //!
 //! `cargo run --release -p qmoe-kernels --example simd_gemv -- [FORMAT ...]
-//!  [--mb 256] [--cols 2048] [--iters 15] [--scalar]`
+//!  [--mb 256 | --kb K] [--cols 2048] [--iters 15] [--scalar]`
 //! FORMAT: f32 f16 bf16 fp8 q2 q3 q4 q5 q6 q8 (default: all).
 
 use std::time::Instant;
@@ -17,18 +17,19 @@ use qmoe_kernels::simd::{self, affine_dot, float_dot, fp8_dot, Level};
 
 struct Args {
     formats: Vec<String>,
-    mb: usize,
+    kb: usize,
     cols: usize,
     iters: usize,
     level: Level,
 }
 
 fn parse() -> Args {
-    let mut a = Args { formats: vec![], mb: 256, cols: 2048, iters: 15, level: simd::level() };
+    let mut a = Args { formats: vec![], kb: 256 << 10, cols: 2048, iters: 15, level: simd::level() };
     let mut it = std::env::args().skip(1);
     while let Some(s) = it.next() {
         match s.as_str() {
-            "--mb" => a.mb = it.next().unwrap().parse().unwrap(),
+            "--mb" => a.kb = it.next().unwrap().parse::<usize>().unwrap() << 10,
+            "--kb" => a.kb = it.next().unwrap().parse().unwrap(),
             "--cols" => a.cols = it.next().unwrap().parse().unwrap(),
             "--iters" => a.iters = it.next().unwrap().parse().unwrap(),
             "--scalar" => a.level = Level::Scalar,
@@ -120,13 +121,13 @@ fn main() {
     let a = parse();
     let cols = a.cols;
     println!(
-        "simd_gemv: level {:?}, cols {cols}, ~{} MB per matrix, median of {} runs, 1 thread",
-        a.level, a.mb, a.iters
+        "simd_gemv: level {:?}, cols {cols}, ~{} KB per matrix, median of {} runs, 1 thread",
+        a.level, a.kb, a.iters
     );
     let x: Vec<f32> = (0..cols).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.02).collect();
     let mut xq = vec![BlockQ8x32::default(); cols / 32];
     quantize_q8x32(&x, &mut xq);
-    let target = a.mb << 20;
+    let target = a.kb << 10;
 
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {

@@ -23,12 +23,9 @@
 //! `d_b · scale_g` into 8 row lanes, and the bias term as one dot product of
 //! the row's biases with the group sums. The integer
 //! block sums are exact at both levels, so they differ by f32 rounding only.
-//! An AVX-512 VNNI form of the 4-bit row (128 values a step, one 64-byte
-//! load and one `vpdpbusd` per nibble register, the sixteen lanes scaled by
-//! `d_b · scale_g` in one multiply and FMA) passed the twin tests on a Zen 5
-//! but decoded the synthetic MLX 4-bit model slower at 2 threads (`qmoe
-//! bench`, five alternations: 23.5-25.1 against 25.2-28.2 tok/s, also with
-//! an 8 KiB prefetch lead), so the AVX2 row serves that level.
+//! At the AVX-512 level, 4-bit weights in groups of 32, 64 or 128 (the MLX
+//! 4-bit checkpoints) run [`avx512`]: 128 values a step, one `vpdpbusd` per
+//! nibble register. Other widths and group sizes run the AVX2 row there.
 //! The NEON level (4 and 8 bits; other widths run the twin) keeps the
 //! twin's order exactly, so it returns the twin's bits (`simd/neon/affine.rs`).
 
@@ -77,7 +74,17 @@ pub fn gemv_affine(level: Level, w: &MatRef, rows: Range<usize>, x: &[BlockQ8x32
         }
         Level::Avx2 | Level::Avx512 => {
             #[cfg(target_arch = "x86_64")]
-            {
+            if level == Level::Avx512 && avx512::supports(bits, group_size) {
+                assert!(
+                    crate::simd::avx512_detected() && crate::simd::float_dot::x86::available(),
+                    "gemv_affine: AVX-512 level on a CPU without AVX-512 F/BW/VL + VNNI, AVX2, FMA and F16C"
+                );
+                // SAFETY: the CPU runs AVX-512 F/BW/VL + VNNI, AVX2, FMA and
+                // F16C (checked just above); `m` was
+                // checked against its shape, `bits` and `group_size` by
+                // `supports`; `rows`, `x` and `y` as below.
+                unsafe { avx512::gemv(&m, rows, x, y) }
+            } else {
                 use crate::simd::float_dot::x86 as fx;
                 assert!(fx::available(), "gemv_affine: AVX2/FMA/F16C level on a CPU without them");
                 // SAFETY: the CPU supports avx2, fma and f16c (checked just
@@ -162,6 +169,9 @@ fn scalar_row(m: &AffineMat, r: usize, x: &[BlockQ8x32]) -> f32 {
     }
     scaled + biased
 }
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
