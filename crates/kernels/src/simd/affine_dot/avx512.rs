@@ -1,23 +1,28 @@
-//! AVX-512 VNNI decode matvec for MLX 4-bit weights in groups of 32, 64 or
-//! 128 (the sizes mlx writes), the hottest loop of an MLX model's decode.
+//! AVX-512 VNNI decode matvec for MLX 4- and 8-bit weights in groups of
+//! 32, 64 or 128 (the sizes mlx writes), the hottest loop of an MLX model's
+//! decode.
 //!
 //! The AVX2 row ([`super::x86`]) spends about 22 operations on 64 bytes of
-//! codes (per 32-byte half: two masks, two `vpmaddubsw`, a `vpmaddwd`, a
-//! conversion, a scale multiply and an FMA). Here a 64-byte load is 128
-//! values and costs ten: the two nibble masks, two `vpdpbusd` (the low
-//! nibbles, then the high ones, into the same lanes), the conversion, and
-//! the lane scales `d_b · scale_g` from a permute and a multiply into one
-//! FMA. On the Zen 5 VM (`examples/simd_gemv.rs q4`, 1 thread, the two
-//! alternating): weights in L2 (768 KB) 35 -> 61 GB/s; from DRAM (512 MB)
-//! 29.5-29.9 -> 35.1-35.6, where the Q4_K gemv read 38-40 beside them.
+//! 4-bit codes (per 32-byte half: two masks, two `vpmaddubsw`, a
+//! `vpmaddwd`, a conversion, a scale multiply and an FMA). Here a 64-byte
+//! load is one step, 128 values costing ten: the two nibble masks, two
+//! `vpdpbusd` (the low nibbles, then the high ones, into the same lanes),
+//! the conversion, and the lane scales `d_b · scale_g` from a permute and a
+//! multiply into one FMA. 8-bit codes are unsigned bytes already: 64 values
+//! a step and one `vpdpbusd`. On the Zen 5 VM (`examples/simd_gemv.rs`, 1
+//! thread, the AVX2 row alternating with this one), GB/s:
+//! - 4-bit: in L2 (768 KB) 35 -> 61; from DRAM (512 MB) 29.5-29.9 ->
+//!   35.1-35.6, where the Q4_K gemv read 38-40 beside them;
+//! - 8-bit: in L2 38 -> 78; from DRAM 27.9-28.2 -> 33.9.
 //!
-//! Layout. Byte `j` of a row holds values `2j` (low nibble) and `2j + 1`
-//! (high nibble), so the i32 lane `l` of a load covers values `8l .. 8l + 8`
-//! of the step, all in block `l / 4`. The activations are laid out once per
-//! call to match: per step, `lo` lane `l` = codes `8l, 8l + 2, 8l + 4, 8l +
-//! 6`, `hi` the odd ones, and `d` lane `l` = the `d` of block `l / 4`. The
-//! scales and biases of sixteen groups are read as one masked vector; the
-//! bias term is one FMA of them with the groups' activation sums.
+//! Layout. A step's i32 lane `l` covers 8 values at 4 bits (`8l .. 8l + 8`:
+//! byte `j` holds values `2j`, low nibble, and `2j + 1`, high nibble), 4
+//! at 8 bits, all in one block. The activations are laid out once per call
+//! to match: at 4 bits `q[0]` lane `l` = codes `8l, 8l + 2, 8l + 4, 8l + 6`
+//! and `q[1]` the odd ones; at 8 bits `q[0]` = the codes in order; `d` lane
+//! `l` = the `d` of lane `l`'s block. The scales and biases of sixteen
+//! groups are read as one masked vector; the bias term is one FMA of them
+//! with the groups' activation sums.
 //!
 //! Summation order: each lane's integer sum is exact; the lanes are scaled
 //! by `d_b · scale_g` (f32) and summed in two accumulators, which with the
@@ -37,19 +42,23 @@ use super::AffineMat;
 use crate::simd::act::BlockQ8x32;
 use crate::simd::scratch::{Scratch, Table};
 
-/// Values per step: one 64-byte load of codes.
-const STEP: usize = 128;
-
 /// Whether this kernel takes `bits`-bit weights in groups of `group_size`.
 pub(super) fn supports(bits: u32, group_size: usize) -> bool {
-    bits == 4 && matches!(group_size, 32 | 64 | 128)
+    matches!(bits, 4 | 8) && matches!(group_size, 32 | 64 | 128)
+}
+
+/// Blocks of 32 values in one step (one 64-byte load of `B`-bit codes).
+const fn step_blocks(b: usize) -> usize {
+    16 / b
 }
 
 /// One step's laid-out activations.
 #[repr(C, align(64))]
 struct Step {
-    lo: [i8; 64],
-    hi: [i8; 64],
+    /// 4 bits: the codes against the low nibbles, then the high ones;
+    /// 8 bits: the step's codes in order, then unused.
+    q: [[i8; 64]; 2],
+    /// Lane `l`: the `d` of the block that lane `l` of a load lies in.
     d: [f32; 16],
 }
 
@@ -60,28 +69,31 @@ struct Step {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn gemv(m: &AffineMat, rows: Range<usize>, x: &[BlockQ8x32], y: &mut [f32]) {
     // SAFETY (each arm): the caller's contract.
-    match m.group_size {
-        32 => run::<1>(m, rows, x, y),
-        64 => run::<2>(m, rows, x, y),
-        128 => run::<4>(m, rows, x, y),
-        g => unreachable!("group {g} checked by `supports`"),
+    match (m.bits, m.group_size) {
+        (4, 32) => run::<4, 1>(m, rows, x, y),
+        (4, 64) => run::<4, 2>(m, rows, x, y),
+        (4, 128) => run::<4, 4>(m, rows, x, y),
+        (8, 32) => run::<8, 1>(m, rows, x, y),
+        (8, 64) => run::<8, 2>(m, rows, x, y),
+        (8, 128) => run::<8, 4>(m, rows, x, y),
+        (b, g) => unreachable!("{b} bits, group {g} checked by `supports`"),
     }
 }
 
-/// [`gemv`] with `PG` blocks of 32 per group.
+/// [`gemv`] with `B`-bit codes and `PG` blocks of 32 per group.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn run<const PG: usize>(m: &AffineMat, rows: Range<usize>, x: &[BlockQ8x32], y: &mut [f32]) {
+unsafe fn run<const B: usize, const PG: usize>(m: &AffineMat, rows: Range<usize>, x: &[BlockQ8x32], y: &mut [f32]) {
     if x.is_empty() {
         y.fill(0.0);
         return;
     }
-    let n_steps = (x.len() * 32).div_ceil(STEP);
+    let n_steps = x.len().div_ceil(step_blocks(B));
     let windows = m.groups.div_ceil(16);
     let (mut scratch, mut table) = (Scratch::default(), Table::default());
     let steps = scratch.room::<Step>(n_steps);
     let gsum = table.room::<f32>(16 * windows);
     // SAFETY: `room` gave `n_steps` steps and `16 * windows` sums.
-    lay_out::<PG>(x, steps, gsum, m.groups, windows);
+    lay_out::<B, PG>(x, steps, gsum, m.groups, windows);
     let steps = std::slice::from_raw_parts(steps, n_steps);
     let gsum = std::slice::from_raw_parts(gsum, 16 * windows);
 
@@ -110,37 +122,43 @@ unsafe fn run<const PG: usize>(m: &AffineMat, rows: Range<usize>, x: &[BlockQ8x3
             fetched_b += 64;
         }
         // SAFETY: row `r` exists; `steps` and `gsum` cover its columns and groups.
-        *yr = _mm512_reduce_add_ps(row::<PG>(m, r, steps, gsum));
+        *yr = _mm512_reduce_add_ps(row::<B, PG>(m, r, steps, gsum));
     }
 }
 
 /// Fills `steps` (zero-padded past the last block) and `gsum` (each
 /// group's Σ of block sums, zero-padded to `16 * windows`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn lay_out<const PG: usize>(x: &[BlockQ8x32], steps: *mut Step, gsum: *mut f32, groups: usize, windows: usize) {
+unsafe fn lay_out<const B: usize, const PG: usize>(
+    x: &[BlockQ8x32],
+    steps: *mut Step,
+    gsum: *mut f32,
+    groups: usize,
+    windows: usize,
+) {
     // Per 128-bit lane: the 8 even-indexed codes, then the 8 odd ones.
     let split = _mm256_setr_epi8(
         0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, //
         0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
     );
-    let n_steps = (x.len() * 32).div_ceil(STEP);
-    for s in 0..n_steps {
-        // SAFETY: `s < n_steps`, the steps' count.
+    let per_step = step_blocks(B);
+    for s in 0..x.len().div_ceil(per_step) {
+        // SAFETY: `s` is below the steps' count.
         let st = &mut *steps.add(s);
-        for j in 0..4 {
-            let k = 4 * s + j;
-            let (lo, hi, d) = match x.get(k) {
-                Some(b) => {
-                    let v = _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i);
-                    // [evens 0-14, evens 16-30 | odds 1-15, odds 17-31]
-                    let v = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(v, split), 0b11_01_10_00);
-                    (_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1), b.d)
-                }
-                None => (_mm_setzero_si128(), _mm_setzero_si128(), 0.0),
+        for j in 0..per_step {
+            let (v, d) = match x.get(per_step * s + j) {
+                Some(b) => (_mm256_loadu_si256(b.qs.as_ptr() as *const __m256i), b.d),
+                None => (_mm256_setzero_si256(), 0.0),
             };
-            _mm_storeu_si128(st.lo.as_mut_ptr().add(16 * j) as *mut __m128i, lo);
-            _mm_storeu_si128(st.hi.as_mut_ptr().add(16 * j) as *mut __m128i, hi);
-            st.d[4 * j..4 * j + 4].fill(d);
+            st.d[16 / per_step * j..16 / per_step * (j + 1)].fill(d);
+            if B == 8 {
+                _mm256_storeu_si256(st.q[0].as_mut_ptr().add(32 * j) as *mut __m256i, v);
+                continue;
+            }
+            // [evens 0-14, evens 16-30 | odds 1-15, odds 17-31]
+            let v = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(v, split), 0b11_01_10_00);
+            _mm_storeu_si128(st.q[0].as_mut_ptr().add(16 * j) as *mut __m128i, _mm256_castsi256_si128(v));
+            _mm_storeu_si128(st.q[1].as_mut_ptr().add(16 * j) as *mut __m128i, _mm256_extracti128_si256(v, 1));
         }
     }
     for g in 0..16 * windows {
@@ -167,13 +185,17 @@ unsafe fn load16(dt: DType, p: *const u8, g: usize, n: usize) -> __m512 {
 /// One step: the 64 code bytes `v` against step `st`, each lane scaled by
 /// `sc` (its group's scale) and `st.d`, added to `acc`.
 #[inline(always)]
-unsafe fn step(v: __m512i, st: &Step, sc: __m512, acc: __m512) -> __m512 {
-    let nib = _mm512_set1_epi8(0x0f);
-    let lo = _mm512_and_si512(v, nib);
-    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib);
-    let lo_x = _mm512_load_si512(st.lo.as_ptr() as *const __m512i);
-    let hi_x = _mm512_load_si512(st.hi.as_ptr() as *const __m512i);
-    let isum = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, lo_x), hi, hi_x);
+unsafe fn step<const B: usize>(v: __m512i, st: &Step, sc: __m512, acc: __m512) -> __m512 {
+    let q0 = _mm512_load_si512(st.q[0].as_ptr() as *const __m512i);
+    let isum = if B == 8 {
+        _mm512_dpbusd_epi32(_mm512_setzero_si512(), v, q0)
+    } else {
+        let nib = _mm512_set1_epi8(0x0f);
+        let lo = _mm512_and_si512(v, nib);
+        let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib);
+        let q1 = _mm512_load_si512(st.q[1].as_ptr() as *const __m512i);
+        _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, q0), hi, q1)
+    };
     let d = _mm512_load_ps(st.d.as_ptr());
     _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, sc), acc)
 }
@@ -184,21 +206,22 @@ unsafe fn step(v: __m512i, st: &Step, sc: __m512, acc: __m512) -> __m512 {
 /// As [`gemv`]; `steps` and `gsum` laid out by [`lay_out`] for this call.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn row<const PG: usize>(m: &AffineMat, r: usize, steps: &[Step], gsum: &[f32]) -> __m512 {
+unsafe fn row<const B: usize, const PG: usize>(m: &AffineMat, r: usize, steps: &[Step], gsum: &[f32]) -> __m512 {
     // SAFETY (loads below): the row's codes are `m.row_bytes` bytes at `w`,
     // the last step's load masked to them; its `m.groups` scales and biases
     // start at `sp` and `bp`, the loads masked to them.
     let w = m.words.as_ptr().add(r * m.row_bytes);
     let (sp, bp) = (m.scales.as_ptr().add(r * m.scale_row), m.biases.as_ptr().add(r * m.scale_row));
     let dt = m.scale_dtype;
-    // Lane l of step `t` of a window of sixteen groups (`4 PG` steps) lies
-    // in its group `4 t / PG + (l / 4) / PG`.
-    let base: [i32; 16] = std::array::from_fn(|l| (l / 4 / PG) as i32);
+    // Lane l of step `t` of a window of sixteen groups (`16 PG / SB`
+    // steps of `SB` blocks) lies in its group `(SB t + l / (16 / SB)) / PG`.
+    let sb = step_blocks(B);
+    let base: [i32; 16] = std::array::from_fn(|l| (l / (16 / sb) / PG) as i32);
     let base = _mm512_loadu_si512(base.as_ptr() as *const __m512i);
     let pick = |sv: __m512, t: usize| {
-        _mm512_permutexvar_ps(_mm512_add_epi32(base, _mm512_set1_epi32((4 * t / PG) as i32)), sv)
+        _mm512_permutexvar_ps(_mm512_add_epi32(base, _mm512_set1_epi32((sb * t / PG) as i32)), sv)
     };
-    // Steps read whole; a last step of fewer than 128 columns is masked.
+    // Steps read whole; a last step of fewer than 64 bytes is masked.
     let tail_bytes = m.row_bytes - 64 * (steps.len() - 1);
     let whole = if tail_bytes == 64 { steps.len() } else { steps.len() - 1 };
     let tail_mask = if tail_bytes == 64 { u64::MAX } else { (1u64 << tail_bytes) - 1 };
@@ -209,7 +232,7 @@ unsafe fn row<const PG: usize>(m: &AffineMat, r: usize, steps: &[Step], gsum: &[
             _mm512_maskz_loadu_epi8(tail_mask, w.add(64 * s) as *const i8)
         }
     };
-    let per_window = 4 * PG;
+    let per_window = 16 * PG / sb;
     let (mut acc0, mut acc1, mut bsum) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
     let mut g = 0;
     while g < m.groups {
@@ -225,12 +248,12 @@ unsafe fn row<const PG: usize>(m: &AffineMat, r: usize, steps: &[Step], gsum: &[
                     _mm512_loadu_si512(w.add(64 * a) as *const __m512i),
                     _mm512_loadu_si512(w.add(64 * b) as *const __m512i),
                 );
-                acc0 = step(va, steps.get_unchecked(a), pick(sv, t), acc0);
-                acc1 = step(vb, steps.get_unchecked(b), pick(sv, t + 1), acc1);
+                acc0 = step::<B>(va, steps.get_unchecked(a), pick(sv, t), acc0);
+                acc1 = step::<B>(vb, steps.get_unchecked(b), pick(sv, t + 1), acc1);
             }
         } else {
             for t in 0..steps.len() - s0 {
-                acc0 = step(load(s0 + t), steps.get_unchecked(s0 + t), pick(sv, t), acc0);
+                acc0 = step::<B>(load(s0 + t), steps.get_unchecked(s0 + t), pick(sv, t), acc0);
             }
         }
         g += n;
