@@ -138,11 +138,35 @@ fn every_level_matches_scalar_twin_and_twin_matches_reference() {
 }
 
 /// Every code, alone in its row (x one-hot), decodes to exactly its value
-/// times the scale at every level, wherever it sits: in the 32-wide body,
-/// the 8-wide step or the scalar tail of a block.
+/// times the scale at every level, wherever it sits: in a 64-wide step (the
+/// AVX-512 level's), the 32-wide body, the 8-wide step or the scalar tail
+/// of a block.
 #[test]
 fn every_code_decodes_exactly_at_every_level() {
-    let cols = 45; // block of 45: 32 + 8 + 5
+    // Blocks of 45 (32 + 8 + 5) and 109 (64 + 32 + 8 + 5).
+    for cols in [45, 109] {
+        codes_decode_exactly(cols);
+    }
+    // All 254 finite codes, each alone, in the body position 0.
+    for code in 0..=255u8 {
+        let Some(want) = e4m3_formula(code) else { continue };
+        let mut codes = vec![0u8; 32];
+        codes[0] = code;
+        let one = 1.0f32.to_le_bytes();
+        let w = MatRef::fp8(1, 32, &codes, &one, DType::F32, 1, 32).unwrap();
+        let mut x = vec![0.0; 32];
+        x[0] = 1.0;
+        for level in simd::available() {
+            let mut y = [0.0];
+            gemv_fp8(level, &w, 0..1, &x, &mut y);
+            assert!(y[0] == want as f32, "{level:?} code {code:#04x}: {} vs {want}", y[0]);
+        }
+    }
+}
+
+/// Each code of rows `base, base + 1, ...` (`cols` long, one block) at each
+/// column, against a one-hot x, at every level and three scales.
+fn codes_decode_exactly(cols: usize) {
     for s in [1.0f32, 0.375, 2f32.powi(-20)] {
         let scale = s.to_le_bytes();
         for base in 0..=255u8 {
@@ -166,21 +190,6 @@ fn every_code_decodes_exactly_at_every_level() {
                     }
                 }
             }
-        }
-    }
-    // All 254 finite codes, each alone, in the body position 0.
-    for code in 0..=255u8 {
-        let Some(want) = e4m3_formula(code) else { continue };
-        let mut codes = vec![0u8; 32];
-        codes[0] = code;
-        let one = 1.0f32.to_le_bytes();
-        let w = MatRef::fp8(1, 32, &codes, &one, DType::F32, 1, 32).unwrap();
-        let mut x = vec![0.0; 32];
-        x[0] = 1.0;
-        for level in simd::available() {
-            let mut y = [0.0];
-            gemv_fp8(level, &w, 0..1, &x, &mut y);
-            assert!(y[0] == want as f32, "{level:?} code {code:#04x}: {} vs {want}", y[0]);
         }
     }
 }

@@ -22,7 +22,9 @@
 //! `block_rows` rows) and then runs one plain dot product over the codes
 //! per row, with no per-block work in the inner loop: the products differ
 //! from the twin's by the rounding of `x * s` only, so the two agree to f32
-//! rounding, which the tests check.
+//! rounding, which the tests check. The AVX-512 level runs the same row in
+//! steps of 64 codes ([`avx512`]) and hands the last `n % 64` to the AVX2
+//! loop; its activations are laid out in the order its unpacks produce.
 
 use std::ops::Range;
 
@@ -60,10 +62,13 @@ pub fn gemv_fp8(level: Level, w: &MatRef, rows: Range<usize>, x: &[f32], y: &mut
             {
                 use crate::simd::float_dot::x86 as fx;
                 assert!(fx::available(), "gemv_fp8: AVX2/FMA/F16C level on a CPU without them");
-                // SAFETY: the CPU supports avx2, fma and f16c (checked just
-                // above); `m`'s slices were checked against its shape at
-                // entry, `rows` lies inside it and `x` holds `cols` floats.
-                unsafe { x86::gemv(&m, rows, x, y) }
+                let wide = level == Level::Avx512;
+                assert!(!wide || crate::simd::avx512_detected(), "gemv_fp8: AVX-512 level on a CPU without it");
+                // SAFETY: the CPU supports avx2, fma and f16c, and AVX-512
+                // F/BW/VL if `wide` (checked just above); `m`'s slices were
+                // checked against its shape at entry, `rows` lies inside it
+                // and `x` holds `cols` floats.
+                unsafe { x86::gemv(&m, rows, x, y, wide) }
             }
             #[cfg(not(target_arch = "x86_64"))]
             gemv_fp8(Level::Scalar, w, rows, x, y)
@@ -140,6 +145,9 @@ fn scalar_row(m: &Fp8Mat, r: usize, x: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
+mod avx512;
+
+#[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
@@ -165,15 +173,15 @@ mod x86 {
     const CHUNK: usize = 8192;
 
     /// # Safety
-    /// avx2, fma and f16c available; `m` checked against its shape,
-    /// `rows.end <= ` its rows, `x.len() == m.cols`, `y.len() == rows.len()`.
+    /// avx2, fma and f16c available, and AVX-512 F/BW/VL if `wide`; `m`
+    /// checked against its shape, `rows.end <= ` its rows, `x.len() ==
+    /// m.cols`, `y.len() == rows.len()`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn gemv(m: &Fp8Mat, rows: Range<usize>, x: &[f32], y: &mut [f32]) {
+    pub unsafe fn gemv(m: &Fp8Mat, rows: Range<usize>, x: &[f32], y: &mut [f32], wide: bool) {
         let cols = m.cols;
         let mut xs = MaybeUninit::<[f32; CHUNK]>::uninit();
         let xs = xs.as_mut_ptr() as *mut f32;
-        let zero = _mm256_setzero_si256();
-        let low7 = _mm256_set1_epi8(0x7f);
+        let lead = if wide { crate::simd::ggml_gemv_lead() } else { PREFETCH };
         let mut c0 = 0;
         while c0 < cols {
             let n = (cols - c0).min(CHUNK);
@@ -187,67 +195,99 @@ mod x86 {
                 // checked at entry) and every block index is below
                 // `ceil(cols / block_cols)`.
                 if r / m.block_rows != block_row {
-                    // x times its column block's scale (times 2^8, exact: the
-                    // f16 codes are e4m3 / 2^8), for this block row.
                     block_row = r / m.block_rows;
-                    let srow = m.scales.as_ptr().add(block_row * m.scale_row);
-                    let mut c = c0;
-                    while c < c0 + n {
-                        let j = c / m.block_cols;
-                        let end = ((j + 1) * m.block_cols).min(c0 + n);
-                        let s = float_at(m.scale_dtype, srow, j) * 256.0;
-                        for (i, xi) in x[c..end].iter().enumerate() {
-                            *xs.add(c - c0 + i) = xi * s;
-                        }
-                        c = end;
+                    scale_x(m, x, block_row, c0, n, xs);
+                    if wide {
+                        super::avx512::lay_out(xs, n);
                     }
                 }
                 let row = m.codes.as_ptr().add(r * cols + c0);
                 let mut acc = [_mm256_setzero_ps(); 4];
                 // Max over `code & 0x7f`: 0x7f anywhere means a NaN code.
                 let mut nan = _mm256_setzero_si256();
-                let mut nan8 = _mm_setzero_si128();
-                let mut i = 0;
-                while i + 32 <= n {
-                    prefetch(row.add(i), PREFETCH);
-                    let v = _mm256_loadu_si256(row.add(i) as *const __m256i);
-                    nan = _mm256_max_epu8(nan, _mm256_and_si256(v, low7));
-                    // u16 lanes `code << 8`: codes 0-7 | 16-23 and 8-15 | 24-31.
-                    let a = to_f16(_mm256_unpacklo_epi8(zero, v));
-                    let b = to_f16(_mm256_unpackhi_epi8(zero, v));
-                    let f = [
-                        _mm256_cvtph_ps(_mm256_castsi256_si128(a)),
-                        _mm256_cvtph_ps(_mm256_castsi256_si128(b)),
-                        _mm256_cvtph_ps(_mm256_extracti128_si256(a, 1)),
-                        _mm256_cvtph_ps(_mm256_extracti128_si256(b, 1)),
-                    ];
-                    for (k, (ak, fk)) in acc.iter_mut().zip(f).enumerate() {
-                        *ak = _mm256_fmadd_ps(fk, _mm256_loadu_ps(xs.add(i + 8 * k)), *ak);
-                    }
-                    i += 32;
-                }
-                while i + 8 <= n {
-                    let v = _mm_loadl_epi64(row.add(i) as *const __m128i);
-                    nan8 = _mm_max_epu8(nan8, _mm_and_si128(v, _mm256_castsi256_si128(low7)));
-                    let h = _mm_unpacklo_epi8(_mm_setzero_si128(), v);
-                    let h = _mm_and_si128(_mm_srai_epi16(h, 1), _mm_set1_epi16(0xBF80u16 as i16));
-                    acc[0] = _mm256_fmadd_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(xs.add(i)), acc[0]);
-                    i += 8;
-                }
-                let mut sum = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
-                // Tail codes through the exact table (NaN included); the 2^8
-                // comes back out of `xs` exactly.
-                for t in i..n {
-                    sum += e4m3_to_f32(*row.add(t)) * (*xs.add(t) * (1.0 / 256.0));
-                }
-                let nan =
-                    _mm_max_epu8(_mm_max_epu8(_mm256_castsi256_si128(nan), _mm256_extracti128_si256(nan, 1)), nan8);
-                if _mm_movemask_epi8(_mm_cmpeq_epi8(nan, _mm256_castsi256_si128(low7))) != 0 {
-                    sum = f32::NAN;
-                }
+                let start = if wide { super::avx512::head(row, xs, n, lead, &mut acc, &mut nan) } else { 0 };
+                let sum = finish(row, xs, start, n, acc, nan);
                 *yr = if c0 == 0 { sum } else { *yr + sum };
             }
             c0 += n;
         }
+    }
+
+    /// `xs[0..n]` = `x[c0..c0 + n]` times its column block's scale of
+    /// block row `block_row`, times 2^8 (exact: the f16 codes are e4m3 / 2^8).
+    ///
+    /// # Safety
+    /// As [`gemv`]; `xs` holds `n <= CHUNK` floats, `c0 + n <= m.cols`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scale_x(m: &Fp8Mat, x: &[f32], block_row: usize, c0: usize, n: usize, xs: *mut f32) {
+        let srow = m.scales.as_ptr().add(block_row * m.scale_row);
+        let mut c = c0;
+        while c < c0 + n {
+            let j = c / m.block_cols;
+            let end = ((j + 1) * m.block_cols).min(c0 + n);
+            let s = float_at(m.scale_dtype, srow, j) * 256.0;
+            for (i, xi) in x[c..end].iter().enumerate() {
+                *xs.add(c - c0 + i) = xi * s;
+            }
+            c = end;
+        }
+    }
+
+    /// The row's codes `i .. n` against `xs` (in column order from `i`), on
+    /// top of the sums `acc` and the NaN maximum `nan` of codes `0 .. i`:
+    /// steps of 32 and 8 codes, then the last ones one by one. Returns the
+    /// row's sum, NaN if any code was.
+    ///
+    /// # Safety
+    /// As [`gemv`]; `row` holds `n` codes and `xs` `n` floats.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn finish(
+        row: *const u8,
+        xs: *const f32,
+        mut i: usize,
+        n: usize,
+        mut acc: [__m256; 4],
+        mut nan: __m256i,
+    ) -> f32 {
+        let zero = _mm256_setzero_si256();
+        let low7 = _mm256_set1_epi8(0x7f);
+        let mut nan8 = _mm_setzero_si128();
+        while i + 32 <= n {
+            prefetch(row.add(i), PREFETCH);
+            let v = _mm256_loadu_si256(row.add(i) as *const __m256i);
+            nan = _mm256_max_epu8(nan, _mm256_and_si256(v, low7));
+            // u16 lanes `code << 8`: codes 0-7 | 16-23 and 8-15 | 24-31.
+            let a = to_f16(_mm256_unpacklo_epi8(zero, v));
+            let b = to_f16(_mm256_unpackhi_epi8(zero, v));
+            let f = [
+                _mm256_cvtph_ps(_mm256_castsi256_si128(a)),
+                _mm256_cvtph_ps(_mm256_castsi256_si128(b)),
+                _mm256_cvtph_ps(_mm256_extracti128_si256(a, 1)),
+                _mm256_cvtph_ps(_mm256_extracti128_si256(b, 1)),
+            ];
+            for (k, (ak, fk)) in acc.iter_mut().zip(f).enumerate() {
+                *ak = _mm256_fmadd_ps(fk, _mm256_loadu_ps(xs.add(i + 8 * k)), *ak);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            let v = _mm_loadl_epi64(row.add(i) as *const __m128i);
+            nan8 = _mm_max_epu8(nan8, _mm_and_si128(v, _mm256_castsi256_si128(low7)));
+            let h = _mm_unpacklo_epi8(_mm_setzero_si128(), v);
+            let h = _mm_and_si128(_mm_srai_epi16(h, 1), _mm_set1_epi16(0xBF80u16 as i16));
+            acc[0] = _mm256_fmadd_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(xs.add(i)), acc[0]);
+            i += 8;
+        }
+        let mut sum = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        // Tail codes through the exact table (NaN included); the 2^8
+        // comes back out of `xs` exactly.
+        for t in i..n {
+            sum += e4m3_to_f32(*row.add(t)) * (*xs.add(t) * (1.0 / 256.0));
+        }
+        let nan = _mm_max_epu8(_mm_max_epu8(_mm256_castsi256_si128(nan), _mm256_extracti128_si256(nan, 1)), nan8);
+        if _mm_movemask_epi8(_mm_cmpeq_epi8(nan, _mm256_castsi256_si128(low7))) != 0 {
+            sum = f32::NAN;
+        }
+        sum
     }
 }
