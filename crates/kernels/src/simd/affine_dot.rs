@@ -23,9 +23,11 @@
 //! `d_b · scale_g` into 8 row lanes, and the bias term as one dot product of
 //! the row's biases with the group sums. The integer
 //! block sums are exact at both levels, so they differ by f32 rounding only.
-//! At the AVX-512 level, 4- and 8-bit weights in groups of 32, 64 or 128
-//! (the MLX 4- and 8-bit checkpoints) run [`avx512`]: one 64-byte load a
-//! step into `vpdpbusd`. Other widths and group sizes run the AVX2 row there.
+//! At the AVX-512 level, weights in groups of 32, 64 or 128 (every MLX
+//! checkpoint) run [`avx512`], `vpdpbusd` on one step of codes at a time:
+//! 4 and 8 bits always, 2, 3, 5 and 6 bits where the CPU has AVX-512 VBMI
+//! to unpack them. Other group sizes, and those widths without VBMI, run
+//! the AVX2 row there.
 //! The NEON level (4 and 8 bits; other widths run the twin) keeps the
 //! twin's order exactly, so it returns the twin's bits (`simd/neon/affine.rs`).
 

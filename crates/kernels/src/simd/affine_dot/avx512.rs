@@ -1,6 +1,7 @@
-//! AVX-512 VNNI decode matvec for MLX 4- and 8-bit weights in groups of
-//! 32, 64 or 128 (the sizes mlx writes), the hottest loop of an MLX model's
-//! decode.
+//! AVX-512 VNNI decode matvec for MLX affine weights in groups of 32, 64 or
+//! 128 (the sizes mlx writes): 4 and 8 bits, and 2, 3, 5 and 6 bits on CPUs
+//! with AVX-512 VBMI (Ice Lake, Zen 4 and later). It is the hottest loop of
+//! an MLX model's decode.
 //!
 //! The AVX2 row ([`super::x86`]) spends about 22 operations on 64 bytes of
 //! 4-bit codes (per 32-byte half: two masks, two `vpmaddubsw`, a
@@ -9,20 +10,27 @@
 //! `vpdpbusd` (the low nibbles, then the high ones, into the same lanes),
 //! the conversion, and the lane scales `d_b · scale_g` from a permute and a
 //! multiply into one FMA. 8-bit codes are unsigned bytes already: 64 values
-//! a step and one `vpdpbusd`. On the Zen 5 VM (`examples/simd_gemv.rs`, 1
-//! thread, the AVX2 row alternating with this one), GB/s:
+//! a step and one `vpdpbusd`. The other widths take the 8-bit step after an
+//! unpack of their `8 B` bytes into one byte per value: `vpermb` gives qword
+//! `k` the `B` bytes of values `8k .. 8k + 8`, `vpmultishiftqb` moves each
+//! value's bits to its own byte, and a mask clears the rest (the AVX2 row
+//! cuts each 16-value half out with a shuffle, a multiply and a shift).
+//! On the Zen 5 VM (`examples/simd_gemv.rs`, 1 thread, the AVX2 row
+//! alternating with this one), GB/s:
 //! - 4-bit: in L2 (768 KB) 35 -> 61; from DRAM (512 MB) 29.5-29.9 ->
 //!   35.1-35.6, where the Q4_K gemv read 38-40 beside them;
-//! - 8-bit: in L2 38 -> 78; from DRAM 27.9-28.2 -> 33.9.
+//! - 8-bit: in L2 38 -> 78; from DRAM 27.9-28.2 -> 33.9;
+//! - from DRAM, 2 / 3 / 5 / 6 bits: 6.2 / 10.5 / 17.1 / 22.0 -> 21.8 / 28.0
+//!   / 37.6 / 38.9 (in L2 22.8 / 31.9 / 47.4 / 55.1).
 //!
 //! Layout. A step's i32 lane `l` covers 8 values at 4 bits (`8l .. 8l + 8`:
 //! byte `j` holds values `2j`, low nibble, and `2j + 1`, high nibble), 4
-//! at 8 bits, all in one block. The activations are laid out once per call
-//! to match: at 4 bits `q[0]` lane `l` = codes `8l, 8l + 2, 8l + 4, 8l + 6`
-//! and `q[1]` the odd ones; at 8 bits `q[0]` = the codes in order; `d` lane
-//! `l` = the `d` of lane `l`'s block. The scales and biases of sixteen
-//! groups are read as one masked vector; the bias term is one FMA of them
-//! with the groups' activation sums.
+//! at the other widths, all in one block. The activations are laid out once
+//! per call to match: at 4 bits `q[0]` lane `l` = codes `8l, 8l + 2, 8l +
+//! 4, 8l + 6` and `q[1]` the odd ones; otherwise `q[0]` = the codes in
+//! order; `d` lane `l` = the `d` of lane `l`'s block. The scales and biases
+//! of sixteen groups are read as one masked vector; the bias term is one
+//! FMA of them with the groups' activation sums.
 //!
 //! Summation order: each lane's integer sum is exact; the lanes are scaled
 //! by `d_b · scale_g` (f32) and summed in two accumulators, which with the
@@ -46,21 +54,72 @@ use super::AffineMat;
 use crate::simd::act::BlockQ8x32;
 use crate::simd::scratch::{Scratch, Table};
 
-/// Whether this kernel takes `bits`-bit weights in groups of `group_size`.
+/// Whether this kernel takes `bits`-bit weights in groups of `group_size`
+/// on this CPU: 4 and 8 bits, and 2, 3, 5 and 6 where it has AVX-512 VBMI.
 pub(super) fn supports(bits: u32, group_size: usize) -> bool {
-    matches!(bits, 4 | 8) && matches!(group_size, 32 | 64 | 128)
+    let width = match bits {
+        4 | 8 => true,
+        2 | 3 | 5 | 6 => std::arch::is_x86_feature_detected!("avx512vbmi"),
+        _ => false,
+    };
+    width && matches!(group_size, 32 | 64 | 128)
 }
 
-/// Blocks of 32 values in one step (one 64-byte load of `B`-bit codes).
+/// Blocks of 32 values in one step: 128 values of 4 bits (one 64-byte
+/// load), 64 of any other width.
 const fn step_blocks(b: usize) -> usize {
-    16 / b
+    if b == 4 {
+        4
+    } else {
+        2
+    }
+}
+
+/// Bytes of codes in one step: a 64-byte load, or at 2, 3, 5 and 6 bits
+/// the `8 B` bytes of 64 values.
+const fn step_bytes(b: usize) -> usize {
+    if b == 4 || b == 8 {
+        64
+    } else {
+        8 * b
+    }
+}
+
+/// For `vpermb` then `vpmultishiftqb`: qword `k` of a step takes its
+/// values `8k .. 8k + 8` (bytes `k B .. k B + B` of the step), and byte `j`
+/// of it the `B` bits at `j B`.
+const fn unpack_tables(b: usize) -> [[u8; 64]; 2] {
+    let mut t = [[0u8; 64]; 2];
+    let mut p = 0;
+    while p < 64 {
+        let (k, j) = (p / 8, p % 8);
+        t[0][p] = (k * b + if j < b { j } else { 0 }) as u8;
+        t[1][p] = (j * b) as u8;
+        p += 1;
+    }
+    t
+}
+
+static UNPACK: [[[u8; 64]; 2]; 7] =
+    [[[0; 64]; 2], [[0; 64]; 2], unpack_tables(2), unpack_tables(3), [[0; 64]; 2], unpack_tables(5), unpack_tables(6)];
+
+/// The 64 codes of a step of 2, 3, 5 or 6 bits (`8 B` bytes at `p`, the
+/// bytes past `mask` taken as zero) as one byte each.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn unpack<const B: usize>(p: *const u8, mask: u64) -> __m512i {
+    let t = &UNPACK[B];
+    let v = _mm512_maskz_loadu_epi8(mask, p as *const i8);
+    let v = _mm512_permutexvar_epi8(_mm512_loadu_si512(t[0].as_ptr() as *const __m512i), v);
+    let v = _mm512_multishift_epi64_epi8(_mm512_loadu_si512(t[1].as_ptr() as *const __m512i), v);
+    _mm512_and_si512(v, _mm512_set1_epi8(((1u32 << B) - 1) as i8))
 }
 
 /// One step's laid-out activations.
 #[repr(C, align(64))]
 struct Step {
     /// 4 bits: the codes against the low nibbles, then the high ones;
-    /// 8 bits: the step's codes in order, then unused.
+    /// other widths: the step's codes in order, then unused.
     q: [[i8; 64]; 2],
     /// Lane `l`: the `d` of the block that lane `l` of a load lies in.
     d: [f32; 16],
@@ -80,13 +139,38 @@ pub(super) unsafe fn gemv(m: &AffineMat, rows: Range<usize>, x: &[BlockQ8x32], y
         (8, 32) => run::<8, 1>(m, rows, x, y),
         (8, 64) => run::<8, 2>(m, rows, x, y),
         (8, 128) => run::<8, 4>(m, rows, x, y),
+        (2, _) => unpacked::<2>(m, rows, x, y),
+        (3, _) => unpacked::<3>(m, rows, x, y),
+        (5, _) => unpacked::<5>(m, rows, x, y),
+        (6, _) => unpacked::<6>(m, rows, x, y),
         (b, g) => unreachable!("{b} bits, group {g} checked by `supports`"),
     }
 }
 
-/// [`gemv`] with `B`-bit codes and `PG` blocks of 32 per group.
+/// [`gemv`] for 2, 3, 5 and 6 bits, whose unpacking takes AVX-512 VBMI.
+///
+/// # Safety
+/// As [`gemv`], and the CPU runs AVX-512 VBMI (checked by [`supports`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn unpacked<const B: usize>(m: &AffineMat, rows: Range<usize>, x: &[BlockQ8x32], y: &mut [f32]) {
+    match m.group_size {
+        32 => body::<B, 1>(m, rows, x, y),
+        64 => body::<B, 2>(m, rows, x, y),
+        128 => body::<B, 4>(m, rows, x, y),
+        g => unreachable!("group {g} checked by `supports`"),
+    }
+}
+
+/// [`gemv`] with 4- or 8-bit codes and `PG` blocks of 32 per group.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn run<const B: usize, const PG: usize>(m: &AffineMat, rows: Range<usize>, x: &[BlockQ8x32], y: &mut [f32]) {
+    body::<B, PG>(m, rows, x, y)
+}
+
+/// [`gemv`] with `B`-bit codes and `PG` blocks of 32 per group, inlined
+/// into [`run`] or [`unpacked`] (which adds VBMI for the other widths).
+#[inline(always)]
+unsafe fn body<const B: usize, const PG: usize>(m: &AffineMat, rows: Range<usize>, x: &[BlockQ8x32], y: &mut [f32]) {
     if x.is_empty() {
         y.fill(0.0);
         return;
@@ -155,7 +239,7 @@ unsafe fn lay_out<const B: usize, const PG: usize>(
                 None => (_mm256_setzero_si256(), 0.0),
             };
             st.d[16 / per_step * j..16 / per_step * (j + 1)].fill(d);
-            if B == 8 {
+            if B != 4 {
                 _mm256_storeu_si256(st.q[0].as_mut_ptr().add(32 * j) as *mut __m256i, v);
                 continue;
             }
@@ -186,12 +270,13 @@ unsafe fn load16(dt: DType, p: *const u8, g: usize, n: usize) -> __m512 {
     }
 }
 
-/// One step: the 64 code bytes `v` against step `st`, each lane scaled by
+/// One step: the codes `v` (64 bytes: 4-bit pairs, or one code each)
+/// against step `st`, each lane scaled by
 /// `sc` (its group's scale) and `st.d`, added to `acc`.
 #[inline(always)]
 unsafe fn step<const B: usize>(v: __m512i, st: &Step, sc: __m512, acc: __m512) -> __m512 {
     let q0 = _mm512_load_si512(st.q[0].as_ptr() as *const __m512i);
-    let isum = if B == 8 {
+    let isum = if B != 4 {
         _mm512_dpbusd_epi32(_mm512_setzero_si512(), v, q0)
     } else {
         let nib = _mm512_set1_epi8(0x0f);
@@ -208,8 +293,7 @@ unsafe fn step<const B: usize>(v: __m512i, st: &Step, sc: __m512, acc: __m512) -
 ///
 /// # Safety
 /// As [`gemv`]; `steps` and `gsum` laid out by [`lay_out`] for this call.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline(always)]
 unsafe fn row<const B: usize, const PG: usize>(m: &AffineMat, r: usize, steps: &[Step], gsum: &[f32]) -> __m512 {
     // SAFETY (loads below): the row's codes are `m.row_bytes` bytes at `w`,
     // the last step's load masked to them; its `m.groups` scales and biases
@@ -225,17 +309,21 @@ unsafe fn row<const B: usize, const PG: usize>(m: &AffineMat, r: usize, steps: &
     let pick = |sv: __m512, t: usize| {
         _mm512_permutexvar_ps(_mm512_add_epi32(base, _mm512_set1_epi32((sb * t / PG) as i32)), sv)
     };
-    // Steps read whole; a last step of fewer than 64 bytes is masked.
-    let tail_bytes = m.row_bytes - 64 * (steps.len() - 1);
-    let whole = if tail_bytes == 64 { steps.len() } else { steps.len() - 1 };
-    let tail_mask = if tail_bytes == 64 { u64::MAX } else { (1u64 << tail_bytes) - 1 };
-    let load = |s: usize| {
-        if s < whole {
-            _mm512_loadu_si512(w.add(64 * s) as *const __m512i)
-        } else {
-            _mm512_maskz_loadu_epi8(tail_mask, w.add(64 * s) as *const i8)
+    // Steps read whole; a last step of fewer bytes is masked.
+    let sbytes = step_bytes(B);
+    let mask = |bytes: usize| if bytes == 64 { u64::MAX } else { (1u64 << bytes) - 1 };
+    let tail_bytes = m.row_bytes - sbytes * (steps.len() - 1);
+    let whole = if tail_bytes == sbytes { steps.len() } else { steps.len() - 1 };
+    let (step_mask, tail_mask) = (mask(sbytes), mask(tail_bytes));
+    let codes = |s: usize, mask: u64| {
+        let p = w.add(sbytes * s);
+        match B {
+            4 | 8 if mask == u64::MAX => _mm512_loadu_si512(p as *const __m512i),
+            4 | 8 => _mm512_maskz_loadu_epi8(mask, p as *const i8),
+            _ => unpack::<B>(p, mask),
         }
     };
+    let load = |s: usize| codes(s, if s < whole { step_mask } else { tail_mask });
     let per_window = 16 * PG / sb;
     let (mut acc0, mut acc1, mut bsum) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
     let mut g = 0;
@@ -248,10 +336,7 @@ unsafe fn row<const B: usize, const PG: usize>(m: &AffineMat, r: usize, steps: &
             // Constant bounds: unrolled, with constant permute indices.
             for t in (0..per_window).step_by(2) {
                 let (a, b) = (s0 + t, s0 + t + 1);
-                let (va, vb) = (
-                    _mm512_loadu_si512(w.add(64 * a) as *const __m512i),
-                    _mm512_loadu_si512(w.add(64 * b) as *const __m512i),
-                );
+                let (va, vb) = (codes(a, step_mask), codes(b, step_mask));
                 acc0 = step::<B>(va, steps.get_unchecked(a), pick(sv, t), acc0);
                 acc1 = step::<B>(vb, steps.get_unchecked(b), pick(sv, t + 1), acc1);
             }
