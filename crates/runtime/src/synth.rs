@@ -230,7 +230,7 @@ impl SynthShape {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SynthFormat {
     Bf16,
-    /// MLX affine `bits`-bit (4 or 8), group 64 (router gates 8-bit).
+    /// MLX affine `bits`-bit (2, 3, 4, 5, 6 or 8), group 64 (router gates 8-bit).
     Mlx {
         bits: u32,
     },
@@ -239,14 +239,20 @@ pub enum SynthFormat {
 }
 
 impl SynthFormat {
-    /// `bf16`, `mlx4`, `mlx8`, `gguf-q4_k_m`, `gguf-q8_0` (and the other export types as `gguf-<type>`).
+    /// `bf16`, `mlx4`, `mlx8` (also `mlx2`, `mlx3`, `mlx5`, `mlx6`), `gguf-q4_k_m`, `gguf-q8_0` (and
+    /// the other export types as `gguf-<type>`).
     pub fn parse(s: &str) -> Option<SynthFormat> {
-        match s.to_ascii_lowercase().as_str() {
-            "bf16" => Some(SynthFormat::Bf16),
-            "mlx4" => Some(SynthFormat::Mlx { bits: 4 }),
-            "mlx8" => Some(SynthFormat::Mlx { bits: 8 }),
-            other => ExportType::parse(other.strip_prefix("gguf-")?).map(SynthFormat::Gguf),
+        let s = s.to_ascii_lowercase();
+        if s == "bf16" {
+            return Some(SynthFormat::Bf16);
         }
+        if let Some(bits) = s.strip_prefix("mlx") {
+            return match bits.parse() {
+                Ok(bits @ (2 | 3 | 4 | 5 | 6 | 8)) => Some(SynthFormat::Mlx { bits }),
+                _ => None,
+            };
+        }
+        ExportType::parse(s.strip_prefix("gguf-")?).map(SynthFormat::Gguf)
     }
 }
 

@@ -64,7 +64,9 @@ fn format_names_parse() {
     assert_eq!(SynthFormat::parse("bf16"), Some(SynthFormat::Bf16));
     assert_eq!(SynthFormat::parse("mlx4"), Some(SynthFormat::Mlx { bits: 4 }));
     assert_eq!(SynthFormat::parse("mlx8"), Some(SynthFormat::Mlx { bits: 8 }));
-    assert_eq!(SynthFormat::parse("mlx3"), None);
+    assert_eq!(SynthFormat::parse("mlx3"), Some(SynthFormat::Mlx { bits: 3 }));
+    assert_eq!(SynthFormat::parse("mlx7"), None);
+    assert_eq!(SynthFormat::parse("mlx"), None);
     assert!(matches!(SynthFormat::parse("gguf-q4_k_m"), Some(SynthFormat::Gguf(_))));
     assert!(matches!(SynthFormat::parse("gguf-q8_0"), Some(SynthFormat::Gguf(_))));
     assert_eq!(SynthFormat::parse("gguf"), None);
@@ -96,7 +98,7 @@ fn bf16_and_mlx_load_run_and_agree() {
     assert_eq!(bench::quant_label(&a), "BF16");
     let (up_a, router_a) = expert1_up_and_router(&a);
     let mut dirs = vec![hf.clone()];
-    for bits in [4u32, 8] {
+    for bits in [3u32, 4, 8] {
         let mlx = write(SynthFormat::Mlx { bits }, 3, &format!("mlx{bits}"));
         for dir in [&hf, &mlx] {
             let max = synth::check_finite(dir, 5, 1).unwrap();

@@ -16,8 +16,8 @@ pub struct Args {
     /// Output directory (created; must not already hold a checkpoint unless --force).
     #[arg(long)]
     out: PathBuf,
-    /// bf16 (HF wrapper), mlx4 / mlx8 (MLX affine 4- or 8-bit, group 64), gguf-q4_k_m, gguf-q8_0
-    /// (or any other `qmoe convert` type as gguf-<type>).
+    /// bf16 (HF wrapper), mlx4 / mlx8 (MLX affine 4- or 8-bit, group 64; also mlx2, mlx3, mlx5,
+    /// mlx6), gguf-q4_k_m, gguf-q8_0 (or any other `qmoe convert` type as gguf-<type>).
     #[arg(long, default_value = "bf16")]
     format: String,
     /// Routed experts per layer (the real model has 256); top-k is min(8, experts).
@@ -57,7 +57,7 @@ fn is_checkpoint_file(name: &str) -> bool {
 
 pub fn main(a: Args) -> Result<()> {
     let Some(format) = SynthFormat::parse(&a.format) else {
-        bail!("--format {}: use bf16, mlx4, mlx8, gguf-q4_k_m or gguf-q8_0", a.format);
+        bail!("--format {}: use bf16, mlx2 .. mlx8 (not mlx7), gguf-q4_k_m or gguf-q8_0", a.format);
     };
     let mut shape = SynthShape::qwen36_35b_a3b(a.experts);
     shape.num_hidden_layers = a.layers;
