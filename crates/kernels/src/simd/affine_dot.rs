@@ -173,7 +173,7 @@ fn scalar_row(m: &AffineMat, r: usize, x: &[BlockQ8x32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512;
+pub(crate) mod avx512;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {

@@ -27,9 +27,24 @@ use crate::simd::affine_dot::{gemv_affine, supports_affine};
 use crate::simd::Level;
 
 /// Whether the many-token kernel is worth taking for `bits`-bit weights in
-/// groups of `group_size` (4 and 8 bits: the MLX releases' widths).
+/// groups of `group_size`: 4 and 8 bits, and 2, 3, 5 and 6 where the
+/// AVX-512 kernel unpacks them (at the process's SIMD level; elsewhere they
+/// keep the f32 tile, which dequantizes each row once per token group).
 pub fn has_multi(bits: u32, group_size: usize) -> bool {
-    matches!(bits, 4 | 8) && supports_affine(bits, group_size)
+    let width = matches!(bits, 4 | 8) || crate::simd::level() == Level::Avx512 && unpacks(bits);
+    width && supports_affine(bits, group_size)
+}
+
+/// Whether the AVX-512 many-token kernel takes `bits`-bit codes by
+/// unpacking them (2, 3, 5, 6 bits on a CPU with AVX-512 VBMI).
+fn unpacks(bits: u32) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return matches!(bits, 2 | 3 | 5 | 6) && std::arch::is_x86_feature_detected!("avx512vbmi");
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = bits;
+        false
+    }
 }
 
 /// `y[t * y_stride + i] = dot(row rows.start + i, x[t])` for `i < rows.len()`,
@@ -94,7 +109,13 @@ pub(crate) unsafe fn gemm_affine_raw(
     };
     #[cfg(target_arch = "x86_64")]
     if level != Level::Scalar {
-        if let Encoding::Affine { bits: bits @ (4 | 8), group_size, scales, biases, scale_dtype } = w.enc {
+        if let Encoding::Affine { bits, group_size, scales, biases, scale_dtype } = w.enc {
+            if !(matches!(bits, 4 | 8) || level == Level::Avx512 && unpacks(bits)) {
+                for t in 0..n_tokens {
+                    per_token(t, level);
+                }
+                return;
+            }
             assert!(crate::simd::float_dot::x86::available(), "gemm_affine: AVX2 level on a CPU without AVX2/FMA/F16C");
             assert!(
                 level != Level::Avx512 || crate::simd::avx512_detected(),
@@ -117,7 +138,20 @@ pub(crate) unsafe fn gemm_affine_raw(
             unsafe {
                 match (level, bits) {
                     (Level::Avx512, 4) => avx512::run::<avx512::Four>(&m, rows, x, n_tokens, y, y_stride, acts_id),
-                    (Level::Avx512, _) => avx512::run::<avx512::Eight>(&m, rows, x, n_tokens, y, y_stride, acts_id),
+                    (Level::Avx512, 8) => avx512::run::<avx512::Eight>(&m, rows, x, n_tokens, y, y_stride, acts_id),
+                    // VBMI checked by `unpacks`.
+                    (Level::Avx512, 2) => {
+                        avx512::run::<avx512::Unpacked<2>>(&m, rows, x, n_tokens, y, y_stride, acts_id)
+                    }
+                    (Level::Avx512, 3) => {
+                        avx512::run::<avx512::Unpacked<3>>(&m, rows, x, n_tokens, y, y_stride, acts_id)
+                    }
+                    (Level::Avx512, 5) => {
+                        avx512::run::<avx512::Unpacked<5>>(&m, rows, x, n_tokens, y, y_stride, acts_id)
+                    }
+                    (Level::Avx512, _) => {
+                        avx512::run::<avx512::Unpacked<6>>(&m, rows, x, n_tokens, y, y_stride, acts_id)
+                    }
                     (_, 4) => runs::run::<runs::Four>(&m, rows, x, n_tokens, y, y_stride, acts_id),
                     _ => runs::run::<runs::Eight>(&m, rows, x, n_tokens, y, y_stride, acts_id),
                 }

@@ -104,10 +104,14 @@ static UNPACK: [[[u8; 64]; 2]; 7] =
     [[[0; 64]; 2], [[0; 64]; 2], unpack_tables(2), unpack_tables(3), [[0; 64]; 2], unpack_tables(5), unpack_tables(6)];
 
 /// The 64 codes of a step of 2, 3, 5 or 6 bits (`8 B` bytes at `p`, the
-/// bytes past `mask` taken as zero) as one byte each.
+/// bytes past `mask` taken as zero) as one byte each (also the many-token
+/// kernel's unpacking, `affine_multi/avx512.rs`).
+///
+/// # Safety
+/// The CPU runs AVX-512 F/BW/VL + VBMI; `p` holds the bytes `mask` selects.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn unpack<const B: usize>(p: *const u8, mask: u64) -> __m512i {
+pub(crate) unsafe fn unpack<const B: usize>(p: *const u8, mask: u64) -> __m512i {
     let t = &UNPACK[B];
     let v = _mm512_maskz_loadu_epi8(mask, p as *const i8);
     let v = _mm512_permutexvar_epi8(_mm512_loadu_si512(t[0].as_ptr() as *const __m512i), v);

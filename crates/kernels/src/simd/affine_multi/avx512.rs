@@ -1,4 +1,5 @@
-//! MLX affine 4-bit and 8-bit many-token kernels at AVX-512 + VNNI: a unit
+//! MLX affine many-token kernels at AVX-512 + VNNI (4 and 8 bits; 2, 3, 5
+//! and 6 unpacked to a byte each, with VBMI, as [`Unpacked`]): a unit
 //! is sixteen 32-value blocks of two rows, lane `k` of every register block
 //! `k` of the unit throughout (the layout of the symmetric ggml types'
 //! kernel, `ggml_dot/multi/avx512/sym32.rs`).
@@ -139,6 +140,35 @@ impl Width for Eight {
                 _mm256_setzero_si256()
             }
         }))
+    }
+}
+
+/// 2, 3, 5 or 6-bit codes (`B`), unpacked to a byte each: then as [`Eight`].
+/// Takes AVX-512 VBMI.
+pub(super) struct Unpacked<const B: usize>;
+
+impl<const B: usize> Width for Unpacked<B> {
+    const BITS: usize = B;
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn activation_columns(blocks: &[BlockQ8x32]) -> [__m512i; 8] {
+        Eight::activation_columns(blocks)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn weight_columns(b: *const u8, here: usize) -> [__m512i; 8] {
+        // Two blocks (`8 B` bytes, 64 values) per unpack; absent blocks zero.
+        let block_bytes = 4 * B;
+        let mut codes = [_mm256_setzero_si256(); BLOCKS16];
+        for pair in 0..here.div_ceil(2) {
+            let bytes = (block_bytes * (here - 2 * pair)).min(2 * block_bytes);
+            let v = crate::simd::affine_dot::avx512::unpack::<B>(b.add(2 * block_bytes * pair), (1u64 << bytes) - 1);
+            codes[2 * pair] = _mm512_castsi512_si256(v);
+            codes[2 * pair + 1] = _mm512_extracti64x4_epi64::<1>(v);
+        }
+        columns16(&codes)
     }
 }
 
