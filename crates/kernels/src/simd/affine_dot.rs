@@ -303,32 +303,37 @@ mod x86 {
         }
     }
 
-    /// Fills `p` for the blocks `x` (a whole number of groups, <= CHUNK).
+    /// Block `b`'s codes as [evens 0-14, evens 16-30, odds 1-15, odds
+    /// 17-31] (64-bit quarters): the order of a 4-bit load's low nibbles,
+    /// then its high ones (also the AVX-512 kernel's, [`super::avx512`]).
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn prepare(layout: Layout, per_group: usize, x: &[BlockQ8x32], p: *mut Prep) {
+    pub(super) unsafe fn evens_odds(b: &BlockQ8x32) -> __m256i {
         // Per 128-bit lane: the 8 even-indexed bytes, then the 8 odd ones.
         let split = _mm256_setr_epi8(
             0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, //
             0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
         );
+        let v = _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i);
+        _mm256_permute4x64_epi64(_mm256_shuffle_epi8(v, split), 0b11_01_10_00)
+    }
+
+    /// Fills `p` for the blocks `x` (a whole number of groups, <= CHUNK).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn prepare(layout: Layout, per_group: usize, x: &[BlockQ8x32], p: *mut Prep) {
         // SAFETY: every index written is below the array's length
         // (x.len() <= CHUNK blocks, groups <= x.len()).
         let q = std::ptr::addr_of_mut!((*p).q) as *mut __m256i;
         let dv = std::ptr::addr_of_mut!((*p).dv) as *mut __m256;
         let d = std::ptr::addr_of_mut!((*p).d) as *mut f32;
         let gsum = std::ptr::addr_of_mut!((*p).gsum) as *mut f32;
-        // Block k's codes as [evens 0-14, evens 16-30, odds 1-15, odds 17-31] (64-bit quarters).
-        let evens_odds = |k: usize| {
-            let v = _mm256_loadu_si256(x[k].qs.as_ptr() as *const __m256i);
-            _mm256_permute4x64_epi64(_mm256_shuffle_epi8(v, split), 0b11_01_10_00)
-        };
         for (k, b) in x.iter().enumerate() {
             *d.add(k) = b.d;
         }
         match layout {
             Layout::Pairs4 => {
                 for pi in 0..x.len() / 2 {
-                    let (a, b) = (evens_odds(2 * pi), evens_odds(2 * pi + 1));
+                    let (a, b) = (evens_odds(&x[2 * pi]), evens_odds(&x[2 * pi + 1]));
                     q.add(2 * pi).write(_mm256_permute2x128_si256(a, b, 0x20));
                     q.add(2 * pi + 1).write(_mm256_permute2x128_si256(a, b, 0x31));
                     let (d0, d1) = (_mm_set1_ps(x[2 * pi].d), _mm_set1_ps(x[2 * pi + 1].d));
@@ -336,8 +341,8 @@ mod x86 {
                 }
             }
             Layout::Single4 => {
-                for k in 0..x.len() {
-                    q.add(k).write(evens_odds(k));
+                for (k, b) in x.iter().enumerate() {
+                    q.add(k).write(evens_odds(b));
                 }
             }
             Layout::Wide16 => {

@@ -31,20 +31,20 @@ use crate::simd::Level;
 /// AVX-512 kernel unpacks them (at the process's SIMD level; elsewhere they
 /// keep the f32 tile, which dequantizes each row once per token group).
 pub fn has_multi(bits: u32, group_size: usize) -> bool {
-    let width = matches!(bits, 4 | 8) || crate::simd::level() == Level::Avx512 && unpacks(bits);
-    width && supports_affine(bits, group_size)
+    has_width(crate::simd::level(), bits) && supports_affine(bits, group_size)
 }
 
-/// Whether the AVX-512 many-token kernel takes `bits`-bit codes by
-/// unpacking them (2, 3, 5, 6 bits on a CPU with AVX-512 VBMI).
-fn unpacks(bits: u32) -> bool {
+/// Whether a many-token kernel at `level` takes `bits`-bit codes: 4 and 8
+/// bits, and at the AVX-512 level those it unpacks (2, 3, 5, 6 bits with
+/// VBMI).
+fn has_width(level: Level, bits: u32) -> bool {
     #[cfg(target_arch = "x86_64")]
-    return matches!(bits, 2 | 3 | 5 | 6) && std::arch::is_x86_feature_detected!("avx512vbmi");
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = bits;
-        false
+    if level == Level::Avx512 && super::affine_dot::avx512::unpacks(bits) {
+        return true;
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = level;
+    matches!(bits, 4 | 8)
 }
 
 /// `y[t * y_stride + i] = dot(row rows.start + i, x[t])` for `i < rows.len()`,
@@ -108,14 +108,8 @@ pub(crate) unsafe fn gemm_affine_raw(
         gemv_affine(level, w, rows.clone(), &x[t * nb..(t + 1) * nb], yt);
     };
     #[cfg(target_arch = "x86_64")]
-    if level != Level::Scalar {
-        if let Encoding::Affine { bits, group_size, scales, biases, scale_dtype } = w.enc {
-            if !(matches!(bits, 4 | 8) || level == Level::Avx512 && unpacks(bits)) {
-                for t in 0..n_tokens {
-                    per_token(t, level);
-                }
-                return;
-            }
+    if let Encoding::Affine { bits, group_size, scales, biases, scale_dtype } = w.enc {
+        if level != Level::Scalar && has_width(level, bits) {
             assert!(crate::simd::float_dot::x86::available(), "gemm_affine: AVX2 level on a CPU without AVX2/FMA/F16C");
             assert!(
                 level != Level::Avx512 || crate::simd::avx512_detected(),
@@ -139,7 +133,7 @@ pub(crate) unsafe fn gemm_affine_raw(
                 match (level, bits) {
                     (Level::Avx512, 4) => avx512::run::<avx512::Four>(&m, rows, x, n_tokens, y, y_stride, acts_id),
                     (Level::Avx512, 8) => avx512::run::<avx512::Eight>(&m, rows, x, n_tokens, y, y_stride, acts_id),
-                    // VBMI checked by `unpacks`.
+                    // VBMI checked by `has_width`.
                     (Level::Avx512, 2) => {
                         avx512::run::<avx512::Unpacked<2>>(&m, rows, x, n_tokens, y, y_stride, acts_id)
                     }

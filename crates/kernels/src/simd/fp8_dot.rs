@@ -181,7 +181,8 @@ mod x86 {
         let cols = m.cols;
         let mut xs = MaybeUninit::<[f32; CHUNK]>::uninit();
         let xs = xs.as_mut_ptr() as *mut f32;
-        let lead = if wide { crate::simd::ggml_gemv_lead() } else { PREFETCH };
+        // The AVX-512 steps' prefetch lead (the AVX2 loop keeps [`PREFETCH`]).
+        let lead = crate::simd::ggml_gemv_lead();
         let mut c0 = 0;
         while c0 < cols {
             let n = (cols - c0).min(CHUNK);

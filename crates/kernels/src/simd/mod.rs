@@ -84,6 +84,20 @@ pub(crate) const PREFETCH_BYTES: usize = 4096;
 /// counting from their start cost Q6_K about 6% there (means of five
 /// alternations, 23.7 against 22.2), and capping the burst at 1.5 KB cost
 /// Q8_0 about 8%.
+/// How far past a row's start the single-token row loops keep their
+/// prefetches before multiplying it, for rows of `row_bytes`:
+/// [`ggml_gemv_lead`] past the row's end, or past its start for a row
+/// longer than three leads (why: see there).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn gemv_reach(row_bytes: usize) -> usize {
+    let lead = ggml_gemv_lead();
+    if row_bytes > 3 * lead {
+        lead
+    } else {
+        row_bytes + lead
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn ggml_gemv_lead() -> usize {
     /// AMD's CPU family of Zen 5 (26; Zen 3 and Zen 4 are 25).

@@ -57,12 +57,14 @@ use crate::simd::scratch::{Scratch, Table};
 /// Whether this kernel takes `bits`-bit weights in groups of `group_size`
 /// on this CPU: 4 and 8 bits, and 2, 3, 5 and 6 where it has AVX-512 VBMI.
 pub(super) fn supports(bits: u32, group_size: usize) -> bool {
-    let width = match bits {
-        4 | 8 => true,
-        2 | 3 | 5 | 6 => std::arch::is_x86_feature_detected!("avx512vbmi"),
-        _ => false,
-    };
-    width && matches!(group_size, 32 | 64 | 128)
+    (matches!(bits, 4 | 8) || unpacks(bits)) && matches!(group_size, 32 | 64 | 128)
+}
+
+/// Whether `bits`-bit codes are unpacked to a byte each ([`unpack`]): 2, 3,
+/// 5 and 6 bits, on a CPU with AVX-512 VBMI (also the many-token kernel's
+/// test, `affine_multi.rs`).
+pub(crate) fn unpacks(bits: u32) -> bool {
+    matches!(bits, 2 | 3 | 5 | 6) && std::arch::is_x86_feature_detected!("avx512vbmi")
 }
 
 /// Blocks of 32 values in one step: 128 values of 4 bits (one 64-byte
@@ -189,22 +191,21 @@ unsafe fn body<const B: usize, const PG: usize>(m: &AffineMat, rows: Range<usize
     let steps = std::slice::from_raw_parts(steps, n_steps);
     let gsum = std::slice::from_raw_parts(gsum, 16 * windows);
 
-    let lead = crate::simd::ggml_gemv_lead();
-    // A long row is not prefetched whole at its start (`ggml_gemv_lead`).
-    let ahead = if m.row_bytes > 3 * lead { 0 } else { m.row_bytes };
-    // Rows ahead whose scales and biases are fetched: those of the lead.
-    let scale_ahead = (ahead + lead).div_ceil(m.row_bytes) + 1;
+    let reach = crate::simd::gemv_reach(m.row_bytes);
+    // Rows ahead whose scales and biases are fetched: those the codes reach.
+    let scale_ahead = reach.div_ceil(m.row_bytes) + 1;
+    let n_rows = m.words.len() / m.row_bytes;
     let (words, scales, biases) = (m.words.as_ptr() as usize, m.scales.as_ptr() as usize, m.biases.as_ptr() as usize);
     let mut fetched = (words + rows.start * m.row_bytes) & !63;
     let mut fetched_s = (scales + rows.start * m.scale_row) & !63;
     let mut fetched_b = (biases + rows.start * m.scale_row) & !63;
     for (yr, r) in y.iter_mut().zip(rows) {
-        let until = words + (r * m.row_bytes + ahead + lead).min(m.words.len());
+        let until = words + (r * m.row_bytes + reach).min(m.words.len());
         while fetched < until {
             _mm_prefetch::<_MM_HINT_T0>(fetched as *const i8);
             fetched += 64;
         }
-        let until = (r + scale_ahead).min(m.words.len() / m.row_bytes) * m.scale_row;
+        let until = (r + scale_ahead).min(n_rows) * m.scale_row;
         while fetched_s < scales + until {
             _mm_prefetch::<_MM_HINT_T0>(fetched_s as *const i8);
             fetched_s += 64;
@@ -228,27 +229,19 @@ unsafe fn lay_out<const B: usize, const PG: usize>(
     groups: usize,
     windows: usize,
 ) {
-    // Per 128-bit lane: the 8 even-indexed codes, then the 8 odd ones.
-    let split = _mm256_setr_epi8(
-        0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, //
-        0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
-    );
     let per_step = step_blocks(B);
     for s in 0..x.len().div_ceil(per_step) {
         // SAFETY: `s` is below the steps' count.
         let st = &mut *steps.add(s);
         for j in 0..per_step {
-            let (v, d) = match x.get(per_step * s + j) {
-                Some(b) => (_mm256_loadu_si256(b.qs.as_ptr() as *const __m256i), b.d),
-                None => (_mm256_setzero_si256(), 0.0),
-            };
-            st.d[16 / per_step * j..16 / per_step * (j + 1)].fill(d);
+            let block = x.get(per_step * s + j);
+            st.d[16 / per_step * j..16 / per_step * (j + 1)].fill(block.map_or(0.0, |b| b.d));
             if B != 4 {
+                let v = block.map_or(_mm256_setzero_si256(), |b| _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i));
                 _mm256_storeu_si256(st.q[0].as_mut_ptr().add(32 * j) as *mut __m256i, v);
                 continue;
             }
-            // [evens 0-14, evens 16-30 | odds 1-15, odds 17-31]
-            let v = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(v, split), 0b11_01_10_00);
+            let v = block.map_or(_mm256_setzero_si256(), |b| super::x86::evens_odds(b));
             _mm_storeu_si128(st.q[0].as_mut_ptr().add(16 * j) as *mut __m128i, _mm256_castsi256_si128(v));
             _mm_storeu_si128(st.q[1].as_mut_ptr().add(16 * j) as *mut __m128i, _mm256_extracti128_si256(v, 1));
         }
@@ -259,10 +252,15 @@ unsafe fn lay_out<const B: usize, const PG: usize>(
     }
 }
 
-/// Groups `g .. g + n` (`n <= 16`) of `dt` at `p` as 16 f32, zero past `n`.
+/// Elements `g .. g + n` (`n <= 16`) of `dt` at `p` as 16 f32, zero past
+/// `n` (also the many-token kernel's scales and biases,
+/// `affine_multi/avx512.rs`).
+///
+/// # Safety
+/// The CPU runs this function's features; `p` holds the elements read.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn load16(dt: DType, p: *const u8, g: usize, n: usize) -> __m512 {
+pub(crate) unsafe fn load16(dt: DType, p: *const u8, g: usize, n: usize) -> __m512 {
     let mask = (1u32 << n) - 1;
     match dt {
         DType::F32 => _mm512_maskz_loadu_ps(mask as u16, p.add(4 * g) as *const f32),

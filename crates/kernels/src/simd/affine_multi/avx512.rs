@@ -35,10 +35,9 @@ use std::arch::x86_64::*;
 use std::marker::PhantomData;
 use std::ops::Range;
 
-use qmoe_core::dtype::DType;
-
 use super::x86::{Mat, Units};
 use crate::simd::act::BlockQ8x32;
+use crate::simd::affine_dot::avx512::load16;
 use crate::simd::columns::unpacked::avx512::{groups, Unpacks};
 use crate::simd::columns::{block_lanes16, columns16, BLOCKS16};
 use crate::simd::scratch::{Table, Tokens};
@@ -193,31 +192,6 @@ pub(super) struct Unit {
 
 /// A width's units of two rows, as the shared many-token loop takes them.
 pub(super) struct Affine16<W>(PhantomData<W>);
-
-/// `n <= 16` floats of `dt` from element `i` of `p`, zero-padded to 16.
-///
-/// # Safety
-/// This file's features; `p` holds elements `i..i + n` of `dt`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn load16(dt: DType, p: *const u8, i: usize, n: usize) -> __m512 {
-    let es = dt.size();
-    let mut pad = [0u8; 64];
-    let src = if n == BLOCKS16 {
-        p.add(i * es)
-    } else {
-        std::ptr::copy_nonoverlapping(p.add(i * es), pad.as_mut_ptr(), n * es);
-        pad.as_ptr()
-    };
-    match dt {
-        DType::F32 => _mm512_loadu_ps(src as *const f32),
-        DType::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(src as *const __m256i)),
-        // BF16: the top half of an f32.
-        _ => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
-            src as *const __m256i,
-        )))),
-    }
-}
 
 /// Unit `i` of row `r`.
 ///

@@ -39,9 +39,8 @@
 /// level's `#[target_feature]` function so that the per-type dot (`$dot`,
 /// `#[inline]` with the same features, called with the row, `x` and any
 /// `$arg`) inlines into it. Before row `r` it prefetches, a cache line at a
-/// time, the weight bytes up to [`crate::simd::ggml_gemv_lead`] past the
-/// row's end, or past its start for a row longer than three leads (never
-/// past the matrix; why: see there).
+/// time, the weight bytes up to [`crate::simd::gemv_reach`] past the row's
+/// start (never past the matrix).
 #[cfg(target_arch = "x86_64")]
 macro_rules! rows {
     ($w:expr, $x:expr, $y:expr, $ts:expr, $dot:expr $(, $arg:expr)*) => {{
@@ -50,11 +49,9 @@ macro_rules! rows {
         let row_bytes = x.len() * $ts;
         let base = w.as_ptr();
         let mut fetched = 0;
-        let lead = crate::simd::ggml_gemv_lead();
-        // A long row is not prefetched whole at its start (`ggml_gemv_lead`).
-        let ahead = if row_bytes > 3 * lead { 0 } else { row_bytes };
+        let reach = crate::simd::gemv_reach(row_bytes);
         for (r, yr) in y.iter_mut().enumerate() {
-            let until = (r * row_bytes + ahead + lead).min(w.len());
+            let until = (r * row_bytes + reach).min(w.len());
             while fetched < until {
                 _mm_prefetch::<_MM_HINT_T0>(base.add(fetched) as *const i8);
                 fetched += 64;
